@@ -1,0 +1,170 @@
+# Copyright 2026 The controllable-shadow-generation authors. Licensed under the Apache License, Version 2.0.
+"""Writes a randomly initialised SDXL-format model folder (model_index.json, unet/, vae/, scheduler/).
+
+`--size tiny` keeps SDXL's block types WITH text cross-attention and text_time conditioning, only with far fewer
+channels, so `ShadowPipeline.from_sdxl` exercises the real conversion offline in seconds. `--size full` builds the
+real SDXL architecture (random weights, no download) for GPU memory and speed measurements.
+
+    python random_sdxl.py --size tiny --output_dir /tmp/tiny-sdxl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+
+# stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (plain numbers; nothing is downloaded).
+SDXL_UNET_CONFIG = {
+    "act_fn": "silu",
+    "addition_embed_type": "text_time",
+    "addition_embed_type_num_heads": 64,
+    "addition_time_embed_dim": 256,
+    "attention_head_dim": [5, 10, 20],
+    "block_out_channels": [320, 640, 1280],
+    "center_input_sample": False,
+    "class_embed_type": None,
+    "class_embeddings_concat": False,
+    "conv_in_kernel": 3,
+    "conv_out_kernel": 3,
+    "cross_attention_dim": 2048,
+    "cross_attention_norm": None,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "downsample_padding": 1,
+    "dual_cross_attention": False,
+    "encoder_hid_dim": None,
+    "encoder_hid_dim_type": None,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 4,
+    "layers_per_block": 2,
+    "mid_block_only_cross_attention": None,
+    "mid_block_scale_factor": 1,
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "norm_eps": 1e-05,
+    "norm_num_groups": 32,
+    "num_attention_heads": None,
+    "num_class_embeds": None,
+    "only_cross_attention": False,
+    "out_channels": 4,
+    "projection_class_embeddings_input_dim": 2816,
+    "resnet_out_scale_factor": 1.0,
+    "resnet_skip_time_act": False,
+    "resnet_time_scale_shift": "default",
+    "sample_size": 128,
+    "time_cond_proj_dim": None,
+    "time_embedding_act_fn": None,
+    "time_embedding_dim": None,
+    "time_embedding_type": "positional",
+    "timestep_post_act": None,
+    "transformer_layers_per_block": [1, 2, 10],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "upcast_attention": None,
+    "use_linear_projection": True,
+}
+
+# stabilityai/stable-diffusion-xl-base-1.0 vae/config.json
+SDXL_VAE_CONFIG = {
+    "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "force_upcast": True,
+    "in_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 1024,
+    "scaling_factor": 0.13025,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+}
+
+SDXL_SCHEDULER_CONFIG = {
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "interpolation_type": "linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+}
+
+# Same block types, far fewer channels: 32/64/64 channels, one transformer layer per attention block.
+TINY_UNET_OVERRIDES = {
+    "attention_head_dim": [2, 4, 4],
+    "block_out_channels": [32, 64, 64],
+    "cross_attention_dim": 32,
+    "addition_time_embed_dim": 8,
+    "projection_class_embeddings_input_dim": 32 + 6 * 8,  # pooled text (32) + 6 time_ids x 8
+    "layers_per_block": 1,
+    "transformer_layers_per_block": [1, 1, 1],
+    "sample_size": 16,  # x 8 = 128 px
+}
+
+# Four blocks, so it downsamples by 8 like SDXL's VAE.
+TINY_VAE_OVERRIDES = {
+    "block_out_channels": [8, 16, 16, 16],
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "sample_size": 128,
+}
+
+
+def unet_config(size: str = "tiny") -> dict:
+    return {**SDXL_UNET_CONFIG, **(TINY_UNET_OVERRIDES if size == "tiny" else {})}
+
+
+def vae_config(size: str = "tiny") -> dict:
+    return {**SDXL_VAE_CONFIG, **(TINY_VAE_OVERRIDES if size == "tiny" else {})}
+
+
+def random_unet(size: str = "tiny", seed: int = 0) -> UNet2DConditionModel:
+    torch.manual_seed(seed)
+    return UNet2DConditionModel.from_config(unet_config(size))
+
+
+def random_vae(size: str = "tiny", seed: int = 0) -> AutoencoderKL:
+    torch.manual_seed(seed)
+    return AutoencoderKL.from_config(vae_config(size))
+
+
+def save_random_sdxl(output_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+    """Writes the standard diffusers SDXL folder layout with random weights (text encoders are not written: the shadow
+    model never loads them)."""
+    if size not in ("tiny", "full"):
+        raise ValueError(f"`size` must be 'tiny' or 'full', got {size!r}.")
+    output_dir = Path(output_dir)
+    random_unet(size, seed).save_pretrained(output_dir / "unet")
+    random_vae(size, seed + 1).save_pretrained(output_dir / "vae")
+    EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG).save_pretrained(output_dir / "scheduler")
+    model_index = {
+        "_class_name": "StableDiffusionXLPipeline",
+        "_diffusers_version": "0.42.1",
+        "force_zeros_for_empty_prompt": True,
+        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+        "text_encoder": [None, None],
+        "text_encoder_2": [None, None],
+        "tokenizer": [None, None],
+        "tokenizer_2": [None, None],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (output_dir / "model_index.json").write_text(json.dumps(model_index, indent=2))
+    return output_dir
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--size", choices=["tiny", "full"], default="tiny")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(save_random_sdxl(args.output_dir, args.size, args.seed))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,443 @@
+"""ShadowUNet conversion, rectified-flow math, the shared interfaces and ShadowPipeline (DESIGN.md §3, §8)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, UNet2DConditionModel
+
+import pipeline_shadow as ps
+from pipeline_shadow import ShadowPipeline, ShadowUNet
+
+# ----- helpers ---------------------------------------------------------------------------------------------------
+
+
+def _rgba_object(height=48, width=64, box=(10, 30, 20, 40)) -> PIL.Image.Image:
+    rgba = np.zeros((height, width, 4), np.uint8)
+    top, bottom, left, right = box
+    rgba[top:bottom, left:right] = [200, 60, 40, 255]
+    return PIL.Image.fromarray(rgba, "RGBA")
+
+
+def _activate_light(unet: ShadowUNet, seed: int = 0) -> None:
+    """The converted model ignores the light at init (zero last layer); give the projection random weights so tests
+    can see the light's effect."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in unet.unet.class_embedding.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+
+
+def _call(pipe, image, seed=0, **kwargs):
+    kwargs.setdefault("output_type", "np")
+    return pipe(image, generator=torch.Generator().manual_seed(seed), **kwargs).shadow_maps
+
+
+# ----- shared interfaces -----------------------------------------------------------------------------------------
+
+
+def test_wrap_and_mirror_phi():
+    assert ps.wrap_phi(370.0) == 10.0 and ps.wrap_phi(-10.0) == 350.0
+    phis = torch.tensor([0.0, 10.0, 359.0, 360.0, -1.0])
+    assert torch.equal(ps.wrap_phi(phis), torch.tensor([0.0, 10.0, 359.0, 0.0, 359.0], dtype=torch.float64))
+    # Flip: light on the right (0) goes to the left (180); 90 (behind the object) stays.
+    assert ps.mirror_phi(0.0) == 180.0 and ps.mirror_phi(90.0) == 90.0 and ps.mirror_phi(30.0) == 150.0
+
+
+@pytest.mark.parametrize(
+    ("key", "metadata", "track"),
+    [
+        ("soft_mesh01_size2", None, "softness"),
+        ("horz_mesh03_phi40", None, "horizontal"),
+        ("mesh03_horizontal_7", None, "horizontal"),
+        ("vert_mesh03_theta15", None, "vertical"),
+        ("mesh03", {"track": "vertical"}, "vertical"),
+        ("mesh03", None, None),
+    ],
+)
+def test_detect_track(key, metadata, track):
+    assert ps.detect_track(key, metadata) == track
+
+
+def test_detect_track_rejects_unknown_track_field():
+    with pytest.raises(ValueError, match="Unknown `track`"):
+        ps.detect_track("x", {"track": "diagonal"})
+
+
+def test_resize_and_pad_keeps_aspect_and_round_trips():
+    rows, cols = torch.meshgrid(torch.linspace(0, 1, 30), torch.linspace(0, 1, 60), indexing="ij")
+    image = torch.stack([rows, cols, rows * cols])[None]  # smooth, so resampling is nearly lossless
+    padded, box = ps.resize_and_pad(image, (64, 64), fill=1.0)
+    assert padded.shape == (1, 3, 64, 64)
+    assert (box.height, box.width) == (32, 64)  # 1:2 kept, never squashed
+    assert torch.all(padded[..., : box.top, :] == 1.0) and torch.all(padded[..., box.top + box.height :, :] == 1.0)
+    restored = ps.unpad_and_resize(padded, box, (30, 60))
+    assert restored.shape == image.shape
+    assert (restored - image).abs().max() < 0.05  # a down/up-sampling round trip, not an exact one
+
+
+def test_prepare_object_image_whitens_outside_mask():
+    rgb = torch.zeros(1, 3, 4, 4)
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., 1:3, 1:3] = 1.0
+    prepared = ps.prepare_object_image(rgb, mask)
+    assert prepared.min() == -1.0 and prepared.max() == 1.0
+    assert torch.all(prepared[..., 0, 0] == 1.0) and torch.all(prepared[..., 1, 1] == -1.0)
+
+
+def test_shadow_vae_encoding_round_trip_without_vae():
+    shadow = torch.rand(2, 1, 8, 8)
+    as_input = ps.shadow_to_vae_input(shadow)
+    assert as_input.shape == (2, 3, 8, 8) and as_input.min() >= -1 and as_input.max() <= 1
+    assert torch.allclose(ps.vae_output_to_shadow(as_input), shadow, atol=1e-6)
+
+
+def test_gray_to_tensor_reads_16_bit_png(tmp_path):
+    values = np.array([[0, 32768, 65535]], dtype=np.uint16)
+    PIL.Image.fromarray(values).save(tmp_path / "s.png")
+    tensor = ps.gray_to_tensor(PIL.Image.open(tmp_path / "s.png"))
+    assert torch.allclose(tensor, torch.tensor([[[0.0, 32768 / 65535, 1.0]]]), atol=1e-6)
+
+
+def test_mask_to_latent_area_average():
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., :8, :8] = 1.0
+    latent = ps.mask_to_latent(mask, (2, 2))
+    assert torch.equal(latent, torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]]))
+
+
+# ----- rectified flow --------------------------------------------------------------------------------------------
+
+
+def test_rectified_flow_recovers_x0_from_true_velocity():
+    generator = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(4, 4, 8, 8, generator=generator), torch.randn(4, 4, 8, 8, generator=generator)
+    t = torch.tensor([0.0, 0.25, 0.7, 1.0])
+    x_t = ps.rf_interpolate(x0, noise, t)
+    assert torch.allclose(x_t[0], x0[0]) and torch.allclose(x_t[3], noise[3])
+    velocity = ps.rf_velocity(x0, noise)
+    assert torch.allclose(ps.rf_predict_x0(x_t, velocity, t), x0, atol=1e-6)
+    # One Euler step from t = 1 to 0 with the true velocity lands on x0 (the straight path).
+    assert torch.allclose(ps.rf_euler_step(noise, velocity, torch.ones(4), torch.zeros(4)), x0, atol=1e-6)
+    assert torch.equal(ps.rf_model_timestep(torch.tensor([0.5])), torch.tensor([500.0]))
+
+
+@pytest.mark.parametrize("mode", ps.TIMESTEP_SAMPLING_CHOICES)
+def test_sample_timesteps_in_unit_interval(mode):
+    t = ps.sample_timesteps(4096, mode, generator=torch.Generator().manual_seed(0))
+    assert t.shape == (4096,) and t.min() >= 0 and t.max() <= 1
+
+
+def test_sample_timesteps_shapes_the_distribution():
+    generator = torch.Generator().manual_seed(0)
+    uniform = ps.sample_timesteps(20000, "uniform", generator=generator)
+    shifted = ps.sample_timesteps(20000, "shifted", generator=generator)
+    logit = ps.sample_timesteps(20000, "logit_normal", generator=generator)
+    assert abs(uniform.mean() - 0.5) < 0.01
+    assert shifted.mean() > 0.65  # biased toward t = 1, where one-step inference starts
+    assert logit.std() < uniform.std()  # concentrated in the middle
+    assert torch.all(ps.sample_timesteps(8, "single_step") == 1.0)
+    with pytest.raises(ValueError, match="Unknown timestep sampling 'cosine'"):
+        ps.sample_timesteps(2, "cosine")
+
+
+def test_scheduler_step_matches_pure_euler():
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+    scheduler.set_timesteps(sigmas=ps.inference_sigmas(4))
+    assert torch.allclose(scheduler.sigmas, torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]))
+    assert torch.allclose(scheduler.timesteps, ps.rf_model_timestep(torch.tensor([1.0, 0.75, 0.5, 0.25])))
+    sample, velocity = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2)
+    stepped = scheduler.step(velocity, scheduler.timesteps[0], sample).prev_sample
+    assert torch.allclose(stepped, ps.rf_euler_step(sample, velocity, torch.tensor([1.0]), torch.tensor([0.75])))
+
+
+# ----- conversion ------------------------------------------------------------------------------------------------
+
+
+def test_widen_conv_in_reproduces_old_conv():
+    conv = torch.nn.Conv2d(4, 8, 3, padding=1)
+    weight, bias = ps.widen_conv_in(conv.weight.data, conv.bias.data, 9)
+    assert weight.shape == (8, 9, 3, 3) and torch.all(weight[:, 4:] == 0)
+    x = torch.randn(2, 4, 6, 6)
+    widened = torch.nn.functional.conv2d(torch.cat([x, torch.randn(2, 5, 6, 6) * 0], 1), weight, bias, padding=1)
+    assert torch.allclose(widened, conv(x), atol=1e-6)
+    with pytest.raises(ValueError, match="Cannot widen"):
+        ps.widen_conv_in(conv.weight.data, conv.bias.data, 3)
+
+
+def test_conversion_drops_cross_attention_and_widens_conv_in(tiny_sdxl_dir, caplog):
+    sdxl = UNet2DConditionModel.from_pretrained(tiny_sdxl_dir, subfolder="unet")
+    assert any(".attn2." in name for name, _ in sdxl.named_parameters())  # the tiny SDXL really has them
+    with caplog.at_level(logging.INFO, logger="pipeline_shadow"):
+        unet = ShadowUNet.from_sdxl_unet(sdxl)
+    names = [name for name, _ in unet.named_parameters()]
+    assert not any(".attn2." in n or (".norm2." in n and "transformer_blocks" in n) for n in names)
+    assert not any(n.startswith("unet.add_embedding") for n in names)
+    assert unet.unet.conv_in.weight.shape[1] == 9 and torch.all(unet.unet.conv_in.weight[:, 4:] == 0)
+    assert torch.equal(unet.unet.conv_in.weight[:, :4], sdxl.conv_in.weight)
+    assert torch.all(unet.unet.class_embedding.linear_2.weight == 0)
+    # Everything kept is copied from SDXL.
+    sdxl_state = sdxl.state_dict()
+    key = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight"
+    assert torch.equal(unet.state_dict()[f"unet.{key}"], sdxl_state[key])
+    # The config alone says how to rebuild it.
+    assert unet.config.unet_config["in_channels"] == 9 and unet.config.cross_attention is False
+    assert unet.config.unet_config["projection_class_embeddings_input_dim"] == 768
+    assert "dropped" in caplog.text and "conv_in widened 4 -> 9" in caplog.text and "light embedding" in caplog.text
+
+
+def test_zero_initialised_light_projection_ignores_light_at_init(tiny_sdxl_dir):
+    unet = ShadowUNet.from_sdxl_unet(UNet2DConditionModel.from_pretrained(tiny_sdxl_dir, subfolder="unet"))
+    sample = torch.randn(2, 9, 8, 8, generator=torch.Generator().manual_seed(0))
+    timestep = torch.tensor([1000.0, 1000.0])
+    with torch.no_grad():
+        a = unet(sample, timestep, torch.tensor([[10.0, 0.0, 2.0], [10.0, 0.0, 2.0]])).sample
+        b = unet(sample, timestep, torch.tensor([[40.0, 200.0, 8.0], [5.0, 90.0, 3.0]])).sample
+        assert torch.equal(a, b)
+        _activate_light(unet)
+        c = unet(sample, timestep, torch.tensor([[40.0, 200.0, 8.0], [5.0, 90.0, 3.0]])).sample
+    assert not torch.allclose(a, c)
+
+
+def test_light_embedding_separates_nearby_degrees_and_wraps_phi(tiny_shadow_dir):
+    unet = ShadowUNet.from_pretrained(tiny_shadow_dir, subfolder="unet")
+    embedding = unet.light_embedding(torch.tensor([[30.0, 10.0, 2.0], [31.0, 370.0, 2.0], [30.0, 10.0, 2.0]]))
+    assert embedding.shape == (3, 768)
+    theta_part, phi_part = slice(0, 256), slice(256, 512)
+    # One degree apart must be clearly distinguishable (raw degrees, not [0,1]-normalised).
+    assert (embedding[0, theta_part] - embedding[1, theta_part]).abs().max() > 0.5
+    assert torch.equal(embedding[1, phi_part], embedding[0, phi_part])
+    with pytest.raises(ValueError, match=r"`light` must be \[B, 3\]"):
+        unet.light_embedding(torch.zeros(2, 2))
+
+
+def test_shadow_unet_round_trip_is_bit_identical(tiny_shadow_dir, tmp_path):
+    unet = ShadowUNet.from_pretrained(tiny_shadow_dir, subfolder="unet")
+    _activate_light(unet)
+    unet.save_pretrained(tmp_path / "unet")
+    reloaded = ShadowUNet.from_pretrained(tmp_path / "unet")
+    sample = torch.randn(1, 9, 8, 8, generator=torch.Generator().manual_seed(1))
+    light = torch.tensor([[20.0, 45.0, 3.0]])
+    with torch.no_grad():
+        assert torch.equal(
+            unet(sample, torch.tensor([700.0]), light).sample, reloaded(sample, torch.tensor([700.0]), light).sample
+        )
+
+
+# ----- the pipeline ----------------------------------------------------------------------------------------------
+
+
+def test_from_sdxl_defaults(tiny_sdxl_dir):
+    pipe = ShadowPipeline.from_sdxl(tiny_sdxl_dir)
+    assert isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)
+    assert pipe.default_resolution == 16 * 8  # unet sample_size x VAE factor when no training resolution is recorded
+    assert not hasattr(pipe, "text_encoder")
+
+
+def test_output_types_shapes_and_ranges(tiny_pipeline):
+    image = _rgba_object(48, 64)
+    pil = tiny_pipeline(image, generator=torch.Generator().manual_seed(0)).shadow_maps
+    assert len(pil) == 1 and pil[0].mode == "L" and pil[0].size == (64, 48)  # back at the input size
+    as_np = _call(tiny_pipeline, image)
+    assert as_np.shape == (1, 48, 64) and as_np.dtype == np.float32 and 0 <= as_np.min() and as_np.max() <= 1
+    as_pt = _call(tiny_pipeline, image, output_type="pt")
+    assert as_pt.shape == (1, 1, 48, 64) and torch.allclose(as_pt[:, 0], torch.from_numpy(as_np))
+    assert np.array_equal(np.asarray(pil[0]), (as_np[0] * 255).round().astype(np.uint8))
+
+
+def test_inputs_as_numpy_and_tensor_match_pil(tiny_pipeline):
+    image = _rgba_object()
+    rgba = np.array(image)
+    reference = _call(tiny_pipeline, image)
+    from_numpy = _call(tiny_pipeline, rgba[..., :3], mask=rgba[..., 3])
+    tensor = torch.from_numpy(rgba[..., :3]).permute(2, 0, 1)[None].float() / 255
+    from_tensor = _call(tiny_pipeline, tensor, mask=torch.from_numpy(rgba[..., 3] / 255.0).float()[None, None])
+    assert np.allclose(reference, from_numpy, atol=1e-6) and np.allclose(reference, from_tensor, atol=1e-6)
+
+
+def test_phi_is_periodic_and_light_matters(tiny_pipeline):
+    _activate_light(tiny_pipeline.unet)
+    image = _rgba_object()
+    at_10 = _call(tiny_pipeline, image, phi=10.0)
+    assert np.array_equal(at_10, _call(tiny_pipeline, image, phi=370.0))
+    assert np.array_equal(at_10, _call(tiny_pipeline, image, phi=-350.0))
+    assert not np.array_equal(at_10, _call(tiny_pipeline, image, phi=100.0))
+
+
+def test_batch_matches_single_calls(tiny_pipeline):
+    _activate_light(tiny_pipeline.unet)
+    images = [_rgba_object(), _rgba_object(box=(5, 40, 10, 30))]
+    generators = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
+    batch = tiny_pipeline(
+        images, theta=[10.0, 40.0], phi=[0.0, 180.0], size=2.0, generator=generators, output_type="np"
+    )
+    single_0 = _call(tiny_pipeline, images[0], seed=1, theta=10.0, phi=0.0)
+    single_1 = _call(tiny_pipeline, images[1], seed=2, theta=40.0, phi=180.0)
+    assert np.allclose(batch.shadow_maps[0], single_0[0], atol=1e-5)
+    assert np.allclose(batch.shadow_maps[1], single_1[0], atol=1e-5)
+
+
+def test_more_steps_run_and_change_the_result(tiny_pipeline):
+    image = _rgba_object()
+    one = _call(tiny_pipeline, image)
+    four = _call(tiny_pipeline, image, num_inference_steps=4)
+    assert four.shape == one.shape and not np.array_equal(one, four)
+
+
+def test_processing_resolution_and_explicit_size(tiny_pipeline):
+    image = _rgba_object(48, 64)
+    prepared = tiny_pipeline.encode_object(image)
+    assert prepared.object_latents.shape == (1, 4, 8, 8)  # config resolution 64 -> 8x8 latents
+    prepared = tiny_pipeline.encode_object(image, height=32, width=96)
+    assert prepared.object_latents.shape == (1, 4, 4, 12)
+    assert _call(tiny_pipeline, image, height=32, width=96).shape == (1, 48, 64)
+
+
+def test_cached_object_latents_give_the_same_output(tiny_pipeline):
+    _activate_light(tiny_pipeline.unet)
+    image = _rgba_object()
+    prepared = tiny_pipeline.encode_object(image)
+    for phi in (0.0, 90.0):
+        direct = _call(tiny_pipeline, image, phi=phi)
+        cached = tiny_pipeline(
+            object_latents=prepared, phi=phi, generator=torch.Generator().manual_seed(0), output_type="np"
+        ).shadow_maps
+        assert np.array_equal(direct, cached)
+
+
+def test_background_gives_composites(tiny_pipeline):
+    image = _rgba_object(48, 64)
+    out = tiny_pipeline(image, background=PIL.Image.new("RGB", (200, 100), (0, 0, 255)), intensity=0.5)
+    assert out.images[0].size == (64, 48) and out.images[0].mode == "RGB"
+    composite_np = tiny_pipeline(image, background=np.full((10, 10, 3), 255, np.uint8), output_type="np").images
+    assert composite_np.shape == (1, 48, 64, 3)
+    # Inside the object the composite is the object itself.
+    assert np.allclose(composite_np[0, 20, 30], np.array([200, 60, 40]) / 255, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"theta": 90.0}, r"`theta` must lie in \[0, 90\)"),
+        ({"theta": -1.0}, r"`theta` must lie in \[0, 90\)"),
+        ({"size": 0.0}, r"`size` \(area-light side\) must be > 0"),
+        ({"intensity": -0.5}, "`intensity` must be >= 0"),
+        ({"height": 60}, "`height` must be a positive multiple of 8"),
+        ({"width": 63}, "`width` must be a positive multiple of 8"),
+        ({"num_inference_steps": 0}, "`num_inference_steps` must be an integer >= 1"),
+        ({"output_type": "latent"}, "`output_type` must be one of"),
+        ({"phi": [0.0, 90.0]}, "`phi` has 2 values but the batch has 1 images"),
+        ({"theta": "steep"}, "`theta` must be a finite number"),
+        ({"theta": float("nan")}, "`theta` must be a finite number"),
+    ],
+)
+def test_check_inputs_errors(tiny_pipeline, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_pipeline(_rgba_object(), **kwargs)
+
+
+def test_input_errors(tiny_pipeline):
+    rgb = PIL.Image.new("RGB", (32, 32))
+    with pytest.raises(ValueError, match="is RGB and no `mask` was given"):
+        tiny_pipeline(rgb)
+    with pytest.raises(ValueError, match=r"is \(32, 32\) \(H, W\) but its `mask` is \(16, 16\)"):
+        tiny_pipeline(rgb, mask=PIL.Image.new("L", (16, 16)))
+    with pytest.raises(ValueError, match="must be a PIL image, a numpy array or a torch tensor"):
+        tiny_pipeline("object.png")
+    with pytest.raises(ValueError, match=r"float values must lie in \[0, 1\]"):
+        tiny_pipeline(torch.full((1, 3, 8, 8), 2.0), mask=torch.ones(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="use output_type='pil'"):
+        tiny_pipeline([_rgba_object(32, 32), _rgba_object(48, 64)], output_type="np")
+    # ... while "pil" handles mixed sizes.
+    maps = tiny_pipeline([_rgba_object(32, 32), _rgba_object(48, 64)]).shadow_maps
+    assert [m.size for m in maps] == [(32, 32), (64, 48)]
+
+
+def test_composite_hand_made_case():
+    obj = torch.zeros(3, 2, 2)
+    obj[0] = 1.0  # red object
+    mask = torch.tensor([[[1.0, 0.0], [0.0, 0.5]]])
+    shadow = torch.tensor([[[0.0, 1.0], [0.5, 1.0]]])
+    background = torch.full((3, 2, 2), 0.8)
+    out = ps.composite(obj, mask, shadow, background, intensity=0.5)
+    # Object pixel: the object. Shadow 1 x 0.5: background darkened by half. Shadow 0.5 x 0.5: by a quarter.
+    assert torch.allclose(out[:, 0, 0], torch.tensor([1.0, 0.0, 0.0]))
+    assert torch.allclose(out[:, 0, 1], torch.full((3,), 0.4))
+    assert torch.allclose(out[:, 1, 0], torch.full((3,), 0.6))
+    # Soft mask 0.5 over a half-darkened background: 0.5 * object + 0.5 * 0.4.
+    assert torch.allclose(out[:, 1, 1], torch.tensor([0.7, 0.2, 0.2]))
+    # Intensity clamps: 3 x 1.0 -> fully dark.
+    assert torch.allclose(ps.composite(obj, mask, shadow, background, intensity=3.0)[:, 0, 1], torch.zeros(3))
+    with pytest.raises(ValueError, match="`intensity` must be >= 0"):
+        ps.composite(obj, mask, shadow, background, intensity=-1.0)
+
+
+def test_composite_pil_resizes_background_without_squashing():
+    image = _rgba_object(48, 64)
+    background = PIL.Image.new("RGB", (640, 100), (10, 200, 30))
+    shadow = PIL.Image.new("L", (64, 48), 0)
+    result = ps.composite(image, None, shadow, background)
+    assert result.size == (64, 48) and result.getpixel((0, 0)) == (10, 200, 30)
+
+
+# ----- loading and sharing ---------------------------------------------------------------------------------------
+
+
+def test_save_and_reload_pipeline_is_bit_identical(tiny_pipeline, tmp_path):
+    _activate_light(tiny_pipeline.unet)
+    tiny_pipeline.register_to_config(default_processing_resolution=32)
+    tiny_pipeline.save_pretrained(tmp_path / "pipe")
+    index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_shadow", "ShadowPipeline"]
+    assert index["unet"] == ["pipeline_shadow", "ShadowUNet"]
+    assert (tmp_path / "pipe" / "pipeline_shadow.py").is_file() and (
+        tmp_path / "pipe" / "unet" / "pipeline_shadow.py"
+    ).is_file()
+    reloaded = ShadowPipeline.from_pretrained(tmp_path / "pipe")  # no trust_remote_code needed for our own class
+    assert reloaded.default_resolution == 32
+    image = _rgba_object()
+    assert np.array_equal(_call(tiny_pipeline, image, phi=45.0), _call(reloaded, image, phi=45.0))
+
+
+def test_from_pretrained_rejects_unknown_arguments(tiny_shadow_dir):
+    with pytest.raises(ValueError, match="Unexpected arguments for ShadowPipeline.from_pretrained: foo"):
+        ShadowPipeline.from_pretrained(tiny_shadow_dir, foo=1)
+
+
+def test_trust_remote_code_loads_folder_without_the_project(tiny_pipeline, tmp_path):
+    """The saved folder is all `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` needs: run it from an
+    unrelated directory, with the project off sys.path and an empty HF_HOME, offline."""
+    _activate_light(tiny_pipeline.unet)
+    folder = tmp_path / "pipe"
+    tiny_pipeline.save_pretrained(folder)
+    expected = _call(tiny_pipeline, torch.full((1, 3, 32, 32), 0.5), mask=torch.ones(1, 1, 32, 32), phi=30.0)
+    np.save(tmp_path / "expected.npy", expected)
+    script = textwrap.dedent(
+        f"""
+        import sys, numpy as np, torch
+        from diffusers import DiffusionPipeline
+        pipe = DiffusionPipeline.from_pretrained({str(folder)!r}, trust_remote_code=True)
+        assert type(pipe).__name__ == "ShadowPipeline" and type(pipe.unet).__name__ == "ShadowUNet"
+        assert type(pipe).__module__.startswith("diffusers_modules"), type(pipe).__module__  # the folder's own copy
+        out = pipe(torch.full((1, 3, 32, 32), 0.5), mask=torch.ones(1, 1, 32, 32), phi=30.0,
+                   generator=torch.Generator().manual_seed(0), output_type="np").shadow_maps
+        assert np.array_equal(out, np.load({str(tmp_path / "expected.npy")!r})), "outputs differ"
+        print("OK")
+        """
+    )
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-c", script], cwd=workdir, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "OK" in result.stdout
