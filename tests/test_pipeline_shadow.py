@@ -195,6 +195,17 @@ def test_conversion_drops_cross_attention_and_widens_conv_in(tiny_sdxl_dir, capl
     assert "dropped" in caplog.text and "conv_in widened 4 -> 9" in caplog.text and "light embedding" in caplog.text
 
 
+def test_full_size_parameter_counts():
+    """The real SDXL config, built on the meta device (no memory, no download): 2.57 B -> 2.02 B parameters."""
+    from random_sdxl import unet_config
+
+    with torch.device("meta"):
+        sdxl = UNet2DConditionModel.from_config(unet_config("full"))
+        shadow = ShadowUNet(unet_config=ps.shadow_unet_config(sdxl.config))
+    assert sum(p.numel() for p in sdxl.parameters()) == 2_567_463_684
+    assert sum(p.numel() for p in shadow.parameters()) == 2_019_019_844
+
+
 def test_zero_initialised_light_projection_ignores_light_at_init(tiny_sdxl_dir):
     unet = ShadowUNet.from_sdxl_unet(UNet2DConditionModel.from_pretrained(tiny_sdxl_dir, subfolder="unet"))
     sample = torch.randn(2, 9, 8, 8, generator=torch.Generator().manual_seed(0))
