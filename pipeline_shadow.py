@@ -223,9 +223,16 @@ def vae_output_to_shadow(decoded: torch.Tensor) -> torch.Tensor:
     return ((decoded.mean(dim=1, keepdim=True) + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
+def _execution_device(model: torch.nn.Module) -> torch.device:
+    """Where `model` computes: its parameters' device, or the accelerator its offload hook moves it to on call
+    (`enable_model_cpu_offload` keeps it on the CPU in between)."""
+    hook = getattr(model, "_hf_hook", None)
+    return getattr(hook, "execution_device", None) or model.device
+
+
 def encode_latents(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
     """Deterministic latents: the posterior mean, shifted and scaled like diffusers' SD/SDXL pipelines."""
-    latents = vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mean
+    latents = vae.encode(images.to(_execution_device(vae), vae.dtype)).latent_dist.mean
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return (latents - shift) * vae.config.scaling_factor
 
@@ -233,7 +240,7 @@ def encode_latents(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
 def decode_shadow(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
     """Latents -> [B,1,H,W] shadow map in [0, 1]."""
     shift = getattr(vae.config, "shift_factor", None) or 0.0
-    decoded = vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor + shift).sample
+    decoded = vae.decode(latents.to(_execution_device(vae), vae.dtype) / vae.config.scaling_factor + shift).sample
     return vae_output_to_shadow(decoded.float())
 
 
