@@ -208,6 +208,25 @@ def unpad_and_resize(tensor: torch.Tensor, box: PadBox, size_hw: tuple[int, int]
     return F.interpolate(cropped, size=size_hw, mode="bilinear", antialias=True, align_corners=False)
 
 
+def preprocess_object(
+    rgb: torch.Tensor, mask: torch.Tensor, target_hw: tuple[int, int], binarize: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, PadBox]:
+    """The one object preprocessing shared by training data and inference: [3,H,W] RGB in [0, 1] + [1,H,W] mask ->
+    ([3,h,w] VAE input in [-1, 1], [1,h,w] mask, PadBox) at `target_hw`.
+
+    The mask is binarised at 0.5 (as the training data is), the object is whitened at the SOURCE size so that resizing
+    blends its edges with white rather than with whatever background it had, then resized and padded (aspect kept),
+    and finally everything outside the resized mask is made exactly white (DESIGN.md §8)."""
+    if binarize:
+        mask = binarize_mask(mask)
+    whitened = torch.addcmul(1.0 - mask, rgb, mask)  # rgb * mask + white * (1 - mask)
+    whitened, box = resize_and_pad(whitened, target_hw, OBJECT_FILL)
+    resized_mask, _ = resize_and_pad(mask, target_hw, MASK_FILL)
+    resized_mask = resized_mask.clamp(0.0, 1.0)
+    object_image = prepare_object_image(whitened.clamp(0.0, 1.0)[None], resized_mask[None])[0]
+    return object_image, resized_mask, box
+
+
 def mask_to_latent(mask: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
     """[B,1,H,W] mask -> [B,1,h,w] by area averaging, kept in [0, 1] (not rescaled to [-1, 1])."""
     return F.interpolate(mask, size=latent_hw, mode="area")
@@ -826,16 +845,11 @@ class ShadowPipeline(DiffusionPipeline):
     def _encode(self, objects, masks, height, width) -> ObjectLatents:
         target_hw = (height or self.default_resolution, width or self.default_resolution)
         device = self._execution_device
-        padded_objects, padded_masks, boxes = [], [], []
-        for obj, mask in zip(objects, masks):
-            padded_obj, box = resize_and_pad(obj, target_hw, OBJECT_FILL)
-            padded_mask, _ = resize_and_pad(mask, target_hw, MASK_FILL)
-            padded_objects.append(padded_obj)
-            padded_masks.append(padded_mask)
-            boxes.append(box)
-        object_batch = torch.stack(padded_objects).to(device)  # [B,3,H,W] in [0,1]
-        mask_batch = torch.stack(padded_masks).to(device)  # [B,1,H,W]
-        vae_input = prepare_object_image(object_batch, mask_batch)  # [-1,1], white outside the mask
+        # The same preprocessing as the training data: binarised mask, white background, resized and padded.
+        prepared = [preprocess_object(obj, mask, target_hw) for obj, mask in zip(objects, masks)]
+        vae_input = torch.stack([p[0] for p in prepared]).to(device)  # [B,3,H,W] in [-1,1], white outside the mask
+        mask_batch = torch.stack([p[1] for p in prepared]).to(device)  # [B,1,H,W]
+        boxes = [p[2] for p in prepared]
         with self._vae_dtype_context():
             object_latents = encode_latents(self.vae, vae_input)  # [B,4,h,w]
         latent_hw = tuple(object_latents.shape[-2:])

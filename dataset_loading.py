@@ -1,0 +1,2028 @@
+# Copyright 2026 The controllable-shadow-generation authors. Licensed under the Apache License, Version 2.0.
+"""The one data path that training, evaluation and the demo share (DESIGN.md §2, §4, §8).
+
+Three sources, one batch format:
+
+- `custom`: a folder `DATA/` with `objects/*.png`, `masks/*.png`, `shadows/*.png` (same file stem in all three) and
+  `metadata.json` = `{stem: {"theta": deg, "phi": deg, "size": s, "object_id": ...}}`, or `metadata.jsonl` (one
+  object per line with `file_name` = the file's name inside `objects/`).
+- `hf`: any Hugging Face dataset by Hub id or local path (`datasets.load_dataset`), or a folder written by
+  `save_to_disk` (`datasets.load_from_disk`).
+- `benchmark`: the public test set `jasperai/controllable-shadow-generation-benchmark`, a webdataset tar (or its
+  extracted folder) of `<key>.image.png`, `<key>.mask.png`, `<key>.shadow.png`, `<key>.metadata.json`. It is a TEST
+  set: it is read whole, in key order, never shuffled, and training on it is warned about loudly.
+
+    from dataset_loading import create_dataloaders
+    train_loader, val_loader = create_dataloaders(dataset_type="custom", data_dir="DATA", batch_size=2, num_workers=0,
+                                                  image_size=512)
+    batch = next(iter(train_loader))
+    # object_image [2,3,512,512] in [-1,1] (white outside the mask), mask [2,1,512,512] in [0,1],
+    # shadow_map [2,1,512,512] in [0,1], theta/phi/size [2] float32, id: list of stems, track: list (None here)
+
+Every problem in a dataset is reported at once, each naming its file or key:
+
+    python dataset_loading.py verify DATA                        # exit status 1 on any error; warnings alone pass
+    python dataset_loading.py verify controllable-shadow-generation-benchmark.tar
+
+Optionally the VAE latents are cached on disk once (safetensors shards keyed by dataset fingerprint + VAE identity +
+resolution + dtype) and training reads latents instead of decoding PNGs and running the VAE every step:
+
+    python dataset_loading.py cache --data_dir DATA --pretrained_model_name_or_path SDXL --resolution 512 \\
+        --latent_cache_dir latent_cache --random_flip
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import posixpath
+import sys
+import tarfile
+import time
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import PIL.Image
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from pipeline_shadow import (
+    DEFAULT_RESOLUTION,
+    LIGHT_KEYS,
+    SHADOW_FILL,
+    THETA_MAX_DEG,
+    TRACK_NAMES,
+    detect_track,
+    encode_latents,
+    gray_to_tensor,
+    image_to_tensor,
+    mask_to_latent,
+    mirror_phi,
+    preprocess_object,
+    resize_and_pad,
+    shadow_to_vae_input,
+    wrap_phi,
+)
+
+logger = logging.getLogger(__name__)
+
+DatasetType = Literal["custom", "hf", "benchmark"]
+DATASET_TYPES = ("custom", "hf", "benchmark")
+VerifyLevel = Literal["metadata", "quick", "full"]
+VERIFY_LEVELS = ("metadata", "quick", "full")  # metadata only / + image headers and sizes / + decode and pixel values
+
+BENCHMARK_HUB_ID = "jasperai/controllable-shadow-generation-benchmark"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+ROLES = ("object", "mask", "shadow")
+CUSTOM_FOLDERS = {"object": "objects", "mask": "masks", "shadow": "shadows"}
+BENCHMARK_SUFFIXES = {"image": "object", "mask": "mask", "shadow": "shadow"}  # `<key>.<suffix>.png` -> role
+BENCHMARK_METADATA_SUFFIX = "metadata"
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+# Candidate column names of a Hugging Face dataset, in order of preference, and the option that overrides each.
+HF_COLUMN_DEFAULTS = {
+    "object": ("object_image", "image", "object"),
+    "mask": ("mask", "object_mask"),
+    "shadow": ("shadow_map", "shadow"),
+    "theta": ("theta",),
+    "phi": ("phi",),
+    "size": ("size", "light_size"),
+}
+HF_COLUMN_OPTIONS = {
+    "object": "image_column",
+    "mask": "mask_column",
+    "shadow": "shadow_column",
+    "theta": "theta_column",
+    "phi": "phi_column",
+    "size": "size_column",
+}
+HF_ID_COLUMNS = ("id", "key", "__key__", "file_name", "name")
+
+GRAY_CHANNEL_TOLERANCE = 2  # in 1/255 steps: RGB channels this close count as gray (JPEG noise)
+SOFT_MASK_TOLERANCE = 1.0 / 255.0
+INVERTED_SHADOW_MEAN = 0.5  # a shadow map (1 = full shadow) whose mean exceeds this most likely has 0 = shadow
+
+LATENT_CACHE_FORMAT = 1  # bump whenever the preprocessing or the shard layout changes: every old cache then misses
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 1. Problems, reports and errors
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of a dataset check. `kind` is a stable identifier (e.g. `missing_file`), `where` the file or key."""
+
+    kind: str
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+@dataclass
+class VerificationReport:
+    """All problems of one dataset. Errors make it unusable; warnings are legal-but-odd data."""
+
+    source: str
+    dataset_type: str
+    level: str = "full"
+    num_samples: int = 0
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def error(self, kind: str, where: str, message: str) -> None:
+        self.errors.append(Problem(kind, where, message))
+
+    def warn(self, kind: str, where: str, message: str) -> None:
+        self.warnings.append(Problem(kind, where, message))
+
+    def kinds(self) -> set[str]:
+        return {problem.kind for problem in self.errors + self.warnings}
+
+    def format(self, max_warnings_per_kind: int | None = 10) -> str:
+        """Every error, and warnings grouped by kind (at most `max_warnings_per_kind` each; None shows all)."""
+        status = "OK" if self.ok else "FAILED"
+        lines = [
+            f"Dataset check of {self.source} ({self.dataset_type}, {self.level} check): {status}, "
+            f"{self.num_samples} sample(s) checked, {len(self.errors)} error(s), {len(self.warnings)} warning(s)."
+        ]
+        if self.errors:
+            lines.append("Errors:")
+            lines.extend(f"  - {problem}" for problem in self.errors)
+        if self.warnings:
+            lines.append("Warnings:")
+            shown: dict[str, int] = {}
+            for problem in self.warnings:
+                shown[problem.kind] = shown.get(problem.kind, 0) + 1
+                if max_warnings_per_kind is None or shown[problem.kind] <= max_warnings_per_kind:
+                    lines.append(f"  - {problem}")
+            for kind, count in shown.items():
+                if max_warnings_per_kind is not None and count > max_warnings_per_kind:
+                    lines.append(f"  ... and {count - max_warnings_per_kind} more `{kind}` warning(s)")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+class DatasetVerificationError(ValueError):
+    """Raised by `create_dataloaders` / `open_shadow_dataset` when a dataset has errors; lists all of them."""
+
+    def __init__(self, report: VerificationReport):
+        self.report = report
+        hint = f"Fix these and rerun, or list them with `python dataset_loading.py verify {report.source}`."
+        super().__init__(f"{report.format()}\n{hint}")
+
+
+class SampleLoadError(ValueError):
+    """A sample that passed the quick checks could not be loaded (e.g. a truncated PNG). Never skipped silently."""
+
+
+class _UnreadableImage(Exception):
+    def __init__(self, where: str, reason: str):
+        super().__init__(f"{where}: {reason}")
+        self.where = where
+        self.reason = reason
+
+
+def _describe_exception(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 2. Records, light values and image sources
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """The light and identity of one sample; its images live in the dataset's source at the same index."""
+
+    id: str
+    theta: float
+    phi: float  # raw, wrapped into [0, 360) when loaded
+    size: float
+    object_id: str | None = None
+    track: str | None = None
+
+
+def _parse_light(metadata: dict, where: str, report: VerificationReport) -> tuple[float, float, float] | None:
+    """theta, phi, size from one metadata entry, or None after reporting every problem with them."""
+    values: dict[str, float] = {}
+    for key in LIGHT_KEYS:
+        value = metadata.get(key)
+        if value is None:
+            report.error(
+                "missing_light",
+                where,
+                f"`{key}` is missing; every sample needs numbers theta (degrees in [0, {THETA_MAX_DEG:g})), "
+                "phi (degrees) and size (> 0).",
+            )
+            continue
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            report.error(
+                "non_numeric_light", where, f"`{key}` must be a number, got {value!r} ({type(value).__name__})."
+            )
+            continue
+        if not math.isfinite(float(value)):
+            report.error("non_numeric_light", where, f"`{key}` must be a finite number, got {value!r}.")
+            continue
+        values[key] = float(value)
+    if len(values) != len(LIGHT_KEYS):
+        return None
+    theta, phi, size = (values[key] for key in LIGHT_KEYS)
+    valid = True
+    if not 0.0 <= theta < THETA_MAX_DEG:
+        report.error(
+            "light_out_of_range",
+            where,
+            f"`theta` = {theta:g} is outside [0, {THETA_MAX_DEG:g}) degrees (0 = light straight above the object).",
+        )
+        valid = False
+    if size <= 0.0:
+        report.error(
+            "light_out_of_range", where, f"`size` = {size:g} must be > 0 (the area light's side; 2..8 in the paper)."
+        )
+        valid = False
+    return (theta, phi, size) if valid else None
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+class _ImageSource:
+    """Where the object image, mask and shadow map of each sample live; index i lines up with the i-th record."""
+
+    label: str = ""
+    cheap_headers = True  # can tell an image's size and mode without decoding it
+
+    def where(self, index: int, role: str) -> str:
+        raise NotImplementedError
+
+    def open(self, index: int, role: str) -> PIL.Image.Image | np.ndarray:
+        """The decoded image; raises `_UnreadableImage` naming the file."""
+        raise NotImplementedError
+
+    def open_all(self, index: int) -> dict[str, PIL.Image.Image | np.ndarray]:
+        return {role: self.open(index, role) for role in ROLES}
+
+    def header(self, index: int, role: str) -> tuple[tuple[int, int], str] | None:
+        """(width, height), mode without decoding the pixels; None where the source cannot tell cheaply."""
+        return None
+
+    def fingerprint(self) -> Any:
+        raise NotImplementedError
+
+
+def _open_pil(opener, where: str, load: bool = True) -> PIL.Image.Image:
+    try:
+        image = PIL.Image.open(opener)
+        if load:
+            image.load()
+        return image
+    except Exception as exc:  # PIL raises many types for bad files; each becomes a message naming the file
+        raise _UnreadableImage(where, f"unreadable or truncated image ({_describe_exception(exc)})") from None
+
+
+class _FileSource(_ImageSource):
+    def __init__(self, root: Path, refs: list[dict[str, Path]], label: str | None = None):
+        self.root = Path(root)
+        self.refs = refs
+        self.label = label or str(root)
+
+    def where(self, index: int, role: str) -> str:
+        return _relative(self.refs[index][role], self.root)
+
+    def open(self, index: int, role: str) -> PIL.Image.Image:
+        return _open_pil(self.refs[index][role], self.where(index, role))
+
+    def header(self, index: int, role: str) -> tuple[tuple[int, int], str]:
+        where = self.where(index, role)
+        try:
+            with PIL.Image.open(self.refs[index][role]) as image:
+                return image.size, image.mode
+        except Exception as exc:
+            raise _UnreadableImage(where, f"unreadable image ({_describe_exception(exc)})") from None
+
+    def fingerprint(self) -> Any:
+        entries = []
+        for ref in self.refs:
+            for role in ROLES:
+                stat = ref[role].stat()
+                entries.append((_relative(ref[role], self.root), stat.st_size, stat.st_mtime_ns))
+        return {"files": entries}
+
+
+@dataclass(frozen=True)
+class _TarMember:
+    tar_path: str
+    name: str
+    offset: int
+    size: int
+    data: bytes | None = None  # members of compressed tars are kept in memory (no random access into them)
+
+
+class _TarSource(_ImageSource):
+    def __init__(self, refs: list[dict[str, _TarMember]], label: str):
+        self.refs = refs
+        self.label = label
+
+    def where(self, index: int, role: str) -> str:
+        member = self.refs[index][role]
+        return f"{Path(member.tar_path).name}:{member.name}"
+
+    def _bytes(self, member: _TarMember) -> bytes:
+        if member.data is not None:
+            return member.data
+        with open(member.tar_path, "rb") as handle:  # a fresh handle per read: safe across threads and workers
+            handle.seek(member.offset)
+            data = handle.read(member.size)
+        if len(data) != member.size:
+            raise _UnreadableImage(f"{Path(member.tar_path).name}:{member.name}", "the tar archive is truncated")
+        return data
+
+    def open(self, index: int, role: str) -> PIL.Image.Image:
+        where = self.where(index, role)
+        return _open_pil(io.BytesIO(self._bytes(self.refs[index][role])), where)
+
+    def header(self, index: int, role: str) -> tuple[tuple[int, int], str]:
+        image = _open_pil(io.BytesIO(self._bytes(self.refs[index][role])), self.where(index, role), load=False)
+        return image.size, image.mode
+
+    def fingerprint(self) -> Any:
+        tars = sorted({member.tar_path for ref in self.refs for member in ref.values()})
+        stats = [(path, os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in tars]
+        return {"tars": stats, "members": [[ref[role].name for role in ROLES] for ref in self.refs]}
+
+
+class _HFSource(_ImageSource):
+    cheap_headers = False
+
+    def __init__(self, dataset, columns: dict[str, str], rows: list[int], label: str):
+        import datasets
+
+        image_columns = list(dict.fromkeys(columns[role] for role in ROLES))
+        dataset = dataset.select_columns(image_columns)
+        for column in image_columns:  # decode ourselves, so that a broken image becomes a message naming its row
+            if isinstance(dataset.features[column], datasets.Image):
+                dataset = dataset.cast_column(column, datasets.Image(decode=False))
+        self.dataset = dataset
+        self.columns = columns
+        self.rows = rows
+        self.label = label
+
+    def where(self, index: int, role: str) -> str:
+        return f"row {self.rows[index]}, column '{self.columns[role]}'"
+
+    def open_all(self, index: int) -> dict[str, PIL.Image.Image | np.ndarray]:
+        row = self.dataset[self.rows[index]]
+        return {role: _hf_value_to_image(row[self.columns[role]], self.where(index, role)) for role in ROLES}
+
+    def open(self, index: int, role: str) -> PIL.Image.Image | np.ndarray:
+        return self.open_all(index)[role]
+
+    def fingerprint(self) -> Any:
+        return {"hf": getattr(self.dataset, "_fingerprint", None), "rows": self.rows, "columns": self.columns}
+
+
+def _hf_value_to_image(value: Any, where: str) -> PIL.Image.Image | np.ndarray:
+    if isinstance(value, PIL.Image.Image):
+        return value
+    if isinstance(value, dict) and ("bytes" in value or "path" in value):
+        if value.get("bytes") is not None:
+            return _open_pil(io.BytesIO(value["bytes"]), where)
+        if value.get("path"):
+            return _open_pil(value["path"], where)
+    if isinstance(value, (bytes, bytearray)):
+        return _open_pil(io.BytesIO(bytes(value)), where)
+    if isinstance(value, str):
+        return _open_pil(value, where)
+    if isinstance(value, (np.ndarray, list)):
+        array = np.asarray(value)
+        if array.ndim in (2, 3):
+            return array
+    raise _UnreadableImage(where, f"is not an image (got {type(value).__name__}); expected an image, bytes or a path")
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 3. Scanning the three kinds of sources (no pixels decoded here)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _check_duplicate_keys(pairs: list[tuple[str, Any]], duplicates: list[str]) -> dict:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            duplicates.append(key)
+        seen[key] = value
+    return seen
+
+
+def _strip_image_extension(name: str) -> str:
+    return Path(name).stem if Path(name).suffix.lower() in IMAGE_EXTENSIONS else name
+
+
+def _read_custom_metadata(root: Path, report: VerificationReport) -> dict[str, tuple[dict, str]] | None:
+    """{stem: (entry, where)} from metadata.json or metadata.jsonl; None when it cannot be read at all."""
+    json_path, jsonl_path = root / "metadata.json", root / "metadata.jsonl"
+    if json_path.exists() and jsonl_path.exists():
+        report.error("duplicate", "metadata.json + metadata.jsonl", "both exist; keep exactly one of them.")
+        return None
+    if not json_path.exists() and not jsonl_path.exists():
+        report.error(
+            "missing_metadata_file",
+            "metadata.json",
+            f'missing: expected {json_path} mapping each file stem to {{"theta": deg, "phi": deg, "size": s}} '
+            "(or metadata.jsonl with one object per line and a `file_name`).",
+        )
+        return None
+    path = json_path if json_path.exists() else jsonl_path
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        report.error("invalid_json", path.name, f"cannot be read as UTF-8 text ({_describe_exception(exc)}).")
+        return None
+    entries: dict[str, tuple[dict, str]] = {}
+    if path is json_path:
+        duplicates: list[str] = []
+        try:
+            data = json.loads(text, object_pairs_hook=lambda pairs: _check_duplicate_keys(pairs, duplicates))
+        except json.JSONDecodeError as exc:
+            report.error(
+                "invalid_json", f"metadata.json line {exc.lineno} column {exc.colno}", f"invalid JSON: {exc.msg}."
+            )
+            return None
+        if not isinstance(data, dict):
+            report.error(
+                "invalid_metadata",
+                "metadata.json",
+                f"must be a JSON object mapping each file stem to {{theta, phi, size}}, got a {type(data).__name__}.",
+            )
+            return None
+        for key in dict.fromkeys(duplicates):
+            if key in data:
+                report.error("duplicate", f"metadata.json key '{key}'", "appears more than once; keep one entry.")
+        for key, value in data.items():
+            where = f"metadata.json key '{key}'"
+            if not isinstance(value, dict):
+                report.error("invalid_metadata", where, f"must be an object with theta, phi, size; got {value!r}.")
+                continue
+            stem = _strip_image_extension(key)
+            if stem in entries:
+                report.error("duplicate", where, f"names the same sample as {entries[stem][1]}.")
+                continue
+            entries[stem] = (value, where)
+        return entries
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"metadata.jsonl line {line_number}"
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            report.error("invalid_json", f"{where} column {exc.colno}", f"invalid JSON: {exc.msg}.")
+            continue
+        if not isinstance(value, dict):
+            report.error("invalid_metadata", where, f"must be a JSON object, got {value!r}.")
+            continue
+        file_name = value.get("file_name")
+        if not isinstance(file_name, str) or not file_name:
+            report.error(
+                "invalid_metadata",
+                where,
+                'needs `file_name`: the object image\'s name inside objects/ (e.g. "0001.png").',
+            )
+            continue
+        stem = Path(file_name).stem
+        where = f"{where} ('{file_name}')"
+        if stem in entries:
+            report.error("duplicate", where, f"names the same sample as {entries[stem][1]}.")
+            continue
+        entries[stem] = (value, where)
+    return entries
+
+
+def _list_images(folder: Path, folder_name: str, report: VerificationReport) -> dict[str, Path]:
+    images: dict[str, Path] = {}
+    ignored: list[str] = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.is_dir():
+            continue
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            ignored.append(path.name)
+            continue
+        if path.stem in images:
+            report.error(
+                "duplicate",
+                f"{folder_name}/{path.name}",
+                f"has the same stem as {folder_name}/{images[path.stem].name}; keep one file per sample.",
+            )
+            continue
+        images[path.stem] = path
+    if ignored:
+        shown = ", ".join(ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
+        report.warn(
+            "ignored_file",
+            f"{folder_name}/",
+            f"ignored {len(ignored)} file(s) that are not images ({', '.join(IMAGE_EXTENSIONS)}): {shown}.",
+        )
+    return images
+
+
+def _scan_custom(root: Path, report: VerificationReport) -> tuple[_FileSource | None, list[SampleRecord]]:
+    if not root.exists():
+        report.error(
+            "missing_folder",
+            str(root),
+            "the data folder does not exist (a custom dataset is a folder with objects/, masks/, shadows/ and "
+            "metadata.json).",
+        )
+        return None, []
+    if not root.is_dir():
+        report.error(
+            "missing_folder", str(root), "is a file, not a folder with objects/, masks/, shadows/, metadata.json."
+        )
+        return None, []
+    images: dict[str, dict[str, Path]] = {}
+    for role, folder_name in CUSTOM_FOLDERS.items():
+        folder = root / folder_name
+        if folder.is_dir():
+            images[role] = _list_images(folder, folder_name, report)
+        else:
+            report.error(
+                "missing_folder",
+                f"{folder_name}/",
+                f"folder is missing: expected {folder} with one image per sample (the same file stem in objects/, "
+                "masks/ and shadows/).",
+            )
+    metadata = _read_custom_metadata(root, report)
+    metadata_name = "metadata.jsonl" if (root / "metadata.jsonl").exists() else "metadata.json"
+    stems = sorted(set().union(*(files.keys() for files in images.values()))) if images else []
+    records, refs = [], []
+    for stem in stems:
+        present = [role for role in ROLES if role in images and stem in images[role]]
+        missing = [role for role in ROLES if role in images and stem not in images[role]]
+        if missing:
+            have = ", ".join(_relative(images[role][stem], root) for role in present)
+            for role in missing:
+                report.error(
+                    "missing_file",
+                    f"{CUSTOM_FOLDERS[role]}/{stem}.*",
+                    f"sample '{stem}' has {have} but no file in {CUSTOM_FOLDERS[role]}/ (the three folders must hold "
+                    "the same stems).",
+                )
+        if metadata is not None and stem not in metadata:
+            report.error(
+                "missing_metadata",
+                _relative(images[present[0]][stem], root),
+                f"sample '{stem}' has images but no entry in {metadata_name}.",
+            )
+        if missing or len(present) != len(ROLES) or metadata is None or stem not in metadata:
+            continue
+        entry, where = metadata[stem]
+        light = _parse_light(entry, where, report)
+        if light is None:
+            continue
+        records.append(SampleRecord(stem, *light, object_id=_optional_str(entry.get("object_id")), track=None))
+        refs.append({role: images[role][stem] for role in ROLES})
+    if metadata is not None and images:
+        for stem, (_, where) in metadata.items():
+            if not any(stem in files for files in images.values()):
+                report.error(
+                    "orphan_metadata",
+                    where,
+                    f"has no images: no objects/{stem}.*, masks/{stem}.* or shadows/{stem}.* exists.",
+                )
+    return _FileSource(root, refs), records
+
+
+def _split_webdataset_name(name: str) -> tuple[str, str, str] | None:
+    """`dir/key.image.png` -> ("dir/key", "image", "image.png"); None for hidden files or names without a suffix."""
+    folder, base = posixpath.split(name)
+    if not base or base.startswith("."):
+        return None
+    stem, _, suffix = base.partition(".")
+    if not suffix:
+        return None
+    return (posixpath.join(folder, stem) if folder else stem), suffix.split(".")[0].lower(), suffix
+
+
+def _open_tar(path: Path) -> tuple[tarfile.TarFile, bool]:
+    """The tar and whether it is compressed (compressed members have no random access)."""
+    try:
+        return tarfile.open(path, mode="r:"), False
+    except tarfile.ReadError:
+        return tarfile.open(path, mode="r:*"), True
+
+
+def _download_benchmark(repo_id: str, cache_dir: str | None) -> Path:
+    """The benchmark from the Hub (a dataset repo with one webdataset tar). Needs network; tests use local tars."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=repo_id, repo_type="dataset", cache_dir=cache_dir))
+    except Exception as exc:
+        raise ValueError(
+            f"Could not download the dataset repo {repo_id!r} from the Hugging Face Hub ({_describe_exception(exc)}). "
+            "Offline? Download controllable-shadow-generation-benchmark.tar elsewhere and pass its path as `data_dir`."
+        ) from None
+
+
+def _scan_benchmark(path: Path, report: VerificationReport) -> tuple[_ImageSource | None, list[SampleRecord]]:
+    # members[key][suffix] = (where, reference or bytes); metadata bytes are read now, images lazily.
+    members: dict[str, dict[str, tuple[str, Any]]] = {}
+    ignored: dict[str, int] = {}
+
+    def add(key: str, suffix: str, where: str, ref: Any) -> None:
+        parts = members.setdefault(key, {})
+        if suffix in parts:
+            report.error("duplicate", where, f"sample '{key}' already has a `{suffix}` file ({parts[suffix][0]}).")
+            return
+        parts[suffix] = (where, ref)
+
+    if not path.exists():
+        report.error(
+            "missing_folder", str(path), "does not exist (expected the benchmark tar or its extracted folder)."
+        )
+        return None, []
+    if path.is_file():
+        tars = [path]
+    else:
+        tars = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(TAR_SUFFIXES))
+    from_tar = bool(tars)
+    for tar_path in tars:
+        try:
+            archive, compressed = _open_tar(tar_path)
+        except (tarfile.TarError, OSError) as exc:
+            report.error(
+                "unreadable_archive", str(tar_path), f"is not a readable tar archive ({_describe_exception(exc)})."
+            )
+            continue
+        try:
+            with archive:
+                for member in archive:
+                    if not member.isfile():
+                        continue
+                    split = _split_webdataset_name(member.name)
+                    if split is None:
+                        continue
+                    key, suffix, full_suffix = split
+                    where = f"{tar_path.name}:{member.name}"
+                    if suffix == BENCHMARK_METADATA_SUFFIX:
+                        add(key, suffix, where, archive.extractfile(member).read())
+                    elif suffix in BENCHMARK_SUFFIXES:
+                        data = archive.extractfile(member).read() if compressed else None
+                        add(
+                            key,
+                            suffix,
+                            where,
+                            _TarMember(str(tar_path), member.name, member.offset_data, member.size, data),
+                        )
+                    else:
+                        ignored[full_suffix] = ignored.get(full_suffix, 0) + 1
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            report.error("unreadable_archive", str(tar_path), f"is truncated or corrupt ({_describe_exception(exc)}).")
+    if not from_tar:
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            split = _split_webdataset_name(file.relative_to(path).as_posix())
+            if split is None:
+                continue
+            key, suffix, full_suffix = split
+            where = file.relative_to(path).as_posix()
+            if suffix == BENCHMARK_METADATA_SUFFIX:
+                add(key, suffix, where, file)
+            elif suffix in BENCHMARK_SUFFIXES:
+                add(key, suffix, where, file)
+            else:
+                ignored[full_suffix] = ignored.get(full_suffix, 0) + 1
+    for full_suffix, count in sorted(ignored.items()):
+        report.warn(
+            "ignored_file",
+            f"*.{full_suffix}",
+            f"ignored {count} file(s); a benchmark sample is <key>.image.png, <key>.mask.png, <key>.shadow.png and "
+            "<key>.metadata.json.",
+        )
+
+    records, refs = [], []
+    for key in sorted(members):
+        parts = members[key]
+        missing = [suffix for suffix in (*BENCHMARK_SUFFIXES, BENCHMARK_METADATA_SUFFIX) if suffix not in parts]
+        if missing:
+            have = ", ".join(where for where, _ in parts.values())
+            report.error(
+                "missing_file",
+                key,
+                f"sample '{key}' has {have} but no {', '.join(f'{key}.{s}.*' for s in missing)}.",
+            )
+            continue
+        where, raw = parts[BENCHMARK_METADATA_SUFFIX]
+        try:
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else Path(raw).read_text(encoding="utf-8")
+            metadata = json.loads(text)
+        except json.JSONDecodeError as exc:
+            report.error("invalid_json", f"{where} line {exc.lineno} column {exc.colno}", f"invalid JSON: {exc.msg}.")
+            continue
+        except (UnicodeDecodeError, OSError) as exc:
+            report.error("invalid_json", where, f"cannot be read as UTF-8 text ({_describe_exception(exc)}).")
+            continue
+        if not isinstance(metadata, dict):
+            report.error("invalid_metadata", where, f"must be a JSON object with theta, phi, size; got {metadata!r}.")
+            continue
+        light = _parse_light(metadata, where, report)
+        try:
+            track = detect_track(key, metadata)
+        except ValueError as exc:
+            report.error("unknown_track", where, str(exc))
+            continue
+        if track is None:
+            report.error(
+                "unknown_track",
+                key,
+                f"cannot tell the benchmark track: the key contains none of soft / horz|horizontal / vert|vertical and "
+                f"the metadata has no `track` (one of {', '.join(TRACK_NAMES)}).",
+            )
+            continue
+        if light is None:
+            continue
+        records.append(SampleRecord(key, *light, object_id=_optional_str(metadata.get("object_id")), track=track))
+        refs.append({BENCHMARK_SUFFIXES[suffix]: parts[suffix][1] for suffix in BENCHMARK_SUFFIXES})
+    if from_tar:
+        return _TarSource(refs, str(path)), records
+    return _FileSource(path, refs), records
+
+
+def _load_hf_dataset(dataset_name: str, dataset_config_name: str | None, cache_dir: str | None, split: str):
+    import datasets
+
+    path = Path(dataset_name)
+    saved_markers = ("dataset_info.json", "state.json", "dataset_dict.json")
+    if path.is_dir() and any((path / marker).exists() for marker in saved_markers):
+        loaded = datasets.load_from_disk(str(path))
+    else:
+        loaded = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, split=split)
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise ValueError(f"split {split!r} is not in the dataset; available splits: {', '.join(loaded)}.")
+        loaded = loaded[split]
+    return loaded
+
+
+def _scan_hf(
+    dataset_name: str,
+    report: VerificationReport,
+    *,
+    dataset_config_name: str | None,
+    cache_dir: str | None,
+    split: str,
+    columns: dict[str, str | None],
+    object_id_column: str | None,
+) -> tuple[_HFSource | None, list[SampleRecord]]:
+    try:
+        dataset = _load_hf_dataset(dataset_name, dataset_config_name, cache_dir, split)
+    except Exception as exc:  # load_dataset raises many types; the user needs the name and the cause
+        report.error("unreadable_dataset", dataset_name, f"could not be loaded ({_describe_exception(exc)}).")
+        return None, []
+    available = list(dataset.column_names)
+    resolved: dict[str, str] = {}
+    for role, candidates in HF_COLUMN_DEFAULTS.items():
+        option = HF_COLUMN_OPTIONS[role]
+        given = columns.get(role)
+        if given is not None:
+            if given in available:
+                resolved[role] = given
+            else:
+                report.error(
+                    "missing_column",
+                    f"`{option}`",
+                    f"column {given!r} is not in the dataset; available columns: {', '.join(available)}.",
+                )
+            continue
+        found = next((name for name in candidates if name in available), None)
+        if found is None:
+            report.error(
+                "missing_column",
+                f"`{option}`",
+                f"no {role} column (tried {', '.join(candidates)}); available columns: {', '.join(available)}. "
+                f"Pass `{option}=...`.",
+            )
+        else:
+            resolved[role] = found
+    if object_id_column is not None and object_id_column not in available:
+        report.error(
+            "missing_column",
+            "`object_id_column`",
+            f"column {object_id_column!r} is not in the dataset; available columns: {', '.join(available)}.",
+        )
+    if not report.ok:
+        return None, []
+    object_id_column = object_id_column or ("object_id" if "object_id" in available else None)
+    id_column = next((name for name in HF_ID_COLUMNS if name in available), None)
+    track_column = "track" if "track" in available else None
+    wanted = [resolved[key] for key in LIGHT_KEYS] + [c for c in (object_id_column, id_column, track_column) if c]
+    table = dataset.select_columns(list(dict.fromkeys(wanted))).to_dict()
+    records, rows = [], []
+    seen_ids: dict[str, int] = {}
+    for row in range(len(dataset)):
+        sample_id = str(table[id_column][row]) if id_column else f"{row:06d}"
+        where = f"row {row}" + (f" ('{sample_id}')" if id_column else "")
+        if sample_id in seen_ids:
+            report.warn("duplicate", where, f"has the same id as row {seen_ids[sample_id]}.")
+        seen_ids.setdefault(sample_id, row)
+        light = _parse_light({key: table[resolved[key]][row] for key in LIGHT_KEYS}, where, report)
+        track = None
+        if track_column and table[track_column][row] is not None:
+            try:
+                track = detect_track(sample_id, {"track": table[track_column][row]})
+            except ValueError as exc:
+                report.error("unknown_track", where, str(exc))
+                continue
+        if light is None:
+            continue
+        object_id = _optional_str(table[object_id_column][row]) if object_id_column else None
+        records.append(SampleRecord(sample_id, *light, object_id=object_id, track=track))
+        rows.append(row)
+    return _HFSource(dataset, resolved, rows, dataset_name), records
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 4. Image checks (headers for `quick`, decoded pixels for `full`)
+# --------------------------------------------------------------------------------------------------------------------
+
+_GRAY_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+_ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+
+
+def _not_gray_reason(image: PIL.Image.Image | np.ndarray) -> str | None:
+    """Why a mask / shadow map is not a gray image, or None. RGB with equal channels counts as gray."""
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+            return None
+        if image.ndim == 3 and image.shape[2] == 3:
+            spread = float(np.max(image.max(axis=2).astype(np.float64) - image.min(axis=2)))
+            scale = 1.0 if image.dtype == np.uint8 else 255.0
+            return None if spread * scale <= GRAY_CHANNEL_TOLERANCE else "is colored (its RGB channels differ)"
+        return f"has shape {image.shape}, not a gray image (HxW)"
+    mode = image.mode
+    if mode in _GRAY_MODES:
+        return None
+    if mode not in ("RGB", "P", *_ALPHA_MODES):
+        return f"has image mode {mode}, which is not a gray image"
+    rgba = np.asarray(image.convert("RGBA"))
+    if mode != "RGB" and int(rgba[..., 3].min()) < 255:
+        return (
+            f"has transparency (alpha down to {int(rgba[..., 3].min())}/255); save it as an opaque gray image "
+            "(the value, not the alpha, is read)"
+        )
+    if mode in ("LA", "La"):
+        return None
+    spread = int((rgba[..., :3].max(axis=2).astype(np.int16) - rgba[..., :3].min(axis=2)).max())
+    if spread > GRAY_CHANNEL_TOLERANCE:
+        return f"is colored (its RGB channels differ by up to {spread}/255); it must be a gray image"
+    return None
+
+
+def _image_size(image: PIL.Image.Image | np.ndarray) -> tuple[int, int]:
+    return image.size if isinstance(image, PIL.Image.Image) else (image.shape[1], image.shape[0])
+
+
+def _size_mismatch(sizes: dict[str, tuple[int, int]], wheres: dict[str, str], sample_id: str) -> Problem | None:
+    if len(set(sizes.values())) <= 1:
+        return None
+    listed = ", ".join(f"{wheres[role]} is {w}x{h}" for role, (w, h) in sizes.items())
+    return Problem("size_mismatch", wheres["object"], f"sample '{sample_id}': {listed} (W x H); all three must match.")
+
+
+def _check_sample(source: _ImageSource, record: SampleRecord, index: int, level: str) -> list[tuple[str, Problem]]:
+    problems: list[tuple[str, Problem]] = []
+    wheres = {role: source.where(index, role) for role in ROLES}
+    if level == "quick":
+        sizes = {}
+        for role in ROLES:
+            try:
+                header = source.header(index, role)
+            except _UnreadableImage as exc:
+                problems.append(("error", Problem("unreadable_image", exc.where, f"{exc.reason}.")))
+                continue
+            if header is None:
+                return problems
+            sizes[role], mode = header
+            if role != "object" and mode not in _GRAY_MODES + ("RGB", "P") + _ALPHA_MODES:
+                problems.append(
+                    ("error", Problem("not_gray", wheres[role], f"has image mode {mode}, not a gray image."))
+                )
+        if len(sizes) == len(ROLES) and (mismatch := _size_mismatch(sizes, wheres, record.id)):
+            problems.append(("error", mismatch))
+        return problems
+    try:
+        images = source.open_all(index)
+    except _UnreadableImage:
+        images = {}
+        for role in ROLES:  # find every broken image of the sample, not just the first
+            try:
+                images[role] = source.open(index, role)
+            except _UnreadableImage as exc:
+                problems.append(("error", Problem("unreadable_image", exc.where, f"{exc.reason}.")))
+        if len(images) != len(ROLES):
+            return problems
+    if mismatch := _size_mismatch({role: _image_size(images[role]) for role in ROLES}, wheres, record.id):
+        problems.append(("error", mismatch))
+    try:
+        image_to_tensor(images["object"])
+    except (ValueError, OSError) as exc:
+        problems.append(("error", Problem("unreadable_image", wheres["object"], f"is not an RGB image ({exc}).")))
+    for role in ("mask", "shadow"):
+        reason = _not_gray_reason(images[role])
+        if reason is not None:
+            problems.append(("error", Problem("not_gray", wheres[role], f"{reason}.")))
+            continue
+        try:
+            values = gray_to_tensor(images[role], name="shadow_map" if role == "shadow" else "mask")
+        except ValueError as exc:
+            problems.append(("error", Problem("out_of_range", wheres[role], f"{exc} (1 = full shadow / object).")))
+            continue
+        if role == "mask":
+            soft = ((values > SOFT_MASK_TOLERANCE) & (values < 1.0 - SOFT_MASK_TOLERANCE)).float().mean().item()
+            if soft > 0:
+                problems.append(
+                    (
+                        "warning",
+                        Problem(
+                            "non_binary_mask",
+                            wheres[role],
+                            f"is not binary ({soft:.1%} of pixels strictly between 0 and 1); it is binarised at 0.5 "
+                            "(pass binarize_masks=False to keep soft edges).",
+                        ),
+                    )
+                )
+            if not bool((values >= 0.5).any()):
+                problems.append(
+                    ("warning", Problem("empty_mask", wheres[role], "is empty (no pixel >= 0.5): no object."))
+                )
+        else:
+            mean = values.mean().item()
+            if mean > INVERTED_SHADOW_MEAN:
+                problems.append(
+                    (
+                        "warning",
+                        Problem(
+                            "inverted_shadow",
+                            wheres[role],
+                            f"looks inverted (mean {mean:.2f} > {INVERTED_SHADOW_MEAN}): shadow maps must be 1 = full "
+                            "shadow, 0 = none. If the whole dataset is stored the other way, pass invert_shadow_maps=True.",
+                        ),
+                    )
+                )
+    return problems
+
+
+def _check_images(
+    source: _ImageSource, records: list[SampleRecord], report: VerificationReport, level: str, num_threads: int | None
+) -> None:
+    if level == "metadata" or not records:
+        return
+    if level == "quick" and not source.cheap_headers:  # e.g. HF datasets: reading a header means reading the row
+        return
+    num_threads = num_threads or min(16, 2 * (os.cpu_count() or 1))
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=num_threads) as pool:  # PIL releases the GIL while decoding
+        results = list(pool.map(lambda i: _check_sample(source, records[i], i, level), range(len(records))))
+    for problems in results:
+        for severity, problem in problems:
+            (report.errors if severity == "error" else report.warnings).append(problem)
+    logger.debug("Checked %d samples (%s) in %.1f s.", len(records), level, time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 5. Transforms: one resize for image, mask and shadow; flip mirrors phi
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def check_image_size(image_size: int) -> None:
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0 or image_size % 8:
+        hint = f" Try {max(8, int(image_size) // 8 * 8)}." if isinstance(image_size, (int, float)) else ""
+        raise ValueError(
+            f"`image_size` must be a positive multiple of 8 (the VAE downsamples by 8), got {image_size!r}.{hint}"
+        )
+
+
+def preprocess_sample(
+    object_image,
+    mask,
+    shadow_map=None,
+    image_size: int = DEFAULT_RESOLUTION,
+    *,
+    binarize_masks: bool = True,
+    invert_shadow_map: bool = False,
+) -> dict[str, torch.Tensor]:
+    """One sample (PIL / numpy / tensor, same size) -> model-ready tensors at `image_size` x `image_size`:
+
+    - `object_image` [3,S,S] float32 in [-1, 1], every pixel outside the mask WHITE (DESIGN.md §8);
+    - `mask` [1,S,S] in [0, 1] (binarised at 0.5 at the source size when `binarize_masks`; resizing softens edges);
+    - `shadow_map` [1,S,S] in [0, 1], 1 = full shadow (only when given).
+
+    Long side to `image_size`, aspect kept, padded (object white, mask 0, shadow 0): never squashed, never cropped.
+    """
+    check_image_size(image_size)
+    rgb = image_to_tensor(object_image, name="object_image")[:3]  # an alpha channel is ignored: the mask decides
+    mask_tensor = gray_to_tensor(mask, name="mask")
+    sizes = {"object_image": tuple(rgb.shape[-2:]), "mask": tuple(mask_tensor.shape[-2:])}
+    shadow_tensor = None
+    if shadow_map is not None:
+        shadow_tensor = gray_to_tensor(shadow_map, name="shadow_map")
+        sizes["shadow_map"] = tuple(shadow_tensor.shape[-2:])
+    if len(set(sizes.values())) > 1:
+        listed = ", ".join(f"`{name}` is {w}x{h}" for name, (h, w) in sizes.items())
+        raise ValueError(f"The images of one sample must have the same size: {listed} (W x H).")
+    target = (image_size, image_size)
+    object_tensor, mask_tensor, _ = preprocess_object(rgb, mask_tensor, target, binarize=binarize_masks)
+    sample = {"object_image": object_tensor, "mask": mask_tensor}
+    if shadow_tensor is not None:
+        if invert_shadow_map:
+            shadow_tensor = 1.0 - shadow_tensor
+        shadow_tensor, _ = resize_and_pad(shadow_tensor, target, SHADOW_FILL)
+        sample["shadow_map"] = shadow_tensor.clamp(0.0, 1.0)
+    return sample
+
+
+def flip_sample(sample: dict) -> dict:
+    """Horizontal flip of every image-like tensor and the mirrored light: phi -> (180 - phi) mod 360 (DESIGN.md §2).
+    theta and size are unchanged. Not for latents: the latent of a flipped image is not the flipped latent."""
+    flipped = dict(sample)
+    for key in ("object_image", "mask", "shadow_map"):
+        if key in flipped:
+            flipped[key] = torch.flip(flipped[key], dims=[-1])
+    flipped["phi"] = torch.tensor(mirror_phi(float(sample["phi"])), dtype=torch.float32)
+    return flipped
+
+
+def collate_samples(samples: list[dict]) -> dict:
+    """Stacks tensors ([B,...], light [B]) and keeps `id` and `track` as lists (track may hold None)."""
+    batch = {}
+    for key in samples[0]:
+        values = [sample[key] for sample in samples]
+        batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    return batch
+
+
+def _light_tensors(record: SampleRecord, flip: bool) -> dict[str, torch.Tensor]:
+    phi = wrap_phi(record.phi)
+    if flip:
+        phi = mirror_phi(phi)
+    return {
+        "theta": torch.tensor(record.theta, dtype=torch.float32),
+        "phi": torch.tensor(phi, dtype=torch.float32),
+        "size": torch.tensor(record.size, dtype=torch.float32),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 6. Datasets
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class ShadowDataset(Dataset):
+    """The samples of one source in a fixed order, loaded as model-ready tensors (DESIGN.md §8). One item:
+    `object_image` [3,S,S] in [-1,1], `mask` [1,S,S], `shadow_map` [1,S,S], `theta`/`phi`/`size` float32 scalars,
+    `id` (str), `track` (str or None). Build it with `open_shadow_dataset`."""
+
+    def __init__(
+        self,
+        source: _ImageSource,
+        records: list[SampleRecord],
+        image_size: int = DEFAULT_RESOLUTION,
+        *,
+        random_flip: bool = False,
+        binarize_masks: bool = True,
+        invert_shadow_maps: bool = False,
+        dataset_type: str = "custom",
+        report: VerificationReport | None = None,
+    ):
+        check_image_size(image_size)
+        self.source = source
+        self.records = list(records)
+        self.image_size = image_size
+        self.random_flip = random_flip
+        self.binarize_masks = binarize_masks
+        self.invert_shadow_maps = invert_shadow_maps
+        self.dataset_type = dataset_type
+        self.report = report
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def ids(self) -> list[str]:
+        return [record.id for record in self.records]
+
+    def load_sample(self, index: int, flip: bool = False) -> dict:
+        record = self.records[index]
+        try:
+            images = self.source.open_all(index)
+            sample = preprocess_sample(
+                images["object"],
+                images["mask"],
+                images["shadow"],
+                self.image_size,
+                binarize_masks=self.binarize_masks,
+                invert_shadow_map=self.invert_shadow_maps,
+            )
+        except _UnreadableImage as exc:
+            raise SampleLoadError(
+                f"Sample '{record.id}': {exc.where} {exc.reason}. Run `python dataset_loading.py verify "
+                f"{self.source.label}` to list every problem at once."
+            ) from None
+        except ValueError as exc:
+            files = ", ".join(self.source.where(index, role) for role in ROLES)
+            raise SampleLoadError(
+                f"Sample '{record.id}' ({files}): {exc} Run `python dataset_loading.py verify {self.source.label}`."
+            ) from None
+        if flip:
+            sample = {key: torch.flip(value, dims=[-1]) for key, value in sample.items()}
+        sample.update(_light_tensors(record, flip))
+        sample["id"] = record.id
+        sample["track"] = record.track
+        return sample
+
+    def __getitem__(self, index: int) -> dict:
+        # torch's RNG: the DataLoader seeds each worker from its generator, so flips are reproducible for a seed.
+        flip = self.random_flip and bool(torch.rand(()) < 0.5)
+        return self.load_sample(index, flip=flip)
+
+    def without_flip(self) -> ShadowDataset:
+        plain = copy.copy(self)
+        plain.random_flip = False
+        return plain
+
+    def fingerprint(self) -> str:
+        """Changes whenever a file (name, size, mtime), a metadata value or a preprocessing option changes."""
+        payload = {
+            "source": self.source.fingerprint(),
+            "records": [[r.id, r.theta, r.phi, r.size, r.object_id, r.track] for r in self.records],
+            "binarize_masks": self.binarize_masks,
+            "invert_shadow_maps": self.invert_shadow_maps,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _build_report(dataset_type: str, label: str, level: str) -> VerificationReport:
+    return VerificationReport(source=label, dataset_type=dataset_type, level=level)
+
+
+def _scan(
+    dataset_type: str,
+    data_dir: str | Path | None,
+    dataset_name: str | None,
+    *,
+    level: str,
+    dataset_config_name: str | None = None,
+    cache_dir: str | None = None,
+    split: str = "train",
+    columns: dict[str, str | None] | None = None,
+    object_id_column: str | None = None,
+    num_threads: int | None = None,
+) -> tuple[_ImageSource | None, list[SampleRecord], VerificationReport]:
+    if dataset_type == "custom":
+        root = Path(data_dir)
+        report = _build_report(dataset_type, str(root), level)
+        source, records = _scan_custom(root, report)
+    elif dataset_type == "benchmark":
+        if data_dir is not None:
+            path = Path(data_dir)
+        else:
+            path = _download_benchmark(dataset_name or BENCHMARK_HUB_ID, cache_dir)
+        report = _build_report(dataset_type, str(path), level)
+        source, records = _scan_benchmark(path, report)
+    else:
+        report = _build_report(dataset_type, str(dataset_name), level)
+        source, records = _scan_hf(
+            str(dataset_name),
+            report,
+            dataset_config_name=dataset_config_name,
+            cache_dir=cache_dir,
+            split=split,
+            columns=columns or {},
+            object_id_column=object_id_column,
+        )
+    if source is not None:
+        _check_images(source, records, report, level, num_threads)
+    if report.ok and not records:
+        report.error("empty_dataset", report.source, "contains no samples.")
+    report.num_samples = len(records)
+    return source, records, report
+
+
+def _resolve_source_arguments(
+    dataset_type: str, data_dir: str | Path | None, dataset_name: str | None
+) -> tuple[str, str | Path | None, str | None]:
+    if dataset_type not in DATASET_TYPES:
+        raise ValueError(f"Unknown `dataset_type` {dataset_type!r}; allowed: {', '.join(DATASET_TYPES)}.")
+    if dataset_type == "hf" and dataset_name == BENCHMARK_HUB_ID:
+        logger.info("`dataset_name` is the public benchmark: reading it with dataset_type='benchmark'.")
+        dataset_type = "benchmark"
+    if dataset_type == "custom" and data_dir is None:
+        raise ValueError("`data_dir` is required for dataset_type='custom' (a folder with objects/, masks/, shadows/).")
+    if dataset_type == "hf" and dataset_name is None:
+        if data_dir is None:
+            raise ValueError("`dataset_name` (a Hub id or a local path) is required for dataset_type='hf'.")
+        dataset_name = str(data_dir)
+    return dataset_type, data_dir, dataset_name
+
+
+def warn_benchmark_training() -> None:
+    """Loud on purpose: the benchmark is the paper's test set (DESIGN.md §4)."""
+    message = (
+        f"You are TRAINING on the public benchmark ({BENCHMARK_HUB_ID}). It is the paper's TEST set: a model trained on "
+        "it can no longer be evaluated on it, and every benchmark number it produces becomes meaningless. Train on "
+        "your own renders (dataset_type='custom' or 'hf') and keep the benchmark for evaluation."
+    )
+    logger.warning(message)
+    warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def open_shadow_dataset(
+    dataset_type: DatasetType = "custom",
+    data_dir: str | Path | None = None,
+    dataset_name: str | None = None,
+    image_size: int = DEFAULT_RESOLUTION,
+    *,
+    random_flip: bool = False,
+    dataset_config_name: str | None = None,
+    cache_dir: str | None = None,
+    split: str = "train",
+    image_column: str | None = None,
+    mask_column: str | None = None,
+    shadow_column: str | None = None,
+    theta_column: str | None = None,
+    phi_column: str | None = None,
+    size_column: str | None = None,
+    object_id_column: str | None = None,
+    binarize_masks: bool = True,
+    invert_shadow_maps: bool = False,
+    verify: VerifyLevel = "quick",
+    for_training: bool = False,
+    num_threads: int | None = None,
+) -> ShadowDataset:
+    """The whole dataset (no split) as a `ShadowDataset`, after checking it; raises `DatasetVerificationError` listing
+    every problem. `verify`: "metadata" (structure and metadata only), "quick" (+ image headers and sizes) or "full"
+    (+ decode every image and check its values: what `python dataset_loading.py verify` does)."""
+    check_image_size(image_size)
+    if verify not in VERIFY_LEVELS:
+        raise ValueError(f"Unknown `verify` {verify!r}; allowed: {', '.join(VERIFY_LEVELS)}.")
+    dataset_type, data_dir, dataset_name = _resolve_source_arguments(dataset_type, data_dir, dataset_name)
+    columns = {
+        "object": image_column,
+        "mask": mask_column,
+        "shadow": shadow_column,
+        "theta": theta_column,
+        "phi": phi_column,
+        "size": size_column,
+    }
+    source, records, report = _scan(
+        dataset_type,
+        data_dir,
+        dataset_name,
+        level=verify,
+        dataset_config_name=dataset_config_name,
+        cache_dir=cache_dir,
+        split=split,
+        columns=columns,
+        object_id_column=object_id_column,
+        num_threads=num_threads,
+    )
+    if not report.ok:
+        raise DatasetVerificationError(report)
+    if report.warnings:
+        logger.warning("%s", report.format())
+    if dataset_type == "benchmark" and for_training:
+        warn_benchmark_training()
+    return ShadowDataset(
+        source,
+        records,
+        image_size,
+        random_flip=random_flip,
+        binarize_masks=binarize_masks,
+        invert_shadow_maps=invert_shadow_maps,
+        dataset_type=dataset_type,
+        report=report,
+    )
+
+
+def verify_dataset(
+    path: str | Path | None = None,
+    dataset_type: DatasetType | None = None,
+    *,
+    data_dir: str | Path | None = None,
+    dataset_name: str | None = None,
+    level: VerifyLevel = "full",
+    dataset_config_name: str | None = None,
+    cache_dir: str | None = None,
+    split: str = "train",
+    image_column: str | None = None,
+    mask_column: str | None = None,
+    shadow_column: str | None = None,
+    theta_column: str | None = None,
+    phi_column: str | None = None,
+    size_column: str | None = None,
+    object_id_column: str | None = None,
+    num_threads: int | None = None,
+    raise_on_error: bool = False,
+) -> VerificationReport:
+    """Every problem of a dataset at once. `path` (or `data_dir` / `dataset_name`, as create_dataloaders takes them):
+    a custom folder, a benchmark tar or folder, a `save_to_disk` folder or a Hub id; `dataset_type` is inferred when
+    None. `level="full"` decodes every image; "quick" reads headers only. Returns the report; with `raise_on_error`
+    raises `DatasetVerificationError` (listing every problem) when there is any error."""
+    if path is None:  # the same precedence as create_dataloaders
+        named = (dataset_name, data_dir) if dataset_type == "hf" else (data_dir, dataset_name)
+        path = next((value for value in named if value is not None), None)
+        if path is None and dataset_type == "benchmark":
+            path = BENCHMARK_HUB_ID
+    if path is None:
+        raise ValueError("`verify_dataset` needs `path` (or `data_dir` / `dataset_name`).")
+    dataset_type = dataset_type or infer_dataset_type(path)
+    if dataset_type not in DATASET_TYPES:
+        raise ValueError(f"Unknown `dataset_type` {dataset_type!r}; allowed: {', '.join(DATASET_TYPES)}.")
+    if level not in VERIFY_LEVELS:
+        raise ValueError(f"Unknown `level` {level!r}; allowed: {', '.join(VERIFY_LEVELS)}.")
+    is_hub_benchmark = dataset_type == "benchmark" and str(path) == BENCHMARK_HUB_ID and not Path(path).exists()
+    data_dir = None if dataset_type == "hf" or is_hub_benchmark else path
+    columns = {
+        "object": image_column,
+        "mask": mask_column,
+        "shadow": shadow_column,
+        "theta": theta_column,
+        "phi": phi_column,
+        "size": size_column,
+    }
+    try:
+        _, _, report = _scan(
+            dataset_type,
+            data_dir,
+            str(path),
+            level=level,
+            dataset_config_name=dataset_config_name,
+            cache_dir=cache_dir,
+            split=split,
+            columns=columns,
+            object_id_column=object_id_column,
+            num_threads=num_threads,
+        )
+    except ValueError as exc:  # e.g. the Hub could not be reached
+        report = _build_report(dataset_type, str(path), level)
+        report.error("unreadable_dataset", str(path), str(exc))
+    if raise_on_error and not report.ok:
+        raise DatasetVerificationError(report)
+    return report
+
+
+def infer_dataset_type(path: str | Path) -> DatasetType:
+    """custom / hf / benchmark from what a path looks like (a Hub id that is not a local path means hf)."""
+    candidate = Path(path)
+    if str(path) == BENCHMARK_HUB_ID and not candidate.exists():
+        return "benchmark"
+    if candidate.is_file():
+        return "benchmark" if candidate.name.lower().endswith(TAR_SUFFIXES) else "custom"
+    if candidate.is_dir():
+        if any(
+            (candidate / name).exists() for name in ("objects", "masks", "shadows", "metadata.json", "metadata.jsonl")
+        ):
+            return "custom"
+        if any((candidate / name).exists() for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
+            return "hf"
+        for file in candidate.rglob("*"):
+            if file.name.lower().endswith(TAR_SUFFIXES) or ".image." in file.name:
+                return "benchmark"
+        return "custom"
+    text = str(path)
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        return "hf"
+    return "custom"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 7. Split: deterministic, by object when an object id is present
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def split_indices(records: Sequence[SampleRecord], val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """(train, validation) indices. Samples sharing an `object_id` stay on one side (no object in both splits, as the
+    paper splits by mesh); samples without one are split individually. Each group's rank comes from a hash of
+    (seed, group), so the split is the same on every machine, and adding data moves few existing samples."""
+    if not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"`val_fraction` must be in [0, 1), got {val_fraction!r}.")
+    indices = list(range(len(records)))
+    if val_fraction == 0:
+        return indices, []
+    groups: dict[str, list[int]] = {}
+    for index, record in enumerate(records):
+        key = f"object:{record.object_id}" if record.object_id is not None else f"sample:{record.id}"
+        groups.setdefault(key, []).append(index)
+    if len(groups) < 2:
+        raise ValueError(
+            f"`val_fraction`={val_fraction} needs at least 2 objects/samples to split, found {len(groups)}; pass "
+            "val_fraction=0."
+        )
+    ranked = sorted(groups, key=lambda key: hashlib.sha256(f"{seed}:{key}".encode()).hexdigest())
+    target = val_fraction * len(records)
+    validation: list[int] = []
+    for key in ranked[:-1]:  # the last group always stays in training
+        if len(validation) >= target:
+            break
+        validation.extend(groups[key])
+    validation_set = set(validation)
+    return [i for i in indices if i not in validation_set], sorted(validation)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 8. Latent cache
+# --------------------------------------------------------------------------------------------------------------------
+
+_CACHE_TENSORS = ("object_latents", "shadow_latents", "mask_latent")
+# Safe to share between datasets: every cache lives in its own folder named by its key.
+DEFAULT_LATENT_CACHE_DIR = Path(os.environ.get("SHADOW_LATENT_CACHE", Path.home() / ".cache" / "shadow_latents"))
+_CACHE_FLIPPED_TENSORS = ("object_latents_flipped", "shadow_latents_flipped")
+
+
+@dataclass
+class LatentCacheSpec:
+    """Asks `create_dataloaders` for cached latents: the VAE encodes every sample once into `cache_dir` (reused across
+    runs, rebuilt when the dataset, the VAE, the resolution or `dtype` changes). With `random_flip` both orientations
+    are encoded (the latent of a flipped image is not the flipped latent)."""
+
+    vae: Any
+    cache_dir: str | Path
+    dtype: torch.dtype = torch.float16  # storage dtype of the latents on disk
+    batch_size: int = 8  # VAE encode batch size while building
+    num_workers: int = 0  # image-loading workers while building
+    shard_size: int = 1024  # samples per safetensors shard
+
+
+def vae_identity(vae) -> str:
+    """Class, config hash, weight checksum and dtype of a VAE: any change rebuilds a latent cache."""
+    config = {key: value for key, value in dict(vae.config).items() if not key.startswith("_")}
+    config_hash = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+    weights = hashlib.sha256()
+    for name, tensor in sorted(vae.state_dict().items()):
+        weights.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        weights.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+    dtype = next(vae.parameters()).dtype
+    return f"{type(vae).__name__}:{config_hash[:16]}:{weights.hexdigest()[:16]}:{str(dtype).removeprefix('torch.')}"
+
+
+def latent_cache_key(dataset: ShadowDataset, vae, dtype: torch.dtype, with_flip: bool) -> dict:
+    return {
+        "format": LATENT_CACHE_FORMAT,
+        "dataset": dataset.fingerprint(),
+        "vae": vae_identity(vae),
+        "resolution": dataset.image_size,
+        "dtype": str(dtype).removeprefix("torch."),
+        "orientations": ["original", "flipped"] if with_flip else ["original"],
+    }
+
+
+def _key_hash(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class LatentCache:
+    """Read-only view of one built cache folder: `manifest.json` + `shard-XXXXX.safetensors` (memory-mapped)."""
+
+    def __init__(self, folder: Path, manifest: dict, hit: bool, reason: str | None = None):
+        self.folder = Path(folder)
+        self.manifest = manifest
+        self.hit = hit  # True: reused; False: built by this call
+        self.reason = reason  # why it was (re)built
+        self._handles: dict[int, Any] = {}
+
+    @property
+    def num_samples(self) -> int:
+        return self.manifest["num_samples"]
+
+    @property
+    def with_flip(self) -> bool:
+        return "flipped" in self.manifest["key"]["orientations"]
+
+    @property
+    def shard_size(self) -> int:
+        return self.manifest["shard_size"]
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_handles"] = {}  # memory maps are per process
+        return state
+
+    def _handle(self, shard: int):
+        from safetensors import safe_open
+
+        if shard not in self._handles:
+            path = self.folder / self.manifest["shards"][shard]
+            try:
+                self._handles[shard] = safe_open(str(path), framework="pt", device="cpu")
+            except Exception as exc:
+                raise SampleLoadError(
+                    f"Latent cache shard {path} is unreadable ({_describe_exception(exc)}); delete {self.folder} to "
+                    "rebuild it."
+                ) from None
+        return self._handles[shard]
+
+    def read(self, index: int, flipped: bool = False) -> dict[str, torch.Tensor]:
+        """`object_latents` [4,h,w], `shadow_latents` [4,h,w], `mask_latent` [1,h,w], float32."""
+        if flipped and not self.with_flip:
+            raise ValueError(
+                f"The latent cache at {self.folder} holds no flipped latents; rebuild it with with_flip=True."
+            )
+        shard, row = divmod(index, self.shard_size)
+        handle = self._handle(shard)
+        names = (
+            ("object_latents_flipped", "shadow_latents_flipped") if flipped else ("object_latents", "shadow_latents")
+        )
+        sample = {
+            "object_latents": handle.get_slice(names[0])[row : row + 1][0].float(),
+            "shadow_latents": handle.get_slice(names[1])[row : row + 1][0].float(),
+            "mask_latent": handle.get_slice("mask_latent")[row : row + 1][0].float(),
+        }
+        if flipped:  # area averaging over aligned 8x8 blocks commutes with the flip exactly
+            sample["mask_latent"] = torch.flip(sample["mask_latent"], dims=[-1])
+        return sample
+
+
+def _open_cache(folder: Path, key_hash: str, hit: bool, reason: str | None = None) -> LatentCache | None:
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.exists():
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if manifest.get("key_hash") != key_hash or not all((folder / name).exists() for name in manifest["shards"]):
+        return None
+    return LatentCache(folder, manifest, hit=hit, reason=reason)
+
+
+def _explain_miss(cache_dir: Path, key: dict, label: str) -> str:
+    """Why no cache matched: the key parts that differ from the nearest earlier cache of the same source."""
+    best: tuple[int, list[str], Path] | None = None
+    for manifest_path in sorted(cache_dir.glob("*/manifest.json")):
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if manifest.get("source") != label:
+            continue
+        old = manifest.get("key", {})
+        differing = [part for part in key if old.get(part) != key[part]]
+        if differing and (best is None or len(differing) < best[0]):
+            best = (len(differing), differing, manifest_path.parent)
+    if best is None:
+        return "no earlier cache of this dataset"
+    names = {
+        "format": "cache format",
+        "dataset": "dataset files or metadata",
+        "vae": "VAE (config or weights)",
+        "resolution": "resolution",
+        "dtype": "dtype",
+        "orientations": "flip orientations",
+    }
+    return f"changed since {best[2].name}: {', '.join(names.get(part, part) for part in best[1])}"
+
+
+@torch.no_grad()
+def _encode_batch(vae, batch: dict, with_flip: bool, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    object_images = batch["object_image"]
+    shadow_inputs = shadow_to_vae_input(batch["shadow_map"])
+    encoded = {
+        "object_latents": encode_latents(vae, object_images),
+        "shadow_latents": encode_latents(vae, shadow_inputs),
+    }
+    encoded["mask_latent"] = mask_to_latent(batch["mask"], tuple(encoded["object_latents"].shape[-2:]))
+    if with_flip:  # encode the flipped images: flipping a latent is not the latent of the flipped image
+        encoded["object_latents_flipped"] = encode_latents(vae, torch.flip(object_images, dims=[-1]))
+        encoded["shadow_latents_flipped"] = encode_latents(vae, torch.flip(shadow_inputs, dims=[-1]))
+    return {name: tensor.to("cpu", dtype) for name, tensor in encoded.items()}
+
+
+def _shard_is_complete(path: Path, key_hash: str, rows: int) -> bool:
+    from safetensors import safe_open
+
+    if not path.exists():
+        return False
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+    except Exception:
+        return False
+    return metadata.get("key_hash") == key_hash and metadata.get("rows") == str(rows)
+
+
+def _write_cache(
+    dataset: ShadowDataset, vae, folder: Path, key: dict, key_hash: str, spec: LatentCacheSpec, with_flip: bool
+) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    images = dataset.without_flip()
+    total = len(images)
+    shards = [f"shard-{i:05d}.safetensors" for i in range(math.ceil(total / spec.shard_size))]
+    was_training = vae.training
+    vae.eval()
+    started = time.perf_counter()
+    latent_shape = None
+    try:
+        for shard_index, name in enumerate(shards):
+            start, stop = shard_index * spec.shard_size, min(total, (shard_index + 1) * spec.shard_size)
+            path = folder / name
+            if _shard_is_complete(path, key_hash, stop - start):  # resume an interrupted build
+                continue
+            loader = DataLoader(
+                Subset(images, range(start, stop)),
+                batch_size=spec.batch_size,
+                num_workers=spec.num_workers,
+                collate_fn=collate_samples,
+            )
+            parts: dict[str, list[torch.Tensor]] = {}
+            for batch in loader:
+                for tensor_name, tensor in _encode_batch(vae, batch, with_flip, spec.dtype).items():
+                    parts.setdefault(tensor_name, []).append(tensor)
+            tensors = {tensor_name: torch.cat(chunks).contiguous() for tensor_name, chunks in parts.items()}
+            latent_shape = list(tensors["object_latents"].shape[1:])
+            tmp = path.with_name(f"{name}.tmp-{os.getpid()}")
+            save_file(
+                tensors, str(tmp), metadata={"key_hash": key_hash, "rows": str(stop - start), "start": str(start)}
+            )
+            os.replace(tmp, path)  # readers never see a half-written shard
+            logger.info("Latent cache: %d/%d samples encoded (%.1f s).", stop, total, time.perf_counter() - started)
+    finally:
+        vae.train(was_training)
+    manifest = {
+        "key": key,
+        "key_hash": key_hash,
+        "source": dataset.source.label,
+        "num_samples": total,
+        "shard_size": spec.shard_size,
+        "shards": shards,
+        "ids": dataset.ids,
+        "latent_shape": latent_shape,
+        "tensors": list(_CACHE_TENSORS) + (list(_CACHE_FLIPPED_TENSORS) if with_flip else []),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    _atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=1))  # written last: marks completion
+
+
+def build_latent_cache(
+    dataset: ShadowDataset,
+    vae,
+    cache_dir: str | Path,
+    *,
+    dtype: torch.dtype = torch.float16,
+    with_flip: bool = False,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    shard_size: int = 1024,
+    accelerator=None,
+) -> LatentCache:
+    """Encodes every sample of `dataset` with `vae` once and stores the latents in `cache_dir`, or reuses a cache with
+    the same key (dataset fingerprint + VAE identity + resolution + dtype + orientations). With an `accelerate`
+    Accelerator only the local main process encodes and writes; the others wait, then read."""
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+        raise ValueError(f"`shard_size` must be a positive integer, got {shard_size!r}.")
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"`dtype` must be torch.float16, torch.bfloat16 or torch.float32, got {dtype}.")
+    if next(vae.parameters()).dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        logger.warning("This VAE asks for float32 (force_upcast): encoding in float16 may overflow to NaN.")
+    spec = LatentCacheSpec(vae, cache_dir, dtype, batch_size, num_workers, shard_size)
+    cache_dir = Path(cache_dir)
+    key = latent_cache_key(dataset, vae, dtype, with_flip)
+    key_hash = _key_hash(key)
+    folder = cache_dir / f"latents-{dataset.image_size}px-{key_hash[:16]}"
+
+    def load_or_build(writer: bool) -> LatentCache:
+        cache = _open_cache(folder, key_hash, hit=True)
+        if cache is not None:
+            logger.info("Latent cache hit: %s (%d samples).", folder, cache.num_samples)
+            return cache
+        if not writer:
+            raise RuntimeError(
+                f"The main process did not leave a latent cache at {folder}. Is `cache_dir` on a disk that every "
+                "process sees?"
+            )
+        reason = _explain_miss(cache_dir, key, dataset.source.label) if cache_dir.exists() else "no cache folder yet"
+        logger.info("Latent cache miss (%s): encoding %d samples into %s.", reason, len(dataset), folder)
+        _write_cache(dataset, vae, folder, key, key_hash, spec, with_flip)
+        cache = _open_cache(folder, key_hash, hit=False, reason=reason)
+        if cache is None:
+            raise RuntimeError(f"The latent cache at {folder} could not be read back after writing it.")
+        return cache
+
+    if accelerator is None or getattr(accelerator, "num_processes", 1) == 1:
+        return load_or_build(writer=True)
+    with accelerator.local_main_process_first():  # the writer goes first; the others wait at the barrier, then read
+        return load_or_build(writer=accelerator.is_local_main_process)
+
+
+class CachedLatentDataset(Dataset):
+    """Cached latents + the light of each sample: `object_latents` [4,h,w], `shadow_latents` [4,h,w], `mask_latent`
+    [1,h,w], `theta`/`phi`/`size`, `id`, `track` (DESIGN.md §8). With `random_flip` half the items read the latents of
+    the flipped images, with phi mirrored."""
+
+    def __init__(self, cache: LatentCache, records: list[SampleRecord], random_flip: bool = False):
+        if len(records) != cache.num_samples or [r.id for r in records] != cache.manifest["ids"]:
+            raise ValueError(f"The latent cache at {cache.folder} does not hold these samples; rebuild it.")
+        if random_flip and not cache.with_flip:
+            raise ValueError(
+                f"`random_flip` needs flipped latents, but the cache at {cache.folder} was built without them; build it "
+                "with with_flip=True (create_dataloaders does when random_flip=True)."
+            )
+        self.cache = cache
+        self.records = list(records)
+        self.random_flip = random_flip
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load_sample(self, index: int, flip: bool = False) -> dict:
+        record = self.records[index]
+        sample = self.cache.read(index, flipped=flip)
+        sample.update(_light_tensors(record, flip))
+        sample["id"] = record.id
+        sample["track"] = record.track
+        return sample
+
+    def __getitem__(self, index: int) -> dict:
+        flip = self.random_flip and bool(torch.rand(()) < 0.5)
+        return self.load_sample(index, flip=flip)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 9. Data loaders
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def create_dataloaders(
+    dataset_type: DatasetType = "custom",
+    data_dir: str | Path | None = None,
+    dataset_name: str | None = None,
+    batch_size: int = 8,
+    num_workers: int = 4,
+    image_size: int = DEFAULT_RESOLUTION,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    random_flip: bool = False,
+    *,
+    dataset_config_name: str | None = None,
+    cache_dir: str | None = None,
+    split: str = "train",
+    image_column: str | None = None,
+    mask_column: str | None = None,
+    shadow_column: str | None = None,
+    theta_column: str | None = None,
+    phi_column: str | None = None,
+    size_column: str | None = None,
+    object_id_column: str | None = None,
+    binarize_masks: bool = True,
+    invert_shadow_maps: bool = False,
+    verify: VerifyLevel = "quick",
+    for_training: bool = False,
+    shuffle: bool | None = None,
+    latent_cache: LatentCacheSpec | None = None,
+    cache_latents: bool = False,
+    vae=None,
+    latent_cache_dir: str | Path | None = None,
+    accelerator=None,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> tuple[DataLoader, DataLoader | None]:
+    """(train_loader, val_loader) over one dataset (see the module docstring for batches and sources).
+
+    The split is deterministic for `seed`, by `object_id` when present; `val_fraction=0` gives (all, None). The
+    training loader is shuffled (`shuffle=None`) except for the benchmark, which is never split or shuffled: (its
+    samples in key order, None); pass `shuffle=False` to read any dataset in order (evaluation). `for_training=True`
+    (what the training script passes) warns loudly when that is the benchmark. `cache_dir` is the Hugging Face
+    download cache.
+
+    Latent cache: `latent_cache=LatentCacheSpec(vae, cache_dir, ...)`, or the shorthand `cache_latents=True, vae=vae`
+    (+ `latent_cache_dir`, default DEFAULT_LATENT_CACHE_DIR). Both loaders then yield cached latents instead of images
+    (built once; with an `accelerator` only the local main process writes, the others wait and read). Raises
+    `DatasetVerificationError` listing every problem of the dataset.
+    """
+    for name, value, minimum in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+    if not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"`val_fraction` must be in [0, 1), got {val_fraction!r}.")
+    if cache_latents and latent_cache is None:
+        if vae is None:
+            raise ValueError("`cache_latents=True` needs the `vae` that encodes the latents.")
+        latent_cache = LatentCacheSpec(vae, latent_cache_dir or DEFAULT_LATENT_CACHE_DIR)
+    dataset = open_shadow_dataset(
+        dataset_type,
+        data_dir,
+        dataset_name,
+        image_size,
+        random_flip=random_flip,
+        dataset_config_name=dataset_config_name,
+        cache_dir=cache_dir,
+        split=split,
+        image_column=image_column,
+        mask_column=mask_column,
+        shadow_column=shadow_column,
+        theta_column=theta_column,
+        phi_column=phi_column,
+        size_column=size_column,
+        object_id_column=object_id_column,
+        binarize_masks=binarize_masks,
+        invert_shadow_maps=invert_shadow_maps,
+        verify=verify,
+        for_training=for_training,
+    )
+    is_benchmark = dataset.dataset_type == "benchmark"
+    if is_benchmark:
+        if val_fraction:
+            logger.info("The benchmark is read whole and in order: `val_fraction` is ignored.")
+        train_indices, val_indices = list(range(len(dataset))), []
+    else:
+        train_indices, val_indices = split_indices(dataset.records, val_fraction, seed)
+
+    if latent_cache is not None:
+        cache = build_latent_cache(
+            dataset,
+            latent_cache.vae,
+            latent_cache.cache_dir,
+            dtype=latent_cache.dtype,
+            with_flip=random_flip,
+            batch_size=latent_cache.batch_size,
+            num_workers=latent_cache.num_workers,
+            shard_size=latent_cache.shard_size,
+            accelerator=accelerator,
+        )
+        train_dataset: Dataset = CachedLatentDataset(cache, dataset.records, random_flip=random_flip)
+        val_dataset: Dataset = CachedLatentDataset(cache, dataset.records, random_flip=False)
+    else:
+        train_dataset, val_dataset = dataset, dataset.without_flip()
+
+    generator = torch.Generator().manual_seed(seed)
+    common = {
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "collate_fn": collate_samples,
+        "pin_memory": pin_memory,
+    }
+    if num_workers > 0:
+        common["persistent_workers"] = True
+    if shuffle and is_benchmark:
+        raise ValueError("The benchmark is read in order for evaluation: `shuffle=True` is not allowed for it.")
+    train_loader = DataLoader(
+        train_dataset if is_benchmark else Subset(train_dataset, train_indices),
+        shuffle=(not is_benchmark) if shuffle is None else shuffle,
+        drop_last=drop_last and not is_benchmark,
+        generator=generator,
+        **common,
+    )
+    val_loader = None
+    if val_indices:
+        val_loader = DataLoader(Subset(val_dataset, val_indices), shuffle=False, **common)
+    groups = {record.object_id for record in dataset.records if record.object_id is not None}
+    logger.info(
+        "Data: %s (%s), %d samples at %dpx: %d train / %d validation%s%s.",
+        dataset.source.label,
+        dataset.dataset_type,
+        len(dataset),
+        image_size,
+        len(train_indices),
+        len(val_indices),
+        f", split by object ({len(groups)} objects)" if groups and val_indices else "",
+        ", cached latents" if latent_cache is not None else "",
+    )
+    return train_loader, val_loader
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 10. Command line
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _add_column_arguments(parser: argparse.ArgumentParser) -> None:
+    for option in (*HF_COLUMN_OPTIONS.values(), "object_id_column"):
+        parser.add_argument(f"--{option}", default=None, help="Hugging Face datasets: column name override.")
+    parser.add_argument("--dataset_config_name", default=None)
+    parser.add_argument("--cache_dir", default=None, help="Hugging Face download cache.")
+    parser.add_argument("--split", default="train")
+
+
+def _column_kwargs(args: argparse.Namespace) -> dict[str, str | None]:
+    return {option: getattr(args, option) for option in (*HF_COLUMN_OPTIONS.values(), "object_id_column")}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    verify_parser = commands.add_parser("verify", help="Report every problem of a dataset; exit status 1 on errors.")
+    verify_parser.add_argument("path", help="custom folder, benchmark tar/folder, save_to_disk folder or Hub id")
+    verify_parser.add_argument("--dataset_type", choices=DATASET_TYPES, default=None, help="inferred when omitted")
+    verify_parser.add_argument("--quick", action="store_true", help="headers and metadata only (no pixel checks)")
+    verify_parser.add_argument("--num_threads", type=int, default=None)
+    verify_parser.add_argument("--all_warnings", action="store_true", help="list every warning, not 10 per kind")
+    _add_column_arguments(verify_parser)
+
+    cache_parser = commands.add_parser("cache", help="Build (or check) the latent cache that training will reuse.")
+    cache_parser.add_argument("--dataset_type", choices=DATASET_TYPES, default="custom")
+    cache_parser.add_argument("--data_dir", "--train_data_dir", dest="data_dir", default=None)
+    cache_parser.add_argument("--dataset_name", default=None)
+    cache_parser.add_argument("--pretrained_model_name_or_path", required=True, help="SDXL base (its vae/ is used)")
+    cache_parser.add_argument("--vae_subfolder", default="vae")
+    cache_parser.add_argument("--resolution", "--image_size", dest="resolution", type=int, default=DEFAULT_RESOLUTION)
+    cache_parser.add_argument("--latent_cache_dir", required=True, help="where the latent shards are written")
+    cache_parser.add_argument("--random_flip", action="store_true", help="also encode the flipped images")
+    cache_parser.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    cache_parser.add_argument("--vae_dtype", choices=("float16", "bfloat16", "float32"), default="float32")
+    cache_parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    cache_parser.add_argument("--batch_size", type=int, default=8)
+    cache_parser.add_argument("--num_workers", type=int, default=4)
+    _add_column_arguments(cache_parser)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "verify":
+        report = verify_dataset(
+            args.path,
+            args.dataset_type,
+            level="quick" if args.quick else "full",
+            dataset_config_name=args.dataset_config_name,
+            cache_dir=args.cache_dir,
+            split=args.split,
+            num_threads=args.num_threads,
+            **_column_kwargs(args),
+        )
+        print(report.format(max_warnings_per_kind=None if args.all_warnings else 10))
+        return 0 if report.ok else 1
+
+    from diffusers import AutoencoderKL
+
+    try:
+        dataset = open_shadow_dataset(
+            args.dataset_type,
+            args.data_dir,
+            args.dataset_name,
+            args.resolution,
+            random_flip=args.random_flip,
+            dataset_config_name=args.dataset_config_name,
+            cache_dir=args.cache_dir,
+            split=args.split,
+            **_column_kwargs(args),
+        )
+    except (DatasetVerificationError, ValueError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    vae = AutoencoderKL.from_pretrained(
+        args.pretrained_model_name_or_path, subfolder=args.vae_subfolder, torch_dtype=getattr(torch, args.vae_dtype)
+    ).to(args.device)
+    cache = build_latent_cache(
+        dataset,
+        vae,
+        args.latent_cache_dir,
+        dtype=getattr(torch, args.dtype),
+        with_flip=args.random_flip,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+    )
+    print(f"{'Reused' if cache.hit else 'Built'} latent cache: {cache.folder} ({cache.num_samples} samples).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
