@@ -7,20 +7,33 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup clean-venv
+# The dataset renderer's Blender (bpy 5.0.1: Python 3.11, numpy<2) lives in its own venv: see requirements-render.txt.
+RENDER_VENV ?= .venv-render
+RENDER_PY := $(RENDER_VENV)/bin/python
+RENDER_STAMP := $(RENDER_VENV)/.installed
 
-$(STAMP): requirements.txt requirements-dev.txt requirements-render.txt
+.PHONY: demo test lint setup render-setup clean-venv
+
+$(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt -r requirements-render.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	@touch $(STAMP)
 
 setup: $(STAMP)
 
+$(RENDER_STAMP): requirements-render.txt
+	@test -x $(RENDER_PY) || $(PYTHON) -m venv $(RENDER_VENV)
+	@echo '*' > $(RENDER_VENV)/.gitignore  # never committed, never linted (ruff respects .gitignore)
+	$(RENDER_PY) -m pip install --quiet -r requirements-render.txt
+	@touch $(RENDER_STAMP)
+
+render-setup: $(RENDER_STAMP)
+
 demo: $(STAMP)
 	$(PY) demo.py
 
-test: $(STAMP)
+test: $(STAMP) $(RENDER_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
@@ -29,4 +42,4 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(RENDER_VENV)

@@ -1,0 +1,1795 @@
+# Copyright 2026 The controllable-shadow-generation authors. Licensed under the Apache License, Version 2.0.
+"""Renders a shadow-generation dataset with Blender Cycles: object image, mask and shadow map under a known light.
+
+The paper's training data (257k Blender renders of 9.9k meshes) was never released. This script makes such data from
+your own meshes (`--meshes DIR`) or from built-in procedural objects, in the project's local layout or in the public
+benchmark's format, so that anyone can train and test without it.
+
+    python render_shadow_dataset.py --output_dir data/train --num_samples 1000 --resolution 256 --workers 2
+    python render_shadow_dataset.py --output_dir data/mine --meshes my_meshes/ --num_samples 5000 --test_fraction 0.02
+    python render_shadow_dataset.py --output_dir data/bench --tracks --num_objects 15 --format benchmark --tar
+
+Licensing: this script drives Blender (`bpy`, GPL-3.0-or-later) and is the only part of the project that does. Run it
+as its own program, in its own environment (`requirements-render.txt`; bpy pins numpy<2): the rest of the project
+never imports it, and only reads the images it writes. Without `bpy` the module still imports (its pure functions are
+tested everywhere); rendering then stops with an install hint.
+
+Conventions (DESIGN.md §2 and §8; mirrored here, not imported, so that Blender's process does not load torch or
+diffusers): z up, object at the origin resting on z = 0 with its largest bounding-box side 2.0 units; square area
+light of side `size` on the sphere r = 8 at polar angle theta (from +z) and azimuth phi (from +x, counter-clockwise
+seen from above), facing the origin; camera on the -y side aimed at the object's vertical centre, 7-11 units away,
+10-30 degrees above the horizon, 50 mm lens on a 36 mm sensor, square image. So phi = 0 puts the light on the image's
+right and the shadow on its left. Shadow map = 1 - E_with / E_without for the area light alone on the ground (Cycles'
+shadow-catcher pass, ambient excluded), clamped to [0, 1], zero inside the mask.
+
+Per sample, two Cycles renders: (1) the object alone, lit by the area light plus a uniform ambient (world) light, on a
+transparent film, whose alpha gives the mask; (2) the ground as a shadow catcher with the object invisible to the
+camera but casting shadows, only the area light on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import hashlib
+import importlib.util
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+logger = logging.getLogger("render_shadow_dataset")
+
+# --------------------------------------------------------------------------------------------------------------------
+# 1. Conventions (DESIGN.md §2, §4, §8). pipeline_shadow.py owns the shared ones; these mirror them.
+# --------------------------------------------------------------------------------------------------------------------
+
+LIGHT_DISTANCE = 8.0  # the light sphere's radius r
+OBJECT_LARGEST_SIDE = 2.0  # largest side of the object's axis-aligned bounding box after rescaling
+CAMERA_DISTANCE_RANGE = (7.0, 11.0)  # from the camera to the object's vertical centre
+CAMERA_ELEVATION_RANGE_DEG = (10.0, 30.0)  # above the horizon
+CAMERA_AZIMUTH_DEG = -90.0  # on the -y side, so that +x is the image's right
+FOCAL_LENGTH_MM = 50.0
+SENSOR_WIDTH_MM = 36.0
+THETA_MAX_DEG = 90.0  # as pipeline_shadow.THETA_MAX_DEG: at 90 degrees the light is on the horizon
+LIGHT_KEYS = ("theta", "phi", "size")  # as pipeline_shadow.LIGHT_KEYS
+
+# The paper's integer grids, inclusive.
+THETA_GRID_DEG = (0, 45)
+PHI_GRID_DEG = (0, 359)
+SIZE_GRID = (2, 8)
+
+# The public benchmark's three track designs (DESIGN.md §4): (theta, phi, size) per image of one mesh.
+TRACK_NAMES = ("softness", "horizontal", "vertical")  # as pipeline_shadow.TRACK_NAMES
+TRACK_LIGHTS = {
+    "softness": [(30, 0, size) for size in (2, 4, 8)],
+    "horizontal": [(35, phi, 2) for phi in range(0, 360, 20)],
+    "vertical": [(theta, 0, 2) for theta in range(5, 50, 5)],
+}
+TRACK_KEY_PREFIX = {
+    "softness": "soft",
+    "horizontal": "horz",
+    "vertical": "vert",
+}  # what pipeline_shadow.detect_track reads
+
+# What Blender imports headless (Blender 5.0; Collada and X3D were removed from it).
+MESH_IMPORTERS = {
+    ".glb": "import_scene.gltf",
+    ".gltf": "import_scene.gltf",
+    ".obj": "wm.obj_import",
+    ".ply": "wm.ply_import",
+    ".stl": "wm.stl_import",
+    ".fbx": "import_scene.fbx",
+    ".usd": "wm.usd_import",
+    ".usda": "wm.usd_import",
+    ".usdc": "wm.usd_import",
+    ".usdz": "wm.usd_import",
+    ".abc": "wm.alembic_import",
+    ".blend": "append",
+}
+
+FORMATS = ("custom", "benchmark")
+DEVICES = ("CPU", "CUDA", "OPTIX", "HIP", "ONEAPI", "METAL")
+SHADOW_BITS = (8, 16)
+DENOISE_BORDER_PX = 16  # rendered around the kept region when denoising
+STATE_DIR = ".render"  # bookkeeping inside each output folder: config, per-sample records, summaries
+PROCEDURAL_SOURCE = "procedural"
+
+# RNG streams: every random draw is a function of (seed, stream, index), never of worker count or order.
+_STREAM_SAMPLE, _STREAM_OBJECT, _STREAM_VIEW, _STREAM_SPLIT = 0, 1, 2, 3
+
+# --------------------------------------------------------------------------------------------------------------------
+# 2. Geometry: small pure functions (tested without Blender).
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def light_position(theta_deg: float, phi_deg: float, distance: float = LIGHT_DISTANCE) -> np.ndarray:
+    """The light's centre: r·(sinθ cosφ, sinθ sinφ, cosθ) (DESIGN.md §2)."""
+    theta, phi = math.radians(theta_deg), math.radians(phi_deg % 360.0)
+    return distance * np.array([math.sin(theta) * math.cos(phi), math.sin(theta) * math.sin(phi), math.cos(theta)])
+
+
+def light_matrix_world(theta_deg: float, phi_deg: float, distance: float = LIGHT_DISTANCE) -> np.ndarray:
+    """4x4 object-to-world matrix of the area light: at `light_position`, its local -Z (Blender's emission direction)
+    pointing at the origin, its square's local x along the azimuthal tangent (defined for theta = 0 too)."""
+    position = light_position(theta_deg, phi_deg, distance)
+    z_axis = position / np.linalg.norm(position)
+    phi = math.radians(phi_deg % 360.0)
+    x_axis = np.array([-math.sin(phi), math.cos(phi), 0.0])
+    y_axis = np.cross(z_axis, x_axis)
+    matrix = np.eye(4)
+    matrix[:3, 0], matrix[:3, 1], matrix[:3, 2], matrix[:3, 3] = x_axis, y_axis, z_axis, position
+    return matrix
+
+
+def camera_location(distance: float, elevation_deg: float, azimuth_deg: float, target) -> np.ndarray:
+    """Camera centre at `distance` from `target`, `elevation_deg` above the horizon, azimuth from +x (CCW from above)."""
+    elevation, azimuth = math.radians(elevation_deg), math.radians(azimuth_deg)
+    direction = np.array(
+        [math.cos(elevation) * math.cos(azimuth), math.cos(elevation) * math.sin(azimuth), math.sin(elevation)]
+    )
+    return np.asarray(target, dtype=np.float64) + distance * direction
+
+
+def look_at_world_to_camera(location, target) -> np.ndarray:
+    """3x4 world-to-camera [R | t] in the OpenCV convention (x right, y down, z forward), world z up. The camera must
+    not look straight up or down."""
+    location, target = np.asarray(location, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    forward = target - location
+    forward /= np.linalg.norm(forward)
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    if np.linalg.norm(right) < 1e-9:
+        raise ValueError("The camera looks straight along z; its image orientation is undefined.")
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    rotation = np.stack([right, down, forward])
+    return np.concatenate([rotation, (-rotation @ location)[:, None]], axis=1)
+
+
+def camera_intrinsics(focal_mm: float, sensor_mm: float, width: int, height: int) -> np.ndarray:
+    """3x3 K in pixels, principal point at the image centre. The sensor width spans the image width (Blender's
+    'AUTO' sensor fit for width >= height). Pixel (col, row) covers [col, col+1) x [row, row+1)."""
+    focal_px = focal_mm / sensor_mm * width
+    return np.array([[focal_px, 0.0, width / 2.0], [0.0, focal_px, height / 2.0], [0.0, 0.0, 1.0]])
+
+
+def projection_matrix(intrinsics: np.ndarray, world_to_camera: np.ndarray) -> np.ndarray:
+    """3x4 P = K [R | t]: (u·w, v·w, w) = P (x, y, z, 1)."""
+    return np.asarray(intrinsics) @ np.asarray(world_to_camera)
+
+
+def project_points(projection: np.ndarray, points) -> np.ndarray:
+    """World points [N,3] (or [3]) -> pixel coordinates [N,2] (u to the right, v DOWN from the image's top edge;
+    pixel centres at +0.5)."""
+    points = np.atleast_2d(np.asarray(points, dtype=np.float64))
+    homogeneous = np.concatenate([points, np.ones((len(points), 1))], axis=1) @ np.asarray(projection).T
+    return homogeneous[:, :2] / homogeneous[:, 2:3]
+
+
+def blender_camera_matrix_world(location, target) -> np.ndarray:
+    """4x4 object-to-world matrix of a Blender camera (looks along local -Z, local +Y up) at `location` aimed at
+    `target`: the same camera as `look_at_world_to_camera`."""
+    rotation = look_at_world_to_camera(location, target)[:, :3]
+    matrix = np.eye(4)
+    matrix[:3, 0], matrix[:3, 1], matrix[:3, 2] = rotation[0], -rotation[1], -rotation[2]
+    matrix[:3, 3] = location
+    return matrix
+
+
+def pole_shadow_tip(height: float, theta_deg: float, phi_deg: float, distance: float = LIGHT_DISTANCE) -> np.ndarray:
+    """Where the shadow of the top of a thin vertical pole (foot at the origin) lands on z = 0 under a point light at
+    `light_position(theta, phi, distance)`: at d = h·r·sinθ / (r·cosθ − h) from the foot, in direction phi + 180°."""
+    theta = math.radians(theta_deg)
+    denominator = distance * math.cos(theta) - height
+    if denominator <= 0:
+        raise ValueError(
+            f"The light (r·cos(theta) = {distance * math.cos(theta):.3g}) must be above the pole top ({height})."
+        )
+    length = height * distance * math.sin(theta) / denominator
+    direction = math.radians(phi_deg + 180.0)
+    return np.array([length * math.cos(direction), length * math.sin(direction), 0.0])
+
+
+def placement_matrix(
+    vertices: np.ndarray, rotation_z_deg: float, largest_side: float = OBJECT_LARGEST_SIDE
+) -> np.ndarray:
+    """4x4 world transform that rotates world-space `vertices` [N,3] about z, rescales them so that the largest side of
+    their axis-aligned bounding box is `largest_side`, centres them on x = y = 0 and sets the lowest point on z = 0."""
+    angle = math.radians(rotation_z_deg)
+    rotation = np.array(
+        [[math.cos(angle), -math.sin(angle), 0.0], [math.sin(angle), math.cos(angle), 0.0], [0.0, 0.0, 1.0]]
+    )
+    rotated = np.asarray(vertices, dtype=np.float64) @ rotation.T
+    low, high = rotated.min(axis=0), rotated.max(axis=0)
+    extent = float((high - low).max())
+    if not np.isfinite(extent) or extent <= 0:
+        raise ValueError(f"The object has no extent (bounding box {low.tolist()} .. {high.tolist()}).")
+    scale = largest_side / extent
+    matrix = np.eye(4)
+    matrix[:3, :3] = scale * rotation
+    matrix[:3, 3] = -scale * np.array([(low[0] + high[0]) / 2.0, (low[1] + high[1]) / 2.0, low[2]])
+    return matrix
+
+
+def light_corners(theta_deg: float, phi_deg: float, size: float, distance: float = LIGHT_DISTANCE) -> np.ndarray:
+    """[4,3] world corners of the square area light."""
+    matrix = light_matrix_world(theta_deg, phi_deg, distance)
+    half = size / 2.0
+    return np.array(
+        [matrix[:3, 3] + sx * half * matrix[:3, 0] + sy * half * matrix[:3, 1] for sx in (-1, 1) for sy in (-1, 1)]
+    )
+
+
+def _box_corners(low, high) -> np.ndarray:
+    return np.array([[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])])
+
+
+def pixel_rect(projection: np.ndarray, points: np.ndarray, resolution: int, margin: int = 3):
+    """(col0, row0, col1, row1), end-exclusive, of the pixels that `points` project into, grown by `margin` and clipped
+    to the image; None when a point is behind the camera."""
+    homogeneous = np.concatenate([points, np.ones((len(points), 1))], axis=1) @ np.asarray(projection).T
+    if np.any(homogeneous[:, 2] <= 1e-6):
+        return None
+    uv = homogeneous[:, :2] / homogeneous[:, 2:3]
+    col0, row0 = np.floor(uv.min(axis=0)).astype(int) - margin
+    col1, row1 = np.ceil(uv.max(axis=0)).astype(int) + margin
+    clip = lambda v: int(min(max(v, 0), resolution))  # noqa: E731
+    return clip(col0), clip(row0), max(clip(col1), clip(col0)), max(clip(row1), clip(row0))
+
+
+def grow_rect(rect, pad: int, resolution: int):
+    """A pixel rect grown by `pad` on every side, clipped to the image (None stays None)."""
+    if rect is None:
+        return None
+    return max(rect[0] - pad, 0), max(rect[1] - pad, 0), min(rect[2] + pad, resolution), min(rect[3] + pad, resolution)
+
+
+def _convex_hull_2d(points: np.ndarray) -> np.ndarray:
+    """Counter-clockwise convex hull of [N,2] points (Andrew's monotone chain)."""
+    ordered = sorted(map(tuple, np.asarray(points, dtype=np.float64)))
+    if len(ordered) <= 2:
+        return np.array(ordered)
+
+    def half(sequence):
+        hull = []
+        for point in sequence:
+            while len(hull) >= 2 and np.cross(np.subtract(hull[-1], hull[-2]), np.subtract(point, hull[-2])) <= 0:
+                hull.pop()
+            hull.append(point)
+        return hull[:-1]
+
+    return np.array(half(ordered) + half(ordered[::-1]))
+
+
+def _clip_polygon(polygon: np.ndarray, plane: np.ndarray, offset: float) -> np.ndarray:
+    """The part of a convex 3D polygon [N,3] where plane · (x, y, z, 1) >= offset (Sutherland-Hodgman, one plane)."""
+    kept = []
+    for k in range(len(polygon)):
+        current, following = polygon[k], polygon[(k + 1) % len(polygon)]
+        a, b = plane[:3] @ current + plane[3] - offset, plane[:3] @ following + plane[3] - offset
+        if a >= 0:
+            kept.append(current)
+        if (a >= 0) != (b >= 0):
+            kept.append(current + a / (a - b) * (following - current))
+    return np.array(kept).reshape(-1, 3)
+
+
+def shadow_region(
+    bbox_min, bbox_max, theta_deg: float, phi_deg: float, size: float, projection: np.ndarray, resolution: int
+):
+    """The pixels where the object's shadow (umbra and penumbra) can fall: the shadow of a convex set under a square
+    light lies in the convex hull of the ground projections of (box corner, light corner) pairs; the part of that hull
+    in front of the camera is projected. None (render the whole frame) when the light is not above the whole box."""
+    corners, lights = _box_corners(bbox_min, bbox_max), light_corners(theta_deg, phi_deg, size)
+    if lights[:, 2].min() <= corners[:, 2].max() + 1e-6:
+        return None
+    ground = np.array(
+        [light + light[2] / (light[2] - corner[2]) * (corner - light) for light in lights for corner in corners]
+    )
+    hull = _convex_hull_2d(ground[:, :2])
+    polygon = np.concatenate([hull, np.zeros((len(hull), 1))], axis=1)
+    visible = _clip_polygon(polygon, np.asarray(projection)[2], offset=1e-3)  # projection row 3 = depth
+    if len(visible) == 0:
+        return 0, 0, 0, 0
+    return pixel_rect(projection, visible, resolution)
+
+
+def camera_metadata(distance, elevation_deg, azimuth_deg, target, resolution: int) -> dict:
+    """Every camera parameter of a sample, and its projection (see `project_points` for the pixel convention)."""
+    location = camera_location(distance, elevation_deg, azimuth_deg, target)
+    world_to_camera = look_at_world_to_camera(location, target)
+    intrinsics = camera_intrinsics(FOCAL_LENGTH_MM, SENSOR_WIDTH_MM, resolution, resolution)
+    return {
+        "distance": float(distance),
+        "elevation_deg": float(elevation_deg),
+        "azimuth_deg": float(azimuth_deg),
+        "focal_length_mm": FOCAL_LENGTH_MM,
+        "sensor_width_mm": SENSOR_WIDTH_MM,
+        "resolution": [resolution, resolution],
+        "location": location.tolist(),
+        "look_at": [float(v) for v in target],
+        "intrinsics": intrinsics.tolist(),
+        "world_to_camera": world_to_camera.tolist(),
+        "projection_matrix": projection_matrix(intrinsics, world_to_camera).tolist(),
+        "pixel_convention": "OpenCV: (u*w, v*w, w) = P @ (x, y, z, 1); u right, v down from the top edge, "
+        "pixel centres at +0.5; world z up",
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 3. Procedural objects: a JSON recipe drawn from an RNG, turned into one mesh by pure numpy code.
+# --------------------------------------------------------------------------------------------------------------------
+
+PRIMITIVES = ("box", "cylinder", "cone", "sphere", "torus", "prism")
+COMPOSITIONS = ("single", "stack", "leaning", "cluster", "table", "arch")
+_SEGMENTS = 32
+
+
+def _ring(count: int, radius: float, z: float) -> np.ndarray:
+    angles = 2.0 * np.pi * np.arange(count) / count
+    return np.stack([radius * np.cos(angles), radius * np.sin(angles), np.full(count, z)], axis=1)
+
+
+def _frustum(radius_bottom: float, radius_top: float, height: float, segments: int = _SEGMENTS):
+    """Cylinder / cone / truncated cone, base on z = 0. Caps have their own vertices so that the smooth sides do not
+    bend the caps' normals."""
+    n = segments
+    sides = np.concatenate([_ring(n, radius_bottom, 0.0), _ring(n, max(radius_top, 1e-4), height)])
+    faces = [(k, (k + 1) % n, n + (k + 1) % n, n + k) for k in range(n)]
+    smooth = [True] * n
+    caps = [sides[:n].copy()]
+    faces.append(tuple(range(2 * n, 3 * n))[::-1])  # bottom, facing down
+    smooth.append(False)
+    if radius_top > 1e-4:
+        caps.append(sides[n:].copy())
+        faces.append(tuple(range(3 * n, 4 * n)))
+        smooth.append(False)
+    return np.concatenate([sides, *caps]), faces, smooth
+
+
+def primitive_mesh(part: dict):
+    """(vertices [N,3], faces [list of index tuples], smooth [per face]) of one primitive, base on z = 0, centred on
+    x = y = 0, before the part's rotation and offset."""
+    shape, dims = part["shape"], part["dims"]
+    if shape == "box":
+        sx, sy, sz = dims
+        vertices = np.array([[x, y, z] for z in (0.0, sz) for y in (-sy / 2, sy / 2) for x in (-sx / 2, sx / 2)])
+        faces = [(0, 2, 3, 1), (4, 5, 7, 6), (0, 1, 5, 4), (2, 6, 7, 3), (0, 4, 6, 2), (1, 3, 7, 5)]
+        return vertices, faces, [False] * 6
+    if shape == "cylinder":
+        radius, height = dims
+        return _frustum(radius, radius, height)
+    if shape == "cone":
+        radius_bottom, radius_top, height = dims
+        return _frustum(radius_bottom, radius_top, height)
+    if shape == "sphere":  # an ellipsoid: radius, vertical stretch
+        radius, stretch = dims
+        rings, n = _SEGMENTS // 2, _SEGMENTS
+        vertices = [[0.0, 0.0, 0.0]]
+        for k in range(1, rings):
+            polar = np.pi * (1.0 - k / rings)  # from the bottom pole up
+            ring = _ring(n, radius * math.sin(polar), radius * stretch * (1.0 + math.cos(polar)))
+            vertices.extend(ring.tolist())
+        vertices.append([0.0, 0.0, 2.0 * radius * stretch])
+        top = len(vertices) - 1
+        faces = [(0, 1 + (j + 1) % n, 1 + j) for j in range(n)]
+        for k in range(rings - 2):
+            a, b = 1 + k * n, 1 + (k + 1) * n
+            faces.extend((a + j, a + (j + 1) % n, b + (j + 1) % n, b + j) for j in range(n))
+        last = 1 + (rings - 2) * n
+        faces.extend((last + j, last + (j + 1) % n, top) for j in range(n))
+        return np.array(vertices), faces, [True] * len(faces)
+    if shape == "torus":  # major radius, minor radius; lying flat
+        major, minor = dims
+        n_major, n_minor = _SEGMENTS, _SEGMENTS // 2
+        u = 2.0 * np.pi * np.arange(n_major) / n_major
+        v = 2.0 * np.pi * np.arange(n_minor) / n_minor
+        uu, vv = np.meshgrid(u, v, indexing="ij")
+        radial = major + minor * np.cos(vv)
+        vertices = np.stack([radial * np.cos(uu), radial * np.sin(uu), minor + minor * np.sin(vv)], axis=-1).reshape(
+            -1, 3
+        )
+        faces = []
+        for i in range(n_major):
+            for j in range(n_minor):
+                i2, j2 = (i + 1) % n_major, (j + 1) % n_minor
+                faces.append((i * n_minor + j, i2 * n_minor + j, i2 * n_minor + j2, i * n_minor + j2))
+        return vertices, faces, [True] * len(faces)
+    if shape == "prism":  # an extruded star-shaped polygon: height, then its 2D outline (x0, y0, x1, y1, ...)
+        height, *outline = dims
+        polygon = np.asarray(outline, dtype=np.float64).reshape(-1, 2)
+        n = len(polygon)
+        bottom = np.concatenate([polygon, np.zeros((n, 1))], axis=1)
+        top = np.concatenate([polygon, np.full((n, 1), height)], axis=1)
+        vertices = np.concatenate([bottom, top])
+        faces = [tuple(range(n))[::-1], tuple(range(n, 2 * n))]
+        faces.extend((k, (k + 1) % n, n + (k + 1) % n, n + k) for k in range(n))
+        return vertices, faces, [False] * len(faces)
+    raise ValueError(f"Unknown primitive {shape!r}; allowed: {', '.join(PRIMITIVES)}.")
+
+
+def euler_matrix(rotation_deg) -> np.ndarray:
+    """XYZ Euler angles in degrees (Blender's default order) -> 3x3 rotation."""
+    rx, ry, rz = (math.radians(a) for a in rotation_deg)
+    mx = np.array([[1, 0, 0], [0, math.cos(rx), -math.sin(rx)], [0, math.sin(rx), math.cos(rx)]])
+    my = np.array([[math.cos(ry), 0, math.sin(ry)], [0, 1, 0], [-math.sin(ry), 0, math.cos(ry)]])
+    mz = np.array([[math.cos(rz), -math.sin(rz), 0], [math.sin(rz), math.cos(rz), 0], [0, 0, 1]])
+    return mz @ my @ mx
+
+
+def part_vertices(part: dict):
+    """A recipe part's mesh in the object's frame: rotated about its base centre, then offset."""
+    vertices, faces, smooth = primitive_mesh(part)
+    vertices = vertices @ euler_matrix(part.get("rotation_deg", (0, 0, 0))).T + np.asarray(
+        part.get("offset", (0, 0, 0))
+    )
+    return vertices, faces, smooth
+
+
+def recipe_mesh(recipe: dict):
+    """The whole procedural object as one mesh: (vertices [N,3], faces, material index per face, smooth per face)."""
+    all_vertices, all_faces, materials, smooth_flags = [], [], [], []
+    count = 0
+    for part in recipe["parts"]:
+        vertices, faces, smooth = part_vertices(part)
+        all_vertices.append(vertices)
+        all_faces.extend(tuple(index + count for index in face) for face in faces)
+        materials.extend([part["material"]] * len(faces))
+        smooth_flags.extend(smooth)
+        count += len(vertices)
+    return np.concatenate(all_vertices), all_faces, materials, smooth_flags
+
+
+def _random_primitive(rng: np.random.Generator, shapes=PRIMITIVES) -> dict:
+    shape = str(rng.choice(shapes))
+    if shape == "box":
+        dims = rng.uniform(0.3, 1.5, size=3).tolist()
+    elif shape == "cylinder":
+        dims = [rng.uniform(0.15, 0.7), rng.uniform(0.3, 2.0)]
+    elif shape == "cone":
+        radius = rng.uniform(0.3, 0.8)
+        dims = [radius, rng.choice([0.0, rng.uniform(0.1, 0.6) * radius]), rng.uniform(0.4, 1.8)]
+    elif shape == "sphere":
+        dims = [rng.uniform(0.25, 0.8), rng.uniform(0.6, 1.5)]
+    elif shape == "torus":
+        major = rng.uniform(0.4, 0.9)
+        dims = [major, rng.uniform(0.12, 0.35) * major]
+    else:
+        count = int(rng.integers(3, 10))
+        angles = np.sort(rng.uniform(0.0, 2.0 * np.pi, size=count))
+        angles = (angles + np.linspace(0.0, 2.0 * np.pi, count, endpoint=False)) / 2.0  # keep vertices apart
+        radii = rng.uniform(0.3, 0.9) * rng.uniform(0.5, 1.0, size=count)
+        outline = np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
+        dims = [rng.uniform(0.2, 1.6), *outline.reshape(-1).tolist()]
+    return {"shape": shape, "dims": [float(v) for v in dims]}
+
+
+def _set_down(part: dict, base_z: float = 0.0, xy=(0.0, 0.0)) -> dict:
+    """Offsets a part so that its lowest point is at `base_z` and its bounding-box centre at `xy`."""
+    part = dict(part, offset=[0.0, 0.0, 0.0])
+    vertices, _, _ = part_vertices(part)
+    low, high = vertices.min(axis=0), vertices.max(axis=0)
+    part["offset"] = [
+        float(xy[0] - (low[0] + high[0]) / 2),
+        float(xy[1] - (low[1] + high[1]) / 2),
+        float(base_z - low[2]),
+    ]
+    return part
+
+
+def _top(part: dict) -> float:
+    return float(part_vertices(part)[0][:, 2].max())
+
+
+def _random_material(rng: np.random.Generator) -> dict:
+    hue, saturation, value = rng.uniform(0, 1), rng.uniform(0.0, 0.9), rng.uniform(0.25, 0.95)
+    material = {
+        "base_color": _hsv_to_rgb(hue, saturation, value),
+        "roughness": float(rng.uniform(0.2, 0.9)),
+        "metallic": float(rng.choice([0.0, 0.0, 0.0, 0.0, 0.8])),
+        "pattern": str(rng.choice(["plain", "plain", "checker", "noise"])),
+    }
+    if material["pattern"] != "plain":
+        material["color2"] = _hsv_to_rgb(
+            (hue + rng.uniform(0.1, 0.5)) % 1.0, rng.uniform(0.0, 0.9), rng.uniform(0.2, 0.95)
+        )
+        material["pattern_scale"] = float(rng.uniform(2.0, 10.0))
+    return material
+
+
+def _hsv_to_rgb(hue: float, saturation: float, value: float) -> list[float]:
+    k = (np.array([5.0, 3.0, 1.0]) + hue * 6.0) % 6.0
+    return [float(c) for c in value - value * saturation * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)]
+
+
+def procedural_recipe(rng: np.random.Generator) -> dict:
+    """A random object: primitives (boxes, cylinders, cones, ellipsoids, tori, extruded polygons) composed as a single
+    part, a stack, a leaning part, a cluster, a table or an arch, with 1-3 materials (plain, checker or noise)."""
+    composition = str(rng.choice(COMPOSITIONS, p=[0.2, 0.2, 0.15, 0.15, 0.15, 0.15]))
+    materials = [_random_material(rng) for _ in range(int(rng.integers(1, 4)))]
+
+    def material_index() -> int:
+        return int(rng.integers(len(materials)))
+
+    parts = []
+    if composition == "single":
+        part = _random_primitive(rng)
+        if part["shape"] == "torus" and rng.uniform() < 0.5:
+            part["rotation_deg"] = [90.0, 0.0, 0.0]  # standing ring
+        parts.append(_set_down(part))
+    elif composition == "stack":
+        base_z = 0.0
+        for _ in range(int(rng.integers(2, 5))):
+            part = _random_primitive(rng, shapes=("box", "cylinder", "cone", "sphere", "prism"))
+            part["rotation_deg"] = [0.0, 0.0, float(rng.uniform(0, 360))]
+            part = _set_down(part, base_z, rng.uniform(-0.15, 0.15, size=2))
+            parts.append(part)
+            base_z = _top(part) - 0.02
+    elif composition == "leaning":
+        base = _set_down(_random_primitive(rng, shapes=("box", "cylinder", "prism")))
+        leaning = {"shape": str(rng.choice(["box", "cylinder"])), "dims": []}
+        leaning["dims"] = [0.2, 0.2, 2.2] if leaning["shape"] == "box" else [0.12, 2.2]
+        leaning["dims"] = [float(v * rng.uniform(0.6, 1.4)) for v in leaning["dims"]]
+        tilt = float(rng.uniform(15, 40)) * rng.choice([-1.0, 1.0])
+        leaning["rotation_deg"] = [0.0, tilt, float(rng.uniform(-30, 30))]
+        parts += [base, _set_down(leaning, 0.0, (-math.copysign(0.5, tilt), 0.0))]
+    elif composition == "cluster":
+        for _ in range(int(rng.integers(2, 5))):
+            part = _random_primitive(rng)
+            part["rotation_deg"] = [0.0, 0.0, float(rng.uniform(0, 360))]
+            parts.append(_set_down(part, 0.0, rng.uniform(-1.0, 1.0, size=2)))
+    elif composition == "table":
+        height = float(rng.uniform(0.6, 1.4))
+        width, depth, thickness = (
+            float(rng.uniform(1.0, 2.0)),
+            float(rng.uniform(0.6, 1.6)),
+            float(rng.uniform(0.06, 0.2)),
+        )
+        top_shape = str(rng.choice(["box", "cylinder"]))
+        top = {"shape": top_shape, "dims": [width, depth, thickness] if top_shape == "box" else [width / 2, thickness]}
+        parts.append(_set_down(top, height))
+        leg_radius = float(rng.uniform(0.03, 0.1))
+        if rng.uniform() < 0.2:  # pedestal
+            parts.append(_set_down({"shape": "cylinder", "dims": [leg_radius * 2.5, height]}))
+        else:
+            inset = 0.8 if top_shape == "box" else 0.55
+            for sx, sy in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
+                leg = {"shape": str(rng.choice(["box", "cylinder"])), "dims": []}
+                leg["dims"] = (
+                    [2 * leg_radius, 2 * leg_radius, height] if leg["shape"] == "box" else [leg_radius, height]
+                )
+                parts.append(_set_down(leg, 0.0, (sx * inset * width / 2, sy * inset * depth / 2)))
+    else:  # arch: two pillars and a lintel
+        height, span = float(rng.uniform(0.8, 1.8)), float(rng.uniform(0.6, 1.6))
+        pillar = _random_primitive(rng, shapes=("box", "cylinder"))
+        pillar["dims"] = [0.25, 0.25, height] if pillar["shape"] == "box" else [0.13, height]
+        parts += [_set_down(pillar, 0.0, (-span / 2, 0.0)), _set_down(pillar, 0.0, (span / 2, 0.0))]
+        lintel = {"shape": "box", "dims": [span + 0.5, 0.35, float(rng.uniform(0.12, 0.35))]}
+        parts.append(_set_down(lintel, height - 0.01))
+    for part in parts:
+        part["material"] = material_index()
+    return {"composition": composition, "parts": parts, "materials": materials}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 4. Images: from the two renders to the three files.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def mask_from_alpha(alpha: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Binary mask (bool HxW) from the object render's alpha in [0, 1]."""
+    return np.asarray(alpha) >= threshold
+
+
+def object_image_on_white(rgba: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """uint8 HxWx3: the object render (straight alpha, float in [0, 1]) over white, every pixel outside the mask WHITE
+    (DESIGN.md §8)."""
+    rgb, alpha = rgba[..., :3], rgba[..., 3:4]
+    image = rgb * alpha + (1.0 - alpha)
+    image[~mask] = 1.0
+    return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def shadow_map_from_catcher(catcher: np.ndarray, mask: np.ndarray, region=None) -> np.ndarray:
+    """float32 HxW in [0, 1], 1 = full shadow: 1 − (Cycles' shadow-catcher pass = E_with / E_without, channel mean),
+    clamped, zero inside the mask, where the pass is not finite and outside `region` (col0, row0, col1, row1), the
+    only pixels rendered."""
+    ratio = np.asarray(catcher, dtype=np.float32)
+    ratio = ratio[..., :3].mean(axis=-1) if ratio.ndim == 3 else ratio
+    shadow = np.clip(1.0 - ratio, 0.0, 1.0)
+    shadow[~np.isfinite(shadow) | mask] = 0.0
+    if region is not None:
+        inside = np.zeros_like(mask)
+        inside[region[1] : region[3], region[0] : region[2]] = True
+        shadow[~inside] = 0.0
+    return shadow.astype(np.float32)
+
+
+def shadow_to_image(shadow: np.ndarray, bits: int = 16) -> Image.Image:
+    """Gray PNG image of a shadow map: 16-bit (mode I;16, read back as value / 65535) or 8-bit (L)."""
+    if bits == 16:
+        return Image.fromarray(np.round(np.clip(shadow, 0.0, 1.0) * 65535.0).astype(np.uint16))
+    return Image.fromarray(np.round(np.clip(shadow, 0.0, 1.0) * 255.0).astype(np.uint8))
+
+
+def load_gray(path) -> np.ndarray:
+    """A mask or shadow PNG (8- or 16-bit) -> float32 HxW in [0, 1]."""
+    with Image.open(path) as image:
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            return np.asarray(image, dtype=np.float32) / 65535.0
+        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+
+
+def composite(
+    object_rgb: np.ndarray, mask: np.ndarray, shadow: np.ndarray, background, intensity: float = 1.0
+) -> np.ndarray:
+    """uint8 HxWx3: `background` darkened by clamp(intensity × shadow), the object pasted through its mask (the same rule
+    as pipeline_shadow.composite)."""
+    background = np.broadcast_to(np.asarray(background, dtype=np.float32), object_rgb.shape)
+    shadowed = background * (1.0 - np.clip(intensity * shadow, 0.0, 1.0))[..., None]
+    mask = np.asarray(mask, dtype=np.float32)[..., None]
+    return np.round(np.clip(object_rgb / 255.0 * mask + shadowed * (1.0 - mask), 0, 1) * 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 5. The plan: every sample a pure function of (seed, index) and the arguments.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SampleSpec:
+    index: int
+    key: str
+    split: str | None
+    object_index: int
+    object_id: str
+    mesh_source: str  # "procedural" or the mesh's path relative to --meshes
+    mesh_path: str | None  # None for a procedural object, built from `procedural_recipe(seed, object_index)`
+    theta: float
+    phi: float
+    size: float
+    track: str | None
+    rotation_z_deg: float
+    camera_distance: float
+    camera_elevation_deg: float
+    camera_azimuth_deg: float
+    render_seed: int
+    drop_tilt_deg: list = field(default_factory=lambda: [0.0, 0.0])
+
+
+def sample_rng(seed: int, stream: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), stream, int(index)])
+
+
+def draw_light(rng: np.random.Generator, theta=None, phi=None, size=None) -> tuple[float, float, float]:
+    """(theta, phi, size) from the paper's integer grids, each unless fixed by the caller."""
+    drawn = (
+        float(rng.integers(THETA_GRID_DEG[0], THETA_GRID_DEG[1] + 1)),
+        float(rng.integers(PHI_GRID_DEG[0], PHI_GRID_DEG[1] + 1)),
+        float(rng.integers(SIZE_GRID[0], SIZE_GRID[1] + 1)),
+    )
+    fixed = (theta, phi, size)
+    return tuple(float(f) if f is not None else d for f, d in zip(fixed, drawn))
+
+
+def draw_view(rng: np.random.Generator) -> dict:
+    """Object rotation about z, camera distance and elevation, the drop's initial tilt; uniform in their ranges."""
+    return {
+        "rotation_z_deg": float(rng.uniform(0.0, 360.0)),
+        "camera_distance": float(rng.uniform(*CAMERA_DISTANCE_RANGE)),
+        "camera_elevation_deg": float(rng.uniform(*CAMERA_ELEVATION_RANGE_DEG)),
+        "drop_tilt_deg": [float(v) for v in rng.uniform(-20.0, 20.0, size=2)],
+    }
+
+
+def find_meshes(mesh_dir: Path) -> list[Path]:
+    """Every importable mesh file under `mesh_dir` (recursively), sorted by relative path."""
+    return sorted(
+        (path for path in mesh_dir.rglob("*") if path.is_file() and path.suffix.lower() in MESH_IMPORTERS),
+        key=lambda path: path.relative_to(mesh_dir).as_posix(),
+    )
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+
+
+@dataclass
+class ObjectSource:
+    object_id: str
+    mesh_source: str
+    mesh_path: str | None = None
+
+
+def object_sources(args) -> list[ObjectSource]:
+    """The objects of this dataset: the meshes under --meshes, or --num_objects procedural recipes."""
+    if args.meshes is not None:
+        mesh_dir = Path(args.meshes)
+        meshes = find_meshes(mesh_dir)
+        if args.num_objects is not None:
+            meshes = meshes[: args.num_objects]
+        return [
+            ObjectSource(
+                _slug(path.relative_to(mesh_dir).with_suffix("").as_posix()),
+                path.relative_to(mesh_dir).as_posix(),
+                str(path.resolve()),
+            )
+            for path in meshes
+        ]
+    count = args.num_objects if args.num_objects is not None else (args.num_samples if args.mode == "random" else 1)
+    return [ObjectSource(f"proc_{k:06d}", PROCEDURAL_SOURCE) for k in range(count)]  # recipes are drawn by the workers
+
+
+def object_recipe(seed: int, object_index: int) -> dict:
+    """The procedural object `object_index` of a dataset with `seed`."""
+    return procedural_recipe(sample_rng(seed, _STREAM_OBJECT, object_index))
+
+
+def test_objects(num_objects: int, test_fraction: float, seed: int) -> set[int]:
+    """The object indices of the test split: a seeded choice of round(fraction × objects), at least one."""
+    if test_fraction <= 0:
+        return set()
+    count = max(1, round(test_fraction * num_objects))
+    if count >= num_objects:
+        raise ValueError(
+            f"`--test_fraction {test_fraction}` leaves no training object out of {num_objects}; lower it or add objects."
+        )
+    return {int(k) for k in np.random.default_rng([int(seed), _STREAM_SPLIT]).permutation(num_objects)[:count]}
+
+
+def plan_samples(args, objects: list[ObjectSource]) -> list[SampleSpec]:
+    """All samples of the dataset, in index order (shards and workers take subsets of it)."""
+    test_set = test_objects(len(objects), args.test_fraction, args.seed)
+    split_of = (lambda k: "test" if k in test_set else "train") if args.test_fraction > 0 else (lambda k: None)
+
+    def spec(index, key, k, light, track, view):
+        source = objects[k]
+        render_seed = int(sample_rng(args.seed, _STREAM_SAMPLE, index).integers(0, 2**31 - 1))
+        return SampleSpec(
+            index=index,
+            key=key,
+            split=split_of(k),
+            object_index=k,
+            object_id=source.object_id,
+            mesh_source=source.mesh_source,
+            mesh_path=source.mesh_path,
+            theta=light[0],
+            phi=light[1] % 360.0,
+            size=light[2],
+            track=track,
+            rotation_z_deg=view["rotation_z_deg"],
+            camera_distance=view["camera_distance"],
+            camera_elevation_deg=view["camera_elevation_deg"],
+            camera_azimuth_deg=CAMERA_AZIMUTH_DEG,
+            render_seed=render_seed,
+            drop_tilt_deg=view["drop_tilt_deg"],
+        )
+
+    specs = []
+    if args.mode == "random":
+        for index in range(args.num_samples):
+            rng = sample_rng(args.seed, _STREAM_SAMPLE, index)
+            rng.integers(0, 2**31 - 1)  # the render seed's draw
+            light = draw_light(rng, args.theta, args.phi, args.size)
+            specs.append(spec(index, f"{index:07d}", index % len(objects), light, None, draw_view(rng)))
+        return specs
+    # Per-object modes: each object keeps one pose and camera for all its lights, so that only the light varies.
+    if args.mode == "tracks":
+        jobs = [(name, TRACK_KEY_PREFIX[name], TRACK_LIGHTS[name]) for name in args.tracks]
+    else:
+        jobs = [(None, "light", args.lights)]
+    for track, prefix, lights in jobs:
+        for k in range(len(objects)):
+            view = draw_view(sample_rng(args.seed, _STREAM_VIEW, k))
+            for j, light in enumerate(lights):
+                specs.append(spec(len(specs), f"{prefix}_{k:05d}_{j:02d}", k, light, track, view))
+    return specs
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 6. Output layouts. A sample is complete once its record is written (last, atomically); anything else is redone.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class OutputLayout:
+    """`custom`: objects/, masks/, shadows/ (<key>.png) + metadata.json {key: metadata}, per-sample records in
+    .render/samples/. `benchmark`: <key>.image.png, <key>.mask.png, <key>.shadow.png, <key>.metadata.json."""
+
+    def __init__(self, root: Path, fmt: str):
+        self.root, self.format = Path(root), fmt
+
+    def files(self, key: str) -> dict[str, Path]:
+        if self.format == "custom":
+            return {
+                name: self.root / folder / f"{key}.png"
+                for name, folder in (("object", "objects"), ("mask", "masks"), ("shadow", "shadows"))
+            }
+        return {
+            name: self.root / f"{key}.{suffix}.png"
+            for name, suffix in (("object", "image"), ("mask", "mask"), ("shadow", "shadow"))
+        }
+
+    def record(self, key: str) -> Path:
+        if self.format == "custom":
+            return self.root / STATE_DIR / "samples" / f"{key}.json"
+        return self.root / f"{key}.metadata.json"
+
+    def is_complete(self, key: str) -> bool:
+        return self.record(key).is_file() and all(path.is_file() for path in self.files(key).values())
+
+    def write(
+        self, key: str, object_rgb: np.ndarray, mask: np.ndarray, shadow: np.ndarray, metadata: dict, shadow_bits: int
+    ) -> None:
+        paths = self.files(key)
+        images = {
+            "object": Image.fromarray(object_rgb, "RGB"),
+            "mask": Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), "L"),
+            "shadow": shadow_to_image(shadow, shadow_bits),
+        }
+        for name, image in images.items():
+            _atomic_write(paths[name], lambda handle, image=image: image.save(handle, format="PNG"))
+        _atomic_write(self.record(key), lambda handle: handle.write(json.dumps(metadata, indent=1).encode()))
+
+    def records(self) -> dict[str, dict]:
+        """All complete samples' metadata, by key."""
+        pattern = (
+            (self.root / STATE_DIR / "samples").glob("*.json")
+            if self.format == "custom"
+            else self.root.glob("*.metadata.json")
+        )
+        found = {}
+        for path in sorted(pattern):
+            key = path.name[: -len(".json")] if self.format == "custom" else path.name[: -len(".metadata.json")]
+            if self.is_complete(key):
+                found[key] = json.loads(path.read_text())
+        return found
+
+    def finalize(self, tar: bool) -> int:
+        """Writes metadata.json (custom) or the tar (benchmark, if asked) from the complete samples; returns their count."""
+        records = self.records()
+        if self.format == "custom" and records:  # one sample per line: readable, and small enough for 100k+ samples
+            lines = (f"{json.dumps(key)}: {json.dumps(records[key], separators=(',', ':'))}" for key in sorted(records))
+            text = "{\n" + ",\n".join(lines) + "\n}\n"
+            _atomic_write(self.root / "metadata.json", lambda handle: handle.write(text.encode()))
+        if tar and records:
+            tar_path = self.tar_path()
+
+            def write_tar(handle):
+                with tarfile.open(fileobj=handle, mode="w") as archive:
+                    for key in sorted(records):  # the files of one sample consecutive, as webdataset expects
+                        paths = self.files(key)
+                        for path in (paths["object"], paths["mask"], paths["shadow"], self.record(key)):
+                            archive.add(path, arcname=path.name)
+
+            _atomic_write(tar_path, write_tar)
+        return len(records)
+
+    def tar_path(self) -> Path:
+        return self.root / f"{self.root.name}.tar"
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Writes through a temporary file in the same folder and renames it, so that readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with handle:
+            write(handle)
+        os.replace(handle.name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(handle.name)
+        raise
+
+
+def split_roots(output_dir: Path, test_fraction: float) -> dict[str | None, Path]:
+    if test_fraction > 0:
+        return {"train": output_dir / "train", "test": output_dir / "test"}
+    return {None: output_dir}
+
+
+def sample_metadata(spec: SampleSpec, camera: dict, placement: dict, settings: dict) -> dict:
+    """The record of one sample (see the README's metadata table)."""
+    metadata = {
+        "theta": spec.theta,
+        "phi": spec.phi,
+        "size": spec.size,
+        "track": spec.track,
+        "object_id": spec.object_id,
+        "object_index": spec.object_index,  # procedural objects: object_recipe(seed, object_index) rebuilds it
+        "mesh_source": spec.mesh_source,
+        "split": spec.split,
+        "seed": settings["seed"],
+        "index": spec.index,
+        "light": {
+            "distance": LIGHT_DISTANCE,
+            "position": light_position(spec.theta, spec.phi).tolist(),
+            "shape": "square",
+            "power_w": settings["light_power"],
+        },
+        "camera": camera,
+        "object": placement,
+        "render": {
+            "engine": "CYCLES",
+            "blender": settings.get("blender_version"),
+            "spp": settings["spp"],
+            "denoise": settings["denoise"],
+            "ambient": settings["ambient"],
+            "render_seed": spec.render_seed,
+            "shadow_bits": settings["shadow_bits"],
+            "shadow_map": "1 - E_with/E_without of the area light on the ground (ambient excluded), 0 inside the mask",
+        },
+    }
+    return metadata
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 7. Blender (imported only inside worker processes).
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class MeshImportError(RuntimeError):
+    """A mesh file that Blender could not turn into geometry; its samples are skipped and counted."""
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """Blender prints from C code straight to fd 1; send it to /dev/null for the duration."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _matrix(bpy_mathutils, array: np.ndarray):
+    return bpy_mathutils.Matrix([list(map(float, row)) for row in np.asarray(array)])
+
+
+class BlenderRenderer:
+    """One per worker process: owns bpy, renders SampleSpecs into arrays."""
+
+    def __init__(self, settings: dict):
+        with _quiet_stdout():
+            import bpy
+            import mathutils
+        self.bpy, self.mathutils, self.settings = bpy, mathutils, settings
+        self.tmp = Path(tempfile.mkdtemp(prefix="render_shadow_"))  # this worker's two scratch renders
+        atexit.register(shutil.rmtree, self.tmp, ignore_errors=True)
+        settings["blender_version"] = bpy.app.version_string
+        if settings["device"] != "CPU":
+            self._enable_gpu(settings["device"])
+        self._oiio = None
+
+    def _enable_gpu(self, device: str) -> None:
+        preferences = self.bpy.context.preferences.addons["cycles"].preferences
+        try:
+            preferences.compute_device_type = device
+        except TypeError as error:
+            raise RuntimeError(f"`--device {device}` is not available in this Blender build: {error}") from error
+        preferences.get_devices()
+        found = [d for d in preferences.devices if d.type == device]
+        if not found:
+            seen = sorted({d.type for d in preferences.devices})
+            raise RuntimeError(
+                f"`--device {device}`: Cycles found no {device} device (found: {', '.join(seen) or 'none'})."
+            )
+        for d in preferences.devices:
+            d.use = d.type == device
+
+    def oiio(self):
+        """Blender's own OpenImageIO (reads the multi-part EXR that holds the shadow-catcher pass)."""
+        if self._oiio is None:
+            version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+            site = Path(self.bpy.utils.resource_path("LOCAL")) / "python" / "lib" / version / "site-packages"
+            if str(site) not in sys.path:
+                sys.path.append(str(site))
+            import OpenImageIO
+
+            self._oiio = OpenImageIO
+        return self._oiio
+
+    # ---- scene -------------------------------------------------------------------------------------------------
+
+    def _reset(self, spec: SampleSpec):
+        bpy = self.bpy
+        bpy.ops.wm.read_homefile(use_empty=True, use_factory_startup=True)
+        scene = bpy.context.scene
+        s = self.settings
+        scene.render.engine = "CYCLES"
+        scene.cycles.device = "GPU" if s["device"] != "CPU" else "CPU"
+        scene.cycles.samples = s["spp"]
+        scene.cycles.use_adaptive_sampling = False
+        scene.cycles.seed = spec.render_seed
+        scene.cycles.use_denoising = s["denoise"]
+        if s["denoise"]:
+            scene.cycles.denoiser = "OPENIMAGEDENOISE"
+        scene.cycles.caustics_reflective = scene.cycles.caustics_refractive = False
+        scene.cycles.sample_clamp_indirect = 10.0
+        scene.cycles.use_light_tree = False  # one light
+        scene.render.threads_mode = "FIXED"
+        scene.render.threads = s["threads"]
+        scene.render.resolution_x = scene.render.resolution_y = s["resolution"]
+        scene.render.resolution_percentage = 100
+        scene.view_settings.view_transform = "Standard"  # albedo-faithful, no filmic curve
+        scene.view_settings.look = "None"
+        return scene
+
+    def _material(self, name: str, spec: dict):
+        bpy = self.bpy
+        material = bpy.data.materials.new(name)
+        nodes, links = material.node_tree.nodes, material.node_tree.links
+        bsdf = next(node for node in nodes if node.type == "BSDF_PRINCIPLED")
+        bsdf.inputs["Base Color"].default_value = (*spec["base_color"], 1.0)
+        bsdf.inputs["Roughness"].default_value = spec["roughness"]
+        bsdf.inputs["Metallic"].default_value = spec["metallic"]
+        if spec.get("pattern") in ("checker", "noise"):
+            if spec["pattern"] == "checker":
+                texture = nodes.new("ShaderNodeTexChecker")
+                texture.inputs["Color1"].default_value = (*spec["base_color"], 1.0)
+                texture.inputs["Color2"].default_value = (*spec["color2"], 1.0)
+                texture.inputs["Scale"].default_value = spec["pattern_scale"]
+                links.new(texture.outputs["Color"], bsdf.inputs["Base Color"])
+            else:
+                texture = nodes.new("ShaderNodeTexNoise")
+                texture.inputs["Scale"].default_value = spec["pattern_scale"]
+                ramp = nodes.new("ShaderNodeValToRGB")
+                ramp.color_ramp.elements[0].color = (*spec["base_color"], 1.0)
+                ramp.color_ramp.elements[1].color = (*spec["color2"], 1.0)
+                links.new(texture.outputs["Fac"], ramp.inputs["Fac"])
+                links.new(ramp.outputs["Color"], bsdf.inputs["Base Color"])
+        return material
+
+    def _build_procedural(self, recipe: dict):
+        bpy = self.bpy
+        vertices, faces, material_indices, smooth = recipe_mesh(recipe)
+        mesh = bpy.data.meshes.new("procedural")
+        mesh.from_pydata(vertices.tolist(), [], faces)
+        mesh.polygons.foreach_set("material_index", material_indices)
+        mesh.polygons.foreach_set("use_smooth", smooth)
+        for i, material in enumerate(recipe["materials"]):
+            mesh.materials.append(self._material(f"material_{i}", material))
+        mesh.validate()
+        mesh.update()
+        obj = bpy.data.objects.new("object", mesh)
+        bpy.context.scene.collection.objects.link(obj)
+        return obj
+
+    def _import_mesh(self, path: str):
+        """Imports any supported file and merges its geometry (modifiers and poses applied) into one mesh object."""
+        bpy = self.bpy
+        suffix = Path(path).suffix.lower()
+        before = set(bpy.data.objects)
+        try:
+            with _quiet_stdout():
+                if suffix == ".blend":
+                    with bpy.data.libraries.load(path, link=False) as (source, target):
+                        target.objects = list(source.objects)
+                    for obj in target.objects:
+                        if obj is not None:
+                            bpy.context.scene.collection.objects.link(obj)
+                else:
+                    module, name = MESH_IMPORTERS[suffix].split(".")
+                    result = getattr(getattr(bpy.ops, module), name)(filepath=path)
+                    if "FINISHED" not in result:
+                        raise MeshImportError(f"the importer returned {sorted(result)}")
+        except MeshImportError:
+            raise
+        except Exception as error:  # importers raise RuntimeError, ValueError, KeyError, ... on bad files
+            raise MeshImportError(
+                f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+            ) from error
+        imported = [obj for obj in bpy.data.objects if obj not in before]
+        depsgraph = bpy.context.evaluated_depsgraph_get()
+        meshes = []
+        for obj in imported:
+            if obj.type not in ("MESH", "CURVE", "SURFACE", "META", "FONT"):
+                continue
+            mesh = bpy.data.meshes.new_from_object(
+                obj.evaluated_get(depsgraph), preserve_all_data_layers=True, depsgraph=depsgraph
+            )
+            if len(mesh.vertices) == 0:
+                continue
+            mesh.transform(obj.matrix_world)
+            if len(mesh.materials) == 0 and len(mesh.color_attributes) > 0:
+                mesh.materials.append(self._vertex_color_material(mesh.color_attributes[0].name))
+            merged = bpy.data.objects.new(f"part_{len(meshes)}", mesh)
+            bpy.context.scene.collection.objects.link(merged)
+            meshes.append(merged)
+        for obj in imported:
+            bpy.data.objects.remove(obj, do_unlink=True)
+        if not meshes:
+            raise MeshImportError("the file holds no mesh geometry")
+        if len(meshes) > 1:
+            with bpy.context.temp_override(
+                active_object=meshes[0], selected_editable_objects=meshes, selected_objects=meshes
+            ):
+                bpy.ops.object.join()
+        return meshes[0]
+
+    def _vertex_color_material(self, attribute: str):
+        material = self.bpy.data.materials.new("vertex_colors")
+        nodes = material.node_tree.nodes
+        bsdf = next(node for node in nodes if node.type == "BSDF_PRINCIPLED")
+        color = nodes.new("ShaderNodeVertexColor")
+        color.layer_name = attribute
+        material.node_tree.links.new(color.outputs["Color"], bsdf.inputs["Base Color"])
+        return material
+
+    def _world_vertices(self, obj) -> np.ndarray:
+        mesh = obj.data
+        local = np.empty(len(mesh.vertices) * 3, dtype=np.float64)
+        mesh.vertices.foreach_get("co", local)
+        local = local.reshape(-1, 3)
+        matrix = np.array(obj.matrix_world)
+        return local @ matrix[:3, :3].T + matrix[:3, 3]
+
+    def _drop(self, obj, tilt_deg) -> None:
+        """Rigid-body drop onto a temporary ground, from a slight random tilt, so the object settles in a stable pose."""
+        bpy = self.bpy
+        obj.matrix_world = _matrix(self.mathutils, placement_matrix(self._world_vertices(obj), 0.0))
+        tilt = np.eye(4)
+        tilt[:3, :3] = euler_matrix([tilt_deg[0], tilt_deg[1], 0.0])
+        tilt[2, 3] = 0.3 + OBJECT_LARGEST_SIDE
+        obj.matrix_world = _matrix(self.mathutils, tilt @ np.array(obj.matrix_world))
+        bpy.ops.mesh.primitive_plane_add(size=50.0)
+        ground = bpy.context.active_object
+        scene = bpy.context.scene
+        for target, kind in ((obj, "ACTIVE"), (ground, "PASSIVE")):
+            with bpy.context.temp_override(object=target, active_object=target, selected_objects=[target]):
+                bpy.ops.rigidbody.object_add(type=kind)
+        obj.rigid_body.collision_shape = "CONVEX_HULL"
+        obj.rigid_body.friction = ground.rigid_body.friction = 0.9
+        frames = 180
+        scene.frame_start, scene.frame_end = 1, frames
+        scene.rigidbody_world.point_cache.frame_end = frames
+        for frame in range(1, frames + 1):
+            scene.frame_set(frame)
+        settled = np.array(obj.matrix_world)
+        bpy.ops.rigidbody.world_remove()
+        bpy.data.objects.remove(ground, do_unlink=True)
+        scene.frame_set(1)
+        obj.matrix_world = _matrix(self.mathutils, settled)
+
+    def _render(self, scene, path: Path, exr: bool, region=None) -> None:
+        """Renders to `path`; only the pixels of `region` (col0, row0, col1, row1; None = all) are traced."""
+        resolution = self.settings["resolution"]
+        scene.render.use_border = region is not None
+        scene.render.use_crop_to_border = False
+        if region is not None:
+            col0, row0, col1, row1 = region
+            scene.render.border_min_x, scene.render.border_max_x = col0 / resolution, col1 / resolution
+            scene.render.border_min_y, scene.render.border_max_y = 1.0 - row1 / resolution, 1.0 - row0 / resolution
+        settings = scene.render.image_settings
+        if exr:
+            settings.media_type = "MULTI_LAYER_IMAGE"  # Blender 5.0: before file_format
+            settings.file_format = "OPEN_EXR_MULTILAYER"
+            settings.color_depth = "32"
+        else:
+            settings.media_type = "IMAGE"
+            settings.file_format = "PNG"
+            settings.color_mode = "RGBA"
+            settings.color_depth = "8"
+        scene.render.filepath = str(path)
+        with _quiet_stdout():
+            self.bpy.ops.render.render(write_still=True)
+
+    def _read_pass(self, path: Path, pass_name: str) -> np.ndarray:
+        """One pass of a (multi-part) multilayer EXR as float32 HxWxC, row 0 at the top."""
+        oiio = self.oiio()
+        image = oiio.ImageInput.open(str(path))
+        if image is None:
+            raise RuntimeError(f"Could not read {path}: {oiio.geterror()}")
+        try:
+            subimage = 0
+            while image.seek_subimage(subimage, 0):
+                names = list(image.spec().channelnames)
+                wanted = [i for i, name in enumerate(names) if name.split(".")[-2:-1] == [pass_name]]
+                if wanted:
+                    pixels = image.read_image(format="float")
+                    return np.asarray(pixels, dtype=np.float32)[..., wanted]
+                subimage += 1
+        finally:
+            image.close()
+        raise RuntimeError(f"{path} has no `{pass_name}` pass.")
+
+    def render(self, spec: SampleSpec):
+        """-> (object RGB uint8, mask bool, shadow float32, camera metadata, placement metadata)."""
+        bpy, mathutils, s = self.bpy, self.mathutils, self.settings
+        scene = self._reset(spec)
+        recipe = object_recipe(s["seed"], spec.object_index) if spec.mesh_path is None else None
+        obj = self._build_procedural(recipe) if recipe is not None else self._import_mesh(spec.mesh_path)
+        if s["drop"]:
+            self._drop(obj, spec.drop_tilt_deg)
+        placement = placement_matrix(self._world_vertices(obj), spec.rotation_z_deg)
+        obj.matrix_world = _matrix(mathutils, placement @ np.array(obj.matrix_world))
+        vertices = self._world_vertices(obj)
+        low, high = vertices.min(axis=0), vertices.max(axis=0)
+        height = float(high[2] - low[2])
+        placement_info = {
+            "largest_side": OBJECT_LARGEST_SIDE,
+            "rotation_z_deg": spec.rotation_z_deg,
+            "scale": float(np.linalg.norm(placement[:3, 0])),
+            "dropped": bool(s["drop"]),
+            "height": height,
+            "bbox_min": low.tolist(),
+            "bbox_max": high.tolist(),
+        }
+
+        target = (0.0, 0.0, height / 2.0)
+        camera_info = camera_metadata(
+            spec.camera_distance, spec.camera_elevation_deg, spec.camera_azimuth_deg, target, s["resolution"]
+        )
+        camera_data = bpy.data.cameras.new("camera")
+        camera_data.lens, camera_data.sensor_width = FOCAL_LENGTH_MM, SENSOR_WIDTH_MM
+        camera_data.sensor_fit = "HORIZONTAL"  # the sensor width spans the image width, as camera_intrinsics assumes
+        camera_data.clip_start, camera_data.clip_end = 0.05, 1000.0
+        camera = bpy.data.objects.new("camera", camera_data)
+        scene.collection.objects.link(camera)
+        camera.matrix_world = _matrix(mathutils, blender_camera_matrix_world(camera_info["location"], target))
+        scene.camera = camera
+
+        light_data = bpy.data.lights.new("area_light", "AREA")
+        light_data.shape, light_data.size, light_data.energy = "SQUARE", spec.size, s["light_power"]
+        light = bpy.data.objects.new("area_light", light_data)
+        scene.collection.objects.link(light)
+        light.matrix_world = _matrix(mathutils, light_matrix_world(spec.theta, spec.phi))
+
+        world = bpy.data.worlds.new("ambient")
+        scene.world = world
+        background = next(node for node in world.node_tree.nodes if node.type == "BACKGROUND")
+        background.inputs["Color"].default_value = (1.0, 1.0, 1.0, 1.0)
+
+        ground_mesh = bpy.data.meshes.new("ground")
+        half = 100.0
+        ground_mesh.from_pydata(
+            [(-half, -half, 0), (half, -half, 0), (half, half, 0), (-half, half, 0)], [], [(0, 1, 2, 3)]
+        )
+        ground = bpy.data.objects.new("ground", ground_mesh)
+        scene.collection.objects.link(ground)
+        ground.is_shadow_catcher = True
+
+        # Render 1: the object alone (no ground), area light + ambient, transparent film -> object image and mask.
+        scene.render.film_transparent = True
+        ground.hide_render = True
+        background.inputs["Strength"].default_value = s["ambient"]
+        scene.cycles.max_bounces, scene.cycles.diffuse_bounces, scene.cycles.glossy_bounces = 4, 2, 2
+        scene.cycles.transmission_bounces, scene.cycles.transparent_max_bounces = 4, 8
+        object_path = self.tmp / "object.png"
+        projection = np.asarray(camera_info["projection_matrix"])
+        # Only the pixels the object (render 1) or its shadow (render 2) can reach are traced; with denoising a band
+        # around them too, so that the denoiser's view of the unrendered border never reaches the kept pixels.
+        pad = DENOISE_BORDER_PX if s["denoise"] else 0
+        object_region = pixel_rect(projection, _box_corners(low, high), s["resolution"])
+        self._render(scene, object_path, exr=False, region=grow_rect(object_region, pad, s["resolution"]))
+        with Image.open(object_path) as image:
+            rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0  # straight alpha
+        mask = mask_from_alpha(rgba[..., 3])
+        object_rgb = object_image_on_white(rgba, mask)
+
+        # Render 2: the ground as a shadow catcher, the object invisible to the camera but casting shadows, no ambient.
+        ground.hide_render = False
+        obj.visible_camera = False
+        background.inputs["Strength"].default_value = 0.0
+        scene.cycles.max_bounces = scene.cycles.diffuse_bounces = scene.cycles.glossy_bounces = 0
+        scene.view_layers[0].cycles.use_pass_shadow_catcher = True
+        shadow_path = self.tmp / "shadow.exr"
+        region = shadow_region(low, high, spec.theta, spec.phi, spec.size, projection, s["resolution"])
+        if region is not None and (region[2] <= region[0] or region[3] <= region[1]):
+            shadow = np.zeros(mask.shape, dtype=np.float32)  # the shadow falls outside the picture
+        else:
+            self._render(scene, shadow_path, exr=True, region=grow_rect(region, pad, s["resolution"]))
+            shadow = shadow_map_from_catcher(self._read_pass(shadow_path, "Shadow Catcher"), mask, region)
+        return object_rgb, mask, shadow, camera_info, placement_info
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 8. Worker processes.
+# --------------------------------------------------------------------------------------------------------------------
+
+_WORKER: dict = {}
+
+
+def _init_worker(settings: dict) -> None:
+    logging.basicConfig(level=settings.get("log_level", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        _WORKER["renderer"] = BlenderRenderer(dict(settings))
+    except Exception as error:  # reported by the first task, so the parent can stop with a clear message
+        _WORKER["fatal"] = f"{type(error).__name__}: {error}"
+    _WORKER["failed_meshes"] = {}
+
+
+def _render_task(spec: SampleSpec, root: str, fmt: str) -> dict:
+    """Renders and writes one sample; never raises (the parent counts what went wrong)."""
+    result = {"index": spec.index, "key": spec.key, "mesh_source": spec.mesh_source}
+    if "fatal" in _WORKER:
+        return {**result, "status": "fatal", "reason": _WORKER["fatal"]}
+    failed_meshes = _WORKER["failed_meshes"]
+    if spec.mesh_path in failed_meshes:
+        return {**result, "status": "mesh_failed", "reason": failed_meshes[spec.mesh_path]}
+    renderer = _WORKER["renderer"]
+    start, cpu_start = time.perf_counter(), time.process_time()  # CPU time: all of this process's render threads
+    try:
+        object_rgb, mask, shadow, camera, placement = renderer.render(spec)
+        metadata = sample_metadata(spec, camera, placement, renderer.settings)
+        OutputLayout(Path(root), fmt).write(
+            spec.key, object_rgb, mask, shadow, metadata, renderer.settings["shadow_bits"]
+        )
+    except MeshImportError as error:
+        failed_meshes[spec.mesh_path] = str(error)
+        return {**result, "status": "mesh_failed", "reason": str(error)}
+    except Exception as error:
+        return {
+            **result,
+            "status": "failed",
+            "reason": f"{type(error).__name__}: {error}",
+            "traceback": traceback.format_exc(),
+        }
+    return {
+        **result,
+        "status": "ok",
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu_start,
+    }
+
+
+class _Progress:
+    """tqdm when installed (samples/s in its rate), else a log line every few seconds."""
+
+    def __init__(self, total: int, desc: str):
+        self.total, self.done, self.start, self.last = total, 0, time.perf_counter(), 0.0
+        try:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="sample", dynamic_ncols=True, file=sys.stderr)
+        except ImportError:
+            self.bar = None
+
+    def update(self, **postfix) -> None:
+        self.done += 1
+        postfix["samples/s"] = f"{self.done / max(time.perf_counter() - self.start, 1e-9):.2f}"
+        if self.bar is not None:
+            self.bar.set_postfix(postfix, refresh=False)
+            self.bar.update(1)
+        elif time.perf_counter() - self.last > 5 or self.done == self.total:
+            self.last = time.perf_counter()
+            logger.info("%d/%d samples %s", self.done, self.total, postfix)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def render_samples(specs: list[SampleSpec], roots: dict, settings: dict, workers: int) -> list[dict]:
+    """Renders `specs` in `workers` spawned processes (each owns one Blender), a few samples in flight per worker;
+    results in completion order. A dead worker (a crash inside Blender, out of memory) stops the run: every finished
+    sample is already on disk and the same command resumes."""
+    import multiprocessing
+
+    results, progress, counts, warned_meshes = [], _Progress(len(specs), "render"), {"ok": 0, "failed": 0}, set()
+    queue, in_flight = iter(specs), {}
+    executor = ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(settings,)
+    )
+
+    def submit_next() -> None:
+        spec = next(queue, None)
+        if spec is not None:
+            in_flight[executor.submit(_render_task, spec, str(roots[spec.split]), settings["format"])] = spec
+
+    try:
+        for _ in range(4 * workers):
+            submit_next()
+        while in_flight:
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                spec = in_flight.pop(future)
+                try:
+                    result = future.result()
+                except BrokenProcessPool as error:
+                    raise RuntimeError(
+                        f"a worker process died while rendering (sample {spec.key}, mesh {spec.mesh_source}): {error}. "
+                        "Finished samples are kept; run the same command again to resume."
+                    ) from error
+                if result["status"] == "fatal":
+                    raise RuntimeError(result["reason"])
+                if result["status"] == "mesh_failed" and spec.mesh_source not in warned_meshes:
+                    warned_meshes.add(spec.mesh_source)
+                    logger.warning("Skipping mesh %s: %s", spec.mesh_source, result["reason"])
+                elif result["status"] == "failed":
+                    logger.error("Sample %s failed: %s", spec.key, result.get("traceback") or result["reason"])
+                counts["ok" if result["status"] == "ok" else "failed"] += 1
+                results.append(result)
+                progress.update(**counts)
+                submit_next()
+    finally:
+        progress.close()
+        executor.shutdown(wait=True, cancel_futures=True)
+    return results
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 9. Contact sheet.
+# --------------------------------------------------------------------------------------------------------------------
+
+CONTACT_SHEET_BACKGROUND = (0.80, 0.76, 0.70)  # a warm light gray "floor" for the composites
+
+
+def make_contact_sheet(
+    roots, fmt: str, path, max_columns: int = 12, max_objects: int = 4, cell: int | None = None
+) -> Path:
+    """One block per object (up to `max_objects`): a column per sample (up to `max_columns`, in key order), rows =
+    object image, mask, shadow map, composite on a plain floor; each column labelled with its light."""
+    by_object: dict[str, list] = {}
+    for root in roots:
+        layout = OutputLayout(Path(root), fmt)
+        for key, metadata in layout.records().items():
+            by_object.setdefault(metadata.get("object_id", key), []).append((key, metadata, layout))
+    if not by_object:
+        raise ValueError(f"No complete samples to show under {', '.join(map(str, roots))}.")
+    blocks = [
+        sorted(samples, key=lambda s: s[0])[:max_columns] for _, samples in sorted(by_object.items())[:max_objects]
+    ]
+    first = blocks[0][0]
+    with Image.open(first[2].files(first[0])["object"]) as image:
+        size = cell or image.width
+    label_height, margin, row_names = 14, 72, ("object", "mask", "shadow", "composite")
+    columns = max(len(block) for block in blocks)
+    sheet = Image.new("RGB", (margin + columns * size, len(blocks) * (label_height + 4 * size)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for b, block in enumerate(blocks):
+        top = b * (label_height + 4 * size)
+        for r, name in enumerate(row_names):
+            draw.text((4, top + label_height + r * size + size // 2 - 5), name, fill=(0, 0, 0))
+        for c, (key, metadata, layout) in enumerate(block):
+            files = layout.files(key)
+            with Image.open(files["object"]) as image:
+                object_rgb = np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR))
+            mask = load_gray(files["mask"])
+            shadow = load_gray(files["shadow"])
+            if mask.shape[0] != size:
+                mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.BILINEAR))
+                shadow = np.asarray(Image.fromarray(shadow).resize((size, size), Image.BILINEAR))
+            tiles = [
+                object_rgb,
+                np.repeat((mask[..., None] * 255).round().astype(np.uint8), 3, axis=2),
+                np.repeat((shadow[..., None] * 255).round().astype(np.uint8), 3, axis=2),
+                composite(object_rgb, mask, shadow, CONTACT_SHEET_BACKGROUND),
+            ]
+            left = margin + c * size
+            label = f"t{metadata['theta']:g} p{metadata['phi']:g} s{metadata['size']:g}"
+            draw.text((left + 3, top + 1), label, fill=(0, 0, 0))
+            for r, tile in enumerate(tiles):
+                sheet.paste(Image.fromarray(tile), (left, top + label_height + r * size))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, optimize=True)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 10. Command line.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _light_triple(text: str) -> tuple[float, float, float]:
+    try:
+        theta, phi, size = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected THETA,PHI,SIZE (e.g. 30,0,2), got {text!r}") from None
+    return theta, phi, size
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--output_dir", required=True, help="dataset folder (created; resumed when it exists)")
+    parser.add_argument("--num_samples", type=int, default=None, help="random lights: this many samples (index 0..N-1)")
+    parser.add_argument(
+        "--meshes",
+        default=None,
+        help=f"folder of meshes ({', '.join(MESH_IMPORTERS)}), searched recursively; default: procedural objects",
+    )
+    parser.add_argument(
+        "--num_objects",
+        type=int,
+        default=None,
+        help="objects to use (first N meshes, or N procedural ones; default: all meshes, "
+        "--num_samples procedural objects with random lights, 1 with --lights/--tracks)",
+    )
+    parser.add_argument("--resolution", type=int, default=256, help="square image side in pixels (a multiple of 8)")
+    parser.add_argument("--spp", type=int, default=32, help="Cycles samples per pixel")
+    parser.add_argument(
+        "--denoise", action="store_true", help="OpenImageDenoise on both renders (cleans the shadow pass)"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="parallel Blender processes")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="Cycles threads per worker (default: cores // workers)"
+    )
+    parser.add_argument("--device", default="CPU", choices=DEVICES, help="Cycles device")
+    parser.add_argument("--seed", type=int, default=0, help="every sample is a function of (seed, index)")
+    parser.add_argument(
+        "--theta", type=float, default=None, help="fix theta (degrees from +z, in [0, 90)) instead of drawing 0..45"
+    )
+    parser.add_argument("--phi", type=float, default=None, help="fix phi (degrees from +x) instead of drawing 0..359")
+    parser.add_argument("--size", type=float, default=None, help="fix the light's side (> 0) instead of drawing 2..8")
+    parser.add_argument(
+        "--lights",
+        type=_light_triple,
+        nargs="+",
+        default=None,
+        metavar="THETA,PHI,SIZE",
+        help="render each object under each of these lights (one pose and camera per object)",
+    )
+    parser.add_argument(
+        "--tracks",
+        nargs="*",
+        default=None,
+        choices=TRACK_NAMES,
+        help="render the benchmark's track designs for every object (all three if none named)",
+    )
+    parser.add_argument(
+        "--test_fraction",
+        type=float,
+        default=0.0,
+        help="> 0: split BY OBJECT into output_dir/train and output_dir/test",
+    )
+    parser.add_argument(
+        "--format",
+        default="custom",
+        choices=FORMATS,
+        help="custom: objects/ masks/ shadows/ metadata.json; benchmark: <key>.*.png",
+    )
+    parser.add_argument(
+        "--tar", action="store_true", help="benchmark format: also pack the samples into <folder>/<folder name>.tar"
+    )
+    parser.add_argument(
+        "--shadow_bits", type=int, default=16, choices=SHADOW_BITS, help="bit depth of the shadow-map PNGs"
+    )
+    parser.add_argument(
+        "--ambient", type=float, default=0.35, help="uniform ambient (world) strength in the object image only"
+    )
+    parser.add_argument(
+        "--light_power", type=float, default=500.0, help="area light power in watts (object image exposure)"
+    )
+    parser.add_argument(
+        "--drop", action="store_true", help="rigid-body drop onto the ground for a stable pose before the z rotation"
+    )
+    parser.add_argument(
+        "--num_shards", type=int, default=1, help="split the samples over this many runs (machines, job array)"
+    )
+    parser.add_argument(
+        "--shard_index", type=int, default=0, help="which shard this run renders: index %% num_shards == shard_index"
+    )
+    parser.add_argument(
+        "--merge_only",
+        action="store_true",
+        help="render nothing; rebuild metadata.json (and the tar) from the samples on disk",
+    )
+    parser.add_argument(
+        "--contact_sheet", default=None, metavar="PATH", help="afterwards, save a contact sheet of the samples to PATH"
+    )
+    parser.add_argument("--contact_sheet_columns", type=int, default=12, help="samples per object on the contact sheet")
+    parser.add_argument("--log_level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
+    return args
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every mistake named by its argument, with what is allowed; fills args.mode."""
+    args.mode = "tracks" if args.tracks is not None else ("lights" if args.lights else "random")
+    if args.tracks == []:
+        args.tracks = list(TRACK_NAMES)
+    if args.tracks is not None and args.lights:
+        parser.error("`--tracks` and `--lights` are exclusive: pick one light design.")
+    if args.mode == "random" and args.num_samples is None and not args.merge_only:
+        parser.error(
+            "`--num_samples` is required (or `--lights`/`--tracks`, which render every object under fixed lights)."
+        )
+    if args.mode != "random":
+        fixed = [name for name in ("num_samples", "theta", "phi", "size") if getattr(args, name) is not None]
+        if fixed:
+            parser.error(
+                f"`--{fixed[0]}` only applies to random lights; `--{args.mode}` sets the lights (and samples) itself."
+            )
+    if args.num_samples is not None and args.num_samples < 0:
+        parser.error(f"`--num_samples` must be >= 0, got {args.num_samples}.")
+    if args.num_objects is not None and args.num_objects < 1:
+        parser.error(f"`--num_objects` must be >= 1, got {args.num_objects}.")
+    if args.resolution < 8 or args.resolution % 8:
+        parser.error(f"`--resolution` must be a multiple of 8 (>= 8), got {args.resolution}.")
+    for name in ("spp", "workers", "num_shards", "contact_sheet_columns"):
+        if getattr(args, name) < 1:
+            parser.error(f"`--{name}` must be >= 1, got {getattr(args, name)}.")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"`--threads` must be >= 1, got {args.threads}.")
+    if not 0 <= args.shard_index < args.num_shards:
+        parser.error(
+            f"`--shard_index` must be in [0, {args.num_shards}) for `--num_shards {args.num_shards}`, got {args.shard_index}."
+        )
+    lights = list(args.lights or []) + [
+        (args.theta if args.theta is not None else 0.0, 0.0, args.size if args.size is not None else 1.0)
+    ]
+    for theta, _, size in lights:
+        if not 0 <= theta < THETA_MAX_DEG:
+            parser.error(f"theta must be in [0, {THETA_MAX_DEG:g}) degrees, got {theta:g} (`--theta`/`--lights`).")
+        if size <= 0:
+            parser.error(f"the light size must be > 0, got {size:g} (`--size`/`--lights`).")
+    if not 0 <= args.test_fraction < 1:
+        parser.error(f"`--test_fraction` must be in [0, 1), got {args.test_fraction}.")
+    if args.tracks is not None and args.test_fraction > 0:
+        parser.error("`--tracks` renders a test set; it does not combine with `--test_fraction`.")
+    if args.format == "benchmark" and args.tracks is None:
+        parser.error("`--format benchmark` needs `--tracks`: the benchmark's loader groups every sample by its track.")
+    if args.tar and args.format != "benchmark":
+        parser.error("`--tar` packs the benchmark format; add `--format benchmark`.")
+    if args.ambient < 0 or args.light_power <= 0:
+        parser.error("`--ambient` must be >= 0 and `--light_power` > 0.")
+    if args.meshes is not None:
+        mesh_dir = Path(args.meshes)
+        if not mesh_dir.is_dir():
+            parser.error(f"`--meshes {args.meshes}` is not a folder.")
+        if not find_meshes(mesh_dir):
+            parser.error(
+                f"`--meshes {args.meshes}` holds no mesh file; supported: {', '.join(MESH_IMPORTERS)} (searched recursively)."
+            )
+    output_dir = Path(args.output_dir)
+    try:
+        (output_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
+        probe = output_dir / STATE_DIR / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        parser.error(f"`--output_dir {args.output_dir}` is not writable: {error.strerror or error}.")
+    if args.threads is None:
+        args.threads = max(1, (os.cpu_count() or 1) // args.workers)
+
+
+def _config(args, objects: list[ObjectSource]) -> dict:
+    """What fixes the content of every sample; a folder is only resumed or extended with the same."""
+    mesh_list = hashlib.sha256("\n".join(o.mesh_source for o in objects).encode()).hexdigest()[:16]
+    return {
+        "format": args.format,
+        "resolution": args.resolution,
+        "spp": args.spp,
+        "denoise": args.denoise,
+        "seed": args.seed,
+        "mode": args.mode,
+        "theta": args.theta,
+        "phi": args.phi,
+        "size": args.size,
+        "lights": [list(light) for light in args.lights] if args.lights else None,
+        "tracks": args.tracks,
+        "objects": len(objects),
+        "meshes": str(Path(args.meshes).resolve()) if args.meshes else PROCEDURAL_SOURCE,
+        "mesh_list": mesh_list,
+        "test_fraction": args.test_fraction,
+        "shadow_bits": args.shadow_bits,
+        "ambient": args.ambient,
+        "light_power": args.light_power,
+        "drop": args.drop,
+    }
+
+
+def _check_config(output_dir: Path, config: dict) -> None:
+    path = output_dir / STATE_DIR / "config.json"
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        changed = [
+            f"{key}: {previous.get(key)!r} there, {config.get(key)!r} now"
+            for key in config
+            if previous.get(key) != config.get(key)
+        ]
+        if changed:
+            raise SystemExit(
+                f"error: `--output_dir {output_dir}` was rendered with other settings ({'; '.join(changed)}). Resume with the "
+                "same settings (more --num_samples is fine), or choose another --output_dir."
+            )
+    else:
+        _atomic_write(path, lambda handle: handle.write(json.dumps(config, indent=1).encode()))
+
+
+def _blender_available() -> bool:
+    return importlib.util.find_spec("bpy") is not None
+
+
+def render_dataset(args, layouts: dict, roots: dict) -> dict:
+    """Plans the dataset, renders this shard's missing samples and returns the run's counts."""
+    objects = object_sources(args)
+    _check_config(Path(args.output_dir), _config(args, objects))
+    mine = [spec for spec in plan_samples(args, objects) if spec.index % args.num_shards == args.shard_index]
+    pending = [spec for spec in mine if not layouts[spec.split].is_complete(spec.key)]
+    summary = {"samples_planned": len(mine), "already_complete": len(mine) - len(pending), "rendered": 0, "failed": 0}
+    summary["failed_meshes"], summary["failures"] = {}, []
+    logger.info(
+        "%d samples in this shard: %d already complete, %d to render with %d worker(s) x %d thread(s) on %s.",
+        *(len(mine), len(mine) - len(pending), len(pending), args.workers, args.threads, args.device),
+    )
+    if not pending:
+        return summary
+    if not _blender_available():
+        raise SystemExit(
+            "error: Blender's Python module `bpy` is not installed in this Python. Install it in its own environment "
+            "(bpy 5.0.1 needs Python 3.11 and numpy<2): `python3.11 -m venv .venv-render && .venv-render/bin/pip "
+            "install -r requirements-render.txt`, then run `.venv-render/bin/python render_shadow_dataset.py ...`."
+        )
+    settings = {
+        **{name: getattr(args, name) for name in ("resolution", "spp", "denoise", "device", "threads", "seed")},
+        **{name: getattr(args, name) for name in ("ambient", "light_power", "shadow_bits", "drop", "format")},
+        "log_level": "WARNING",
+    }
+    start = time.perf_counter()
+    try:
+        results = render_samples(pending, roots, settings, args.workers)
+    except RuntimeError as error:
+        raise SystemExit(f"error: {error}") from None
+    elapsed = time.perf_counter() - start
+    summary["rendered"] = sum(r["status"] == "ok" for r in results)
+    summary["failed"] = sum(r["status"] == "failed" for r in results)
+    for result in results:
+        if result["status"] == "mesh_failed":
+            entry = summary["failed_meshes"].setdefault(
+                result["mesh_source"], {"reason": result["reason"], "samples": 0}
+            )
+            entry["samples"] += 1
+        elif result["status"] == "failed":
+            summary["failures"].append({k: result[k] for k in ("key", "mesh_source", "reason")})
+    summary.update(seconds=round(elapsed, 3), workers=args.workers, threads_per_worker=args.threads)
+    summary["samples_per_second"] = round(summary["rendered"] / elapsed, 4) if elapsed > 0 else None
+    return summary
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    output_dir = Path(args.output_dir)
+    roots = split_roots(output_dir, args.test_fraction)
+    layouts = {split: OutputLayout(root, args.format) for split, root in roots.items()}
+
+    summary = {"rendered": 0, "already_complete": 0, "failed": 0, "failed_meshes": {}}
+    if not args.merge_only:
+        summary = render_dataset(args, layouts, roots)
+    summary["complete_samples"] = {split or "all": layout.finalize(args.tar) for split, layout in layouts.items()}
+    if not args.merge_only:
+        shard = f"-shard{args.shard_index}of{args.num_shards}" if args.num_shards > 1 else ""
+        text = json.dumps(summary, indent=1)
+        _atomic_write(output_dir / STATE_DIR / f"summary{shard}.json", lambda handle: handle.write(text.encode()))
+
+    failed_meshes = summary["failed_meshes"]
+    logger.info(
+        "Done: %d rendered, %d already complete, %d failed, %d mesh(es) skipped (%d samples); complete now: %s.",
+        *(summary["rendered"], summary["already_complete"], summary["failed"], len(failed_meshes)),
+        *(sum(entry["samples"] for entry in failed_meshes.values()), summary["complete_samples"]),
+    )
+    for mesh, entry in sorted(failed_meshes.items()):
+        logger.warning("  skipped mesh %s (%d samples): %s", mesh, entry["samples"], entry["reason"])
+    if args.contact_sheet:
+        path = make_contact_sheet(list(roots.values()), args.format, args.contact_sheet, args.contact_sheet_columns)
+        logger.info("Contact sheet: %s", path)
+    return 1 if summary["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,752 @@
+"""render_shadow_dataset.py: the pure geometry, the plan, and (where Blender is installed) real Cycles renders.
+
+Rendering runs the script as its own program with a Python that has `bpy` (SHADOW_RENDER_PYTHON, this Python, or
+.venv-render/bin/python), because bpy pins numpy<2 and lives in its own environment. Renders are tiny (32-128 px, a
+few samples per pixel) and shared between tests through module-scoped fixtures.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import render_shadow_dataset as rsd
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = REPO_ROOT / "render_shadow_dataset.py"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Test meshes, written by hand (no Blender needed): OBJ and glTF are Y-up, PLY is Z-up (each format's convention).
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _box_geometry(sx: float, sy: float, height: float, z0: float = 0.0):
+    """Z-up box vertices and outward quads."""
+    vertices = [(x, y, z) for z in (z0, z0 + height) for y in (-sy / 2, sy / 2) for x in (-sx / 2, sx / 2)]
+    faces = [(0, 2, 3, 1), (4, 5, 7, 6), (0, 1, 5, 4), (2, 6, 7, 3), (0, 4, 6, 2), (1, 3, 7, 5)]
+    return vertices, faces
+
+
+def _cylinder_geometry(radius: float, height: float, segments: int = 16):
+    ring = [
+        (radius * math.cos(2 * math.pi * k / segments), radius * math.sin(2 * math.pi * k / segments))
+        for k in range(segments)
+    ]
+    vertices = [(x, y, z) for z in (0.0, height) for x, y in ring]
+    faces = [(k, (k + 1) % segments, segments + (k + 1) % segments, segments + k) for k in range(segments)]
+    faces += [tuple(reversed(range(segments))), tuple(range(segments, 2 * segments))]
+    return vertices, faces
+
+
+def write_obj(path: Path, parts) -> Path:
+    """Z-up parts [(vertices, faces)] -> an OBJ (Y-up: (x, y, z) -> (x, z, -y)), one `o` per part."""
+    lines, offset = [], 1
+    for i, (vertices, faces) in enumerate(parts):
+        lines.append(f"o part{i}")
+        lines += [f"v {x:.6f} {z:.6f} {-y:.6f}" for x, y, z in vertices]
+        lines += ["f " + " ".join(str(offset + index) for index in face) for face in faces]
+        offset += len(vertices)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_ply(path: Path, vertices, faces, color=(200, 40, 40)) -> Path:
+    """ASCII PLY with vertex colours (Z-up)."""
+    header = [
+        "ply",
+        "format ascii 1.0",
+        f"element vertex {len(vertices)}",
+        "property float x",
+        "property float y",
+        "property float z",
+        "property uchar red",
+        "property uchar green",
+        "property uchar blue",
+        f"element face {len(faces)}",
+        "property list uchar int vertex_indices",
+        "end_header",
+    ]
+    body = [f"{x} {y} {z} {color[0]} {color[1]} {color[2]}" for x, y, z in vertices]
+    body += [f"{len(face)} " + " ".join(map(str, face)) for face in faces]
+    path.write_text("\n".join(header + body) + "\n")
+    return path
+
+
+def write_gltf(path: Path, vertices, faces) -> Path:
+    """A one-mesh glTF 2.0 with an embedded buffer (Y-up: (x, y, z) -> (x, z, -y)), triangulated."""
+    positions = np.array([(x, z, -y) for x, y, z in vertices], dtype=np.float32)
+    triangles = np.array(
+        [(face[0], face[i], face[i + 1]) for face in faces for i in range(1, len(face) - 1)], dtype=np.uint16
+    )
+    blob = positions.tobytes() + triangles.tobytes()
+    gltf = {
+        "asset": {"version": "2.0"},
+        "scene": 0,
+        "scenes": [{"nodes": [0]}],
+        "nodes": [{"mesh": 0}],
+        "meshes": [{"primitives": [{"attributes": {"POSITION": 0}, "indices": 1, "material": 0}]}],
+        "materials": [{"pbrMetallicRoughness": {"baseColorFactor": [0.2, 0.4, 0.9, 1.0], "roughnessFactor": 0.6}}],
+        "buffers": [
+            {"byteLength": len(blob), "uri": "data:application/octet-stream;base64," + base64.b64encode(blob).decode()}
+        ],
+        "bufferViews": [
+            {"buffer": 0, "byteOffset": 0, "byteLength": positions.nbytes},
+            {"buffer": 0, "byteOffset": positions.nbytes, "byteLength": triangles.nbytes},
+        ],
+        "accessors": [
+            {
+                "bufferView": 0,
+                "componentType": 5126,
+                "count": len(positions),
+                "type": "VEC3",
+                "min": positions.min(axis=0).tolist(),
+                "max": positions.max(axis=0).tolist(),
+            },
+            {"bufferView": 1, "componentType": 5123, "count": triangles.size, "type": "SCALAR"},
+        ],
+    }
+    path.write_text(json.dumps(gltf))
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Running the renderer.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _find_render_python() -> str | None:
+    explicit = os.environ.get("SHADOW_RENDER_PYTHON")
+    if explicit:
+        return explicit
+    if importlib.util.find_spec("bpy") is not None:
+        return sys.executable
+    local = REPO_ROOT / ".venv-render" / "bin" / "python"
+    return str(local) if local.exists() else None
+
+
+@pytest.fixture(scope="module")
+def render_python() -> str:
+    python = _find_render_python()
+    if python is None:
+        pytest.skip(
+            "Blender's `bpy` is not installed: `python3.11 -m venv .venv-render && .venv-render/bin/pip install -r "
+            "requirements-render.txt` (or set SHADOW_RENDER_PYTHON to a Python that has bpy)."
+        )
+    return python
+
+
+def run_renderer(python: str, *args, expect_ok: bool = True) -> subprocess.CompletedProcess:
+    command = [python, str(SCRIPT), *map(str, args), "--log_level", "WARNING"]
+    env = dict(os.environ, PYTHONPATH="")  # the render environment's own packages only
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=REPO_ROOT)
+    if expect_ok and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def read_sample(root: Path, key: str):
+    """(object uint8 HxWx3, mask float HxW, shadow float HxW, metadata) of a custom-layout sample."""
+    object_rgb = np.asarray(Image.open(root / "objects" / f"{key}.png"))
+    mask = rsd.load_gray(root / "masks" / f"{key}.png")
+    shadow = rsd.load_gray(root / "shadows" / f"{key}.png")
+    metadata = json.loads((root / "metadata.json").read_text())[key]
+    return object_rgb, mask, shadow, metadata
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every data file under `root` (bookkeeping in .render/ left out) by relative path."""
+    return {
+        path.relative_to(root).as_posix(): path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and ".render" not in path.relative_to(root).parts
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pure geometry (no Blender).
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_light_position_follows_design_convention():
+    np.testing.assert_allclose(rsd.light_position(0, 123), [0, 0, 8], atol=1e-12)
+    np.testing.assert_allclose(rsd.light_position(90, 0), [8, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(rsd.light_position(90, 90), [0, 8, 0], atol=1e-12)
+    np.testing.assert_allclose(rsd.light_position(30, 370), rsd.light_position(30, 10), atol=1e-12)  # phi is periodic
+    for theta, phi in ((0, 0), (30, 45), (45, 300)):
+        matrix = rsd.light_matrix_world(theta, phi)
+        np.testing.assert_allclose(matrix[:3, :3].T @ matrix[:3, :3], np.eye(3), atol=1e-12)
+        # Blender's area light emits along its local -Z: it must point at the origin.
+        np.testing.assert_allclose(-matrix[:3, 2], -matrix[:3, 3] / np.linalg.norm(matrix[:3, 3]), atol=1e-12)
+        corners = rsd.light_corners(theta, phi, 2.0)
+        np.testing.assert_allclose(np.linalg.norm(corners[0] - corners[1]), 2.0)
+
+
+def test_camera_projection_conventions():
+    resolution, target = 64, (0.0, 0.0, 1.0)
+    camera = rsd.camera_metadata(9.0, 20.0, rsd.CAMERA_AZIMUTH_DEG, target, resolution)
+    location = np.array(camera["location"])
+    assert location[1] < 0 and location[2] > target[2]  # on the -y side, raised
+    np.testing.assert_allclose(np.linalg.norm(location - target), 9.0)
+    np.testing.assert_allclose(camera["intrinsics"][0][0], 50.0 / 36.0 * resolution)
+    projection = np.array(camera["projection_matrix"])
+    centre, right, up = rsd.project_points(projection, [target, (0.5, 0, 1), (0, 0, 1.5)])
+    np.testing.assert_allclose(centre, [resolution / 2, resolution / 2], atol=1e-9)  # aimed at the target
+    assert right[0] > centre[0] and abs(right[1] - centre[1]) < 1e-9  # +x is the image's right
+    assert up[1] < centre[1]  # +z is up (v counts rows from the top)
+    # Blender's camera (looks along local -Z, +Y up) is the same camera.
+    blender = rsd.blender_camera_matrix_world(location, target)
+    rotation = np.array(camera["world_to_camera"])[:, :3]
+    np.testing.assert_allclose(blender[:3, 2], -rotation[2])
+    np.testing.assert_allclose(blender[:3, 1], -rotation[1])
+    with pytest.raises(ValueError, match="straight along z"):
+        rsd.look_at_world_to_camera((0, 0, 5), (0, 0, 0))
+
+
+def test_pole_shadow_tip_formula():
+    np.testing.assert_allclose(rsd.pole_shadow_tip(2.0, 0.0, 77.0), [0, 0, 0], atol=1e-12)
+    tip = rsd.pole_shadow_tip(2.0, 45.0, 0.0)  # the shadow falls away from the light: -x for phi = 0
+    expected = 2.0 * 8.0 * math.sin(math.radians(45)) / (8.0 * math.cos(math.radians(45)) - 2.0)
+    np.testing.assert_allclose(tip, [-expected, 0.0, 0.0], atol=1e-12)
+    # Same answer as intersecting the ray light -> pole top with the ground.
+    light, top = rsd.light_position(35.0, 200.0), np.array([0.0, 0.0, 1.5])
+    ground = light + light[2] / (light[2] - top[2]) * (top - light)
+    np.testing.assert_allclose(rsd.pole_shadow_tip(1.5, 35.0, 200.0), ground, atol=1e-12)
+    with pytest.raises(ValueError, match="above the pole top"):
+        rsd.pole_shadow_tip(8.0, 10.0, 0.0)
+
+
+def test_placement_matrix_rescales_centres_and_rests_on_ground():
+    rng = np.random.default_rng(0)
+    vertices = rng.normal(size=(200, 3)) * [3.0, 1.0, 0.5] + [5.0, -2.0, 7.0]
+    matrix = rsd.placement_matrix(vertices, 30.0)
+    placed = vertices @ matrix[:3, :3].T + matrix[:3, 3]
+    low, high = placed.min(axis=0), placed.max(axis=0)
+    np.testing.assert_allclose((high - low).max(), rsd.OBJECT_LARGEST_SIDE)
+    np.testing.assert_allclose([(low[0] + high[0]) / 2, (low[1] + high[1]) / 2, low[2]], [0, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(np.linalg.det(matrix[:3, :3]) ** (1 / 3), np.linalg.norm(matrix[:3, 0]))  # no shear
+    with pytest.raises(ValueError, match="no extent"):
+        rsd.placement_matrix(np.zeros((4, 3)), 0.0)
+
+
+def test_shadow_region_bounds_the_shadow():
+    camera = rsd.camera_metadata(8.0, 20.0, rsd.CAMERA_AZIMUTH_DEG, (0, 0, 1), 128)
+    projection = np.array(camera["projection_matrix"])
+    low, high = np.array([-0.05, -0.05, 0.0]), np.array([0.05, 0.05, 2.0])
+    for theta, phi, size in ((30, 0, 2), (40, 120, 8), (0, 0, 4)):
+        rect = rsd.shadow_region(low, high, theta, phi, size, projection, 128)
+        tip = rsd.project_points(projection, rsd.pole_shadow_tip(2.0, theta, phi))[0]
+        assert rect[0] <= tip[0] <= rect[2] and rect[1] <= tip[1] <= rect[3]
+        assert rsd.grow_rect(rect, 500, 128) == (0, 0, 128, 128)
+    assert rsd.shadow_region(low, high, 80, 0, 8, projection, 128) is None  # light not above the box: whole frame
+
+
+def test_procedural_recipes_are_deterministic_valid_and_diverse():
+    compositions, shapes, patterns = set(), set(), set()
+    for k in range(60):
+        recipe = rsd.procedural_recipe(rsd.sample_rng(0, 1, k))
+        assert recipe == rsd.procedural_recipe(rsd.sample_rng(0, 1, k))
+        json.dumps(recipe)  # stored in the metadata
+        vertices, faces, materials, smooth = rsd.recipe_mesh(recipe)
+        assert np.isfinite(vertices).all() and len(faces) == len(materials) == len(smooth)
+        assert min(min(face) for face in faces) >= 0 and max(max(face) for face in faces) < len(vertices)
+        assert all(len(set(face)) == len(face) >= 3 for face in faces)
+        assert max(materials) < len(recipe["materials"])
+        assert vertices[:, 2].min() > -1e-9  # built on the ground
+        compositions.add(recipe["composition"])
+        shapes.update(part["shape"] for part in recipe["parts"])
+        patterns.update(material["pattern"] for material in recipe["materials"])
+    assert compositions == set(rsd.COMPOSITIONS)
+    assert shapes == set(rsd.PRIMITIVES)
+    assert patterns == {"plain", "checker", "noise"}
+
+
+def _plan_args(**overrides):
+    values = dict(
+        meshes=None,
+        num_objects=None,
+        num_samples=10,
+        mode="random",
+        seed=3,
+        theta=None,
+        phi=None,
+        size=None,
+        test_fraction=0.0,
+        lights=None,
+        tracks=None,
+    )
+    values.update(overrides)
+    import argparse
+
+    return argparse.Namespace(**values)
+
+
+def test_plan_is_a_function_of_seed_and_index():
+    args = _plan_args(num_objects=4)
+    short, long = rsd.plan_samples(args, rsd.object_sources(args)), None
+    args_long = _plan_args(num_objects=4, num_samples=20)
+    long = rsd.plan_samples(args_long, rsd.object_sources(args_long))
+    assert short == long[:10]  # more samples never change the first ones
+    other_seed = _plan_args(num_objects=4, seed=4)
+    assert rsd.plan_samples(other_seed, rsd.object_sources(other_seed)) != short
+    for spec in long:
+        assert 0 <= spec.theta <= 45 and 0 <= spec.phi <= 359 and 2 <= spec.size <= 8
+        assert spec.theta == int(spec.theta) and spec.phi == int(spec.phi) and spec.size == int(spec.size)
+        assert 7 <= spec.camera_distance <= 11 and 10 <= spec.camera_elevation_deg <= 30
+        assert spec.camera_azimuth_deg == -90.0
+    fixed = _plan_args(theta=30.0, size=0.5)
+    assert {(s.theta, s.size) for s in rsd.plan_samples(fixed, rsd.object_sources(fixed))} == {(30.0, 0.5)}
+
+
+def test_plan_splits_by_object_and_builds_tracks():
+    from pipeline_shadow import detect_track
+
+    args = _plan_args(num_samples=40, num_objects=10, test_fraction=0.3)
+    specs = rsd.plan_samples(args, rsd.object_sources(args))
+    train = {s.object_id for s in specs if s.split == "train"}
+    test = {s.object_id for s in specs if s.split == "test"}
+    assert len(test) == 3 and not train & test and len(train | test) == 10
+    with pytest.raises(ValueError, match="leaves no training object"):
+        rsd.test_objects(2, 0.9, 0)
+
+    args = _plan_args(mode="tracks", tracks=list(rsd.TRACK_NAMES), num_samples=None, num_objects=2)
+    specs = rsd.plan_samples(args, rsd.object_sources(args))
+    assert len(specs) == 2 * 30 and [s.index for s in specs] == list(range(60))
+    by_track = {name: [s for s in specs if s.track == name] for name in rsd.TRACK_NAMES}
+    assert {len(v) for v in by_track.values()} == {6, 36, 18}
+    assert {s.size for s in by_track["softness"]} == {2, 4, 8} and {s.theta for s in by_track["softness"]} == {30}
+    assert {s.phi for s in by_track["horizontal"]} == set(range(0, 360, 20))
+    assert {s.theta for s in by_track["vertical"]} == set(range(5, 50, 5))
+    for spec in specs:
+        assert detect_track(spec.key) == spec.track  # the key prefix names the track, as the benchmark's do
+    same_object = [s for s in specs if s.object_index == 0]
+    assert (
+        len({(s.rotation_z_deg, s.camera_distance, s.camera_elevation_deg) for s in same_object}) == 1
+    )  # only the light varies
+
+
+def test_image_conversions():
+    rgba = np.zeros((4, 4, 4), dtype=np.float32)
+    rgba[1:3, 1:3] = [0.2, 0.4, 0.6, 1.0]
+    rgba[0, 0] = [0.0, 0.0, 0.0, 0.4]  # soft edge below the threshold: outside the mask
+    mask = rsd.mask_from_alpha(rgba[..., 3])
+    assert mask.sum() == 4
+    image = rsd.object_image_on_white(rgba, mask)
+    assert (image[~mask] == 255).all() and (image[1, 1] == np.round(np.array([0.2, 0.4, 0.6]) * 255)).all()
+    catcher = np.full((4, 4, 3), 1.0, dtype=np.float32)
+    catcher[3, :] = 0.25
+    catcher[0, 3] = 1.4  # noise above 1
+    catcher[2, 0] = np.nan
+    shadow = rsd.shadow_map_from_catcher(catcher, mask)
+    assert shadow.dtype == np.float32 and shadow.min() >= 0 and shadow.max() <= 1
+    np.testing.assert_allclose(shadow[3], 0.75)
+    assert shadow[0, 3] == 0 and shadow[2, 0] == 0 and (shadow[mask] == 0).all()
+    assert (rsd.shadow_map_from_catcher(catcher, mask, region=(0, 0, 2, 4))[3, 2:] == 0).all()
+    for bits in rsd.SHADOW_BITS:
+        decoded = np.asarray(rsd.shadow_to_image(shadow, bits), dtype=np.float32) / (2**bits - 1)
+        np.testing.assert_allclose(decoded, shadow, atol=0.5 / (2**bits - 1) + 1e-7)
+
+
+def test_cli_errors_name_the_argument(tmp_path, capsys):
+    empty = tmp_path / "empty_meshes"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no meshes here")
+    cases = [
+        (["--meshes", str(empty), "--num_samples", "2"], "holds no mesh file"),
+        (["--meshes", str(tmp_path / "missing"), "--num_samples", "2"], "is not a folder"),
+        (["--num_samples", "2", "--resolution", "100"], "multiple of 8"),
+        (["--lights", "30,0,2", "--tracks"], "exclusive"),
+        (["--lights", "95,0,2"], "theta must be in"),
+        (["--lights", "30,0"], "THETA,PHI,SIZE"),
+        (["--tracks", "--num_samples", "3"], "only applies to random lights"),
+        (["--num_samples", "2", "--tar"], "--format benchmark"),
+        (["--num_samples", "2", "--format", "benchmark"], "needs `--tracks`"),
+        (["--num_samples", "2", "--shard_index", "2", "--num_shards", "2"], "shard_index"),
+        ([], "--num_samples"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(SystemExit):
+            rsd.parse_args(["--output_dir", str(tmp_path / "out"), *extra])
+        assert message in capsys.readouterr().err, (extra, message)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit):
+        rsd.parse_args(["--output_dir", str(blocker / "out"), "--num_samples", "1"])
+    assert "is not writable" in capsys.readouterr().err
+
+
+def test_missing_blender_gives_install_hint(tmp_path, monkeypatch):
+    monkeypatch.setattr(rsd, "_blender_available", lambda: False)
+    with pytest.raises(SystemExit, match="requirements-render.txt"):
+        rsd.main(["--output_dir", str(tmp_path / "out"), "--num_samples", "1", "--log_level", "ERROR"])
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(rsd, "_blender_available", lambda: False)
+    out = str(tmp_path / "out")
+    with pytest.raises(SystemExit):
+        rsd.main(["--output_dir", out, "--num_samples", "1", "--num_objects", "1", "--log_level", "ERROR"])
+    with pytest.raises(SystemExit, match="resolution: 256 there, 128 now"):
+        rsd.main(
+            [
+                "--output_dir",
+                out,
+                "--num_samples",
+                "5",
+                "--num_objects",
+                "1",
+                "--resolution",
+                "128",
+                "--log_level",
+                "ERROR",
+            ]
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Physics on real renders of a simple box (custom layout), and the exact geometry of a thin pole.
+# --------------------------------------------------------------------------------------------------------------------
+
+BOX_LIGHTS = {
+    "phi0": (30, 0, 2),
+    "phi180": (30, 180, 2),
+    "theta10": (10, 0, 2),
+    "theta40": (40, 0, 2),
+    "theta0": (0, 0, 2),
+    "size8": (30, 0, 8),
+}
+
+
+@pytest.fixture(scope="module")
+def box_renders(render_python, tmp_path_factory):
+    """{name: (object, mask, shadow, metadata)} for a 0.5 x 0.5 x 1.2 box under BOX_LIGHTS, 96 px, 16 spp."""
+    root = tmp_path_factory.mktemp("box")
+    (root / "meshes").mkdir()
+    write_obj(root / "meshes" / "box.obj", [_box_geometry(0.5, 0.5, 1.2)])
+    lights = [",".join(map(str, light)) for light in BOX_LIGHTS.values()]
+    run_renderer(
+        render_python,
+        "--output_dir",
+        root / "out",
+        "--meshes",
+        root / "meshes",
+        "--lights",
+        *lights,
+        "--resolution",
+        96,
+        "--spp",
+        16,
+        "--workers",
+        1,
+        "--threads",
+        2,
+        "--seed",
+        1,
+    )
+    return {name: read_sample(root / "out", f"light_00000_{j:02d}") for j, name in enumerate(BOX_LIGHTS)}
+
+
+def _centroid_col(weights: np.ndarray) -> float:
+    return float((weights.sum(axis=0) * (np.arange(weights.shape[1]) + 0.5)).sum() / weights.sum())
+
+
+def test_mask_is_binary_shadow_zero_inside_and_object_on_white(box_renders):
+    for name, (object_rgb, mask, shadow, metadata) in box_renders.items():
+        assert set(np.unique(mask)) <= {0.0, 1.0}, name
+        assert 0.02 < mask.mean() < 0.5, name
+        assert (shadow[mask > 0] == 0).all(), name
+        assert 0 <= shadow.min() and shadow.max() <= 1, name
+        assert (object_rgb[mask == 0] == 255).all(), name
+        assert (metadata["theta"], metadata["phi"], metadata["size"]) == BOX_LIGHTS[name]
+        assert metadata["object"]["bbox_min"][2] == pytest.approx(0.0, abs=1e-6)
+        assert max(np.subtract(metadata["object"]["bbox_max"], metadata["object"]["bbox_min"])) == pytest.approx(2.0)
+
+
+def test_phi_puts_the_shadow_on_the_side_away_from_the_light(box_renders):
+    _, mask, shadow, _ = box_renders["phi0"]
+    assert _centroid_col(shadow) < _centroid_col(mask) - 5  # light on +x (image right): shadow to the left
+    _, mask, shadow, _ = box_renders["phi180"]
+    assert _centroid_col(shadow) > _centroid_col(mask) + 5
+
+
+def test_larger_theta_lengthens_the_shadow(box_renders):
+    def reach(name):  # how far left of the object the shadow extends (phi = 0)
+        _, mask, shadow, _ = box_renders[name]
+        return np.nonzero(mask.any(axis=0))[0].min() - np.nonzero((shadow > 0.5).any(axis=0))[0].min()
+
+    assert reach("theta40") > reach("theta10") + 5
+    assert box_renders["theta40"][2].sum() > 2 * box_renders["theta10"][2].sum()
+
+
+def test_theta_zero_keeps_the_shadow_under_the_object(box_renders):
+    _, mask, shadow, _ = box_renders["theta0"]
+    columns = np.nonzero(mask.any(axis=0))[0]
+    shadow_columns = np.nonzero((shadow > 0.2).any(axis=0))[0]
+    # Only the penumbra of the 2-unit light (~0.3 units, ~5 px here) reaches past the box's sides.
+    assert columns.min() - 6 <= shadow_columns.min() and shadow_columns.max() <= columns.max() + 6
+    assert abs(_centroid_col(shadow) - _centroid_col(mask)) < 2
+    assert shadow.sum() < 0.5 * box_renders["phi0"][2].sum()
+
+
+def test_larger_light_widens_the_penumbra(box_renders):
+    def penumbra(name):
+        shadow = box_renders[name][2]
+        return int(((shadow > 0.1) & (shadow < 0.9)).sum())
+
+    assert penumbra("size8") > 1.5 * penumbra("phi0")  # ~2x (1.97-2.25 over four pose/camera seeds)
+    assert box_renders["size8"][2].max() < box_renders["phi0"][2].max() + 1e-6
+
+
+POLE_LIGHTS = [(30, 0, 0.05), (30, 200, 0.05), (40, 120, 0.05)]  # shadows beside or in front of the pole, not behind it
+
+
+@pytest.fixture(scope="module")
+def pole_renders(render_python, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pole")
+    (root / "meshes").mkdir()
+    write_obj(root / "meshes" / "pole.obj", [_cylinder_geometry(0.03, 2.0)])
+    lights = [",".join(map(str, light)) for light in POLE_LIGHTS]
+    run_renderer(
+        render_python,
+        "--output_dir",
+        root / "out",
+        "--meshes",
+        root / "meshes",
+        "--lights",
+        *lights,
+        "--resolution",
+        128,
+        "--spp",
+        8,
+        "--workers",
+        1,
+        "--threads",
+        2,
+    )
+    return [read_sample(root / "out", f"light_00000_{j:02d}") for j in range(len(POLE_LIGHTS))]
+
+
+def test_pole_shadow_tip_lands_where_geometry_says(pole_renders):
+    """d = h·r·sinθ / (r·cosθ − h) in direction phi + 180°, projected through the camera in the metadata."""
+    for _, _, shadow, metadata in pole_renders:
+        height = metadata["object"]["height"]
+        assert height == pytest.approx(2.0, abs=1e-4)
+        projection = np.array(metadata["camera"]["projection_matrix"])
+        tip = rsd.project_points(projection, rsd.pole_shadow_tip(height, metadata["theta"], metadata["phi"]))[0]
+        foot = rsd.project_points(projection, [0.0, 0.0, 0.0])[0]
+        rows, cols = np.nonzero(shadow > 0.3)
+        pixels = np.stack([cols + 0.5, rows + 0.5], axis=1)
+        direction = (tip - foot) / np.linalg.norm(tip - foot)
+        farthest = pixels[np.argmax((pixels - foot) @ direction)]
+        assert np.linalg.norm(tip - foot) > 20  # a long shadow, so the test means something
+        assert np.linalg.norm(farthest - tip) < 2.0, (metadata["theta"], metadata["phi"], farthest, tip)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Layouts, determinism, shards and resume (procedural objects); benchmark format; mesh formats and failures.
+# --------------------------------------------------------------------------------------------------------------------
+
+PROCEDURAL_ARGS = [
+    "--num_samples",
+    6,
+    "--num_objects",
+    6,
+    "--test_fraction",
+    0.34,
+    "--resolution",
+    64,
+    "--spp",
+    4,
+    "--seed",
+    5,
+]
+
+
+@pytest.fixture(scope="module")
+def procedural_dataset(render_python, tmp_path_factory):
+    """The same dataset twice: 2 workers x 1 thread at once, and as two shards of 1 worker x 2 threads."""
+    root = tmp_path_factory.mktemp("procedural")
+    run_renderer(render_python, "--output_dir", root / "full", *PROCEDURAL_ARGS, "--workers", 2, "--threads", 1)
+    for shard in (0, 1):
+        run_renderer(
+            render_python,
+            "--output_dir",
+            root / "sharded",
+            *PROCEDURAL_ARGS,
+            "--num_shards",
+            2,
+            "--shard_index",
+            shard,
+            "--threads",
+            2,
+        )
+    return root
+
+
+def test_split_by_object_passes_verify_and_loads(procedural_dataset):
+    import dataset_loading
+
+    train_ids, test_ids = set(), set()
+    for split, ids in (("train", train_ids), ("test", test_ids)):
+        folder = procedural_dataset / "full" / split
+        assert dataset_loading.main(["verify", str(folder)]) == 0
+        metadata = json.loads((folder / "metadata.json").read_text())
+        ids.update(entry["object_id"] for entry in metadata.values())
+        assert all(entry["split"] == split for entry in metadata.values())
+        loader, val_loader = dataset_loading.create_dataloaders(
+            dataset_type="custom",
+            data_dir=folder,
+            batch_size=2,
+            num_workers=0,
+            image_size=64,
+            val_fraction=0.0,
+            shuffle=False,
+        )
+        assert val_loader is None
+        batch = next(iter(loader))
+        assert batch["object_image"].shape[1:] == (3, 64, 64) and batch["shadow_map"].shape[1:] == (1, 64, 64)
+        for i, key in enumerate(batch["id"]):
+            assert [batch[name][i].item() for name in ("theta", "phi", "size")] == [
+                metadata[key][name] for name in ("theta", "phi", "size")
+            ]
+        assert ((batch["mask"] == 0) | (batch["mask"] == 1)).all()
+        assert (batch["shadow_map"][batch["mask"] > 0] == 0).all()
+    assert len(test_ids) == 2 and len(train_ids) == 4 and not train_ids & test_ids
+
+
+def test_same_seed_same_bytes_whatever_workers_threads_or_shards(procedural_dataset):
+    full, sharded = tree_bytes(procedural_dataset / "full"), tree_bytes(procedural_dataset / "sharded")
+    assert len(full) == 3 * 6 + 2  # 6 samples x 3 PNGs over two splits, one metadata.json each
+    assert full.keys() == sharded.keys()
+    assert all(full[name] == sharded[name] for name in full)
+
+
+def test_resume_skips_complete_samples_and_redoes_partial_ones(procedural_dataset, render_python):
+    folder = procedural_dataset / "sharded"
+    before = tree_bytes(folder)
+    train = folder / "train"
+    key = sorted(json.loads((train / "metadata.json").read_text()))[0]
+    (train / ".render" / "samples" / f"{key}.json").unlink()  # the record goes last: without it the sample is partial
+    (train / "shadows" / f"{key}.png").write_bytes(b"half a file")
+    run_renderer(render_python, "--output_dir", folder, *PROCEDURAL_ARGS, "--threads", 2)
+    summary = json.loads((folder / ".render" / "summary.json").read_text())
+    assert summary["rendered"] == 1 and summary["already_complete"] == 5 and summary["failed"] == 0
+    assert tree_bytes(folder) == before
+
+
+def test_benchmark_tracks_load_as_the_benchmark(render_python, tmp_path):
+    import dataset_loading
+    from pipeline_shadow import detect_track
+
+    out = tmp_path / "bench"
+    run_renderer(
+        render_python,
+        "--output_dir",
+        out,
+        "--tracks",
+        "--num_objects",
+        1,
+        "--format",
+        "benchmark",
+        "--tar",
+        "--resolution",
+        32,
+        "--spp",
+        2,
+        "--workers",
+        2,
+        "--threads",
+        1,
+    )
+    tar = out / "bench.tar"
+    assert tar.is_file() and len(list(out.glob("*.shadow.png"))) == 30
+    assert dataset_loading.main(["verify", str(tar)]) == 0
+    loader, _ = dataset_loading.create_dataloaders(
+        dataset_type="benchmark", data_dir=tar, batch_size=30, num_workers=0, image_size=32
+    )
+    batch = next(iter(loader))
+    assert len(batch["id"]) == 30
+    counts = {name: batch["track"].count(name) for name in rsd.TRACK_NAMES}
+    assert counts == {"softness": 3, "horizontal": 18, "vertical": 9}
+    for i, key in enumerate(batch["id"]):
+        metadata = json.loads((out / f"{key}.metadata.json").read_text())
+        assert detect_track(key, metadata) == metadata["track"] == batch["track"][i]
+        assert (batch["theta"][i].item(), batch["phi"][i].item(), batch["size"][i].item()) == (
+            metadata["theta"],
+            metadata["phi"],
+            metadata["size"],
+        )
+
+
+def test_mesh_formats_and_a_broken_mesh_is_skipped_and_counted(render_python, tmp_path):
+    meshes = tmp_path / "meshes"
+    (meshes / "nested").mkdir(parents=True)
+    box = _box_geometry(0.6, 0.4, 1.0)
+    write_obj(meshes / "two_parts.obj", [box, _box_geometry(0.3, 0.3, 0.6, z0=1.0)])  # two objects: joined
+    write_ply(meshes / "nested" / "coloured.ply", *box)
+    write_gltf(meshes / "blue.gltf", *box)
+    (meshes / "broken.glb").write_bytes(b"this is not a glb file")
+    out = tmp_path / "out"
+    result = run_renderer(
+        render_python,
+        "--output_dir",
+        out,
+        "--meshes",
+        meshes,
+        "--num_samples",
+        8,
+        "--drop",
+        "--resolution",
+        32,
+        "--spp",
+        2,
+        "--workers",
+        1,
+        "--threads",
+        2,
+    )
+    summary = json.loads((out / ".render" / "summary.json").read_text())
+    assert summary["rendered"] == 6 and summary["failed"] == 0
+    assert list(summary["failed_meshes"]) == ["broken.glb"] and summary["failed_meshes"]["broken.glb"]["samples"] == 2
+    assert "broken.glb" in result.stderr
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert {entry["mesh_source"] for entry in metadata.values()} == {
+        "blue.gltf",
+        "nested/coloured.ply",
+        "two_parts.obj",
+    }
+    for key, entry in metadata.items():
+        assert entry["object"]["dropped"] and entry["object"]["bbox_min"][2] == pytest.approx(0.0, abs=1e-6)
+        mask = rsd.load_gray(out / "masks" / f"{key}.png")
+        assert mask.sum() > 10, key
+    coloured = [k for k, e in metadata.items() if e["mesh_source"].endswith(".ply")][0]
+    rgb = np.asarray(Image.open(out / "objects" / f"{coloured}.png"), dtype=np.float32)
+    inside = rsd.load_gray(out / "masks" / f"{coloured}.png") > 0
+    red, green = rgb[inside][:, 0].mean(), rgb[inside][:, 1].mean()
+    assert red > green + 30  # the PLY's vertex colours are used
+
+
+def test_contact_sheet(tmp_path):
+    root = tmp_path / "layout"
+    layout = rsd.OutputLayout(root, "custom")
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        mask = np.zeros((32, 32), dtype=bool)
+        mask[10:20, 12:18] = True
+        shadow = np.where(mask, 0.0, rng.uniform(0, 1, size=(32, 32))).astype(np.float32)
+        metadata = {"theta": 10.0 * k, "phi": 0.0, "size": 2.0, "object_id": "obj"}
+        layout.write(f"{k:03d}", np.full((32, 32, 3), 200, dtype=np.uint8), mask, shadow, metadata, 16)
+    layout.finalize(tar=False)
+    path = rsd.make_contact_sheet([root], "custom", tmp_path / "sheet.png")
+    with Image.open(path) as sheet:
+        assert sheet.size == (72 + 3 * 32, 14 + 4 * 32)
