@@ -1107,6 +1107,32 @@ def _light_tensors(record: SampleRecord, flip: bool) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+class FlipSchedule:
+    """Which items are flipped: a pure function of (seed, epoch, dataset index), so a resumed run flips exactly the
+    samples the uninterrupted run would have. The epoch lives in shared memory, so persistent DataLoader workers see
+    `set_epoch` from the main process."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
+
+    def __call__(self, index: int) -> bool:
+        digest = hashlib.blake2b(f"{self.seed}:{int(self._epoch)}:{index}".encode(), digest_size=1).digest()
+        return bool(digest[0] & 1)
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Tells the loader's dataset (through Subset wrappers) which epoch it serves, for reproducible flips."""
+    dataset = loader.dataset
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    if hasattr(dataset, "flips"):
+        dataset.flips.set_epoch(epoch)
+
+
 class ShadowDataset(Dataset):
     """The samples of one source in a fixed order, loaded as model-ready tensors (DESIGN.md §8). One item:
     `object_image` [3,S,S] in [-1,1], `mask` [1,S,S], `shadow_map` [1,S,S], `theta`/`phi`/`size` float32 scalars,
@@ -1123,12 +1149,14 @@ class ShadowDataset(Dataset):
         invert_shadow_maps: bool = False,
         dataset_type: str = "custom",
         report: VerificationReport | None = None,
+        flip_seed: int = 0,
     ):
         check_image_size(image_size)
         self.source = source
         self.records = list(records)
         self.image_size = image_size
         self.random_flip = random_flip
+        self.flips = FlipSchedule(flip_seed)
         self.binarize_masks = binarize_masks
         self.invert_shadow_maps = invert_shadow_maps
         self.dataset_type = dataset_type
@@ -1171,9 +1199,7 @@ class ShadowDataset(Dataset):
         return sample
 
     def __getitem__(self, index: int) -> dict:
-        # torch's RNG: the DataLoader seeds each worker from its generator, so flips are reproducible for a seed.
-        flip = self.random_flip and bool(torch.rand(()) < 0.5)
-        return self.load_sample(index, flip=flip)
+        return self.load_sample(index, flip=self.random_flip and self.flips(index))
 
     def without_flip(self) -> ShadowDataset:
         plain = copy.copy(self)
@@ -1759,7 +1785,7 @@ class CachedLatentDataset(Dataset):
     [1,h,w], `theta`/`phi`/`size`, `id`, `track` (DESIGN.md §8). With `random_flip` half the items read the latents of
     the flipped images, with phi mirrored."""
 
-    def __init__(self, cache: LatentCache, records: list[SampleRecord], random_flip: bool = False):
+    def __init__(self, cache: LatentCache, records: list[SampleRecord], random_flip: bool = False, flip_seed: int = 0):
         if len(records) != cache.num_samples or [r.id for r in records] != cache.manifest["ids"]:
             raise ValueError(f"The latent cache at {cache.folder} does not hold these samples; rebuild it.")
         if random_flip and not cache.with_flip:
@@ -1770,6 +1796,7 @@ class CachedLatentDataset(Dataset):
         self.cache = cache
         self.records = list(records)
         self.random_flip = random_flip
+        self.flips = FlipSchedule(flip_seed)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -1783,8 +1810,7 @@ class CachedLatentDataset(Dataset):
         return sample
 
     def __getitem__(self, index: int) -> dict:
-        flip = self.random_flip and bool(torch.rand(()) < 0.5)
-        return self.load_sample(index, flip=flip)
+        return self.load_sample(index, flip=self.random_flip and self.flips(index))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -1889,9 +1915,10 @@ def create_dataloaders(
             shard_size=latent_cache.shard_size,
             accelerator=accelerator,
         )
-        train_dataset: Dataset = CachedLatentDataset(cache, dataset.records, random_flip=random_flip)
+        train_dataset: Dataset = CachedLatentDataset(cache, dataset.records, random_flip=random_flip, flip_seed=seed)
         val_dataset: Dataset = CachedLatentDataset(cache, dataset.records, random_flip=False)
     else:
+        dataset.flips = FlipSchedule(seed)
         train_dataset, val_dataset = dataset, dataset.without_flip()
 
     generator = torch.Generator().manual_seed(seed)

@@ -211,6 +211,32 @@ def test_random_flip_in_loader_keeps_image_and_phi_together(custom_root):
     assert orientations == {True, False}
 
 
+def _flip_pattern(loader, epoch):
+    dataset_loading.set_epoch(loader, epoch)
+    return {sample_id: float(phi) for batch in loader for sample_id, phi in zip(batch["id"], batch["phi"])}
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_flips_are_a_function_of_seed_epoch_and_sample(custom_root, num_workers):
+    """A resumed run must flip exactly what the uninterrupted run flipped: no global RNG involved, and persistent
+    workers follow `set_epoch`."""
+
+    def loader():
+        return create_dataloaders(
+            "custom", custom_root, batch_size=4, num_workers=num_workers, image_size=32, val_fraction=0,
+            random_flip=True, seed=3,
+        )[0]  # fmt: skip
+
+    first, second = loader(), loader()
+    torch.manual_seed(0)
+    epoch0 = _flip_pattern(first, 0)
+    torch.manual_seed(123)  # the global RNG must not matter
+    assert _flip_pattern(second, 0) == epoch0
+    epochs = [_flip_pattern(first, epoch) for epoch in (1, 2, 3)]
+    assert any(pattern != epoch0 for pattern in epochs)  # a new epoch draws new flips ...
+    assert _flip_pattern(second, 2) == epochs[1]  # ... reproducibly, also in a persistent worker
+
+
 def test_validation_loader_never_flips(custom_root):
     _, val_loader = create_dataloaders(
         "custom", custom_root, batch_size=8, num_workers=0, image_size=32, val_fraction=0.5, random_flip=True
