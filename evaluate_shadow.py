@@ -1044,9 +1044,8 @@ def hardware_description(device: torch.device) -> str:
 
 
 def evaluation_loader(args: argparse.Namespace, resolution: int) -> DataLoader:
-    """Every sample of the source, in order, through dataset_loading (the one data path). create_dataloaders shuffles
-    custom / hf data even with val_fraction=0 (it is the training loader); evaluation re-wraps its dataset unshuffled so
-    that image i is the same image in every run (its noise seeds depend on i)."""
+    """Every sample of the source, in order, through dataset_loading (the one data path): image i is the same image in
+    every run, since its noise seeds depend on i."""
     loader, _ = create_dataloaders(
         dataset_type=args.dataset_type,
         data_dir=args.data_dir,
@@ -1059,14 +1058,9 @@ def evaluation_loader(args: argparse.Namespace, resolution: int) -> DataLoader:
         random_flip=False,
         split=args.split,
         invert_shadow_maps=args.invert_shadow_maps,
-    )
-    return DataLoader(
-        loader.dataset,
-        batch_size=args.batch_size,
         shuffle=False,
-        num_workers=args.num_workers,
-        collate_fn=loader.collate_fn,
     )
+    return loader
 
 
 def main(argv: Sequence[str] | None = None) -> EvaluationResults:
