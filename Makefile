@@ -30,7 +30,7 @@ $(RENDER_STAMP): requirements-render.txt
 
 render-setup: $(RENDER_STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) $(RENDER_STAMP)
 	$(PY) demo.py
 
 test: $(STAMP) $(RENDER_STAMP)

@@ -152,8 +152,10 @@ def contact_sheet(
         top = label_height + row * cell
         draw.text((4, top + cell // 2 - 6), text[:18], fill=(0, 0, 0))
         for column, image in enumerate(images):
-            thumbnail = image.convert("RGB").copy()
-            thumbnail.thumbnail((cell - 4, cell - 4))
+            scale = (cell - 4) / max(image.size)  # fit the cell, enlarging small renders too
+            thumbnail = image.convert("RGB").resize(
+                (max(1, round(image.width * scale)), max(1, round(image.height * scale))), PIL.Image.LANCZOS
+            )
             sheet.paste(thumbnail, (label_width + column * cell + 2, top + 2))
     return sheet
 
