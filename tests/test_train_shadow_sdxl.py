@@ -1,0 +1,433 @@
+"""train_shadow_sdxl.py: arguments, checkpoint bookkeeping, the NaN guard, exact resume, `accelerate launch` with one
+and two processes, and an overfit litmus: real training of the tiny SDXL-format model, no mocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from data_factory import make_custom_dataset
+from safetensors.torch import load_file
+
+import train_shadow_sdxl as train
+from pipeline_shadow import ShadowPipeline
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = REPO_ROOT / "train_shadow_sdxl.py"
+GUIDE_COMMAND_512 = (
+    "--dataset_type custom --data_dir DATA --image_size 512 --batch_size 8 --mixed_precision --gradient_checkpointing "
+    "--max_iterations 5000 --save_every 500 --eval_every 500 --log_every 50"
+)
+GUIDE_COMMAND_1024 = (
+    "--dataset_type custom --data_dir DATA --image_size 1024 --batch_size 2 --mixed_precision --gradient_checkpointing "
+    "--gradient_accumulation 4 --max_iterations 5000 --save_every 500 --eval_every 500 --log_every 50"
+)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each in-process run builds its own Accelerator (precision, accumulation): accelerate's state is a singleton.
+    One torch thread: these tiny models barely use a second one, and two busy OpenMP threads per process are 5-100x
+    slower when another job shares the 2 cores (measured here: the litmus run took 5 s alone, 21 s with 2 threads
+    beside another torch job, 5 s with 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """8 samples at 64 px, two per object: the default split holds out 2 (one object) for validation."""
+    return make_custom_dataset(tmp_path_factory.mktemp("data"), n=8, size=64)
+
+
+def _argv(tiny_sdxl_dir, data_dir, output_dir, *extra) -> list[str]:
+    return [
+        "--pretrained_model_name_or_path",
+        str(tiny_sdxl_dir),
+        "--dataset_type",
+        "custom",
+        "--data_dir",
+        str(data_dir),
+        "--output_dir",
+        str(output_dir),
+        "--resolution",
+        "64",
+        "--dataloader_num_workers",
+        "0",
+        "--report_to",
+        "none",
+        "--seed",
+        "0",
+        *map(str, extra),
+    ]
+
+
+def _unet_weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def _launch(*args, num_processes: int = 1, timeout: int = 240) -> subprocess.CompletedProcess:
+    # Several CPU processes: accelerate's multi-process launcher (torchrun) + ACCELERATE_USE_CPU, which makes each
+    # process join a gloo group (`--cpu` alone would start a single process).
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *(["--multi_gpu"] if num_processes > 1 else ["--cpu"]),
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(SCRIPT),
+        *map(str, args),
+    ]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "ACCELERATE_USE_CPU": "1",
+        "OMP_NUM_THREADS": "1",  # see fresh_accelerate_state
+    }
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, env=env)
+    assert result.returncode == 0, f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-6000:]}"
+    return result
+
+
+# ----- arguments: the guide's commands, aliases, defaults, and mistakes caught before any model loads ------------
+
+
+def test_guide_commands_parse_to_diffusers_names():
+    args = train.parse_args(GUIDE_COMMAND_512.split())
+    assert (args.train_data_dir, args.resolution, args.train_batch_size) == ("DATA", 512, 8)
+    assert (args.max_train_steps, args.checkpointing_steps, args.validation_steps, args.logging_steps) == (
+        5000,
+        500,
+        500,
+        50,
+    )
+    assert args.mixed_precision == "bf16" and args.gradient_checkpointing  # a bare --mixed_precision means bf16
+    args = train.parse_args(GUIDE_COMMAND_1024.split() + ["--resume_from", "checkpoints/latest", "--num_workers", "2"])
+    assert (args.resolution, args.train_batch_size, args.gradient_accumulation_steps) == (1024, 2, 4)
+    assert args.resume_from_checkpoint == "checkpoints/latest" and args.dataloader_num_workers == 2
+    assert train.parse_args(["--mixed_precision", "fp16"]).mixed_precision == "fp16"
+
+
+def test_defaults_follow_the_paper_recipe():
+    args = train.parse_args([])
+    assert args.output_dir == "./checkpoints" and args.mixed_precision is None
+    assert args.pretrained_model_name_or_path == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert (args.learning_rate, args.lr_scheduler, args.lr_warmup_steps) == (1e-5, "constant_with_warmup", 1000)
+    assert (args.max_grad_norm, args.vae_precision, args.report_to) == (1.0, "fp32", "tensorboard")
+
+
+def test_help_hides_the_test_hook(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "--image_size" in out and "--resolution" in out and "debug_inject" not in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--timestep_sampling", "cosine"], "invalid choice: 'cosine'"),
+        (["--mixed_precision", "fp8"], "invalid choice: 'fp8'"),
+        (["--dataset_type", "folder"], "invalid choice: 'folder'"),
+        (["--report_to", "mlflow"], "invalid choice: 'mlflow'"),
+    ],
+)
+def test_unknown_choices_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--resolution", "60"], r"`--resolution` \(`--image_size`\) must be a positive multiple of 8, got 60"),
+        (["--data_dir", None], r"needs `--data_dir` .*no data given"),
+        (["--dataset_type", "benchmark"], "TEST set"),
+        (["--data_dir", "EMPTY"], "objects"),  # dataset_loading's verification lists what is missing
+        (["--data_dir", "BROKEN"], "sample_003"),  # an unreadable PNG is named before any model loads
+        (["--output_dir", "UNDER_A_FILE"], "`--output_dir` .* is not writable"),
+        (["--resume_from", "nowhere/checkpoint-7"], "does not exist"),
+        (["--gradient_accumulation", "0"], "`--gradient_accumulation_steps` must be an integer >= 1"),
+    ],
+)
+def test_mistakes_are_caught_before_any_model_loads(tmp_path, data_dir, extra, message):
+    (tmp_path / "EMPTY").mkdir()
+    broken = make_custom_dataset(tmp_path / "BROKEN", n=4, size=32)
+    (broken / "shadows" / "sample_003.png").write_bytes(b"not a png")
+    (tmp_path / "a_file").write_text("")
+    replacements = {
+        "EMPTY": str(tmp_path / "EMPTY"),
+        "BROKEN": str(broken),
+        "UNDER_A_FILE": str(tmp_path / "a_file" / "out"),
+    }
+    argv = _argv("org/not-a-model-that-could-load", data_dir, tmp_path / "out")
+    for flag, value in zip(extra[::2], extra[1::2]):
+        position = argv.index(flag) if flag in argv else None
+        if value is None:
+            del argv[position : position + 2]
+            continue
+        value = replacements.get(value, value)
+        if position is None:
+            argv += [flag, value]
+        else:
+            argv[position + 1] = value
+    with pytest.raises(ValueError, match=message):
+        train.main(argv)
+
+
+@pytest.mark.parametrize(
+    ("path", "distributed", "processes"),
+    [("accelerate_config.yaml", "NO", 1), ("configs/multi_gpu.yaml", "MULTI_GPU", 4)],
+)
+def test_accelerate_configs_load(path, distributed, processes):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(REPO_ROOT / path))
+    assert (config.distributed_type.value, config.mixed_precision, config.num_processes) == (
+        distributed,
+        "bf16",
+        processes,
+    )
+
+
+def test_command_line_mistake_is_one_line_and_exit_status_2(data_dir):
+    command = [sys.executable, str(SCRIPT), "--data_dir", str(data_dir), "--image_size", "500"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: `--resolution` (`--image_size`) must be a positive multiple of 8, got 500." in result.stderr
+
+
+# ----- checkpoint bookkeeping -----------------------------------------------------------------------------------
+
+
+def test_latest_link_rotation_and_resolution(tmp_path):
+    for step in (1, 2, 3, 4):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / train.TRAINING_STATE_FILE).write_text("{}")
+    args = train.parse_args(["--output_dir", str(tmp_path), "--resume_from_checkpoint", "latest"])
+    assert train.resolve_resume_checkpoint(args) == (tmp_path / "checkpoint-4").resolve()  # no link: the newest
+
+    train.update_latest_link(tmp_path, "checkpoint-2")
+    train.update_latest_link(tmp_path, "checkpoint-3")  # replaced, not stacked
+    link = tmp_path / "latest"
+    assert link.is_symlink() and os.readlink(link) == "checkpoint-3"  # relative: the folder can move
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+    assert train.resolve_resume_checkpoint(args) == (tmp_path / "checkpoint-3").resolve()
+    args.resume_from_checkpoint = str(link)  # the guide's `--resume_from checkpoints/latest`
+    assert train.resolve_resume_checkpoint(args) == (tmp_path / "checkpoint-3").resolve()
+    args.resume_from_checkpoint = "checkpoint-2"  # relative to --output_dir
+    assert train.resolve_resume_checkpoint(args) == (tmp_path / "checkpoint-2").resolve()
+
+    removed = train.rotate_checkpoints(tmp_path, total_limit=2)
+    assert sorted(p.name for p in removed) == ["checkpoint-1", "checkpoint-2"]
+    # checkpoint-3 (where `latest` points) survives even though 4 is newer and the limit is 1.
+    train.rotate_checkpoints(tmp_path, total_limit=1)
+    assert [p.name for p in train.list_checkpoints(tmp_path)] == ["checkpoint-3"]
+    assert train.rotate_checkpoints(tmp_path, total_limit=0) == []  # 0 keeps everything
+
+
+def test_resume_latest_without_checkpoints_starts_fresh(tmp_path):
+    args = train.parse_args(["--output_dir", str(tmp_path), "--resume_from_checkpoint", "latest"])
+    assert train.resolve_resume_checkpoint(args) is None
+
+
+def test_rectified_flow_loss_is_the_velocity_mse():
+    class Constant(torch.nn.Module):
+        def forward(self, sample, timestep, light):
+            assert sample.shape[1] == 9 and torch.allclose(timestep, torch.tensor([1000.0, 250.0]))
+            return type("Out", (), {"sample": torch.full_like(sample[:, :4], 0.5)})()
+
+    x0, noise = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    t = torch.tensor([1.0, 0.25])
+    loss = train.rectified_flow_loss(Constant(), torch.zeros(2, 4, 8, 8), torch.ones(2, 1, 8, 8), x0, None, t, noise)
+    expected = ((0.5 - (noise - x0)) ** 2).mean(dim=(1, 2, 3))
+    assert loss.dtype == torch.float32 and torch.allclose(loss, expected)
+
+
+# ----- the real loop, in-process --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data_flags", [["--cache_latents"], ["--cache_latents", "--random_flip"], ["--random_flip"]], ids=str
+)
+def test_resume_continues_exactly(tiny_sdxl_dir, data_dir, tmp_path, data_flags):
+    """6 steps straight == 3 steps + resume to 6: same weights, bit for bit. Accumulation over 2 micro-batches with
+    3 batches per epoch puts the resume point mid-epoch, after an epoch-end step of a single micro-batch; the lr is
+    still warming up across it, and validation runs in between. Flips, from images or cached latents, too."""
+    common = [
+        "--train_batch_size", 2, "--gradient_accumulation_steps", 2, "--learning_rate", 1e-3, "--lr_warmup_steps", 4,
+        "--checkpointing_steps", 3, "--validation_steps", 2, "--num_validation_images", 1,
+        "--timestep_sampling", "logit_normal", "--latent_cache_dir", tmp_path / "latents", *data_flags,
+    ]  # fmt: skip
+    straight = train.main(_argv(tiny_sdxl_dir, data_dir, tmp_path / "straight", *common, "--max_train_steps", 6))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    half = train.main(_argv(tiny_sdxl_dir, data_dir, tmp_path / "resumed", *common, "--max_train_steps", 3))
+    assert half.global_step == 3 and (tmp_path / "resumed" / "latest").resolve().name == "checkpoint-3"
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    resumed_argv = [*common, "--max_train_steps", 6, "--resume_from", tmp_path / "resumed" / "latest"]
+    resumed = train.main(_argv(tiny_sdxl_dir, data_dir, tmp_path / "resumed", *resumed_argv))
+
+    assert resumed.global_step == straight.global_step == 6
+    assert resumed.losses == straight.losses[3:]  # same data order, noise and t: identical losses step by step
+    _assert_same_weights(_unet_weights(tmp_path / "straight" / "final"), _unet_weights(tmp_path / "resumed" / "final"))
+    straight_state = train.read_training_state(tmp_path / "straight" / "checkpoint-6")
+    resumed_state = train.read_training_state(tmp_path / "resumed" / "checkpoint-6")
+    assert straight_state == resumed_state  # includes the best validation loss and its step
+
+
+def test_non_finite_loss_skips_the_step_and_is_logged(tiny_sdxl_dir, data_dir, tmp_path):
+    output_dir = tmp_path / "out"
+    extra = ["--max_train_steps", 3, "--checkpointing_steps", 1, "--checkpoints_total_limit", 0,
+             "--learning_rate", 1e-3, "--lr_warmup_steps", 0, "--debug_inject_nan_at_step", 2]  # fmt: skip
+    state = train.main(_argv(tiny_sdxl_dir, data_dir, output_dir, *extra))
+
+    assert state.global_step == 3 and state.nan_steps_total == 1 and state.consecutive_nan_steps == 0
+    assert np.isnan(state.losses[1]) and np.isfinite(state.losses[0]) and np.isfinite(state.losses[2])
+    before, after = output_dir / "checkpoint-1", output_dir / "checkpoint-2"
+    _assert_same_weights(_unet_weights(before), _unet_weights(after))  # the skipped step changed no weight
+    optimizer_before = torch.load(before / "optimizer.bin", weights_only=False)
+    optimizer_after = torch.load(after / "optimizer.bin", weights_only=False)
+    for index, slot in optimizer_before["state"].items():  # nor the AdamW moments and step count
+        for key, value in slot.items():
+            assert torch.equal(value, optimizer_after["state"][index][key]), (index, key)
+    lr_before = torch.load(before / "custom_checkpoint_0.pkl", weights_only=False)
+    assert lr_before == torch.load(after / "custom_checkpoint_0.pkl", weights_only=False)  # nor the lr schedule
+    assert any(
+        not torch.equal(v, _unet_weights(output_dir / "checkpoint-3")[k]) for k, v in _unet_weights(after).items()
+    )
+
+    log = (output_dir / "training.log").read_text()
+    line = next(line for line in log.splitlines() if "non-finite" in line)
+    assert "step 2: non-finite loss" in line and "skipped" in line and "sample_0" in line
+
+
+def test_persistent_non_finite_loss_stops_cleanly(tiny_sdxl_dir, data_dir, tmp_path):
+    output_dir = tmp_path / "out"
+    extra = ["--max_train_steps", 20, "--checkpointing_steps", 1, "--checkpoints_total_limit", 2,
+             "--max_nan_steps", 3, "--debug_inject_nan_at_step", *range(2, 21)]  # fmt: skip
+    with pytest.raises(train.NonFiniteLossError, match="3 optimizer steps in a row"):
+        train.main(_argv(tiny_sdxl_dir, data_dir, output_dir, *extra))
+
+    log = (output_dir / "training.log").read_text()
+    assert "Stopping: 3 optimizer steps in a row" in log and "the last at step 4" in log
+    assert not (output_dir / "final").exists()  # no final pipeline from a stopped run
+    latest = (output_dir / "latest").resolve()
+    assert latest.name == "checkpoint-3" and train.read_training_state(latest)["global_step"] == 3
+    _assert_same_weights(_unet_weights(latest), _unet_weights(output_dir / "checkpoint-2"))
+
+
+def test_continues_from_a_saved_shadow_pipeline(tiny_shadow_dir, data_dir, tmp_path):
+    """--pretrained_model_name_or_path may be a trained shadow pipeline (saved at 64 px): training continues from its
+    weights and the new training resolution is the one recorded in the result."""
+    output_dir = tmp_path / "out"
+    extra = ["--resolution", 32, "--max_train_steps", 2, "--learning_rate", 1e-3, "--lr_warmup_steps", 0]
+    train.main(_argv(tiny_shadow_dir, data_dir, output_dir, *extra))
+
+    assert "Continuing from the shadow pipeline" in (output_dir / "training.log").read_text()
+    start, final = _unet_weights(tiny_shadow_dir), _unet_weights(output_dir / "final")
+    assert start.keys() == final.keys() and any(not torch.equal(start[k], final[k]) for k in start)
+    assert ShadowPipeline.from_pretrained(output_dir / "final").config.default_processing_resolution == 32
+
+
+def test_litmus_overfits_in_the_single_step_regime(tiny_sdxl_dir, data_dir, tmp_path):
+    """8 samples, t = 1 for every sample (the target noise - x0 is fully predictable from the input): the mean loss
+    of the last 10 steps drops at least 10x below the first 10 within 120 steps (measured here: ~13x)."""
+    extra = [
+        "--max_train_steps", 120, "--train_batch_size", 4, "--val_fraction", 0, "--timestep_sampling", "single_step",
+        "--learning_rate", 5e-3, "--lr_scheduler", "constant", "--lr_warmup_steps", 0, "--logging_steps", 10,
+        "--checkpointing_steps", 1000, "--validation_steps", 1000,
+        "--cache_latents", "--latent_cache_dir", tmp_path / "latents",
+    ]  # fmt: skip
+    state = train.main(_argv(tiny_sdxl_dir, data_dir, tmp_path / "out", *extra))
+    first, last = np.mean(state.losses[:10]), np.mean(state.losses[-10:])
+    assert state.global_step == 120 and np.isfinite(state.losses).all()
+    assert last <= first / 10, f"first 10 steps: {first:.4f}, last 10: {last:.4f}"
+
+
+# ----- accelerate launch ----------------------------------------------------------------------------------------
+
+
+def test_guide_command_end_to_end_through_accelerate_launch(tiny_sdxl_dir, data_dir, tmp_path):
+    """The guide's first command at 64 px and 4 steps (tensorboard on, as by default)."""
+    output_dir = tmp_path / "checkpoints"
+    guide = GUIDE_COMMAND_512.replace("--data_dir DATA", f"--data_dir {data_dir}")
+    guide = guide.replace("--image_size 512", "--image_size 64").replace("--max_iterations 5000", "--max_iterations 4")
+    guide = guide.replace("--save_every 500", "--save_every 1").replace("--eval_every 500", "--eval_every 2")
+    guide = guide.replace("--log_every 50", "--log_every 2")
+    _launch(
+        *guide.split(),
+        "--pretrained_model_name_or_path", tiny_sdxl_dir, "--output_dir", output_dir, "--num_workers", 0,
+        "--checkpoints_total_limit", 2, "--seed", 0,
+    )  # fmt: skip
+
+    config = json.loads((output_dir / "training_config.json").read_text())
+    assert (config["resolution"], config["train_batch_size"], config["mixed_precision"]) == (64, 8, "bf16")
+    log = (output_dir / "training.log").read_text()
+    assert "step 4: loss" in log and "step 2: validation loss" in log and "Saved the final pipeline" in log
+    assert [p.name for p in train.list_checkpoints(output_dir)] == ["checkpoint-3", "checkpoint-4"]  # 1, 2 rotated
+    assert os.readlink(output_dir / "latest") == "checkpoint-4"
+    assert (output_dir / "checkpoint-4" / "unet" / "config.json").is_file()
+    assert sorted(p.name for p in (output_dir / "validation").iterdir()) == ["step-2.png", "step-4.png"]
+    assert list((output_dir / "logs").rglob("events.out.tfevents.*"))
+    assert not [p for p in output_dir.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    assert json.loads((output_dir / "best" / "best.json").read_text())["step"] in (2, 4)
+
+    for folder in ("best", "final"):
+        pipe = ShadowPipeline.from_pretrained(output_dir / folder)
+        assert pipe.config.default_processing_resolution == 64 and pipe.default_resolution == 64
+    object_image = PIL.Image.new("RGBA", (80, 48))  # W x H, not square
+    object_image.paste((200, 60, 40, 255), (30, 10, 50, 40))
+    latents = pipe.encode_object(object_image)
+    assert latents.object_latents.shape[-2:] == (8, 8)  # processed at the recorded 64 px
+    maps = pipe(object_latents=latents, theta=30, phi=45, size=4, output_type="pt").shadow_maps
+    assert maps.shape == (1, 1, 48, 80) and torch.isfinite(maps).all()
+
+
+def test_two_processes_write_each_checkpoint_once(tiny_sdxl_dir, data_dir, tmp_path):
+    output_dir = tmp_path / "out"
+    _launch(
+        *_argv(tiny_sdxl_dir, data_dir, output_dir),
+        "--train_batch_size", 2, "--max_train_steps", 2, "--checkpointing_steps", 1, "--validation_steps", 2,
+        "--checkpoints_total_limit", 0, "--logging_steps", 1,
+        num_processes=2,
+    )  # fmt: skip
+
+    assert json.loads((output_dir / "training_config.json").read_text())["num_processes"] == 2
+    log = (output_dir / "training.log").read_text()
+    for step in (1, 2):
+        checkpoint = output_dir / f"checkpoint-{step}"
+        assert log.count(f"Saved checkpoint {checkpoint}") == 1
+        assert {"random_states_0.pkl", "random_states_1.pkl", "optimizer.bin"} <= {p.name for p in checkpoint.iterdir()}
+        assert not (checkpoint / "model.safetensors").exists()  # the UNet is saved once, in unet/
+    assert log.count("validation loss") == 1 and log.count("Saved the final pipeline") == 1
+    assert os.readlink(output_dir / "latest") == "checkpoint-2"
+    assert not [p for p in output_dir.iterdir() if p.name.startswith(".")]
+    _assert_same_weights(_unet_weights(output_dir / "checkpoint-2"), _unet_weights(output_dir / "final"))

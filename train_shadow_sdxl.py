@@ -1,0 +1,1196 @@
+#!/usr/bin/env python
+# Copyright 2026 The controllable-shadow-generation authors. Licensed under the Apache License, Version 2.0.
+"""Fine-tunes the SDXL UNet into a single-step shadow generator with rectified flow (arXiv 2412.11972, DESIGN.md §3).
+
+    accelerate launch train_shadow_sdxl.py --dataset_type custom --data_dir /path/to/samples \\
+      --image_size 512 --batch_size 8 --mixed_precision --gradient_checkpointing \\
+      --max_iterations 5000 --save_every 500 --eval_every 500 --log_every 50
+
+The flag names follow diffusers' training examples (`--resolution`, `--train_batch_size`, ...); the names of the
+project's training guide (`--image_size`, `--batch_size`, ...) are aliases. Everything lands in `--output_dir`
+(default ./checkpoints):
+
+    training_config.json   every argument of the run, with the seed and precision actually used
+    training.log           every log line (plain text)
+    logs/                  tensorboard (or wandb with --report_to wandb)
+    validation/step-N.png  object | single-step prediction | ground truth, --num_validation_images rows
+    checkpoint-N/          accelerate state (unet/ in diffusers format, optimizer, lr scheduler, RNG, sampler)
+                           + training_state.json (step, seed, best validation loss, NaN counters)
+    latest -> checkpoint-N a symlink to the newest complete checkpoint, replaced atomically
+    best/                  the full ShadowPipeline with the lowest validation loss so far
+    final/                 the full ShadowPipeline at the end of training
+
+Resume with `--resume_from_checkpoint latest` (or a checkpoint path, or the `latest` link itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator, PartialState
+from accelerate.logging import get_logger
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    ProjectConfiguration,
+    broadcast_object_list,
+    gather_object,
+    parse_flag_from_env,
+)
+from accelerate.utils import set_seed as accelerate_set_seed
+from diffusers import AutoencoderKL, DiffusionPipeline
+from diffusers.optimization import SchedulerType, get_scheduler
+from diffusers.utils.torch_utils import is_compiled_module
+from tqdm.auto import tqdm
+
+import dataset_loading
+from pipeline_shadow import (
+    LIGHT_KEYS,
+    TIMESTEP_SAMPLING_CHOICES,
+    ShadowPipeline,
+    ShadowUNet,
+    decode_shadow,
+    encode_latents,
+    mask_to_latent,
+    rf_interpolate,
+    rf_model_timestep,
+    rf_predict_x0,
+    rf_velocity,
+    sample_timesteps,
+    shadow_to_vae_input,
+)
+
+logger = get_logger(__name__, log_level="INFO")
+
+DEFAULT_PRETRAINED_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+DATASET_TYPES = dataset_loading.DATASET_TYPES  # the shared vocabulary; `benchmark` is refused here (a test set)
+REPORT_TO_CHOICES = ("tensorboard", "wandb", "all", "none")
+MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
+VAE_PRECISION_CHOICES = ("fp32", "fp16", "bf16")
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+LATEST_LINK = "latest"
+BEST_DIR = "best"
+FINAL_DIR = "final"
+TRAINING_STATE_FILE = "training_state.json"
+TRAINING_CONFIG_FILE = "training_config.json"
+TRAINING_LOG_FILE = "training.log"
+HF_COLUMN_FLAGS = (*dataset_loading.HF_COLUMN_OPTIONS.values(), "object_id_column")
+LOG_FORMAT = "%(asctime)s - %(levelname)s - %(name)s - %(message)s"
+
+
+class ConfigurationError(ValueError):
+    """A mistake in the arguments or the data, found before any model loads."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the loss or the gradients stay non-finite for `--max_nan_steps` optimizer steps in a row."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 1. Arguments
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """diffusers' flag names first; the training guide's names are aliases of the same option."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--pretrained_model_name_or_path",
+        default=DEFAULT_PRETRAINED_MODEL,
+        help="An SDXL base in the diffusers layout (Hub id or folder), converted with ShadowPipeline.from_sdxl; or a "
+        "saved shadow pipeline (e.g. a previous run's final/ or best/) to continue training from.",
+    )
+    model.add_argument(
+        "--pretrained_vae_model_name_or_path",
+        default=None,
+        help="Another SDXL VAE (e.g. madebyollin/sdxl-vae-fp16-fix, needed for --vae_precision fp16).",
+    )
+    model.add_argument(
+        "--vae_precision",
+        default="fp32",
+        choices=VAE_PRECISION_CHOICES,
+        help="dtype of the frozen VAE. The stock SDXL VAE overflows in fp16; keep fp32 unless the VAE is fp16-safe.",
+    )
+    model.add_argument("--revision", default=None, help="Revision of the pretrained model on the Hub.")
+    model.add_argument("--variant", default=None, help="Variant of the model files, e.g. fp16.")
+    model.add_argument("--cache_dir", default=None, help="Where downloaded models and datasets are stored.")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_type", default="custom", choices=DATASET_TYPES, help="Where the samples come from.")
+    data.add_argument(
+        "--train_data_dir",
+        "--data_dir",
+        dest="train_data_dir",
+        default=None,
+        help="Folder with objects/, masks/, shadows/ and metadata.json (--dataset_type custom), or a local dataset "
+        "for --dataset_type hf.",
+    )
+    data.add_argument("--dataset_name", default=None, help="A Hugging Face dataset id (--dataset_type hf).")
+    data.add_argument(
+        "--resolution",
+        "--image_size",
+        dest="resolution",
+        type=int,
+        default=1024,
+        help="Training resolution (multiple of 8); recorded in the saved pipeline as its processing resolution.",
+    )
+    data.add_argument(
+        "--val_fraction", type=float, default=0.1, help="Fraction of the samples held out for validation."
+    )
+    data.add_argument(
+        "--random_flip",
+        action="store_true",
+        help="Random horizontal flips, with phi mirrored to (180 - phi) mod 360 (DESIGN.md §2).",
+    )
+    data.add_argument(
+        "--cache_latents",
+        action="store_true",
+        help="Encode every sample once with the VAE before training (no VAE in the training step).",
+    )
+    data.add_argument(
+        "--latent_cache_dir",
+        default=None,
+        help=f"Where --cache_latents stores the latents (default {dataset_loading.DEFAULT_LATENT_CACHE_DIR}).",
+    )
+    data.add_argument("--dataset_config_name", default=None, help="Config of the Hugging Face dataset.")
+    for option in HF_COLUMN_FLAGS:
+        data.add_argument(f"--{option}", default=None, help="Hugging Face dataset column (default: auto-detected).")
+    data.add_argument(
+        "--dataloader_num_workers",
+        "--num_workers",
+        dest="dataloader_num_workers",
+        type=int,
+        default=4,
+        help="Data loading worker processes (0 = in the main process).",
+    )
+
+    training = parser.add_argument_group("training")
+    training.add_argument("--output_dir", default="./checkpoints", help="Checkpoints, logs and saved pipelines.")
+    training.add_argument(
+        "--seed", type=int, default=None, help="Seed for reproducible training (drawn and recorded if not given)."
+    )
+    training.add_argument(
+        "--train_batch_size", "--batch_size", dest="train_batch_size", type=int, default=2, help="Batch per device."
+    )
+    training.add_argument("--num_train_epochs", type=int, default=100)
+    training.add_argument(
+        "--max_train_steps",
+        "--max_iterations",
+        dest="max_train_steps",
+        type=int,
+        default=None,
+        help="Total optimizer steps; overrides --num_train_epochs.",
+    )
+    training.add_argument(
+        "--gradient_accumulation_steps",
+        "--gradient_accumulation",
+        dest="gradient_accumulation_steps",
+        type=int,
+        default=1,
+        help="Micro-batches per optimizer step.",
+    )
+    training.add_argument(
+        "--gradient_checkpointing", action="store_true", help="Recompute activations in backward to save memory."
+    )
+    training.add_argument(
+        "--timestep_sampling",
+        default="uniform",
+        choices=TIMESTEP_SAMPLING_CHOICES,
+        help="Distribution of the flow time t in [0, 1] (t = 1 is pure noise, where single-step inference starts): "
+        "uniform; logit_normal (SD3); shifted (biased toward t = 1); single_step (t = 1 only).",
+    )
+    training.add_argument("--logit_mean", type=float, default=0.0, help="Mean for --timestep_sampling logit_normal.")
+    training.add_argument("--logit_std", type=float, default=1.0, help="Std for --timestep_sampling logit_normal.")
+    training.add_argument("--timestep_shift", type=float, default=3.0, help="Shift for --timestep_sampling shifted.")
+    training.add_argument(
+        "--mixed_precision",
+        nargs="?",
+        const="bf16",
+        default=None,
+        choices=MIXED_PRECISION_CHOICES,
+        help="Autocast precision; a bare --mixed_precision means bf16 (fp16 where bf16 is unsupported). Default: the "
+        "accelerate config. Weights and the loss stay fp32.",
+    )
+    training.add_argument("--allow_tf32", action="store_true", help="Allow TF32 matmuls on Ampere or newer GPUs.")
+    training.add_argument(
+        "--max_nan_steps",
+        type=int,
+        default=5,
+        help="Stop after this many optimizer steps in a row with a non-finite loss or gradient (each is skipped).",
+    )
+    training.add_argument(
+        "--resume_from_checkpoint",
+        "--resume_from",
+        dest="resume_from_checkpoint",
+        default=None,
+        help='A checkpoint-N folder, the `latest` link, or "latest" (the newest in --output_dir; starts fresh if none).',
+    )
+
+    optim = parser.add_argument_group("optimizer")
+    optim.add_argument("--learning_rate", type=float, default=1e-5, help="Peak learning rate (paper: 1e-5).")
+    optim.add_argument(
+        "--scale_lr", action="store_true", help="Multiply the lr by processes x accumulation x batch size."
+    )
+    optim.add_argument(
+        "--lr_scheduler",
+        default="constant_with_warmup",
+        choices=[s.value for s in SchedulerType],
+        help="diffusers' get_scheduler name.",
+    )
+    optim.add_argument(
+        "--lr_warmup_steps", type=int, default=1000, help="Linear warm-up from 0 over this many optimizer steps."
+    )
+    optim.add_argument("--lr_num_cycles", type=int, default=1, help="Cycles for cosine_with_restarts.")
+    optim.add_argument("--lr_power", type=float, default=1.0, help="Power for the polynomial scheduler.")
+    optim.add_argument("--adam_beta1", type=float, default=0.9)
+    optim.add_argument("--adam_beta2", type=float, default=0.999)
+    optim.add_argument("--adam_weight_decay", type=float, default=1e-2)
+    optim.add_argument("--adam_epsilon", type=float, default=1e-08)
+    optim.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm (0 = no clipping).")
+
+    logs = parser.add_argument_group("logging, validation and checkpoints")
+    logs.add_argument(
+        "--logging_steps", "--log_every", dest="logging_steps", type=int, default=50, help="Log the loss every N steps."
+    )
+    logs.add_argument(
+        "--validation_steps",
+        "--eval_every",
+        dest="validation_steps",
+        type=int,
+        default=500,
+        help="Validation loss and prediction grid every N optimizer steps (and at the end).",
+    )
+    logs.add_argument(
+        "--num_validation_images", type=int, default=4, help="Validation samples shown in the prediction grid."
+    )
+    logs.add_argument(
+        "--checkpointing_steps",
+        "--save_every",
+        dest="checkpointing_steps",
+        type=int,
+        default=500,
+        help="Save the full training state every N optimizer steps (for --resume_from_checkpoint).",
+    )
+    logs.add_argument(
+        "--checkpoints_total_limit",
+        type=int,
+        default=3,
+        help="Keep at most this many checkpoint-N folders (the oldest are removed; 0 = keep all).",
+    )
+    logs.add_argument("--report_to", default="tensorboard", choices=REPORT_TO_CHOICES, help="Experiment tracker.")
+    logs.add_argument("--logging_dir", default="logs", help="Tracker folder, relative to --output_dir.")
+    logs.add_argument("--tracker_project_name", default="train_shadow_sdxl", help="Tracker run / project name.")
+    # Test hook: multiplies the loss by NaN at these optimizer steps, so tests exercise the real guard.
+    parser.add_argument("--debug_inject_nan_at_step", type=int, nargs="+", default=[], help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Catches mistakes before any model loads. Raises ConfigurationError (a ValueError) naming the flag and what is
+    allowed, or listing every problem of the data."""
+    try:
+        _check_args(args)
+    except ConfigurationError:
+        raise
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from error
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.resolution <= 0 or args.resolution % 8:
+        raise ValueError(f"`--resolution` (`--image_size`) must be a positive multiple of 8, got {args.resolution}.")
+    positive = (
+        "train_batch_size",
+        "gradient_accumulation_steps",
+        "num_train_epochs",
+        "logging_steps",
+        "validation_steps",
+        "checkpointing_steps",
+        "max_nan_steps",
+    )
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise ValueError(f"`--{name}` must be an integer >= 1, got {getattr(args, name)}.")
+    if args.max_train_steps is not None and args.max_train_steps < 1:
+        raise ValueError(f"`--max_train_steps` (`--max_iterations`) must be >= 1, got {args.max_train_steps}.")
+    for name in ("dataloader_num_workers", "num_validation_images", "lr_warmup_steps", "checkpoints_total_limit"):
+        if getattr(args, name) is not None and getattr(args, name) < 0:
+            raise ValueError(f"`--{name}` must be >= 0, got {getattr(args, name)}.")
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise ValueError(f"`--val_fraction` must lie in [0, 1), got {args.val_fraction}.")
+    if args.learning_rate <= 0 or args.max_grad_norm < 0:
+        raise ValueError("`--learning_rate` must be > 0 and `--max_grad_norm` >= 0.")
+    if args.timestep_sampling == "logit_normal" and args.logit_std <= 0:
+        raise ValueError(f"`--logit_std` must be > 0, got {args.logit_std}.")
+    if args.timestep_sampling == "shifted" and args.timestep_shift <= 0:
+        raise ValueError(f"`--timestep_shift` must be > 0, got {args.timestep_shift}.")
+    if args.report_to == "wandb":
+        try:
+            import wandb  # noqa: F401
+        except ImportError as error:
+            raise ValueError("`--report_to wandb` needs wandb: pip install wandb (or use tensorboard).") from error
+    _validate_data_args(args)
+    _validate_output_dir(args.output_dir)
+    resolve_resume_checkpoint(args)  # raises for a missing explicit checkpoint
+    if args.pretrained_model_name_or_path.startswith(("/", "./", "../", "~")) and not os.path.isdir(
+        os.path.expanduser(args.pretrained_model_name_or_path)
+    ):
+        raise ValueError(f"`--pretrained_model_name_or_path` {args.pretrained_model_name_or_path!r} is not a folder.")
+
+
+def _validate_data_args(args: argparse.Namespace) -> None:
+    if args.dataset_type == "benchmark":
+        raise ValueError(
+            "`--dataset_type benchmark` is the paper's TEST set (DESIGN.md §4): never train on it. "
+            "Use `custom` (--data_dir) or `hf` (--dataset_name)."
+        )
+    if args.dataset_type == "custom" and not args.train_data_dir:
+        raise ValueError("`--dataset_type custom` needs `--data_dir` (`--train_data_dir`): no data given.")
+    if args.dataset_type == "hf" and not (args.dataset_name or args.train_data_dir):
+        raise ValueError("`--dataset_type hf` needs `--dataset_name` (or a local `--data_dir`): no data given.")
+    if args.train_data_dir and not os.path.isdir(args.train_data_dir):
+        raise ValueError(f"`--data_dir` {args.train_data_dir!r} is not a folder.")
+    # Every problem of the data at once (image headers, sizes, metadata), before any model loads.
+    try:
+        dataset_loading.verify_dataset(**_dataset_kwargs(args), level="quick", raise_on_error=True)
+    except (OSError, KeyError) as error:
+        raise ValueError(f"The training data cannot be read: {error}") from error
+
+
+def _validate_output_dir(output_dir: str) -> None:
+    path = Path(output_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise ValueError(f"`--output_dir` {output_dir!r} is not writable: {error}") from error
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 2. Checkpoint folders: checkpoint-N, the `latest` link, rotation, resume
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoint-N folders, oldest first (complete = renamed into place after all processes saved)."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in output_dir.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))]
+    return [p for _, p in sorted(found) if p.is_dir()]
+
+
+def update_latest_link(output_dir: str | Path, checkpoint_name: str) -> Path | None:
+    """Points `latest` at `checkpoint_name` (relative, so the folder can move). A new link is made under a temporary
+    name and renamed over the old one: rename is atomic, so a crash never leaves `latest` missing or broken."""
+    output_dir = Path(output_dir)
+    link = output_dir / LATEST_LINK
+    if link.exists() and not link.is_symlink():
+        raise ValueError(f"{link} exists and is not a symlink; move it away so the script can manage `latest`.")
+    temporary = output_dir / f".{LATEST_LINK}.tmp-{os.getpid()}"
+    if temporary.is_symlink() or temporary.exists():
+        temporary.unlink()
+    try:
+        os.symlink(checkpoint_name, temporary)
+    except OSError as error:  # e.g. Windows without developer mode: `--resume_from latest` still finds the newest
+        logger.warning("Cannot create the `latest` symlink (%s); resume with the checkpoint folder itself.", error)
+        return None
+    os.replace(temporary, link)
+    return link
+
+
+def rotate_checkpoints(output_dir: str | Path, total_limit: int | None) -> list[Path]:
+    """Removes the oldest checkpoint-N folders beyond `total_limit`, never the one `latest` points to."""
+    if not total_limit:
+        return []
+    checkpoints = list_checkpoints(output_dir)
+    link = Path(output_dir) / LATEST_LINK
+    protected = link.resolve() if link.is_symlink() else None
+    removable = [p for p in checkpoints if p.resolve() != protected]
+    excess = len(checkpoints) - total_limit
+    removed = removable[: max(0, excess)]
+    for path in removed:
+        shutil.rmtree(path)
+    return removed
+
+
+def resolve_resume_checkpoint(args: argparse.Namespace) -> Path | None:
+    """--resume_from_checkpoint -> a checkpoint folder (symlinks resolved), or None to start fresh.
+
+    "latest" means the `latest` link in --output_dir, else the newest checkpoint-N there, else a fresh start (as in
+    diffusers). An explicit path must exist, as given or relative to --output_dir.
+    """
+    value = args.resume_from_checkpoint
+    if not value:
+        return None
+    output_dir = Path(args.output_dir)
+    if value == LATEST_LINK:
+        link = output_dir / LATEST_LINK
+        if link.is_symlink() and link.resolve().is_dir():
+            return link.resolve()
+        checkpoints = [p for p in list_checkpoints(output_dir) if (p / TRAINING_STATE_FILE).is_file()]
+        return checkpoints[-1].resolve() if checkpoints else None
+    path = Path(value).expanduser()
+    if not path.exists() and (output_dir / value).exists():
+        path = output_dir / value
+    if not path.is_dir():
+        raise ValueError(
+            f"`--resume_from_checkpoint` {value!r} does not exist (tried it as given and inside --output_dir "
+            f"{str(output_dir)!r}). Use `latest` to start fresh when there is no checkpoint yet."
+        )
+    path = path.resolve()
+    if not (path / TRAINING_STATE_FILE).is_file():
+        raise ValueError(
+            f"`--resume_from_checkpoint` {value!r} is not a checkpoint of this script (no {TRAINING_STATE_FILE})."
+        )
+    return path
+
+
+def read_training_state(checkpoint_dir: str | Path) -> dict:
+    return json.loads((Path(checkpoint_dir) / TRAINING_STATE_FILE).read_text())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 3. Accelerator, logging, seed
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def resolve_mixed_precision(requested: str | None) -> str | None:
+    """bf16 where supported, else fp16 with a message (a bare --mixed_precision asks for bf16)."""
+    if requested == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        print("This GPU does not support bf16: training with --mixed_precision fp16 instead.", file=sys.stderr)
+        return "fp16"
+    return requested
+
+
+def resolve_seed(args: argparse.Namespace, resume_dir: Path | None) -> int:
+    """The run's seed: given, else the resumed run's, else drawn on the main process and shared with all processes.
+    It is recorded in training_config.json and every checkpoint, so any run can be repeated or resumed exactly."""
+    if resume_dir is not None:
+        recorded = read_training_state(resume_dir).get("seed")
+        if args.seed is None:
+            return int(recorded)
+        if recorded is not None and int(recorded) != args.seed:
+            print(
+                f"Warning: --seed {args.seed} differs from the checkpoint's seed {recorded}: "
+                "the resumed run will not repeat the original one.",
+                file=sys.stderr,
+            )
+        return args.seed
+    if args.seed is not None:
+        return args.seed
+    seed = [random.SystemRandom().randrange(2**31)]
+    if PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).num_processes > 1:
+        broadcast_object_list(seed)
+    return int(seed[0])
+
+
+def build_accelerator(args: argparse.Namespace) -> Accelerator:
+    output_dir = Path(args.output_dir)
+    project_config = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir))
+    # A seedable sampler makes the shuffled order a function of (seed, epoch): identical after a resume.
+    dataloader_config = DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed)
+    return Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=project_config,
+        dataloader_config=dataloader_config,
+    )
+
+
+@contextlib.contextmanager
+def training_log(args: argparse.Namespace, accelerator: Accelerator):
+    """Every log line of the main process also goes to output_dir/training.log; other processes log warnings only."""
+    logging.basicConfig(format=LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S", level=logging.INFO)
+    root = logging.getLogger()
+    previous_level, handler = root.level, None
+    if accelerator.is_main_process:
+        handler = logging.FileHandler(Path(args.output_dir) / TRAINING_LOG_FILE, encoding="utf-8")
+        handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
+        root.addHandler(handler)
+    else:  # the libraries' info lines (model conversion, data summary) once, not once per process
+        root.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.setLevel(previous_level)
+        if handler is not None:
+            root.removeHandler(handler)
+            handler.close()
+
+
+def write_training_config(args: argparse.Namespace, accelerator: Accelerator) -> None:
+    if accelerator.is_main_process:
+        config = {
+            **vars(args),
+            "num_processes": accelerator.num_processes,
+            "resolved_precision": accelerator.mixed_precision,
+        }
+        path = Path(args.output_dir) / TRAINING_CONFIG_FILE
+        path.write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def micro_batch_seed(seed: int, step: int, micro_step: int, process_index: int) -> int:
+    """The noise and t of each micro-batch are a pure function of (seed, step, micro-step, process): a resumed run
+    draws exactly what the uninterrupted run would have, whatever else consumed the global RNG meanwhile."""
+    return int(np.random.SeedSequence([seed, step, micro_step, process_index]).generate_state(1)[0])
+
+
+def validation_seed(seed: int, sample_index: int) -> int:
+    """Fixed noise and t for validation sample i, the same at every validation of the run."""
+    return int(np.random.SeedSequence([seed, 2**32 - 1, sample_index]).generate_state(1)[0])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 4. Models
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Models:
+    unet: ShadowUNet
+    vae: AutoencoderKL
+    scheduler: object  # FlowMatchEulerDiscreteScheduler, only saved with the pipeline
+
+
+def is_shadow_pipeline(name_or_path: str, **kwargs) -> bool:
+    """Whether the folder/Hub id holds a saved ShadowPipeline (continue training) rather than an SDXL base."""
+    try:
+        model_index = DiffusionPipeline.load_config(name_or_path, **kwargs)
+    except (OSError, ValueError):
+        return False
+    class_name = model_index.get("_class_name")
+    class_name = class_name[-1] if isinstance(class_name, (list, tuple)) else class_name
+    return class_name == ShadowPipeline.__name__
+
+
+def build_models(args: argparse.Namespace, accelerator: Accelerator) -> Models:
+    """ShadowPipeline.from_sdxl (or a saved shadow pipeline) -> trainable fp32 UNet + frozen VAE on the device."""
+    hub_kwargs = {"revision": args.revision, "cache_dir": args.cache_dir}
+    vae = None
+    if args.pretrained_vae_model_name_or_path:
+        vae = AutoencoderKL.from_pretrained(args.pretrained_vae_model_name_or_path, cache_dir=args.cache_dir)
+    if is_shadow_pipeline(args.pretrained_model_name_or_path, **hub_kwargs):
+        logger.info("Continuing from the shadow pipeline %s", args.pretrained_model_name_or_path)
+        components = {"vae": vae} if vae is not None else {}
+        pipe = ShadowPipeline.from_pretrained(
+            args.pretrained_model_name_or_path, variant=args.variant, **hub_kwargs, **components
+        )
+    else:
+        logger.info("Converting the SDXL base %s to a shadow pipeline", args.pretrained_model_name_or_path)
+        pipe = ShadowPipeline.from_sdxl(args.pretrained_model_name_or_path, vae=vae, variant=args.variant, **hub_kwargs)
+    unet, vae = pipe.unet, pipe.vae
+    # Weights stay fp32 (mixed precision autocasts the compute): pure bf16 weights at lr 1e-5 lose most updates
+    # (DESIGN.md §6).
+    _to(unet, accelerator.device, torch.float32)
+    unet.requires_grad_(False)
+    for param in trainable_parameters(unet, args):
+        param.requires_grad_(True)
+    unet.train()
+    vae.requires_grad_(False)
+    _to(vae, accelerator.device, TORCH_DTYPES[args.vae_precision])
+    vae.eval()
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    if args.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    trainable = sum(p.numel() for p in unet.parameters() if p.requires_grad)
+    logger.info("ShadowUNet: %s trainable parameters; VAE frozen in %s.", f"{trainable:,}", args.vae_precision)
+    return Models(unet=unet, vae=vae, scheduler=pipe.scheduler)
+
+
+def _to(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    model.to(device)
+    if model.dtype != dtype:  # diffusers warns on any dtype argument to .to(), even a no-op one
+        model.to(dtype=dtype)
+
+
+def trainable_parameters(unet: ShadowUNet, args: argparse.Namespace) -> list[torch.nn.Parameter]:
+    """What the optimizer updates: the whole UNet (full fine-tuning). The place to return adapter parameters only
+    when LoRA is added."""
+    return list(unet.parameters())
+
+
+def unwrap(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    model = accelerator.unwrap_model(model)
+    return model._orig_mod if is_compiled_module(model) else model
+
+
+def register_checkpoint_hooks(accelerator: Accelerator) -> None:
+    """accelerate's save_state/load_state write the UNet in diffusers format (checkpoint-N/unet/), as the diffusers
+    examples do, so a checkpoint's UNet also loads with ShadowUNet.from_pretrained(checkpoint, subfolder="unet")."""
+
+    def save_model_hook(models, weights, output_dir):
+        for model in models:
+            if accelerator.is_main_process:
+                unwrap(accelerator, model).save_pretrained(os.path.join(output_dir, "unet"))
+            if weights:
+                weights.pop()  # saved above; accelerate must not save it again
+
+    def load_model_hook(models, input_dir):
+        while models:
+            model = unwrap(accelerator, models.pop())
+            loaded = ShadowUNet.from_pretrained(input_dir, subfolder="unet")
+            model.load_state_dict(loaded.state_dict())
+            del loaded
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 5. Data
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _dataset_kwargs(args: argparse.Namespace) -> dict:
+    """The arguments that name the data, shared by verify_dataset and create_dataloaders."""
+    columns = {option: getattr(args, option) for option in HF_COLUMN_FLAGS}
+    return {
+        "dataset_type": args.dataset_type,
+        "data_dir": args.train_data_dir,
+        "dataset_name": args.dataset_name,
+        "dataset_config_name": args.dataset_config_name,
+        "cache_dir": args.cache_dir,
+        **columns,
+    }
+
+
+def build_data(args: argparse.Namespace, accelerator: Accelerator, vae: AutoencoderKL):
+    """(train_loader, val_loader) from dataset_loading; val_loader is None without a validation split. With
+    --cache_latents both yield cached latents (built once; only the local main process encodes)."""
+    kwargs = {
+        **_dataset_kwargs(args),
+        "batch_size": args.train_batch_size,
+        "num_workers": args.dataloader_num_workers,
+        "image_size": args.resolution,
+        "val_fraction": args.val_fraction,
+        "seed": args.seed,
+        "random_flip": args.random_flip,
+        "for_training": True,
+    }
+    if args.cache_latents:
+        kwargs.update(cache_latents=True, vae=vae, latent_cache_dir=args.latent_cache_dir, accelerator=accelerator)
+        train_loader, val_loader = dataset_loading.create_dataloaders(**kwargs)
+    else:
+        with accelerator.main_process_first():  # one process downloads a Hub dataset, the others reuse it
+            train_loader, val_loader = dataset_loading.create_dataloaders(**kwargs)
+    if len(train_loader) == 0:
+        raise ValueError("The training split is empty: add samples or lower `--val_fraction`.")
+    if val_loader is None:
+        logger.warning("No validation split (--val_fraction 0): no validation loss, no best/ pipeline.")
+    return train_loader, val_loader
+
+
+def batch_light(batch: dict, device: torch.device) -> torch.Tensor:
+    """[B,3] raw (theta deg, phi deg, size), the UNet's light input."""
+    return torch.stack([torch.as_tensor(batch[key]) for key in LIGHT_KEYS], dim=1).to(device, torch.float32)
+
+
+@torch.no_grad()
+def batch_latents(vae: AutoencoderKL, batch: dict, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(object_latents [B,4,h,w], mask_latent [B,1,h,w], shadow_latents [B,4,h,w]) in fp32: taken from a cached-latent
+    batch, else encoded by the frozen VAE (posterior means, deterministic; DESIGN.md §8)."""
+    if "object_latents" in batch:
+        return tuple(batch[k].to(device, torch.float32) for k in ("object_latents", "mask_latent", "shadow_latents"))
+    object_image = batch["object_image"].to(device)  # [B,3,H,W] in [-1,1], white outside the mask
+    shadow_input = shadow_to_vae_input(batch["shadow_map"].to(device))  # [B,3,H,W] in [-1,1]
+    latents = encode_latents(vae, torch.cat([object_image, shadow_input])).float()  # one VAE call, [2B,4,h,w]
+    object_latents, shadow_latents = latents.chunk(2)
+    mask_latent = mask_to_latent(batch["mask"].to(device, torch.float32), tuple(latents.shape[-2:]))
+    return object_latents, mask_latent, shadow_latents
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 6. The rectified-flow loss and the optimizer step (reusable by benchmarks)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def rectified_flow_loss(
+    unet: torch.nn.Module,
+    object_latents: torch.Tensor,
+    mask_latent: torch.Tensor,
+    shadow_latents: torch.Tensor,
+    light: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+) -> torch.Tensor:
+    """Per-sample MSE(v_pred, noise - x0) in fp32 [B], at x_t = t * noise + (1 - t) * x0 (DESIGN.md §3)."""
+    x_t = rf_interpolate(shadow_latents, noise, t)  # [B,4,h,w]
+    model_input = torch.cat([x_t, mask_latent, object_latents], dim=1)  # [B,9,h,w]
+    velocity = unet(model_input, rf_model_timestep(t), light).sample  # [B,4,h,w]
+    target = rf_velocity(shadow_latents, noise)
+    return F.mse_loss(velocity.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+
+
+def sample_noise_and_t(args, shape, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    t = sample_timesteps(
+        shape[0],
+        args.timestep_sampling,
+        logit_mean=args.logit_mean,
+        logit_std=args.logit_std,
+        shift=args.timestep_shift,
+        generator=generator,
+        device=device,
+    )
+    noise = torch.randn(shape, generator=generator, device=device)
+    return noise, t
+
+
+def training_loss(args, unet, vae, batch: dict, generator: torch.Generator, device) -> torch.Tensor:
+    """The loss of one micro-batch (scalar, fp32): latents (cached or encoded), noise and t from `generator`, the
+    velocity MSE. With `accelerator.backward` and `optimizer_step` this is the whole training step, e.g. to time it."""
+    object_latents, mask_latent, shadow_latents = batch_latents(vae, batch, device)
+    noise, t = sample_noise_and_t(args, shadow_latents.shape, generator, device)
+    light = batch_light(batch, device)
+    return rectified_flow_loss(unet, object_latents, mask_latent, shadow_latents, light, t, noise).mean()
+
+
+def optimizer_class(args: argparse.Namespace):
+    """AdamW (paper). The place to return bitsandbytes' AdamW8bit when 8-bit Adam is added."""
+    return torch.optim.AdamW
+
+
+def build_optimizer(args: argparse.Namespace, unet: ShadowUNet, accelerator: Accelerator):
+    learning_rate = args.learning_rate
+    if args.scale_lr:
+        learning_rate *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
+    params = [p for p in trainable_parameters(unet, args) if p.requires_grad]
+    extra = {"fused": True} if accelerator.device.type == "cuda" else {}
+    optimizer = optimizer_class(args)(
+        params,
+        lr=learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+        **extra,
+    )
+    # Stepped by hand once per applied update (not through accelerate, which would step it once per process).
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps,
+        num_training_steps=args.max_train_steps,
+        num_cycles=args.lr_num_cycles,
+        power=args.lr_power,
+    )
+    return optimizer, lr_scheduler
+
+
+@dataclass
+class StepOutcome:
+    applied: bool
+    loss: float  # mean over micro-batches and processes (nan if any was non-finite)
+    grad_norm: float
+    ids: list = field(default_factory=list)  # sample ids of this optimizer step, all processes
+    reason: str = ""
+
+
+def optimizer_step(accelerator, unet, optimizer, lr_scheduler, args, micro_losses, micro_ids) -> StepOutcome:
+    """Clips, checks that the loss and the gradients are finite on every process, then steps; otherwise skips the
+    update entirely (weights, optimizer state and lr untouched)."""
+    params = [p for p in unet.parameters() if p.requires_grad]
+    grad_norm = accelerator.clip_grad_norm_(params, args.max_grad_norm if args.max_grad_norm > 0 else float("inf"))
+    grad_norm = torch.as_tensor(grad_norm, device=accelerator.device, dtype=torch.float32)
+    losses = torch.stack(micro_losses).float()  # [accumulated micro-batches]
+    loss_finite = bool(torch.isfinite(losses).all())
+    # fp16: the GradScaler owns overflowing gradients (it skips the step and lowers the scale); only a non-finite
+    # LOSS is our business there. bf16/fp32: a non-finite gradient norm is ours too.
+    grads_finite = bool(torch.isfinite(grad_norm)) or accelerator.scaler is not None
+    local = torch.tensor([losses.mean().item(), float(loss_finite and grads_finite)], device=accelerator.device)
+    gathered = accelerator.gather(local[None])  # [P,2]
+    applied = bool(gathered[:, 1].min() > 0)
+    step_loss = float(gathered[:, 0].mean())
+    if applied:
+        optimizer.step()
+        if not accelerator.optimizer_step_was_skipped:
+            lr_scheduler.step()
+        return StepOutcome(True, step_loss, float(grad_norm))
+    # Every process takes this branch (the flag was gathered), so the collective below is safe.
+    ids = gather_object([list(micro_ids)])
+    if accelerator.scaler is not None:
+        accelerator.scaler.update()  # clip_grad_norm_ unscaled the gradients; close the scaler's step
+    reason = "loss" if not bool(gathered[:, 0].isfinite().all()) else "gradient norm"
+    return StepOutcome(False, step_loss, float(grad_norm), ids=[i for part in ids for i in part], reason=reason)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 7. Validation: loss over the whole validation split with fixed noise and t, and a prediction grid
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def validate(args, accelerator: Accelerator, unet, vae, val_loader, step: int) -> dict:
+    """Main process only. Each validation sample i gets its own noise and t from a generator seeded with (seed, i),
+    so the loss is comparable over the run. Also saves object | single-step prediction | ground truth rows as
+    output_dir/validation/step-N.png and logs them to the trackers."""
+    model = unwrap(accelerator, unet)
+    was_training = model.training
+    model.eval()
+    device = accelerator.device
+    per_sample, rows, index = [], [], 0
+    try:
+        for batch in val_loader:
+            object_latents, mask_latent, shadow_latents = batch_latents(vae, batch, device)
+            light = batch_light(batch, device)
+            noises, ts = [], []
+            for offset in range(object_latents.shape[0]):
+                generator = torch.Generator(device).manual_seed(validation_seed(args.seed, index + offset))
+                noise, t = sample_noise_and_t(args, (1, *object_latents.shape[1:]), generator, device)
+                noises.append(noise)
+                ts.append(t)
+            noise, t = torch.cat(noises), torch.cat(ts)
+            with accelerator.autocast():
+                losses = rectified_flow_loss(model, object_latents, mask_latent, shadow_latents, light, t, noise)
+            per_sample.append(losses.float().cpu())
+            wanted = args.num_validation_images - len(rows)
+            if wanted > 0:
+                rows.extend(
+                    _prediction_rows(
+                        accelerator, model, vae, batch, noise, (object_latents, mask_latent), light, wanted
+                    )
+                )
+            index += object_latents.shape[0]
+    finally:
+        model.train(was_training)
+    if not per_sample:
+        return {}
+    val_loss = float(torch.cat(per_sample).mean())
+    result = {"val_loss": val_loss}
+    if rows:
+        grid = np.concatenate(rows, axis=0)  # [rows*H, 3*W, 3] uint8
+        grid_path = Path(args.output_dir) / "validation" / f"step-{step}.png"
+        grid_path.parent.mkdir(parents=True, exist_ok=True)
+        PIL.Image.fromarray(grid).save(grid_path)
+        _log_grid(accelerator, grid, step)
+        result["grid"] = str(grid_path)
+    return result
+
+
+def _prediction_rows(accelerator, model, vae, batch, noise, conditioning, light, wanted: int) -> list[np.ndarray]:
+    """Single-step predictions from the sample's fixed noise at t = 1 (the inference regime): x0 = x1 - v(x1, 1)."""
+    object_latents, mask_latent = (c[:wanted] for c in conditioning)
+    noise, light = noise[:wanted], light[:wanted]
+    t = torch.ones(noise.shape[0], device=noise.device)
+    with accelerator.autocast():
+        velocity = model(torch.cat([noise, mask_latent, object_latents], dim=1), rf_model_timestep(t), light).sample
+    predicted = decode_shadow(vae, rf_predict_x0(noise, velocity.float(), t))  # [b,1,H,W] in [0,1]
+    if "object_image" in batch:
+        objects = (batch["object_image"][:wanted].float() + 1.0) / 2.0  # [b,3,H,W] in [0,1]
+        truth = batch["shadow_map"][:wanted].float()
+    else:  # cached latents: show what the VAE reconstructs
+        objects = _decode_rgb(vae, object_latents)
+        truth = decode_shadow(vae, batch["shadow_latents"][:wanted].to(noise.device))
+    tiles = [objects.cpu(), predicted.cpu().expand(-1, 3, -1, -1), truth.cpu().expand(-1, 3, -1, -1)]
+    strip = torch.cat(tiles, dim=3).clamp(0, 1)  # [b,3,H,3W]
+    return [(s.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for s in strip]
+
+
+def _decode_rgb(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift).sample
+    return ((decoded.float() + 1.0) / 2.0).clamp(0, 1)
+
+
+def _log_grid(accelerator: Accelerator, grid: np.ndarray, step: int) -> None:
+    caption = "object | single-step prediction | ground truth"
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image("validation", grid, step, dataformats="HWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({"validation": [wandb.Image(grid, caption=caption)]}, step=step)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 8. Saving: checkpoints (all processes), pipelines (main process)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint records besides accelerate's state; written as checkpoint-N/training_state.json."""
+
+    global_step: int = 0
+    seed: int = 0
+    resolution: int = 0
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    nan_steps_total: int = 0
+    consecutive_nan_steps: int = 0
+    losses: list = field(default_factory=list)  # per optimizer step of this process's run (not saved)
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "losses"}
+
+
+def save_checkpoint(accelerator: Accelerator, args, state: TrainingState) -> Path:
+    """accelerate save_state into a hidden temporary folder, then renamed to checkpoint-N: a checkpoint-N folder is
+    always complete. Then `latest` is moved onto it and old checkpoints are rotated (main process only)."""
+    output_dir = Path(args.output_dir)
+    name = f"checkpoint-{state.global_step}"
+    final_path, temporary = output_dir / name, output_dir / f".{name}.tmp"
+    if accelerator.is_main_process and temporary.exists():
+        shutil.rmtree(temporary)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (temporary / TRAINING_STATE_FILE).write_text(json.dumps(state.to_json(), indent=2) + "\n")
+        if final_path.exists():
+            shutil.rmtree(final_path)
+        os.replace(temporary, final_path)
+        update_latest_link(output_dir, name)
+        removed = rotate_checkpoints(output_dir, args.checkpoints_total_limit)
+        logger.info(
+            "Saved checkpoint %s%s", final_path, f" (removed {', '.join(p.name for p in removed)})" if removed else ""
+        )
+    accelerator.wait_for_everyone()
+    return final_path
+
+
+def save_pipeline(accelerator: Accelerator, args, models: Models, unet, folder: str) -> Path:
+    """The full ShadowPipeline with the training resolution as its processing resolution (main process only).
+    Written beside the target and swapped in, so an interrupted save never destroys the previous copy."""
+    output_dir = Path(args.output_dir)
+    target, temporary, old = output_dir / folder, output_dir / f".{folder}.tmp", output_dir / f".{folder}.old"
+    for path in (temporary, old):
+        if path.exists():
+            shutil.rmtree(path)
+    pipe = ShadowPipeline(
+        unet=unwrap(accelerator, unet),
+        vae=models.vae,
+        scheduler=models.scheduler,
+        default_processing_resolution=args.resolution,
+    )
+    pipe.save_pretrained(temporary)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(temporary, target)
+    if old.exists():
+        shutil.rmtree(old)
+    return target
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 9. The training loop
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def run_validation(args, accelerator, models, unet, val_loader, state: TrainingState) -> None:
+    """Validation + `best/` (main process only); once per optimizer step, never per micro-batch."""
+    if val_loader is None or not accelerator.is_main_process:
+        return
+    result = validate(args, accelerator, unet, models.vae, val_loader, state.global_step)
+    if not result:
+        return
+    val_loss = result["val_loss"]
+    accelerator.log({"val_loss": val_loss}, step=state.global_step)
+    improved = state.best_val_loss is None or val_loss < state.best_val_loss
+    logger.info("step %d: validation loss %.6f%s", state.global_step, val_loss, " (best so far)" if improved else "")
+    if improved:
+        state.best_val_loss, state.best_step = val_loss, state.global_step
+        path = save_pipeline(accelerator, args, models, unet, BEST_DIR)
+        (path / "best.json").write_text(json.dumps({"step": state.global_step, "val_loss": val_loss}) + "\n")
+
+
+def train(args, accelerator, models, unet, optimizer, lr_scheduler, train_loader, val_loader, state) -> TrainingState:
+    num_update_steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    num_epochs = math.ceil(args.max_train_steps / num_update_steps_per_epoch)
+    first_epoch = state.global_step // num_update_steps_per_epoch
+    resume_batches = (state.global_step % num_update_steps_per_epoch) * args.gradient_accumulation_steps
+    progress = tqdm(
+        range(args.max_train_steps),
+        initial=state.global_step,
+        desc="Steps",
+        disable=not accelerator.is_local_main_process,
+    )
+    inject_nan = set(args.debug_inject_nan_at_step)
+    logged_losses: list[float] = []
+    micro_losses, micro_ids = [], []
+    micro_step = 0
+    if state.global_step >= args.max_train_steps:
+        logger.info("Already at step %d of %d: nothing to train.", state.global_step, args.max_train_steps)
+        num_epochs = first_epoch  # skip the loop
+    for epoch in range(first_epoch, num_epochs):
+        train_loader.set_epoch(epoch)  # the data order: accelerate's seedable sampler
+        dataset_loading.set_epoch(train_loader, epoch)  # the flips: a function of (seed, epoch, sample)
+        loader = train_loader
+        if epoch == first_epoch and resume_batches:
+            loader = accelerator.skip_first_batches(train_loader, resume_batches)
+        for batch in loader:
+            step = state.global_step + 1  # the optimizer step this micro-batch contributes to
+            with accelerator.accumulate(unet):
+                seed = micro_batch_seed(state.seed, step, micro_step, accelerator.process_index)
+                generator = torch.Generator(accelerator.device).manual_seed(seed)
+                loss = training_loss(args, unet, models.vae, batch, generator, accelerator.device)
+                if step in inject_nan:
+                    loss = loss * float("nan")
+                micro_losses.append(loss.detach())
+                micro_ids.extend(batch.get("id", []))
+                accelerator.backward(loss)
+                micro_step += 1
+                outcome = None
+                if accelerator.sync_gradients:
+                    outcome = optimizer_step(accelerator, unet, optimizer, lr_scheduler, args, micro_losses, micro_ids)
+                optimizer.zero_grad(set_to_none=True)
+            if outcome is None:
+                continue
+            micro_losses, micro_ids, micro_step = [], [], 0
+            state.global_step += 1
+            progress.update(1)
+            state.losses.append(outcome.loss if outcome.applied else float("nan"))
+            lr = lr_scheduler.get_last_lr()[0]
+            if outcome.applied:
+                state.consecutive_nan_steps = 0
+                logged_losses.append(outcome.loss)
+                progress.set_postfix(loss=f"{outcome.loss:.4f}", lr=f"{lr:.2e}")
+            else:
+                _record_nan_step(args, state, outcome)
+            if state.global_step % args.logging_steps == 0 and logged_losses:
+                mean_loss = float(np.mean(logged_losses))
+                logger.info("step %d: loss %.6f, lr %.3e", state.global_step, mean_loss, lr)
+                accelerator.log({"train_loss": mean_loss, "lr": lr}, step=state.global_step)
+                logged_losses = []
+            if state.global_step % args.validation_steps == 0:
+                run_validation(args, accelerator, models, unet, val_loader, state)
+            if state.global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, args, state)
+            if state.global_step >= args.max_train_steps:
+                break
+        if state.global_step >= args.max_train_steps:
+            break
+    progress.close()
+    if state.global_step % args.validation_steps:  # the end of training gets a validation too
+        run_validation(args, accelerator, models, unet, val_loader, state)
+    return state
+
+
+def _record_nan_step(args, state: TrainingState, outcome: StepOutcome) -> None:
+    state.nan_steps_total += 1
+    state.consecutive_nan_steps += 1
+    logger.warning(
+        "step %d: non-finite %s (loss %s, grad norm %s): optimizer step skipped, weights unchanged "
+        "(%d in a row, %d in total). Sample ids: %s",
+        state.global_step,
+        outcome.reason,
+        outcome.loss,
+        outcome.grad_norm,
+        state.consecutive_nan_steps,
+        state.nan_steps_total,
+        outcome.ids,
+    )
+    if state.consecutive_nan_steps >= args.max_nan_steps:
+        message = (
+            f"Stopping: {state.consecutive_nan_steps} optimizer steps in a row had a non-finite loss or gradient "
+            f"(--max_nan_steps {args.max_nan_steps}), the last at step {state.global_step}. The weights were not "
+            f"updated by those steps; the last checkpoint in {args.output_dir} is intact. Try a lower "
+            "--learning_rate, --mixed_precision bf16 instead of fp16, --vae_precision fp32, or check the logged "
+            "sample ids for broken data."
+        )
+        logger.error(message)
+        raise NonFiniteLossError(message)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 10. main
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> TrainingState:
+    args = parse_args(argv)
+    validate_args(args)
+    args.mixed_precision = resolve_mixed_precision(args.mixed_precision)
+    resume_dir = resolve_resume_checkpoint(args)
+    args.seed = resolve_seed(args, resume_dir)
+    accelerator = build_accelerator(args)
+    with training_log(args, accelerator):
+        try:
+            return _run(args, accelerator, resume_dir)
+        finally:
+            accelerator.end_training()
+
+
+def _run(args, accelerator: Accelerator, resume_dir: Path | None) -> TrainingState:
+    logger.info(accelerator.state, main_process_only=False)
+    accelerate_set_seed(args.seed)  # model construction (the light projection's first layer) is reproducible too
+    models = build_models(args, accelerator)
+    train_loader, val_loader = build_data(args, accelerator, models.vae)
+    if args.max_train_steps is None:
+        batches_per_process = math.ceil(len(train_loader) / accelerator.num_processes)
+        per_epoch = math.ceil(batches_per_process / args.gradient_accumulation_steps)
+        args.max_train_steps = args.num_train_epochs * per_epoch
+    write_training_config(args, accelerator)
+    optimizer, lr_scheduler = build_optimizer(args, models.unet, accelerator)
+    unet, optimizer, train_loader = accelerator.prepare(models.unet, optimizer, train_loader)
+    accelerator.register_for_checkpointing(lr_scheduler)
+    register_checkpoint_hooks(accelerator)
+    if accelerator.is_main_process:
+        tracker_config = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()}
+        accelerator.init_trackers(args.tracker_project_name, config=tracker_config)
+
+    state = TrainingState(seed=args.seed, resolution=args.resolution)
+    if resume_dir is not None:
+        logger.info("Resuming from %s", resume_dir)
+        accelerator.load_state(str(resume_dir))
+        recorded = read_training_state(resume_dir)
+        state = TrainingState(**{**recorded, "seed": args.seed, "resolution": args.resolution})
+        newer = [p.name for p in list_checkpoints(args.output_dir) if _step_of(p) > state.global_step]
+        if newer:
+            logger.warning("Checkpoints newer than the resumed one will be overwritten: %s", ", ".join(newer))
+    elif args.resume_from_checkpoint:
+        logger.info("No checkpoint found in %s: starting a new run.", args.output_dir)
+
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info("***** Running training *****")
+    logger.info("  Batches per epoch (this process) = %d", len(train_loader))
+    logger.info("  Batch per device = %d, total batch = %d", args.train_batch_size, total_batch)
+    logger.info(
+        "  Optimizer steps = %d (starting at %d), seed = %d", args.max_train_steps, state.global_step, args.seed
+    )
+    state = train(args, accelerator, models, unet, optimizer, lr_scheduler, train_loader, val_loader, state)
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        path = save_pipeline(accelerator, args, models, unet, FINAL_DIR)
+        logger.info("Saved the final pipeline to %s (processing resolution %d)", path, args.resolution)
+    accelerator.wait_for_everyone()
+    return state
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(CHECKPOINT_PATTERN.match(checkpoint.name).group(1))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ConfigurationError as error:
+        print(f"train_shadow_sdxl.py: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except NonFiniteLossError:
+        sys.exit(1)  # already logged, with the reason, to the console and training.log
