@@ -2,8 +2,9 @@
 """Writes a randomly initialised SDXL-format model folder (model_index.json, unet/, vae/, scheduler/).
 
 `--size tiny` keeps SDXL's block types WITH text cross-attention and text_time conditioning, only with far fewer
-channels, so `ShadowPipeline.from_sdxl` exercises the real conversion offline in seconds. `--size full` builds the
-real SDXL architecture (random weights, no download) for GPU memory and speed measurements.
+channels, so `ShadowPipeline.from_sdxl` exercises the real conversion offline in seconds. `--size small` is the
+embedded demo model's starting point (pass `--vae` to use a trained small VAE). `--size full` builds the real SDXL
+architecture (random weights, no download) for GPU memory and speed measurements.
 
     python random_sdxl.py --size tiny --output_dir /tmp/tiny-sdxl
 """
@@ -114,12 +115,28 @@ TINY_VAE_OVERRIDES = {
 }
 
 
+# The embedded demo model (README "The embedded default"): same block types, 64/128/128 channels, 6.5 M parameters
+# after conversion, at 128 px (16x16 latents); its VAE has 32/64/64/64 channels.
+SMALL_UNET_OVERRIDES = {**TINY_UNET_OVERRIDES, "attention_head_dim": [4, 8, 8], "block_out_channels": [64, 128, 128]}
+SMALL_VAE_OVERRIDES = {"block_out_channels": [32, 64, 64, 64], "layers_per_block": 1, "norm_num_groups": 16}
+SIZES = ("tiny", "small", "full")
+_UNET_OVERRIDES = {"tiny": TINY_UNET_OVERRIDES, "small": SMALL_UNET_OVERRIDES, "full": {}}
+_VAE_OVERRIDES = {"tiny": TINY_VAE_OVERRIDES, "small": {**SMALL_VAE_OVERRIDES, "sample_size": 128}, "full": {}}
+
+
+def _check_size(size: str) -> None:
+    if size not in SIZES:
+        raise ValueError(f"`size` must be one of {', '.join(SIZES)}, got {size!r}.")
+
+
 def unet_config(size: str = "tiny") -> dict:
-    return {**SDXL_UNET_CONFIG, **(TINY_UNET_OVERRIDES if size == "tiny" else {})}
+    _check_size(size)
+    return {**SDXL_UNET_CONFIG, **_UNET_OVERRIDES[size]}
 
 
 def vae_config(size: str = "tiny") -> dict:
-    return {**SDXL_VAE_CONFIG, **(TINY_VAE_OVERRIDES if size == "tiny" else {})}
+    _check_size(size)
+    return {**SDXL_VAE_CONFIG, **_VAE_OVERRIDES[size]}
 
 
 def random_unet(size: str = "tiny", seed: int = 0) -> UNet2DConditionModel:
@@ -132,14 +149,13 @@ def random_vae(size: str = "tiny", seed: int = 0) -> AutoencoderKL:
     return AutoencoderKL.from_config(vae_config(size))
 
 
-def save_random_sdxl(output_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+def save_random_sdxl(output_dir: str | Path, size: str = "tiny", seed: int = 0, vae: str | Path | None = None) -> Path:
     """Writes the standard diffusers SDXL folder layout with random weights (text encoders are not written: the shadow
-    model never loads them)."""
-    if size not in ("tiny", "full"):
-        raise ValueError(f"`size` must be 'tiny' or 'full', got {size!r}.")
+    model never loads them). `vae`: a trained AutoencoderKL folder to put in `vae/` instead of a random one."""
+    _check_size(size)
     output_dir = Path(output_dir)
     random_unet(size, seed).save_pretrained(output_dir / "unet")
-    random_vae(size, seed + 1).save_pretrained(output_dir / "vae")
+    (AutoencoderKL.from_pretrained(vae) if vae else random_vae(size, seed + 1)).save_pretrained(output_dir / "vae")
     EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG).save_pretrained(output_dir / "scheduler")
     model_index = {
         "_class_name": "StableDiffusionXLPipeline",
@@ -160,10 +176,11 @@ def save_random_sdxl(output_dir: str | Path, size: str = "tiny", seed: int = 0) 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--size", choices=["tiny", "full"], default="tiny")
+    parser.add_argument("--size", choices=SIZES, default="tiny")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vae", default=None, help="A trained AutoencoderKL folder for vae/ (default: random).")
     args = parser.parse_args()
-    print(save_random_sdxl(args.output_dir, args.size, args.seed))
+    print(save_random_sdxl(args.output_dir, args.size, args.seed, args.vae))
 
 
 if __name__ == "__main__":

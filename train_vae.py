@@ -1,0 +1,136 @@
+# Copyright 2026 The controllable-shadow-generation authors. Licensed under the Apache License, Version 2.0.
+"""Train a small AutoencoderKL for the embedded demo model (full-size work uses SDXL's own VAE).
+
+The shadow model's VAE encodes two kinds of images: object cut-outs on white and gray shadow maps (replicated to 3
+channels), and decodes shadow maps. This script trains diffusers' AutoencoderKL on exactly those, with an L1 + MSE
+reconstruction loss plus a small KL term, then sets `scaling_factor` to 1 / std of the latents (as Stable Diffusion
+did) so the latents have unit variance for the diffusion model.
+
+    python train_vae.py --data_dir renders/train --resolution 128 --output_dir small-vae --max_train_steps 3000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from tqdm.auto import tqdm
+
+from dataset_loading import create_dataloaders
+from pipeline_shadow import shadow_to_vae_input
+from random_sdxl import vae_config
+
+logger = logging.getLogger("train_vae")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", "--train_data_dir", dest="data_dir", required=True)
+    parser.add_argument("--resolution", "--image_size", dest="resolution", type=int, default=128)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--pretrained_vae_model_name_or_path", default=None, help="Start from a VAE (else random).")
+    parser.add_argument("--max_train_steps", type=int, default=3000)
+    parser.add_argument("--batch_size", "--train_batch_size", dest="batch_size", type=int, default=8)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--kl_weight", type=float, default=1e-6)
+    parser.add_argument("--num_workers", "--dataloader_num_workers", dest="num_workers", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.resolution % 8:
+        parser.error(f"--resolution must be a multiple of 8, got {args.resolution}.")
+    if args.max_train_steps < 1:
+        parser.error(f"--max_train_steps must be >= 1, got {args.max_train_steps}.")
+    return args
+
+
+def vae_loss(vae: AutoencoderKL, images: torch.Tensor, kl_weight: float, generator=None):
+    """-> (total, reconstruction) for a batch in [-1, 1]."""
+    posterior = vae.encode(images).latent_dist
+    reconstruction = vae.decode(posterior.sample(generator=generator)).sample
+    reconstruction_loss = F.l1_loss(reconstruction, images) + F.mse_loss(reconstruction, images)
+    return reconstruction_loss + kl_weight * posterior.kl().mean(), reconstruction_loss
+
+
+def training_images(batch: dict) -> torch.Tensor:
+    """Objects on white and shadow maps as 3-channel gray, both in [-1, 1]: what the shadow model encodes."""
+    return torch.cat([batch["object_image"], shadow_to_vae_input(batch["shadow_map"])], dim=0)
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae: AutoencoderKL, loader, max_batches: int = 20) -> float:
+    """1 / std of the latent means over the data, so scaled latents have unit variance."""
+    latents = [vae.encode(training_images(batch)).latent_dist.mean for _, batch in zip(range(max_batches), loader)]
+    return float(1.0 / torch.cat(latents).std())
+
+
+def main(argv=None) -> Path:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    if args.pretrained_vae_model_name_or_path:
+        vae = AutoencoderKL.from_pretrained(args.pretrained_vae_model_name_or_path)
+    else:
+        vae = AutoencoderKL.from_config({**vae_config("small"), "sample_size": args.resolution})
+    train_loader, val_loader = create_dataloaders(
+        dataset_type="custom",
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        image_size=args.resolution,
+        val_fraction=0.05,
+        seed=args.seed,
+        random_flip=True,
+    )
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, args.max_train_steps) / args.max_train_steps))
+    )
+    generator = torch.Generator().manual_seed(args.seed)
+    progress = tqdm(total=args.max_train_steps, desc="vae")
+    step, history = 0, []
+    vae.train()
+    while step < args.max_train_steps:
+        for batch in train_loader:
+            loss, reconstruction = vae_loss(vae, training_images(batch), args.kl_weight, generator)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"Non-finite VAE loss at step {step} (batch {batch['id']}); lower --learning_rate.")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            step += 1
+            history.append(reconstruction.item())
+            progress.update(1)
+            progress.set_postfix(rec=f"{history[-1]:.4f}")
+            if step >= args.max_train_steps:
+                break
+    vae.eval()
+    with torch.no_grad():
+        eval_loader = val_loader if val_loader is not None else train_loader
+        val_losses = [float(vae_loss(vae, training_images(b), args.kl_weight, generator)[1]) for b in eval_loader]
+        scaling = latent_scaling_factor(vae, train_loader)
+    vae.register_to_config(scaling_factor=scaling, force_upcast=False)
+    output_dir = Path(args.output_dir)
+    vae.save_pretrained(output_dir)
+    summary = {
+        "steps": step,
+        "first_10_reconstruction": sum(history[:10]) / len(history[:10]),
+        "last_10_reconstruction": sum(history[-10:]) / len(history[-10:]),
+        "validation_reconstruction": sum(val_losses) / max(1, len(val_losses)),
+        "scaling_factor": scaling,
+        "args": vars(args),
+    }
+    (output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
+    logger.info("Saved the VAE to %s: %s", output_dir, {k: v for k, v in summary.items() if k != "args"})
+    return output_dir
+
+
+if __name__ == "__main__":
+    main()
