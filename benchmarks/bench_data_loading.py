@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -31,17 +29,12 @@ from data_factory import make_custom_dataset  # noqa: E402
 from dataset_loading import LatentCacheSpec, create_dataloaders  # noqa: E402
 from random_sdxl import random_vae  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import cpu_description  # noqa: E402
+
 
 def machine_description() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}"
+    return f"{cpu_description()}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 def samples_per_second(loader, epochs: int) -> float:

@@ -12,7 +12,6 @@ random_sdxl.py (random weights, no download).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -32,6 +31,9 @@ from pipeline_shadow import (  # noqa: E402
     encode_latents,
 )
 from random_sdxl import random_unet, vae_config  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import cpu_model  # noqa: E402
 
 
 def build_pipeline(size: str, device: str, dtype: torch.dtype) -> ShadowPipeline:
@@ -96,8 +98,10 @@ def main(argv=None):
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
     pipe = build_pipeline(args.size, args.device, dtype)
-    hardware = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "CPU"
-    print(f"# {hardware}, torch {torch.__version__}, {args.size} model, {dtype_name}, batch 1, median of {args.repeats}")
+    hardware = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_model()
+    print(
+        f"# {hardware}, torch {torch.__version__}, {args.size} model, {dtype_name}, batch 1, median of {args.repeats}"
+    )
     print("| resolution | naive (encode+UNet+decode) ms | ShadowPipeline end to end ms | overhead |")
     print("|---|---|---|---|")
     rows = []

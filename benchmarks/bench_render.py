@@ -18,7 +18,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,17 +29,12 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import render_shadow_dataset as rsd  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import cpu_description  # noqa: E402
+
 
 def machine_description() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return cpu_description()
 
 
 def bench(resolution: int, denoise: bool, args, output_dir: Path) -> dict:
