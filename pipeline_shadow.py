@@ -11,6 +11,7 @@ the renderer share (value ranges, white background, mask and shadow encoding, li
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import logging
@@ -50,6 +51,16 @@ LATENT_CHANNELS = 4
 MASK_CHANNELS = 1
 UNET_IN_CHANNELS = LATENT_CHANNELS + MASK_CHANNELS + LATENT_CHANNELS  # [z_t, z_m, z_o]
 LIGHT_EMBEDDING_DIM = 256  # per light parameter, as SDXL's timestep embedding
+
+# LoRA (train_shadow_sdxl.py --use_lora): peft adapters on every transformer block's attention and feed-forward
+# layers; conv_in (new zero input channels) and the light projection (zero last layer) train fully beside them, since
+# neither starts from an SDXL weight that a low-rank delta could adapt (DESIGN.md §3). Names inside the stock UNet.
+LORA_SUBFOLDER = "unet_lora"  # inside a saved pipeline folder
+LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
+LORA_FULLY_TRAINED_MODULES = ("conv_in", "class_embedding")
+LORA_ADAPTER_WEIGHTS = "adapter_model.safetensors"  # peft's own file name, beside its adapter_config.json
+LORA_FULL_WEIGHTS = "fully_trained_modules.safetensors"
+LORA_INFO = "shadow_lora.json"
 
 # Fill values used when padding to the processing shape, in each tensor's own [0, 1] range.
 OBJECT_FILL = 1.0  # white, like the background outside the mask
@@ -760,6 +771,66 @@ class ShadowPipeline(DiffusionPipeline):
                 commit_message=kwargs.get("commit_message", "Upload ShadowPipeline"),
             )
 
+    # ----- speed ---------------------------------------------------------------------------------------------------
+
+    def enable_fast_inference(self, mode: str | None = "max-autotune", backend: str = "inductor", channels_last=None):
+        """Compiles the UNet and the VAE's encoder and decoder with `torch.compile` (channels_last memory format on
+        CUDA, where it pays once compiled but hurts in eager mode, DESIGN.md §6). The first call at each new shape pays
+        the compilation (minutes for the full-size model, see BENCHMARKS.md); later calls are fast. Outputs match the
+        plain pipeline within the dtype's tolerance. `mode="max-autotune"` also captures CUDA graphs, so keep the
+        processing size fixed (a light slider re-running `pipe(object_latents=..., ...)` does)."""
+        if channels_last is None:
+            channels_last = self._execution_device.type == "cuda"
+        if channels_last:
+            for module in (self.unet, self.vae):
+                module.to(memory_format=torch.channels_last)
+        self.unet.unet = torch.compile(self.unet.unet, mode=mode, backend=backend, fullgraph=True)
+        self.vae.encoder = torch.compile(self.vae.encoder, mode=mode, backend=backend)
+        self.vae.decoder = torch.compile(self.vae.decoder, mode=mode, backend=backend)
+        return self
+
+    def load_lora_weights(
+        self,
+        pretrained_model_name_or_path: str | os.PathLike,
+        subfolder: str | None = None,
+        fuse: bool = False,
+        **kwargs,
+    ) -> ShadowPipeline:
+        """Loads a LoRA saved by `train_shadow_sdxl.py --use_lora` onto this pipeline, which must be the converted base
+        it was trained from (`ShadowPipeline.from_sdxl(base)`). Accepts the `unet_lora/` folder itself, or a folder or
+        Hub repo that holds one. Replaces conv_in and the light projection with their fully trained copies and sets
+        the training resolution. `fuse=True` merges the adapter into the weights (see `fuse_lora`). Needs peft.
+
+            pipe = ShadowPipeline.from_sdxl("stabilityai/stable-diffusion-xl-base-1.0")
+            pipe.load_lora_weights("checkpoints/final/unet_lora")
+        """
+        from peft import LoraConfig  # optional dependency, only for LoRA
+
+        if getattr(self.unet.unet, "_hf_peft_config_loaded", False):
+            raise ValueError(
+                "This pipeline's UNet already carries a LoRA: load the adapter onto a fresh base pipeline."
+            )
+        folder = _lora_folder(pretrained_model_name_or_path, subfolder, **kwargs)
+        self.unet.unet.add_adapter(LoraConfig.from_pretrained(str(folder)))
+        load_lora_state(self.unet, folder)
+        info_path = folder / LORA_INFO
+        resolution = (
+            json.loads(info_path.read_text()).get("default_processing_resolution") if info_path.is_file() else None
+        )
+        if resolution:
+            self.register_to_config(default_processing_resolution=int(resolution))
+        if fuse:
+            self.fuse_lora()
+        return self
+
+    def fuse_lora(self) -> None:
+        """Merges the loaded LoRA into the UNet's weights and removes the adapter layers: the pipeline is then a plain
+        ShadowPipeline (same outputs up to float rounding) that `save_pretrained` writes as a full model."""
+        if not getattr(self.unet.unet, "_hf_peft_config_loaded", False):
+            raise ValueError("No LoRA is loaded: call `load_lora_weights` first.")
+        self.unet.unet.fuse_lora()
+        self.unet.unet.unload_lora()
+
     # ----- defaults and checks -------------------------------------------------------------------------------------
 
     @property
@@ -1001,6 +1072,87 @@ class _VaeUpcast:
     def __exit__(self, *exc):
         self.vae.to(torch.float16)
         return False
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 6. LoRA files: one writer (training) and one reader (training resume, `ShadowPipeline.load_lora_weights`).
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def save_lora_state(
+    unet: ShadowUNet,
+    folder: str | os.PathLike,
+    base_model: str | None = None,
+    default_processing_resolution: int | None = None,
+) -> Path:
+    """Writes the LoRA that `unet.unet.add_adapter` added in peft's format (adapter_config.json and
+    adapter_model.safetensors), the modules trained fully beside it (fully_trained_modules.safetensors) and
+    shadow_lora.json (base model, training resolution): what rebuilds the trained UNet on top of its converted base."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    inner = unet.unet
+    config = copy.copy(inner.peft_config["default"])
+    config.base_model_name_or_path = base_model
+    config.save_pretrained(str(folder))
+    adapter = get_peft_model_state_dict(inner)
+    save_file({k: v.detach().cpu().contiguous() for k, v in adapter.items()}, str(folder / LORA_ADAPTER_WEIGHTS))
+    full = {
+        k: v.detach().cpu().contiguous()
+        for k, v in inner.state_dict().items()
+        if k.split(".")[0] in LORA_FULLY_TRAINED_MODULES
+    }
+    save_file(full, str(folder / LORA_FULL_WEIGHTS))
+    info = {
+        "base_model": base_model,
+        "default_processing_resolution": default_processing_resolution,
+        "lora_target_modules": list(LORA_TARGET_MODULES),
+        "fully_trained_modules": list(LORA_FULLY_TRAINED_MODULES),
+    }
+    (folder / LORA_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    return folder
+
+
+def load_lora_state(unet: ShadowUNet, folder: str | os.PathLike) -> None:
+    """Loads the adapter weights and the fully trained modules of a `save_lora_state` folder into `unet`, which must
+    already carry an adapter with the same configuration. Raises ValueError naming any weight that does not fit."""
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    inner = unet.unet
+    result = set_peft_model_state_dict(inner, load_file(str(folder / LORA_ADAPTER_WEIGHTS)))
+    unexpected = list(getattr(result, "unexpected_keys", []))
+    missing = [k for k in getattr(result, "missing_keys", []) if ".lora_" in k]
+    if unexpected or missing:
+        raise ValueError(
+            f"The LoRA in {folder} does not fit this UNet: unexpected {unexpected[:3]}, missing {missing[:3]} "
+            f"({len(unexpected)} and {len(missing)} in all). Was it trained on another base model?"
+        )
+    full = load_file(str(folder / LORA_FULL_WEIGHTS))
+    own = inner.state_dict()
+    wrong = [k for k, v in full.items() if k not in own or own[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"{folder / LORA_FULL_WEIGHTS} does not fit this UNet: {wrong[:3]} (shape or name).")
+    inner.load_state_dict(full, strict=False)
+
+
+def _lora_folder(name_or_path: str | os.PathLike, subfolder: str | None, **kwargs) -> Path:
+    path = Path(name_or_path)
+    if path.is_dir():
+        candidates = [path / subfolder] if subfolder else [path, path / LORA_SUBFOLDER]
+        for candidate in candidates:
+            if (candidate / "adapter_config.json").is_file():
+                return candidate
+        raise ValueError(f"No LoRA (adapter_config.json) in {' or '.join(str(c) for c in candidates)}.")
+    from huggingface_hub import snapshot_download
+
+    subfolder = subfolder or LORA_SUBFOLDER
+    hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
+    local = snapshot_download(str(name_or_path), allow_patterns=[f"{subfolder}/*"], **hub_kwargs)
+    return Path(local) / subfolder
 
 
 ShadowPipeline.__call__.__doc__ = (ShadowPipeline.__call__.__doc__ or "") + EXAMPLE_DOC_STRING

@@ -74,13 +74,32 @@ def naive_step(pipe: ShadowPipeline, resolution: int, device: str, dtype: torch.
     return run
 
 
-def pipeline_call(pipe: ShadowPipeline, resolution: int):
+def _cutout(resolution: int) -> PIL.Image.Image:
     rgba = np.zeros((resolution, resolution, 4), np.uint8)
     rgba[resolution // 4 : 3 * resolution // 4, resolution // 3 : 2 * resolution // 3] = [180, 90, 60, 255]
-    cutout = PIL.Image.fromarray(rgba, "RGBA")
+    return PIL.Image.fromarray(rgba, "RGBA")
+
+
+def pipeline_call(pipe: ShadowPipeline, resolution: int, output_type: str = "pil"):
+    cutout = _cutout(resolution)
 
     def run():
-        return pipe(cutout, theta=30.0, phi=0.0, size=2.0, height=resolution, width=resolution).shadow_maps
+        generator = torch.Generator().manual_seed(0)
+        return pipe(
+            cutout, theta=30.0, phi=0.0, size=2.0, height=resolution, width=resolution, generator=generator,
+            output_type=output_type,
+        ).shadow_maps  # fmt: skip
+
+    return run
+
+
+def slider_call(pipe: ShadowPipeline, resolution: int):
+    """Re-lighting an object already encoded: the UNet and the decoder only (a light slider)."""
+    prepared = pipe.encode_object(_cutout(resolution), height=resolution, width=resolution)
+    phis = iter(range(10**9))
+
+    def run():
+        return pipe(object_latents=prepared, theta=30.0, phi=float(next(phis) % 360), size=2.0).shadow_maps
 
     return run
 
@@ -92,6 +111,9 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default=None, help="Default: bf16 on GPU, fp32 on CPU.")
+    parser.add_argument("--fast", action="store_true", help="Also time enable_fast_inference() (torch.compile).")
+    parser.add_argument("--compile_mode", default="max-autotune", help="torch.compile mode for --fast.")
+    parser.add_argument("--compile_backend", default="inductor", help="torch.compile backend for --fast.")
     args = parser.parse_args(argv)
     dtype_name = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
     dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
@@ -102,14 +124,31 @@ def main(argv=None):
     print(
         f"# {hardware}, torch {torch.__version__}, {args.size} model, {dtype_name}, batch 1, median of {args.repeats}"
     )
-    print("| resolution | naive (encode+UNet+decode) ms | ShadowPipeline end to end ms | overhead |")
+    print("| resolution | naive (encode+UNet+decode) ms | ShadowPipeline end to end ms | slider (UNet+decode) ms |")
     print("|---|---|---|---|")
     rows = []
     for resolution in args.resolutions:
         naive = statistics.median(timed(naive_step(pipe, resolution, args.device, dtype), args.repeats, args.device))
         ours = statistics.median(timed(pipeline_call(pipe, resolution), args.repeats, args.device))
-        rows.append((resolution, naive, ours))
-        print(f"| {resolution}² | {naive:.1f} | {ours:.1f} | {ours / naive - 1:+.0%} |")
+        slider = statistics.median(timed(slider_call(pipe, resolution), args.repeats, args.device))
+        rows.append({"resolution": resolution, "naive_ms": naive, "pipeline_ms": ours, "slider_ms": slider})
+        print(f"| {resolution}² | {naive:.1f} | {ours:.1f} | {slider:.1f} |")
+    if args.fast:
+        reference = {r: pipeline_call(pipe, r, "pt")() for r in args.resolutions}
+        pipe.enable_fast_inference(mode=args.compile_mode, backend=args.compile_backend)
+        print(f"\n# enable_fast_inference(mode={args.compile_mode!r}, backend={args.compile_backend!r})")
+        print("| resolution | first call (compile) s | end to end ms | slider ms | max abs diff vs plain |")
+        print("|---|---|---|---|---|")
+        for row in rows:
+            resolution = row["resolution"]
+            start = time.perf_counter()
+            fast_maps = pipeline_call(pipe, resolution, "pt")()
+            compile_s = time.perf_counter() - start
+            ours = statistics.median(timed(pipeline_call(pipe, resolution), args.repeats, args.device))
+            slider = statistics.median(timed(slider_call(pipe, resolution), args.repeats, args.device))
+            difference = float((fast_maps - reference[resolution]).abs().max())
+            row.update(fast_compile_s=compile_s, fast_pipeline_ms=ours, fast_slider_ms=slider, fast_max_diff=difference)
+            print(f"| {resolution}² | {compile_s:.1f} | {ours:.1f} | {slider:.1f} | {difference:.2e} |")
     return rows
 
 

@@ -14,6 +14,9 @@ def _load(name):
 
 
 def test_inference_benchmark_runs_tiny(capsys):
-    rows = _load("bench_inference").main(["--size", "tiny", "--resolutions", "64", "--repeats", "1", "--device", "cpu"])
-    assert len(rows) == 1 and rows[0][0] == 64 and rows[0][1] > 0 and rows[0][2] > 0
+    argv = ["--size", "tiny", "--resolutions", "64", "--repeats", "1", "--device", "cpu", "--fast",
+            "--compile_mode", "default", "--compile_backend", "eager"]  # fmt: skip
+    (row,) = _load("bench_inference").main(argv)
+    assert row["resolution"] == 64 and min(row["naive_ms"], row["pipeline_ms"], row["slider_ms"]) > 0
+    assert row["fast_max_diff"] < 1e-5  # the compiled path computes the same maps
     assert "| 64² |" in capsys.readouterr().out

@@ -452,3 +452,19 @@ def test_trust_remote_code_loads_folder_without_the_project(tiny_pipeline, tmp_p
     result = subprocess.run([sys.executable, "-c", script], cwd=workdir, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "OK" in result.stdout
+
+
+def test_fast_inference_matches_the_plain_pipeline(tiny_pipeline):
+    """The compiled path is the same computation: here through dynamo's graph capture with the `eager` backend (an
+    inductor build of even the tiny UNet takes ~50 s on CI's CPU; `aot_eager` trips a GroupNorm contiguity check in
+    torch 2.13 on CPU); on a GPU, `inductor` with CUDA graphs (benchmarks/bench_inference.py --fast)."""
+    _activate_light(tiny_pipeline.unet)
+    image = _rgba_object()
+    plain = _call(tiny_pipeline, image, phi=30.0)
+    tiny_pipeline.enable_fast_inference(mode=None, backend="eager")
+    assert np.allclose(_call(tiny_pipeline, image, phi=30.0), plain, atol=1e-5)
+    prepared = tiny_pipeline.encode_object(image)
+    relit = tiny_pipeline(
+        object_latents=prepared, phi=30.0, generator=torch.Generator().manual_seed(0), output_type="np"
+    )
+    assert np.allclose(relit.shadow_maps, plain, atol=1e-5)
