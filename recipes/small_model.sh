@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The recipe of the embedded default model (models/shadow-small): every command that makes it, in order.
+# Run from the repository root after `make setup render-setup`. On a GPU machine accelerate uses the GPU for the
+# training steps; the renderer uses the CPU unless you add `--device OPTIX` (or CUDA).
+#
+#   DATA=data/synth128 WORK=work/small bash recipes/small_model.sh
+set -euo pipefail
+DATA=${DATA:-data/synth128}
+WORK=${WORK:-work/small}
+R=.venv-render/bin/python
+P=.venv/bin/python
+WORKERS=${WORKERS:-$(nproc)}
+
+# 1. Synthetic renders at 128 px: 800 procedural objects x 3 random lights, split BY OBJECT (10 % held out),
+#    plus the benchmark's three track designs for 10 further, unseen objects (another seed).
+$R render_shadow_dataset.py --output_dir "$DATA" --num_samples 2400 --num_objects 800 --resolution 128 --spp 32 \
+    --workers "$WORKERS" --threads 1 --test_fraction 0.1 --seed 0
+$R render_shadow_dataset.py --output_dir "$DATA-tracks" --tracks --num_objects 10 --resolution 128 --spp 32 \
+    --workers "$WORKERS" --threads 1 --format benchmark --tar --seed 1000
+$P dataset_loading.py verify "$DATA/train"
+
+# 2. The small VAE (objects on white and shadow maps), latent scale calibrated.
+$P train_vae.py --data_dir "$DATA/train" --resolution 128 --output_dir "$WORK/vae" --max_train_steps 3000 \
+    --batch_size 8 --learning_rate 1e-3
+
+# 3. A small SDXL-shaped model with that VAE, converted and trained by the project's own training script.
+$P random_sdxl.py --size small --vae "$WORK/vae" --output_dir "$WORK/small-sdxl"
+$P -m accelerate.commands.launch --num_processes 1 train_shadow_sdxl.py \
+    --pretrained_model_name_or_path "$WORK/small-sdxl" --dataset_type custom --data_dir "$DATA/train" \
+    --image_size 128 --batch_size 16 --learning_rate 3e-4 --lr_warmup_steps 200 --max_iterations 20000 \
+    --timestep_sampling shifted --random_flip --cache_latents --latent_cache_dir "$WORK/latents" \
+    --save_every 1000 --eval_every 1000 --log_every 100 --num_workers 0 --seed 0 --output_dir "$WORK/run"
+
+# 4. Held-out evaluation: the unseen-object split and the track designs.
+$P evaluate_shadow.py --model "$WORK/run/best" --dataset_type custom --data_dir "$DATA/test" --num_seeds 3 \
+    --resolution 128 --output_dir "$WORK/eval-test"
+$P evaluate_shadow.py --model "$WORK/run/best" --dataset_type benchmark --data_dir "$DATA-tracks" --num_seeds 3 \
+    --resolution 128 --output_dir "$WORK/eval-tracks"
+
+# 5. Ship: the best pipeline, with its evaluation, into models/shadow-small (<= 30 MB, safetensors).
+rm -rf models/shadow-small
+$P -c "from pipeline_shadow import ShadowPipeline; ShadowPipeline.from_pretrained('$WORK/run/best').save_pretrained('models/shadow-small')"
+cp "$WORK/eval-tracks/report.md" models/shadow-small/EVALUATION.md
+du -sh models/shadow-small
