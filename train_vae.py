@@ -39,11 +39,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch_size", "--train_batch_size", dest="batch_size", type=int, default=8)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--kl_weight", type=float, default=1e-6)
+    parser.add_argument(
+        "--crop_size",
+        type=int,
+        default=None,
+        help="Train on random square crops (the VAE is convolutional): ~4x faster at half the side.",
+    )
     parser.add_argument("--num_workers", "--dataloader_num_workers", dest="num_workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.resolution % 8:
         parser.error(f"--resolution must be a multiple of 8, got {args.resolution}.")
+    if args.crop_size is not None and (args.crop_size % 8 or not 8 <= args.crop_size <= args.resolution):
+        parser.error(f"--crop_size must be a multiple of 8 in [8, --resolution], got {args.crop_size}.")
     if args.max_train_steps < 1:
         parser.error(f"--max_train_steps must be >= 1, got {args.max_train_steps}.")
     return args
@@ -55,6 +63,13 @@ def vae_loss(vae: AutoencoderKL, images: torch.Tensor, kl_weight: float, generat
     reconstruction = vae.decode(posterior.sample(generator=generator)).sample
     reconstruction_loss = F.l1_loss(reconstruction, images) + F.mse_loss(reconstruction, images)
     return reconstruction_loss + kl_weight * posterior.kl().mean(), reconstruction_loss
+
+
+def random_crop(images: torch.Tensor, size: int | None, generator: torch.Generator) -> torch.Tensor:
+    if size is None or size >= images.shape[-1]:
+        return images
+    top, left = (int(torch.randint(0, dim - size + 1, (1,), generator=generator)) for dim in images.shape[-2:])
+    return images[..., top : top + size, left : left + size]
 
 
 def training_images(batch: dict) -> torch.Tensor:
@@ -97,7 +112,8 @@ def main(argv=None) -> Path:
     vae.train()
     while step < args.max_train_steps:
         for batch in train_loader:
-            loss, reconstruction = vae_loss(vae, training_images(batch), args.kl_weight, generator)
+            images = random_crop(training_images(batch), args.crop_size, generator)
+            loss, reconstruction = vae_loss(vae, images, args.kl_weight, generator)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"Non-finite VAE loss at step {step} (batch {batch['id']}); lower --learning_rate.")
             optimizer.zero_grad(set_to_none=True)

@@ -20,7 +20,7 @@ $R render_shadow_dataset.py --output_dir "$DATA-tracks" --tracks --num_objects 1
 $P dataset_loading.py verify "$DATA/train"
 
 # 2. The small VAE (objects on white and shadow maps), latent scale calibrated.
-$P train_vae.py --data_dir "$DATA/train" --resolution 128 --output_dir "$WORK/vae" --max_train_steps 3000 \
+$P train_vae.py --data_dir "$DATA/train" --resolution 128 --crop_size 64 --output_dir "$WORK/vae" --max_train_steps 900 \
     --batch_size 8 --learning_rate 1e-3
 
 # 3. A small SDXL-shaped model with that VAE, converted and trained by the project's own training script.

@@ -13,7 +13,7 @@ def test_short_run_learns_and_saves_a_calibrated_vae(tmp_path):
     data = make_custom_dataset(tmp_path / "data", n=8, size=32)
     output = train_vae.main(
         ["--data_dir", str(data), "--resolution", "32", "--output_dir", str(tmp_path / "vae"),
-         "--max_train_steps", "60", "--batch_size", "4", "--learning_rate", "2e-3"]
+         "--max_train_steps", "60", "--batch_size", "4", "--learning_rate", "2e-3", "--crop_size", "24"]
     )  # fmt: skip
     summary = json.loads((output / "training_summary.json").read_text())
     assert summary["steps"] == 60
