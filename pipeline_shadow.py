@@ -746,6 +746,11 @@ class ShadowPipeline(DiffusionPipeline):
         """Saves the diffusers folder plus this file at its root and in `unet/`, and records the custom classes in
         model_index.json, so `DiffusionPipeline.from_pretrained(folder_or_repo, trust_remote_code=True)` needs no
         other code. This folder is what `push_to_hub` uploads."""
+        if getattr(self.unet.unet, "_hf_peft_config_loaded", False):
+            raise ValueError(
+                "The UNet carries an unfused LoRA, which the saved folder could not load: call `fuse_lora()` first, "
+                "or share the adapter folder it came from."
+            )
         push_to_hub = kwargs.pop("push_to_hub", False)
         super().save_pretrained(save_directory, **kwargs)
         save_directory = Path(save_directory)

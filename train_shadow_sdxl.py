@@ -18,7 +18,12 @@ project's training guide (`--image_size`, `--batch_size`, ...) are aliases. Ever
                            + training_state.json (step, seed, best validation loss, NaN counters)
     latest -> checkpoint-N a symlink to the newest complete checkpoint, replaced atomically
     best/                  the full ShadowPipeline with the lowest validation loss so far
-    final/                 the full ShadowPipeline at the end of training
+    final/                 the full ShadowPipeline at the end of training, with a model card (README.md) and the
+                           last validation grid; `--push_to_hub` uploads this folder
+
+With `--use_lora` a checkpoint holds unet_lora/ (the adapter and the fully trained conv_in and light projection)
+instead of unet/, and best/ and final/ hold the merged pipeline plus the adapter in unet_lora/. With `--use_ema` a
+checkpoint also holds unet_ema/ (the EMA weights and counters), and validation, best/ and final/ use the EMA weights.
 
 Resume with `--resume_from_checkpoint latest` (or a checkpoint path, or the `latest` link itself).
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import logging
 import math
@@ -42,12 +48,14 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import PIL.PngImagePlugin
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
 from accelerate.utils import (
     DataLoaderConfiguration,
+    DistributedType,
     ProjectConfiguration,
     broadcast_object_list,
     gather_object,
@@ -56,23 +64,29 @@ from accelerate.utils import (
 from accelerate.utils import set_seed as accelerate_set_seed
 from diffusers import AutoencoderKL, DiffusionPipeline
 from diffusers.optimization import SchedulerType, get_scheduler
+from diffusers.training_utils import EMAModel
 from diffusers.utils.torch_utils import is_compiled_module
 from tqdm.auto import tqdm
 
 import dataset_loading
 from pipeline_shadow import (
     LIGHT_KEYS,
+    LORA_FULLY_TRAINED_MODULES,
+    LORA_SUBFOLDER,
+    LORA_TARGET_MODULES,
     TIMESTEP_SAMPLING_CHOICES,
     ShadowPipeline,
     ShadowUNet,
     decode_shadow,
     encode_latents,
+    load_lora_state,
     mask_to_latent,
     rf_interpolate,
     rf_model_timestep,
     rf_predict_x0,
     rf_velocity,
     sample_timesteps,
+    save_lora_state,
     shadow_to_vae_input,
 )
 
@@ -91,6 +105,12 @@ FINAL_DIR = "final"
 TRAINING_STATE_FILE = "training_state.json"
 TRAINING_CONFIG_FILE = "training_config.json"
 TRAINING_LOG_FILE = "training.log"
+EMA_DIR = "unet_ema"  # in a checkpoint: the EMA weights (diffusion_pytorch_model.safetensors) and its counters
+EMA_STATE_FILE = "ema_state.json"
+MODEL_CARD_TAGS = ["shadow-generation", "diffusers", "rectified-flow", "sdxl"]
+SECRET_ARGS = ("hub_token",)  # never written to training_config.json, trackers or the model card
+GRID_COLUMNS = "object | single-step prediction | ground truth"  # a validation grid row
+GRID_INFO_KEY = "shadow_validation"  # the PNG text chunk of a validation grid: its step and each row's light
 HF_COLUMN_FLAGS = (*dataset_loading.HF_COLUMN_OPTIONS.values(), "object_id_column")
 LOG_FORMAT = "%(asctime)s - %(levelname)s - %(name)s - %(message)s"
 
@@ -267,6 +287,59 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--adam_weight_decay", type=float, default=1e-2)
     optim.add_argument("--adam_epsilon", type=float, default=1e-08)
     optim.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm (0 = no clipping).")
+    optim.add_argument(
+        "--use_8bit_adam",
+        action="store_true",
+        help="bitsandbytes' 8-bit AdamW (CUDA only): the two moments take 2 bytes per parameter instead of 8.",
+    )
+
+    memory = parser.add_argument_group("LoRA, EMA and attention")
+    memory.add_argument(
+        "--use_lora",
+        action="store_true",
+        help="Train peft LoRA adapters on the attention and feed-forward layers; conv_in and the light projection "
+        "train fully. best/ and final/ hold the merged pipeline and the adapter (unet_lora/).",
+    )
+    memory.add_argument("--lora_rank", type=int, default=4, help="Rank of the LoRA updates (diffusers' default).")
+    memory.add_argument("--lora_alpha", type=float, default=None, help="LoRA scaling numerator (default: the rank).")
+    memory.add_argument(
+        "--use_ema",
+        action="store_true",
+        help="Keep an exponential moving average of the trained weights; validation, best/ and final/ use it.",
+    )
+    memory.add_argument("--ema_decay", type=float, default=0.9999, help="EMA decay (warmed up as (1+n)/(10+n)).")
+    memory.add_argument(
+        "--offload_ema",
+        action="store_true",
+        help="Keep the EMA weights in CPU memory, moved to the GPU for each update (less GPU memory, slower steps).",
+    )
+    memory.add_argument("--foreach_ema", action="store_true", help="Update the EMA with torch._foreach kernels.")
+    memory.add_argument(
+        "--enable_xformers_memory_efficient_attention",
+        action="store_true",
+        help="xformers attention (CUDA only). Without it, PyTorch's scaled-dot-product attention is used.",
+    )
+
+    hub = parser.add_argument_group("sharing")
+    hub.add_argument(
+        "--push_to_hub", action="store_true", help="Upload final/ (pipeline, code, model card) to the Hugging Face Hub."
+    )
+    hub.add_argument(
+        "--hub_model_id", default=None, help="The Hub repository, e.g. you/shadow-sdxl (default: --output_dir's name)."
+    )
+    hub.add_argument("--hub_token", default=None, help="Hub token (default: the one `hf auth login` stored).")
+    hub.add_argument("--hub_private_repo", action="store_true", help="Create the Hub repository as private.")
+    hub.add_argument(
+        "--hub_license",
+        default="openrail++",
+        help="Licence of the uploaded weights in the model card. Weights fine-tuned from SDXL inherit its CreativeML "
+        "Open RAIL++-M licence; the code beside them is Apache-2.0.",
+    )
+    hub.add_argument(
+        "--evaluation_metrics",
+        default=None,
+        help="metrics.json of an evaluate_shadow.py run, summarised in the model card.",
+    )
 
     logs = parser.add_argument_group("logging, validation and checkpoints")
     logs.add_argument(
@@ -349,6 +422,8 @@ def _check_args(args: argparse.Namespace) -> None:
             import wandb  # noqa: F401
         except ImportError as error:
             raise ValueError("`--report_to wandb` needs wandb: pip install wandb (or use tensorboard).") from error
+    _check_options(args)
+    check_deepspeed_environment(args)
     _validate_data_args(args)
     _validate_output_dir(args.output_dir)
     resolve_resume_checkpoint(args)  # raises for a missing explicit checkpoint
@@ -356,6 +431,98 @@ def _check_args(args: argparse.Namespace) -> None:
         os.path.expanduser(args.pretrained_model_name_or_path)
     ):
         raise ValueError(f"`--pretrained_model_name_or_path` {args.pretrained_model_name_or_path!r} is not a folder.")
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """LoRA, EMA, 8-bit Adam, xformers and the Hub: each flag's package and hardware, checked before any model loads."""
+    if args.use_lora:
+        _require_package("peft", "--use_lora", "pip install peft")
+        if args.lora_rank < 1:
+            raise ValueError(f"`--lora_rank` must be an integer >= 1, got {args.lora_rank}.")
+        if args.lora_alpha is not None and args.lora_alpha <= 0:
+            raise ValueError(f"`--lora_alpha` must be > 0, got {args.lora_alpha}.")
+    if not 0.0 <= args.ema_decay <= 1.0:
+        raise ValueError(f"`--ema_decay` must lie in [0, 1], got {args.ema_decay}.")
+    for flag in ("offload_ema", "foreach_ema"):
+        if getattr(args, flag) and not args.use_ema:
+            raise ValueError(f"`--{flag}` only applies to `--use_ema`: add `--use_ema` or drop `--{flag}`.")
+    if args.use_8bit_adam:
+        _require_package("bitsandbytes", "--use_8bit_adam", "pip install bitsandbytes")
+        _require_cuda("--use_8bit_adam", "bitsandbytes' 8-bit AdamW runs on CUDA GPUs")
+    if args.enable_xformers_memory_efficient_attention:
+        _require_package("xformers", "--enable_xformers_memory_efficient_attention", "pip install xformers")
+        _require_cuda(
+            "--enable_xformers_memory_efficient_attention",
+            "xformers' attention kernels do not run on the CPU; without the flag PyTorch's scaled-dot-product "
+            "attention is used",
+        )
+    if args.hub_token is not None and args.report_to in ("wandb", "all"):
+        raise ValueError(
+            "`--hub_token` with `--report_to wandb` would expose the token to the tracker's run config: log in "
+            "with `hf auth login` instead and drop `--hub_token`."
+        )
+    if args.evaluation_metrics is not None:
+        try:
+            read_evaluation_metrics(args.evaluation_metrics)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"`--evaluation_metrics` {args.evaluation_metrics!r} cannot be read: {error}") from error
+
+
+def _require_package(module: str, flag: str, install: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ImportError as error:
+        raise ValueError(f"`{flag}` needs {module}, which is not installed: {install}.") from error
+
+
+def _require_cuda(flag: str, reason: str) -> None:
+    if not torch.cuda.is_available():
+        raise ValueError(f"`{flag}` needs a CUDA GPU and none is available: {reason}.")
+
+
+def check_deepspeed_environment(args: argparse.Namespace, environ=None) -> None:
+    """`accelerate launch` with a DeepSpeed config exports its settings as ACCELERATE_* variables, and the Accelerator
+    then takes the accumulation steps from them whatever the script asked for; the epoch and resume arithmetic here
+    uses `--gradient_accumulation_steps`, so the two must agree. ZeRO-3 is refused: it shards the weights, and
+    validation and pipeline saving run on the main process alone."""
+    environ = os.environ if environ is None else environ
+    found = []  # (where, value)
+    steps = environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "")
+    if steps.isdigit():
+        found.append(("the accelerate config's gradient_accumulation_steps", int(steps)))
+    config_file = environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
+    deepspeed_config = {}
+    if config_file != "none":
+        try:
+            deepspeed_config = json.loads(Path(config_file).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"The DeepSpeed config file {config_file!r} cannot be read: {error}") from error
+        if isinstance(deepspeed_config.get("gradient_accumulation_steps"), int):
+            found.append(
+                (f"{config_file}'s gradient_accumulation_steps", deepspeed_config["gradient_accumulation_steps"])
+            )
+    for where, value in found:
+        if value != args.gradient_accumulation_steps:
+            raise ValueError(
+                f"`--gradient_accumulation_steps` is {args.gradient_accumulation_steps} but {where} is {value}: "
+                f"accelerate would accumulate {value} micro-batches. Pass `--gradient_accumulation_steps {value}` or "
+                "change the config (configs/deepspeed_zero2.yaml: deepspeed_config.gradient_accumulation_steps)."
+            )
+    if environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return
+    stage = environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") or deepspeed_config.get("zero_optimization", {}).get("stage")
+    if str(stage) == "3":
+        raise ValueError(
+            "DeepSpeed ZeRO stage 3 is not supported: it shards the weights, and validation and pipeline saving run "
+            "on the main process alone. Use ZeRO-2 (configs/deepspeed_zero2.yaml)."
+        )
+    clipping = environ.get("ACCELERATE_GRADIENT_CLIPPING", "")
+    if clipping not in ("", "auto", "none") and float(clipping) != args.max_grad_norm:
+        raise ValueError(
+            f"`--max_grad_norm` is {args.max_grad_norm} but the DeepSpeed config clips at {clipping} (DeepSpeed clips "
+            f"inside its own step): pass `--max_grad_norm {float(clipping):g}` or change "
+            "deepspeed_config.gradient_clipping."
+        )
 
 
 def _validate_data_args(args: argparse.Namespace) -> None:
@@ -541,10 +708,15 @@ def training_log(args: argparse.Namespace, accelerator: Accelerator):
             handler.close()
 
 
+def public_args(args: argparse.Namespace) -> dict:
+    """The arguments without secrets (the Hub token): what the config file, the trackers and the model card show."""
+    return {k: v for k, v in vars(args).items() if k not in SECRET_ARGS}
+
+
 def write_training_config(args: argparse.Namespace, accelerator: Accelerator) -> None:
     if accelerator.is_main_process:
         config = {
-            **vars(args),
+            **public_args(args),
             "num_processes": accelerator.num_processes,
             "resolved_precision": accelerator.mixed_precision,
         }
@@ -605,10 +777,14 @@ def build_models(args: argparse.Namespace, accelerator: Accelerator) -> Models:
     # Weights stay fp32 (mixed precision autocasts the compute): pure bf16 weights at lr 1e-5 lose most updates
     # (DESIGN.md §6).
     _to(unet, accelerator.device, torch.float32)
+    if args.use_lora:
+        add_lora(unet, args)
     unet.requires_grad_(False)
     for param in trainable_parameters(unet, args):
         param.requires_grad_(True)
     unet.train()
+    if args.enable_xformers_memory_efficient_attention:
+        unet.enable_xformers_memory_efficient_attention()  # checked in validate_args: installed, CUDA present
     vae.requires_grad_(False)
     _to(vae, accelerator.device, TORCH_DTYPES[args.vae_precision])
     vae.eval()
@@ -629,9 +805,133 @@ def _to(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> Non
 
 
 def trainable_parameters(unet: ShadowUNet, args: argparse.Namespace) -> list[torch.nn.Parameter]:
-    """What the optimizer updates: the whole UNet (full fine-tuning). The place to return adapter parameters only
-    when LoRA is added."""
-    return list(unet.parameters())
+    """What the optimizer updates: the whole UNet (full fine-tuning), or with --use_lora the adapter plus conv_in and
+    the light projection."""
+    if not args.use_lora:
+        return list(unet.parameters())
+    fully_trained = tuple(f"unet.{name}." for name in LORA_FULLY_TRAINED_MODULES)
+    return [p for name, p in unet.named_parameters() if ".lora_" in name or name.startswith(fully_trained)]
+
+
+def tracked_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """(name, parameter) of everything being trained, in a fixed order: what the EMA averages."""
+    return [(name, p) for name, p in unwrap_any(model).named_parameters() if p.requires_grad]
+
+
+def add_lora(unet: ShadowUNet, args: argparse.Namespace) -> None:
+    """peft LoRA on the attention (to_q/k/v/out) and feed-forward layers of every transformer block, as diffusers'
+    LoRA examples do. conv_in and the light projection are trained fully (see `trainable_parameters`): their new
+    weights start at zero (DESIGN.md §3), so there is no SDXL weight for a low-rank delta to adapt."""
+    from peft import LoraConfig
+
+    config = LoraConfig(
+        r=args.lora_rank,
+        lora_alpha=args.lora_alpha or args.lora_rank,
+        init_lora_weights="gaussian",
+        target_modules=list(LORA_TARGET_MODULES),
+    )
+    unet.unet.add_adapter(config)
+
+
+@torch.no_grad()
+def merged_lora_unet(model: ShadowUNet) -> ShadowUNet:
+    """A plain ShadowUNet on the CPU with every LoRA delta added to its base weight. `model` itself is not touched
+    (merging in place and back would round the base weights and break an exact resume)."""
+    from peft.tuners.lora import LoraLayer
+
+    lora_layers = {
+        f"unet.{name}.weight": module for name, module in model.unet.named_modules() if isinstance(module, LoraLayer)
+    }
+    state = {}
+    for key, value in model.state_dict().items():
+        if ".lora_" in key:
+            continue
+        key = key.replace(".base_layer.", ".")
+        if key in lora_layers:  # one delta at a time on the device: no second copy of the adapted weights there
+            value = value + lora_layers[key].get_delta_weight("default")
+        state[key] = value.detach().to("cpu", copy=True)
+    with torch.device("meta"):
+        merged = ShadowUNet.from_config(model.config)
+    merged.load_state_dict(state, strict=True, assign=True)
+    return merged.eval()
+
+
+def create_ema(model: torch.nn.Module, args: argparse.Namespace) -> EMAModel | None:
+    """diffusers' EMAModel over the trained parameters (all of them, or the LoRA ones), in fp32. With --offload_ema
+    it lives in CPU memory and visits the GPU for each update."""
+    if not args.use_ema:
+        return None
+    params = [p for _, p in tracked_parameters(model)]
+    ema = EMAModel(params, decay=args.ema_decay, foreach=args.foreach_ema)
+    ema.to(device="cpu" if args.offload_ema else None, dtype=torch.float32)
+    return ema
+
+
+@torch.no_grad()
+def update_ema(ema: EMAModel | None, model: torch.nn.Module, args: argparse.Namespace, device) -> None:
+    if ema is None:
+        return
+    if args.offload_ema:
+        ema.to(device=device)
+    ema.step([p for _, p in tracked_parameters(model)])
+    if args.offload_ema:
+        ema.to(device="cpu")
+
+
+@contextlib.contextmanager
+def ema_weights(ema: EMAModel | None, model: torch.nn.Module):
+    """Swaps the EMA weights into `model` for validation or saving, and the trained ones back afterwards, bit for bit
+    (EMAModel.store keeps a CPU copy)."""
+    if ema is None:
+        yield
+        return
+    params = [p for _, p in tracked_parameters(model)]
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        yield
+    finally:
+        ema.restore(params)
+
+
+def save_ema(ema: EMAModel, model: torch.nn.Module, folder: Path) -> None:
+    """checkpoint-N/unet_ema/: the EMA weights keyed by parameter name and its counters. For full fine-tuning the
+    names are the ShadowUNet's, so with config.json the folder also loads as `ShadowUNet.from_pretrained`."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [name for name, _ in tracked_parameters(model)]
+    weights = {name: shadow.detach().to("cpu").contiguous() for name, shadow in zip(names, ema.shadow_params)}
+    save_file(weights, str(folder / "diffusion_pytorch_model.safetensors"))
+    counters = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
+    (folder / EMA_STATE_FILE).write_text(json.dumps(counters, indent=2) + "\n")
+    unwrapped = unwrap_any(model)
+    if len(names) == len(list(unwrapped.parameters())):
+        unwrapped.save_config(str(folder))
+
+
+def load_ema(ema: EMAModel, model: torch.nn.Module, folder: Path, args: argparse.Namespace) -> None:
+    from safetensors.torch import load_file
+
+    weights = load_file(str(folder / "diffusion_pytorch_model.safetensors"))
+    named = tracked_parameters(model)
+    missing = [name for name, _ in named if name not in weights]
+    if missing or len(weights) != len(named):
+        raise ValueError(
+            f"{folder} does not hold the EMA of this run's trained parameters (missing e.g. {missing[:2]}): was the "
+            "checkpoint made with other --use_lora settings?"
+        )
+    counters = json.loads((folder / EMA_STATE_FILE).read_text())
+    device = "cpu" if args.offload_ema else named[0][1].device
+    ema.load_state_dict({**counters, "shadow_params": [weights[name].to(device) for name, _ in named]})
+
+
+def unwrap_any(model: torch.nn.Module) -> torch.nn.Module:
+    """The ShadowUNet inside DDP / DeepSpeed / torch.compile wrappers, without needing the Accelerator."""
+    from accelerate.utils import extract_model_from_parallel
+
+    model = extract_model_from_parallel(model)
+    return model._orig_mod if is_compiled_module(model) else model
 
 
 def unwrap(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
@@ -639,26 +939,61 @@ def unwrap(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
     return model._orig_mod if is_compiled_module(model) else model
 
 
-def register_checkpoint_hooks(accelerator: Accelerator) -> None:
+def register_checkpoint_hooks(
+    accelerator: Accelerator, args: argparse.Namespace, unet: torch.nn.Module, ema: EMAModel | None = None
+) -> None:
     """accelerate's save_state/load_state write the UNet in diffusers format (checkpoint-N/unet/), as the diffusers
-    examples do, so a checkpoint's UNet also loads with ShadowUNet.from_pretrained(checkpoint, subfolder="unet")."""
+    examples do, so a checkpoint's UNet also loads with ShadowUNet.from_pretrained(checkpoint, subfolder="unet").
+    With --use_lora: the adapter in unet_lora/ instead. With --use_ema: unet_ema/ too.
+
+    Every process calls these (save_state must run on every rank: DeepSpeed writes each rank's optimizer shard); only
+    the main process writes. Under DeepSpeed `models` is empty on load, as DeepSpeed restores the module itself."""
 
     def save_model_hook(models, weights, output_dir):
         for model in models:
             if accelerator.is_main_process:
-                unwrap(accelerator, model).save_pretrained(os.path.join(output_dir, "unet"))
+                save_unet_state(unwrap(accelerator, model), Path(output_dir), args)
             if weights:
                 weights.pop()  # saved above; accelerate must not save it again
+        if ema is not None and accelerator.is_main_process:
+            save_ema(ema, unet, Path(output_dir) / EMA_DIR)
 
     def load_model_hook(models, input_dir):
         while models:
-            model = unwrap(accelerator, models.pop())
-            loaded = ShadowUNet.from_pretrained(input_dir, subfolder="unet")
-            model.load_state_dict(loaded.state_dict())
-            del loaded
+            load_unet_state(unwrap(accelerator, models.pop()), Path(input_dir), args)
+        if ema is not None:
+            if (Path(input_dir) / EMA_DIR).is_dir():
+                load_ema(ema, unet, Path(input_dir) / EMA_DIR, args)
+            else:
+                logger.warning("%s has no %s/: the EMA restarts from the resumed weights.", input_dir, EMA_DIR)
+                ema.load_state_dict(
+                    {"optimization_step": 0, "shadow_params": [p.detach().clone() for _, p in tracked_parameters(unet)]}
+                )
 
     accelerator.register_save_state_pre_hook(save_model_hook)
     accelerator.register_load_state_pre_hook(load_model_hook)
+
+
+def save_unet_state(model: ShadowUNet, checkpoint_dir: Path, args: argparse.Namespace) -> None:
+    if args.use_lora:
+        save_lora_state(model, checkpoint_dir / LORA_SUBFOLDER, base_model=args.pretrained_model_name_or_path)
+    else:
+        model.save_pretrained(checkpoint_dir / "unet")
+
+
+def load_unet_state(model: ShadowUNet, checkpoint_dir: Path, args: argparse.Namespace) -> None:
+    expected = LORA_SUBFOLDER if args.use_lora else "unet"
+    if not (checkpoint_dir / expected).is_dir():
+        raise ValueError(
+            f"{checkpoint_dir} has no {expected}/: it was saved {'without' if args.use_lora else 'with'} --use_lora. "
+            "Resume with the same --use_lora setting."
+        )
+    if args.use_lora:
+        load_lora_state(model, checkpoint_dir / LORA_SUBFOLDER)
+        return
+    loaded = ShadowUNet.from_pretrained(checkpoint_dir, subfolder="unet")
+    model.load_state_dict(loaded.state_dict())
+    del loaded
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -770,7 +1105,12 @@ def training_loss(args, unet, vae, batch: dict, generator: torch.Generator, devi
 
 
 def optimizer_class(args: argparse.Namespace):
-    """AdamW (paper). The place to return bitsandbytes' AdamW8bit when 8-bit Adam is added."""
+    """AdamW (paper), or bitsandbytes' AdamW8bit with --use_8bit_adam (its moments in 8 bits: 2 bytes per parameter
+    instead of 8; checked in validate_args: installed, CUDA present)."""
+    if args.use_8bit_adam:
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit
     return torch.optim.AdamW
 
 
@@ -779,8 +1119,9 @@ def build_optimizer(args: argparse.Namespace, unet: ShadowUNet, accelerator: Acc
     if args.scale_lr:
         learning_rate *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
     params = [p for p in trainable_parameters(unet, args) if p.requires_grad]
-    extra = {"fused": True} if accelerator.device.type == "cuda" else {}
-    optimizer = optimizer_class(args)(
+    optimizer_cls = optimizer_class(args)
+    extra = {"fused": True} if accelerator.device.type == "cuda" and optimizer_cls is torch.optim.AdamW else {}
+    optimizer = optimizer_cls(
         params,
         lr=learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
@@ -807,19 +1148,24 @@ class StepOutcome:
     grad_norm: float
     ids: list = field(default_factory=list)  # sample ids of this optimizer step, all processes
     reason: str = ""
+    stepped_anyway: bool = False  # DeepSpeed steps inside backward: a non-finite step could not be skipped
 
 
 def optimizer_step(accelerator, unet, optimizer, lr_scheduler, args, micro_losses, micro_ids) -> StepOutcome:
     """Clips, checks that the loss and the gradients are finite on every process, then steps; otherwise skips the
     update entirely (weights, optimizer state and lr untouched)."""
     params = [p for p in unet.parameters() if p.requires_grad]
+    # Under DeepSpeed this only reads the norm: DeepSpeed clipped and stepped inside accelerator.backward already.
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
     grad_norm = accelerator.clip_grad_norm_(params, args.max_grad_norm if args.max_grad_norm > 0 else float("inf"))
-    grad_norm = torch.as_tensor(grad_norm, device=accelerator.device, dtype=torch.float32)
+    grad_norm = torch.as_tensor(float("nan") if grad_norm is None else grad_norm, device=accelerator.device)
+    grad_norm = grad_norm.float()
     losses = torch.stack(micro_losses).float()  # [accumulated micro-batches]
     loss_finite = bool(torch.isfinite(losses).all())
     # fp16: the GradScaler owns overflowing gradients (it skips the step and lowers the scale); only a non-finite
-    # LOSS is our business there. bf16/fp32: a non-finite gradient norm is ours too.
-    grads_finite = bool(torch.isfinite(grad_norm)) or accelerator.scaler is not None
+    # LOSS is our business there. DeepSpeed likewise owns its overflow checks. bf16/fp32: a non-finite gradient norm
+    # is ours too.
+    grads_finite = bool(torch.isfinite(grad_norm)) or accelerator.scaler is not None or deepspeed
     local = torch.tensor([losses.mean().item(), float(loss_finite and grads_finite)], device=accelerator.device)
     gathered = accelerator.gather(local[None])  # [P,2]
     applied = bool(gathered[:, 1].min() > 0)
@@ -834,7 +1180,8 @@ def optimizer_step(accelerator, unet, optimizer, lr_scheduler, args, micro_losse
     if accelerator.scaler is not None:
         accelerator.scaler.update()  # clip_grad_norm_ unscaled the gradients; close the scaler's step
     reason = "loss" if not bool(gathered[:, 0].isfinite().all()) else "gradient norm"
-    return StepOutcome(False, step_loss, float(grad_norm), ids=[i for part in ids for i in part], reason=reason)
+    ids = [i for part in ids for i in part]
+    return StepOutcome(False, step_loss, float(grad_norm), ids=ids, reason=reason, stepped_anyway=deepspeed)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -851,7 +1198,7 @@ def validate(args, accelerator: Accelerator, unet, vae, val_loader, step: int) -
     was_training = model.training
     model.eval()
     device = accelerator.device
-    per_sample, rows, index = [], [], 0
+    per_sample, rows, captions, index = [], [], [], 0
     try:
         for batch in val_loader:
             object_latents, mask_latent, shadow_latents = batch_latents(vae, batch, device)
@@ -873,6 +1220,7 @@ def validate(args, accelerator: Accelerator, unet, vae, val_loader, step: int) -
                         accelerator, model, vae, batch, noise, (object_latents, mask_latent), light, wanted
                     )
                 )
+                captions.extend(_light_captions(batch, light)[:wanted])
             index += object_latents.shape[0]
     finally:
         model.train(was_training)
@@ -884,10 +1232,22 @@ def validate(args, accelerator: Accelerator, unet, vae, val_loader, step: int) -
         grid = np.concatenate(rows, axis=0)  # [rows*H, 3*W, 3] uint8
         grid_path = Path(args.output_dir) / "validation" / f"step-{step}.png"
         grid_path.parent.mkdir(parents=True, exist_ok=True)
-        PIL.Image.fromarray(grid).save(grid_path)
-        _log_grid(accelerator, grid, step)
+        # The rows' lights travel inside the PNG (a text chunk), for the model card of a later, possibly resumed, run.
+        png_info = PIL.PngImagePlugin.PngInfo()
+        png_info.add_text(GRID_INFO_KEY, json.dumps({"step": step, "columns": GRID_COLUMNS, "rows": captions}))
+        PIL.Image.fromarray(grid).save(grid_path, pnginfo=png_info)
+        _log_grid(accelerator, grid, step, rows, captions)
         result["grid"] = str(grid_path)
     return result
+
+
+def _light_captions(batch: dict, light: torch.Tensor) -> list[str]:
+    """One caption per sample: its id and light, e.g. "sample_3: theta 30°, phi 45°, size 4"."""
+    ids = list(batch.get("id", [])) or [f"sample {i}" for i in range(light.shape[0])]
+    return [
+        f"{sample_id}: theta {theta:g}°, phi {phi:g}°, size {size:g}"
+        for sample_id, (theta, phi, size) in zip(ids, light.cpu().tolist())
+    ]
 
 
 def _prediction_rows(accelerator, model, vae, batch, noise, conditioning, light, wanted: int) -> list[np.ndarray]:
@@ -915,15 +1275,24 @@ def _decode_rgb(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
     return ((decoded.float() + 1.0) / 2.0).clamp(0, 1)
 
 
-def _log_grid(accelerator: Accelerator, grid: np.ndarray, step: int) -> None:
-    caption = "object | single-step prediction | ground truth"
+def _log_grid(accelerator: Accelerator, grid: np.ndarray, step: int, rows=(), captions=()) -> None:
+    """The grid, and each row as its own image captioned with its light (wandb), or the lights as text (tensorboard)."""
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
             tracker.writer.add_image("validation", grid, step, dataformats="HWC")
+            if captions:
+                lines = "\n".join(f"{i + 1}. {caption}" for i, caption in enumerate(captions))
+                tracker.writer.add_text("validation_lights", f"rows: {GRID_COLUMNS}\n\n{lines}", step)
         elif tracker.name == "wandb":
             import wandb
 
-            tracker.log({"validation": [wandb.Image(grid, caption=caption)]}, step=step)
+            images = {
+                "validation": [wandb.Image(grid, caption=f"rows: {GRID_COLUMNS}; " + "; ".join(captions))],
+                "validation_rows": [
+                    wandb.Image(row, caption=f"{caption} ({GRID_COLUMNS})") for row, caption in zip(rows, captions)
+                ],
+            }
+            tracker.log(images, step=step)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -973,21 +1342,31 @@ def save_checkpoint(accelerator: Accelerator, args, state: TrainingState) -> Pat
     return final_path
 
 
-def save_pipeline(accelerator: Accelerator, args, models: Models, unet, folder: str) -> Path:
-    """The full ShadowPipeline with the training resolution as its processing resolution (main process only).
+def save_pipeline(accelerator: Accelerator, args, models: Models, unet, folder: str, ema=None) -> Path:
+    """The full ShadowPipeline with the training resolution as its processing resolution (main process only), with
+    the EMA weights when there is an EMA. With --use_lora: the merged pipeline, plus the adapter in unet_lora/.
     Written beside the target and swapped in, so an interrupted save never destroys the previous copy."""
     output_dir = Path(args.output_dir)
     target, temporary, old = output_dir / folder, output_dir / f".{folder}.tmp", output_dir / f".{folder}.old"
     for path in (temporary, old):
         if path.exists():
             shutil.rmtree(path)
-    pipe = ShadowPipeline(
-        unet=unwrap(accelerator, unet),
-        vae=models.vae,
-        scheduler=models.scheduler,
-        default_processing_resolution=args.resolution,
-    )
-    pipe.save_pretrained(temporary)
+    model = unwrap(accelerator, unet)
+    with ema_weights(ema, model):
+        pipe = ShadowPipeline(
+            unet=merged_lora_unet(model) if args.use_lora else model,
+            vae=models.vae,
+            scheduler=models.scheduler,
+            default_processing_resolution=args.resolution,
+        )
+        pipe.save_pretrained(temporary)
+        if args.use_lora:
+            save_lora_state(
+                model,
+                temporary / LORA_SUBFOLDER,
+                base_model=args.pretrained_model_name_or_path,
+                default_processing_resolution=args.resolution,
+            )
     if target.exists():
         os.replace(target, old)
     os.replace(temporary, target)
@@ -1001,11 +1380,13 @@ def save_pipeline(accelerator: Accelerator, args, models: Models, unet, folder: 
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def run_validation(args, accelerator, models, unet, val_loader, state: TrainingState) -> None:
-    """Validation + `best/` (main process only); once per optimizer step, never per micro-batch."""
+def run_validation(args, accelerator, models, unet, val_loader, state: TrainingState, ema=None) -> None:
+    """Validation + `best/` (main process only, with the EMA weights when there is an EMA); once per optimizer step,
+    never per micro-batch."""
     if val_loader is None or not accelerator.is_main_process:
         return
-    result = validate(args, accelerator, unet, models.vae, val_loader, state.global_step)
+    with ema_weights(ema, unet):
+        result = validate(args, accelerator, unet, models.vae, val_loader, state.global_step)
     if not result:
         return
     val_loss = result["val_loss"]
@@ -1014,11 +1395,13 @@ def run_validation(args, accelerator, models, unet, val_loader, state: TrainingS
     logger.info("step %d: validation loss %.6f%s", state.global_step, val_loss, " (best so far)" if improved else "")
     if improved:
         state.best_val_loss, state.best_step = val_loss, state.global_step
-        path = save_pipeline(accelerator, args, models, unet, BEST_DIR)
+        path = save_pipeline(accelerator, args, models, unet, BEST_DIR, ema)
         (path / "best.json").write_text(json.dumps({"step": state.global_step, "val_loss": val_loss}) + "\n")
 
 
-def train(args, accelerator, models, unet, optimizer, lr_scheduler, train_loader, val_loader, state) -> TrainingState:
+def train(
+    args, accelerator, models, unet, optimizer, lr_scheduler, train_loader, val_loader, state, ema=None
+) -> TrainingState:
     num_update_steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
     num_epochs = math.ceil(args.max_train_steps / num_update_steps_per_epoch)
     first_epoch = state.global_step // num_update_steps_per_epoch
@@ -1066,6 +1449,7 @@ def train(args, accelerator, models, unet, optimizer, lr_scheduler, train_loader
             state.losses.append(outcome.loss if outcome.applied else float("nan"))
             lr = lr_scheduler.get_last_lr()[0]
             if outcome.applied:
+                update_ema(ema, unet, args, accelerator.device)
                 state.consecutive_nan_steps = 0
                 logged_losses.append(outcome.loss)
                 progress.set_postfix(loss=f"{outcome.loss:.4f}", lr=f"{lr:.2e}")
@@ -1077,7 +1461,7 @@ def train(args, accelerator, models, unet, optimizer, lr_scheduler, train_loader
                 accelerator.log({"train_loss": mean_loss, "lr": lr}, step=state.global_step)
                 logged_losses = []
             if state.global_step % args.validation_steps == 0:
-                run_validation(args, accelerator, models, unet, val_loader, state)
+                run_validation(args, accelerator, models, unet, val_loader, state, ema)
             if state.global_step % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, args, state)
             if state.global_step >= args.max_train_steps:
@@ -1086,7 +1470,7 @@ def train(args, accelerator, models, unet, optimizer, lr_scheduler, train_loader
             break
     progress.close()
     if state.global_step % args.validation_steps:  # the end of training gets a validation too
-        run_validation(args, accelerator, models, unet, val_loader, state)
+        run_validation(args, accelerator, models, unet, val_loader, state, ema)
     return state
 
 
@@ -1094,12 +1478,14 @@ def _record_nan_step(args, state: TrainingState, outcome: StepOutcome) -> None:
     state.nan_steps_total += 1
     state.consecutive_nan_steps += 1
     logger.warning(
-        "step %d: non-finite %s (loss %s, grad norm %s): optimizer step skipped, weights unchanged "
-        "(%d in a row, %d in total). Sample ids: %s",
+        "step %d: non-finite %s (loss %s, grad norm %s): %s (%d in a row, %d in total). Sample ids: %s",
         state.global_step,
         outcome.reason,
         outcome.loss,
         outcome.grad_norm,
+        "DeepSpeed stepped inside backward, so the update was NOT skipped"
+        if outcome.stepped_anyway
+        else "optimizer step skipped, weights unchanged",
         state.consecutive_nan_steps,
         state.nan_steps_total,
         outcome.ids,
@@ -1117,7 +1503,271 @@ def _record_nan_step(args, state: TrainingState, outcome: StepOutcome) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# 10. main
+# 10. Sharing: the model card in final/ and the upload (--push_to_hub)
+# --------------------------------------------------------------------------------------------------------------------
+
+PAPER_URL = "https://arxiv.org/abs/2412.11972"
+BENCHMARK_DATASET = "jasperai/controllable-shadow-generation-benchmark"
+CARD_METRICS = (("iou", "IoU ↑"), ("rmse", "RMSE ↓"), ("s_rmse", "s-RMSE ↓"), ("zncc", "ZNCC ↑"))
+LIGHT_TABLE = """| parameter | range | meaning |
+|---|---|---|
+| `theta` | [0, 90) degrees (0..45 in the training data of the paper) | polar angle of the light from straight up; larger = longer shadow, 0 = shadow right under the object |
+| `phi` | any degrees, wrapped into [0, 360) | azimuth; 0 = light on the image's right, so the shadow falls to the LEFT; 90 = light behind the object |
+| `size` | > 0 (2..8 in the training data of the paper) | side of the square area light on a sphere of radius 8 around the object; bigger = softer |
+| `intensity` | >= 0 | compositing only: the background is darkened by intensity x shadow map |"""
+LIGHT_DIAGRAM = """```
+                     phi = 90: light behind the object (shadow toward the camera)
+                                        |
+  phi = 180: light on the left  ----- object -----  phi = 0: light on the image's right
+  (shadow falls right)                  |           (shadow falls LEFT)
+                     phi = 270: light on the camera's side (shadow away from it)
+                                        |
+                                      camera
+```"""
+
+
+def read_evaluation_metrics(path: str | os.PathLike) -> dict:
+    """`settings` and `summary` ({track: {metric: {"mean", "std", "n"}, "num_images", "num_seeds"}}) of the
+    metrics.json that evaluate_shadow.py writes."""
+    metrics = json.loads(Path(path).read_text())
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("summary"), dict):
+        raise ValueError("not a metrics.json of evaluate_shadow.py (no `summary` table)")
+    return {"settings": metrics.get("settings", {}), "summary": metrics["summary"]}
+
+
+def latest_validation_grid(output_dir: str | os.PathLike) -> tuple[Path | None, dict]:
+    """The newest validation/step-N.png and what it shows ({"step", "columns", "rows": captions}), or (None, {})."""
+    found = []
+    for path in (Path(output_dir) / "validation").glob("step-*.png"):
+        match = re.fullmatch(r"step-(\d+)\.png", path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    if not found:
+        return None, {}
+    path = max(found)[1]
+    with PIL.Image.open(path) as image:
+        info = image.info.get(GRID_INFO_KEY)
+    return path, (json.loads(info) if info else {})
+
+
+def _is_hub_id(name: str) -> bool:
+    return not os.path.exists(os.path.expanduser(name)) and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None
+
+
+def _data_description(args: argparse.Namespace) -> str:
+    if args.dataset_type == "hf" and args.dataset_name:
+        source = (
+            f"the Hugging Face dataset [`{args.dataset_name}`](https://huggingface.co/datasets/{args.dataset_name})"
+        )
+    else:
+        source = f"a local dataset in the project's custom layout (`{Path(args.train_data_dir or '.').name}/`)"
+    return (
+        f"Trained on {source}, with {args.val_fraction:.0%} of the samples held out for validation. The public "
+        f"benchmark [`{BENCHMARK_DATASET}`](https://huggingface.co/datasets/{BENCHMARK_DATASET}) is a test set and "
+        "was not used for training."
+    )
+
+
+def _metrics_section(metrics_path: str | None) -> str:
+    if not metrics_path:
+        return (
+            "No evaluation was attached to this training run. Score the pipeline on the public benchmark with "
+            "`python evaluate_shadow.py --model <this repo> --dataset_type benchmark` and compare with the paper's "
+            "Table 2."
+        )
+    metrics = read_evaluation_metrics(metrics_path)
+    settings = metrics["settings"]
+    lines = [
+        f"Measured with `evaluate_shadow.py` on {settings.get('dataset', 'the evaluation data')}: "
+        f"{settings.get('num_inference_steps', 1)} inference step(s), {settings.get('num_seeds', '?')} seed(s) per "
+        f"image, resolution {settings.get('resolution', '?')}, {settings.get('hardware', 'hardware not recorded')}. "
+        "Mean ± std over images (each averaged over its seeds).",
+        "",
+        "| track | images | " + " | ".join(label for _, label in CARD_METRICS) + " |",
+        "|---|---|" + "---|" * len(CARD_METRICS),
+    ]
+    for track, entry in metrics["summary"].items():
+        cells = []
+        for name, _ in CARD_METRICS:
+            stats = entry.get(name) or {}
+            mean, std = stats.get("mean"), stats.get("std")
+            cells.append("n/a" if mean is None else f"{mean:.3f} ± {std:.3f}")
+        lines.append(f"| {track} | {entry.get('num_images', '?')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _usage_section(args: argparse.Namespace, repo_id: str) -> str:
+    call = (
+        'cutout = Image.open("object.png")  # an RGBA cut-out: the mask is its alpha channel\n'
+        'out = pipe(cutout, theta=30.0, phi=45.0, size=4.0, background=Image.open("background.jpg"), intensity=0.8,\n'
+        "           generator=torch.Generator().manual_seed(0))\n"
+        'out.shadow_maps[0].save("shadow.png")  # mode "L", 255 = full shadow (intensity not applied)\n'
+        'out.images[0].save("composite.png")  # the object over the shadowed background'
+    )
+    text = (
+        "The pipeline's code (`pipeline_shadow.py`) ships beside the weights, so diffusers loads it with "
+        "`trust_remote_code=True`; one UNet step per image (`num_inference_steps=1`, the default).\n\n"
+        "```python\nimport torch\nfrom diffusers import DiffusionPipeline\nfrom PIL import Image\n\n"
+        f'pipe = DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True)\n'
+        'pipe = pipe.to("cuda" if torch.cuda.is_available() else "cpu")\n'
+        f"{call}\n```\n\n"
+        "Where `pipeline_shadow.py` (also in this repository) is importable, no flag is needed: "
+        f'`from pipeline_shadow import ShadowPipeline; ShadowPipeline.from_pretrained("{repo_id}")`.'
+    )
+    if args.use_lora:
+        text += (
+            "\n\nThe weights above are the LoRA merged into the base. The adapter itself is in `unet_lora/` (peft "
+            "format, plus the fully trained `conv_in` and light projection) and loads onto the converted base:\n\n"
+            "```python\nfrom pipeline_shadow import ShadowPipeline\n\n"
+            f'pipe = ShadowPipeline.from_sdxl("{args.pretrained_model_name_or_path}")\n'
+            f'pipe.load_lora_weights("{repo_id}")  # or a local .../unet_lora folder; fuse=True merges it\n```'
+        )
+    return text
+
+
+def _training_section(args: argparse.Namespace, state: TrainingState, num_processes: int) -> str:
+    total_batch = args.train_batch_size * num_processes * args.gradient_accumulation_steps
+    if args.use_lora:
+        alpha = args.lora_alpha or args.lora_rank
+        method = f"LoRA (rank {args.lora_rank}, alpha {alpha:g}) + fully trained conv_in and light projection"
+    else:
+        method = "full fine-tuning"
+    rows = [
+        ("base model", f"`{args.pretrained_model_name_or_path}`"),
+        ("method", method),
+        ("objective", f"rectified flow, t sampling `{args.timestep_sampling}`"),
+        ("resolution", f"{args.resolution} px"),
+        ("optimizer steps", f"{state.global_step}"),
+        (
+            "batch",
+            f"{args.train_batch_size} per device x {num_processes} device(s) x "
+            f"{args.gradient_accumulation_steps} accumulated = {total_batch}",
+        ),
+        (
+            "optimizer",
+            f"{'8-bit AdamW (bitsandbytes)' if args.use_8bit_adam else 'AdamW'}, lr {args.learning_rate:g}, "
+            f"`{args.lr_scheduler}` with {args.lr_warmup_steps} warm-up steps, clipping {args.max_grad_norm:g}",
+        ),
+        ("precision", f"fp32 weights, `{args.mixed_precision or 'no'}` autocast"),
+        ("EMA", f"decay {args.ema_decay:g} (these weights are the EMA)" if args.use_ema else "no"),
+        ("seed", f"{args.seed}"),
+    ]
+    if state.best_val_loss is not None:
+        rows.append(("best validation loss", f"{state.best_val_loss:.6f} at step {state.best_step}"))
+    table = "\n".join(["| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
+    shown = {k: v for k, v in public_args(args).items() if not k.startswith("debug_")}
+    arguments = json.dumps(shown, indent=2, sort_keys=True, default=str)
+    return (
+        f"{_data_description(args)}\n\n{table}\n\n<details><summary>All training arguments</summary>\n\n"
+        f"```json\n{arguments}\n```\n\n</details>"
+    )
+
+
+def save_model_card(
+    args: argparse.Namespace, folder: Path, state: TrainingState, num_processes: int = 1, repo_id: str | None = None
+) -> Path:
+    """Writes folder/README.md (a Hugging Face model card: YAML front matter + markdown) and copies the latest
+    validation grid to folder/validation.png."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    repo_id = repo_id or args.hub_model_id or f"path/to/{Path(args.output_dir).name}/{folder.name}"
+    base = args.pretrained_model_name_or_path
+    card_data = ModelCardData(
+        license=args.hub_license,
+        library_name="diffusers",
+        pipeline_tag="image-to-image",
+        tags=list(MODEL_CARD_TAGS) + (["lora"] if args.use_lora else []),
+        base_model=base if _is_hub_id(base) else None,
+    )
+    grid, grid_info = latest_validation_grid(args.output_dir)
+    if grid is not None:
+        shutil.copyfile(grid, folder / "validation.png")
+        lights = "\n".join(f"{i + 1}. {caption}" for i, caption in enumerate(grid_info.get("rows", [])))
+        validation = (
+            f"![validation grid](validation.png)\n\nStep {grid_info.get('step', '?')}, one row per held-out sample: "
+            f"{GRID_COLUMNS} (single step from fixed noise).\n\n{lights}"
+        )
+    else:
+        validation = "No validation grid (the run had no validation split)."
+    body = f"""# Controllable shadow generation in one step (SDXL, rectified flow)
+
+Predicts the shadow map that a cut-out object casts under a light given by `theta`, `phi` and `size`, in ONE UNet
+step, and composites it onto a background. A reproduction of Tasar, Chadebec and Aubin, *Controllable Shadow Generation
+with Single-Step Diffusion Models from Synthetic Data* ([arXiv 2412.11972]({PAPER_URL})): SDXL's UNet without its text
+cross-attention, with the object latent and mask concatenated to the input and the light embedded like a timestep,
+fine-tuned with rectified flow from `{base}` by `train_shadow_sdxl.py`.
+
+## Light parameters
+
+{LIGHT_TABLE}
+
+The object stands on the ground plane, the camera looks at it from the front and slightly above; seen from above:
+
+{LIGHT_DIAGRAM}
+
+## How to use
+
+{_usage_section(args, repo_id)}
+
+## Training
+
+{_training_section(args, state, num_processes)}
+
+## Validation
+
+{validation}
+
+## Evaluation
+
+{_metrics_section(args.evaluation_metrics)}
+
+## Licence
+
+The weights are fine-tuned from `{base}` and are released under `{args.hub_license}` (weights fine-tuned from SDXL
+inherit its CreativeML Open RAIL++-M licence and its use restrictions). The code in `pipeline_shadow.py` is
+Apache-2.0. The training data is described above; check its own licence before redistributing derived work.
+"""
+    card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
+    path = folder / "README.md"
+    card.save(path)
+    return path
+
+
+def create_hub_repo(args: argparse.Namespace) -> str:
+    """Creates (or reuses) the Hub repository and returns its full id (namespace/name)."""
+    from huggingface_hub import create_repo
+
+    name = args.hub_model_id or Path(args.output_dir).resolve().name
+    return create_repo(name, exist_ok=True, token=args.hub_token, private=args.hub_private_repo).repo_id
+
+
+def upload_pipeline(folder: Path, repo_id: str, token: str | None = None) -> None:
+    """Uploads the final pipeline folder (weights, pipeline_shadow.py at the root and in unet/, README.md,
+    validation.png, unet_lora/ with --use_lora)."""
+    from huggingface_hub import upload_folder
+
+    upload_folder(repo_id=repo_id, folder_path=str(folder), token=token, commit_message="End of training")
+
+
+def push_final_pipeline(args: argparse.Namespace, folder: Path, state: TrainingState, num_processes: int) -> str:
+    try:
+        repo_id = create_hub_repo(args)
+        save_model_card(args, folder, state, num_processes, repo_id=repo_id)  # with the repository's full id
+        upload_pipeline(folder, repo_id, args.hub_token)
+    except Exception:
+        logger.error(
+            "Uploading %s to the Hub failed; the pipeline is saved there. Retry with: hf upload %s %s",
+            folder,
+            args.hub_model_id or Path(args.output_dir).resolve().name,
+            folder,
+        )
+        raise
+    logger.info("Uploaded %s to https://huggingface.co/%s", folder, repo_id)
+    return repo_id
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 11. main
 # --------------------------------------------------------------------------------------------------------------------
 
 
@@ -1146,11 +1796,14 @@ def _run(args, accelerator: Accelerator, resume_dir: Path | None) -> TrainingSta
         args.max_train_steps = args.num_train_epochs * per_epoch
     write_training_config(args, accelerator)
     optimizer, lr_scheduler = build_optimizer(args, models.unet, accelerator)
+    ema = create_ema(models.unet, args)  # before prepare: an fp32 copy even where DeepSpeed casts the module
     unet, optimizer, train_loader = accelerator.prepare(models.unet, optimizer, train_loader)
     accelerator.register_for_checkpointing(lr_scheduler)
-    register_checkpoint_hooks(accelerator)
+    register_checkpoint_hooks(accelerator, args, unet, ema)
     if accelerator.is_main_process:
-        tracker_config = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()}
+        tracker_config = {
+            k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in public_args(args).items()
+        }
         accelerator.init_trackers(args.tracker_project_name, config=tracker_config)
 
     state = TrainingState(seed=args.seed, resolution=args.resolution)
@@ -1172,12 +1825,15 @@ def _run(args, accelerator: Accelerator, resume_dir: Path | None) -> TrainingSta
     logger.info(
         "  Optimizer steps = %d (starting at %d), seed = %d", args.max_train_steps, state.global_step, args.seed
     )
-    state = train(args, accelerator, models, unet, optimizer, lr_scheduler, train_loader, val_loader, state)
+    state = train(args, accelerator, models, unet, optimizer, lr_scheduler, train_loader, val_loader, state, ema)
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        path = save_pipeline(accelerator, args, models, unet, FINAL_DIR)
+        path = save_pipeline(accelerator, args, models, unet, FINAL_DIR, ema)
         logger.info("Saved the final pipeline to %s (processing resolution %d)", path, args.resolution)
+        save_model_card(args, path, state, num_processes=accelerator.num_processes)
+        if args.push_to_hub:
+            push_final_pipeline(args, path, state, accelerator.num_processes)
     accelerator.wait_for_everyone()
     return state
 
