@@ -24,6 +24,8 @@ project's training guide (`--image_size`, `--batch_size`, ...) are aliases. Ever
 With `--use_lora` a checkpoint holds unet_lora/ (the adapter and the fully trained conv_in and light projection)
 instead of unet/, and best/ and final/ hold the merged pipeline plus the adapter in unet_lora/. With `--use_ema` a
 checkpoint also holds unet_ema/ (the EMA weights and counters), and validation, best/ and final/ use the EMA weights.
+With `--memory_lean` (full fine-tuning on a 24 GB card) the UNet is trained in bf16 with torchao's 8-bit AdamW and
+stochastic rounding, and unet/, best/ and final/ hold bf16 weights.
 
 Resume with `--resume_from_checkpoint latest` (or a checkpoint path, or the `latest` link itself).
 """
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import inspect
 import json
 import logging
 import math
@@ -292,6 +295,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="bitsandbytes' 8-bit AdamW (CUDA only): the two moments take 2 bytes per parameter instead of 8.",
     )
+    optim.add_argument(
+        "--memory_lean",
+        action="store_true",
+        help="Full fine-tuning in 6 bytes per parameter instead of 16 (for a 24 GB card): the UNet's weights and "
+        "gradients in bf16, torchao's AdamW8bit (8-bit moments) with bf16 stochastic rounding of every update, so "
+        "updates far below a weight's bf16 spacing (lr 1e-5) still move it on average; bf16 autocast. Needs torchao "
+        "(pip install torchao). Checkpoints, best/ and final/ hold bf16 weights.",
+    )
 
     memory = parser.add_argument_group("LoRA, EMA and attention")
     memory.add_argument(
@@ -426,7 +437,9 @@ def _check_args(args: argparse.Namespace) -> None:
     check_deepspeed_environment(args)
     _validate_data_args(args)
     _validate_output_dir(args.output_dir)
-    resolve_resume_checkpoint(args)  # raises for a missing explicit checkpoint
+    resume_dir = resolve_resume_checkpoint(args)  # raises for a missing explicit checkpoint
+    if resume_dir is not None:
+        _check_resume_precision(args, resume_dir)
     if args.pretrained_model_name_or_path.startswith(("/", "./", "../", "~")) and not os.path.isdir(
         os.path.expanduser(args.pretrained_model_name_or_path)
     ):
@@ -434,7 +447,10 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    """LoRA, EMA, 8-bit Adam, xformers and the Hub: each flag's package and hardware, checked before any model loads."""
+    """LoRA, EMA, 8-bit Adam, the memory-lean mode, xformers and the Hub: each flag's package and hardware, checked
+    before any model loads."""
+    if args.memory_lean:  # first: its conflicts say more than a missing package of the flag it replaces
+        _check_memory_lean(args)
     if args.use_lora:
         _require_package("peft", "--use_lora", "pip install peft")
         if args.lora_rank < 1:
@@ -466,6 +482,52 @@ def _check_options(args: argparse.Namespace) -> None:
             read_evaluation_metrics(args.evaluation_metrics)
         except (OSError, ValueError) as error:
             raise ValueError(f"`--evaluation_metrics` {args.evaluation_metrics!r} cannot be read: {error}") from error
+
+
+def _check_memory_lean(args: argparse.Namespace) -> None:
+    """--memory_lean replaces the fp32 weights, fp32 AdamW and the optional 8-bit Adam: refuse what it replaces or
+    cannot be combined with (DeepSpeed: see check_deepspeed_environment)."""
+    conflicts = {
+        "use_8bit_adam": "it already keeps AdamW's moments in 8 bits (torchao's AdamW8bit)",
+        "use_lora": "it is for full fine-tuning; LoRA's trained share (0.5 %) already needs little optimizer memory",
+    }
+    for flag, reason in conflicts.items():
+        if getattr(args, flag):
+            raise ValueError(f"`--memory_lean` cannot be combined with `--{flag}`: {reason}. Drop one of the two.")
+    if args.mixed_precision in ("no", "fp16"):
+        raise ValueError(
+            f"`--memory_lean` trains bf16 weights under bf16 autocast; `--mixed_precision {args.mixed_precision}` "
+            "does not apply: drop it (or pass bf16)."
+        )
+    try:
+        from torchao.optim import AdamW8bit
+    except ImportError as error:
+        raise ValueError(
+            "`--memory_lean` needs torchao (its AdamW8bit with bf16 stochastic rounding), which is not installed: "
+            "pip install torchao."
+        ) from error
+    if "bf16_stochastic_round" not in inspect.signature(AdamW8bit).parameters:
+        raise ValueError(
+            "`--memory_lean` needs a torchao whose AdamW8bit has `bf16_stochastic_round`: pip install -U torchao."
+        )
+    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise ValueError(
+            "`--memory_lean` needs a GPU with bf16 support (Ampere or newer): this one has none. Use the default "
+            "fp32 weights with --mixed_precision fp16, or --use_8bit_adam / --use_lora to save memory."
+        )
+
+
+def _check_resume_precision(args: argparse.Namespace, resume_dir: Path) -> None:
+    """A --memory_lean checkpoint holds bf16 weights and 8-bit AdamW moments, a default one fp32 weights and fp32
+    moments: the optimizer state of one does not load into the other's optimizer."""
+    recorded = bool(read_training_state(resume_dir).get("memory_lean", False))
+    if recorded != args.memory_lean:
+        raise ValueError(
+            f"`--resume_from_checkpoint` {str(resume_dir)!r} was saved {'with' if recorded else 'without'} "
+            f"`--memory_lean`, this run is {'with' if args.memory_lean else 'without'} it: their optimizer states "
+            "differ. Resume with the same setting, or start a new run from a saved pipeline (best/ or final/) with "
+            "--pretrained_model_name_or_path (fresh optimizer state)."
+        )
 
 
 def _require_package(module: str, flag: str, install: str) -> None:
@@ -510,6 +572,11 @@ def check_deepspeed_environment(args: argparse.Namespace, environ=None) -> None:
             )
     if environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
         return
+    if args.memory_lean:
+        raise ValueError(
+            "`--memory_lean` cannot run under DeepSpeed: DeepSpeed wraps the optimizer and keeps its own fp32 master "
+            "weights. Launch without the DeepSpeed config (one GPU, or configs/multi_gpu.yaml)."
+        )
     stage = environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") or deepspeed_config.get("zero_optimization", {}).get("stage")
     if str(stage) == "3":
         raise ValueError(
@@ -730,6 +797,11 @@ def micro_batch_seed(seed: int, step: int, micro_step: int, process_index: int) 
     return int(np.random.SeedSequence([seed, step, micro_step, process_index]).generate_state(1)[0])
 
 
+def rounding_seed(seed: int, step: int) -> int:
+    """The random bits of --memory_lean's stochastic rounding at optimizer step `step`: the same on every process."""
+    return int(np.random.SeedSequence([seed, step, 2**32 - 2]).generate_state(1)[0])
+
+
 def validation_seed(seed: int, sample_index: int) -> int:
     """Fixed noise and t for validation sample i, the same at every validation of the run."""
     return int(np.random.SeedSequence([seed, 2**32 - 1, sample_index]).generate_state(1)[0])
@@ -775,8 +847,8 @@ def build_models(args: argparse.Namespace, accelerator: Accelerator) -> Models:
         pipe = ShadowPipeline.from_sdxl(args.pretrained_model_name_or_path, vae=vae, variant=args.variant, **hub_kwargs)
     unet, vae = pipe.unet, pipe.vae
     # Weights stay fp32 (mixed precision autocasts the compute): pure bf16 weights at lr 1e-5 lose most updates
-    # (DESIGN.md §6).
-    _to(unet, accelerator.device, torch.float32)
+    # (DESIGN.md §6). --memory_lean keeps them in bf16 and makes up for it with stochastic rounding in the optimizer.
+    _to(unet, accelerator.device, weight_dtype(args))
     if args.use_lora:
         add_lora(unet, args)
     unet.requires_grad_(False)
@@ -794,14 +866,25 @@ def build_models(args: argparse.Namespace, accelerator: Accelerator) -> Models:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     trainable = sum(p.numel() for p in unet.parameters() if p.requires_grad)
-    logger.info("ShadowUNet: %s trainable parameters; VAE frozen in %s.", f"{trainable:,}", args.vae_precision)
+    logger.info(
+        "ShadowUNet: %s trainable parameters in %s; VAE frozen in %s.",
+        f"{trainable:,}",
+        "bf16 (--memory_lean)" if args.memory_lean else "fp32",
+        args.vae_precision,
+    )
     return Models(unet=unet, vae=vae, scheduler=pipe.scheduler)
 
 
+def weight_dtype(args: argparse.Namespace) -> torch.dtype:
+    """The UNet's weights (and so its gradients): fp32, or bf16 with --memory_lean."""
+    return torch.bfloat16 if args.memory_lean else torch.float32
+
+
 def _to(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-    model.to(device)
+    # Cast before moving: a bf16 UNet never sits on the GPU in fp32 (8 GB at full size).
     if model.dtype != dtype:  # diffusers warns on any dtype argument to .to(), even a no-op one
         model.to(dtype=dtype)
+    model.to(device)
 
 
 def trainable_parameters(unet: ShadowUNet, args: argparse.Namespace) -> list[torch.nn.Parameter]:
@@ -1106,7 +1189,12 @@ def training_loss(args, unet, vae, batch: dict, generator: torch.Generator, devi
 
 def optimizer_class(args: argparse.Namespace):
     """AdamW (paper), or bitsandbytes' AdamW8bit with --use_8bit_adam (its moments in 8 bits: 2 bytes per parameter
-    instead of 8; checked in validate_args: installed, CUDA present)."""
+    instead of 8; checked in validate_args: installed, CUDA present), or torchao's AdamW8bit with --memory_lean
+    (8-bit moments as well, and the bf16 weights updated with stochastic rounding, see `optimizer_kwargs`)."""
+    if args.memory_lean:
+        from torchao.optim import AdamW8bit
+
+        return AdamW8bit
     if args.use_8bit_adam:
         import bitsandbytes as bnb
 
@@ -1120,14 +1208,13 @@ def build_optimizer(args: argparse.Namespace, unet: ShadowUNet, accelerator: Acc
         learning_rate *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
     params = [p for p in trainable_parameters(unet, args) if p.requires_grad]
     optimizer_cls = optimizer_class(args)
-    extra = {"fused": True} if accelerator.device.type == "cuda" and optimizer_cls is torch.optim.AdamW else {}
     optimizer = optimizer_cls(
         params,
         lr=learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
         weight_decay=args.adam_weight_decay,
         eps=args.adam_epsilon,
-        **extra,
+        **optimizer_kwargs(args, optimizer_cls, accelerator.device),
     )
     # Stepped by hand once per applied update (not through accelerate, which would step it once per process).
     lr_scheduler = get_scheduler(
@@ -1141,6 +1228,32 @@ def build_optimizer(args: argparse.Namespace, unet: ShadowUNet, accelerator: Acc
     return optimizer, lr_scheduler
 
 
+def optimizer_kwargs(args: argparse.Namespace, optimizer_cls, device: torch.device) -> dict:
+    """torch's fused AdamW kernel on CUDA. With --memory_lean, torchao's stochastic rounding: each updated weight is
+    computed in fp32 and rounded to one of its two bf16 neighbours with the probabilities that make the rounding
+    unbiased, so an update of 1e-5 on a weight whose bf16 spacing is 2e-4 lands 5 % of the time instead of never."""
+    if args.memory_lean:
+        return {"bf16_stochastic_round": True}
+    return {"fused": True} if device.type == "cuda" and optimizer_cls is torch.optim.AdamW else {}
+
+
+@contextlib.contextmanager
+def lean_update(args: argparse.Namespace, device: torch.device, seed: int):
+    """Around --memory_lean's optimizer step. The random bits of the stochastic rounding come from the global RNG,
+    seeded here with `seed` (a function of the run's seed and the step) and restored afterwards: every process rounds
+    its replica of the weights identically (DDP replicas must stay equal), and a resumed run rounds as the
+    uninterrupted one did, whatever else drew from the global RNG meanwhile (e.g. a DataLoader starting an epoch).
+    torchao torch.compiles its per-parameter update: the fast path on a GPU, but on the CPU inductor spends minutes
+    compiling it (150 s for the tiny test model on 2 cores), so there the same update runs eagerly."""
+    if not args.memory_lean:
+        yield
+        return
+    eager = torch.compiler.set_stance("force_eager") if device.type != "cuda" else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), eager:
+        torch.manual_seed(seed)
+        yield
+
+
 @dataclass
 class StepOutcome:
     applied: bool
@@ -1151,9 +1264,12 @@ class StepOutcome:
     stepped_anyway: bool = False  # DeepSpeed steps inside backward: a non-finite step could not be skipped
 
 
-def optimizer_step(accelerator, unet, optimizer, lr_scheduler, args, micro_losses, micro_ids) -> StepOutcome:
+def optimizer_step(
+    accelerator, unet, optimizer, lr_scheduler, args, micro_losses, micro_ids, step_seed: int = 0
+) -> StepOutcome:
     """Clips, checks that the loss and the gradients are finite on every process, then steps; otherwise skips the
-    update entirely (weights, optimizer state and lr untouched)."""
+    update entirely (weights, optimizer state and lr untouched). `step_seed` seeds --memory_lean's stochastic
+    rounding (see `lean_update` and `rounding_seed`)."""
     params = [p for p in unet.parameters() if p.requires_grad]
     # Under DeepSpeed this only reads the norm: DeepSpeed clipped and stepped inside accelerator.backward already.
     deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
@@ -1171,7 +1287,8 @@ def optimizer_step(accelerator, unet, optimizer, lr_scheduler, args, micro_losse
     applied = bool(gathered[:, 1].min() > 0)
     step_loss = float(gathered[:, 0].mean())
     if applied:
-        optimizer.step()
+        with lean_update(args, accelerator.device, step_seed):
+            optimizer.step()
         if not accelerator.optimizer_step_was_skipped:
             lr_scheduler.step()
         return StepOutcome(True, step_loss, float(grad_norm))
@@ -1311,6 +1428,7 @@ class TrainingState:
     best_step: int | None = None
     nan_steps_total: int = 0
     consecutive_nan_steps: int = 0
+    memory_lean: bool = False  # bf16 weights and 8-bit AdamW state: resumable only with --memory_lean
     losses: list = field(default_factory=list)  # per optimizer step of this process's run (not saved)
 
     def to_json(self) -> dict:
@@ -1439,7 +1557,16 @@ def train(
                 micro_step += 1
                 outcome = None
                 if accelerator.sync_gradients:
-                    outcome = optimizer_step(accelerator, unet, optimizer, lr_scheduler, args, micro_losses, micro_ids)
+                    outcome = optimizer_step(
+                        accelerator,
+                        unet,
+                        optimizer,
+                        lr_scheduler,
+                        args,
+                        micro_losses,
+                        micro_ids,
+                        rounding_seed(state.seed, step),
+                    )
                 optimizer.zero_grad(set_to_none=True)
             if outcome is None:
                 continue
@@ -1447,7 +1574,7 @@ def train(
             state.global_step += 1
             progress.update(1)
             state.losses.append(outcome.loss if outcome.applied else float("nan"))
-            lr = lr_scheduler.get_last_lr()[0]
+            lr = float(lr_scheduler.get_last_lr()[0])  # torchao's optimizers keep the lr as a tensor
             if outcome.applied:
                 update_ema(ema, unet, args, accelerator.device)
                 state.consecutive_nan_steps = 0
@@ -1632,6 +1759,12 @@ def _training_section(args: argparse.Namespace, state: TrainingState, num_proces
         method = f"LoRA (rank {args.lora_rank}, alpha {alpha:g}) + fully trained conv_in and light projection"
     else:
         method = "full fine-tuning"
+    optimizer = "AdamW"
+    if args.use_8bit_adam:
+        optimizer = "8-bit AdamW (bitsandbytes)"
+    elif args.memory_lean:
+        optimizer = "8-bit AdamW with bf16 stochastic rounding (torchao)"
+    weights = "bf16 weights and gradients (`--memory_lean`)" if args.memory_lean else "fp32 weights"
     rows = [
         ("base model", f"`{args.pretrained_model_name_or_path}`"),
         ("method", method),
@@ -1645,10 +1778,10 @@ def _training_section(args: argparse.Namespace, state: TrainingState, num_proces
         ),
         (
             "optimizer",
-            f"{'8-bit AdamW (bitsandbytes)' if args.use_8bit_adam else 'AdamW'}, lr {args.learning_rate:g}, "
+            f"{optimizer}, lr {args.learning_rate:g}, "
             f"`{args.lr_scheduler}` with {args.lr_warmup_steps} warm-up steps, clipping {args.max_grad_norm:g}",
         ),
-        ("precision", f"fp32 weights, `{args.mixed_precision or 'no'}` autocast"),
+        ("precision", f"{weights}, `{args.mixed_precision or 'no'}` autocast"),
         ("EMA", f"decay {args.ema_decay:g} (these weights are the EMA)" if args.use_ema else "no"),
         ("seed", f"{args.seed}"),
     ]
@@ -1774,7 +1907,8 @@ def push_final_pipeline(args: argparse.Namespace, folder: Path, state: TrainingS
 def main(argv: Sequence[str] | None = None) -> TrainingState:
     args = parse_args(argv)
     validate_args(args)
-    args.mixed_precision = resolve_mixed_precision(args.mixed_precision)
+    # --memory_lean: bf16 weights under bf16 autocast (norms and softmax stay fp32, as in the default recipe).
+    args.mixed_precision = resolve_mixed_precision("bf16" if args.memory_lean else args.mixed_precision)
     resume_dir = resolve_resume_checkpoint(args)
     args.seed = resolve_seed(args, resume_dir)
     accelerator = build_accelerator(args)
@@ -1806,7 +1940,7 @@ def _run(args, accelerator: Accelerator, resume_dir: Path | None) -> TrainingSta
         }
         accelerator.init_trackers(args.tracker_project_name, config=tracker_config)
 
-    state = TrainingState(seed=args.seed, resolution=args.resolution)
+    state = TrainingState(seed=args.seed, resolution=args.resolution, memory_lean=args.memory_lean)
     if resume_dir is not None:
         logger.info("Resuming from %s", resume_dir)
         accelerator.load_state(str(resume_dir))

@@ -29,3 +29,15 @@ def test_training_benchmark_runs_tiny(capsys):
     assert [row["variant"] for row in rows][:2] == ["naive UNet-only loop", "script, cached latents"]
     assert all(row["s_per_step"] > 0 and row["tflops"] > 0 for row in rows)
     assert "VAE share of the image-batch step" in capsys.readouterr().out
+
+
+def test_memory_lean_benchmark_runs_tiny(capsys):
+    argv = ["--steps", "4", "--log_every", "2", "--num_samples", "8", "--step_size", "tiny", "--resolution", "32",
+            "--timing_steps", "1", "--device", "cpu"]  # fmt: skip
+    result = _load("bench_memory_lean").main(argv)
+    arms = result["convergence"]
+    assert [row["arm"] for row in arms] == ["default", "--memory_lean", "plain bf16 AdamW"]
+    assert all(len(row["losses"]) == 4 and row["val_loss"] > 0 for row in arms)
+    assert arms[0]["moved"] > 0.99 and arms[1]["moved"] > arms[2]["moved"]
+    assert [row["mode"] for row in result["step_cost"]] == ["default", "--memory_lean"]
+    assert "| final validation loss |" in capsys.readouterr().out
