@@ -19,17 +19,20 @@ $R render_shadow_dataset.py --output_dir "$DATA-tracks" --tracks --num_objects 1
     --workers "$WORKERS" --threads 1 --format benchmark --tar --seed 1000
 $P dataset_loading.py verify "$DATA/train"
 
-# 2. The small VAE (objects on white and shadow maps), latent scale calibrated.
-$P train_vae.py --data_dir "$DATA/train" --resolution 128 --crop_size 64 --output_dir "$WORK/vae" --max_train_steps 900 \
-    --batch_size 8 --learning_rate 1e-3
+# 2. The small VAE (objects on white and shadow maps) on 64 px crops, in two stages; latent scale calibrated.
+$P train_vae.py --data_dir "$DATA/train" --resolution 128 --crop_size 64 --output_dir "$WORK/vae-stage1" \
+    --max_train_steps 900 --batch_size 8 --learning_rate 1e-3
+$P train_vae.py --data_dir "$DATA/train" --resolution 128 --crop_size 64 --output_dir "$WORK/vae" \
+    --pretrained_vae_model_name_or_path "$WORK/vae-stage1" --max_train_steps 600 --batch_size 8 --learning_rate 3e-4 \
+    --seed 1
 
 # 3. A small SDXL-shaped model with that VAE, converted and trained by the project's own training script.
 $P random_sdxl.py --size small --vae "$WORK/vae" --output_dir "$WORK/small-sdxl"
 $P -m accelerate.commands.launch --num_processes 1 train_shadow_sdxl.py \
     --pretrained_model_name_or_path "$WORK/small-sdxl" --dataset_type custom --data_dir "$DATA/train" \
-    --image_size 128 --batch_size 16 --learning_rate 3e-4 --lr_warmup_steps 200 --max_iterations 20000 \
+    --image_size 128 --batch_size 16 --learning_rate 3e-4 --lr_warmup_steps 200 --max_iterations 5000 \
     --timestep_sampling shifted --random_flip --cache_latents --latent_cache_dir "$WORK/latents" \
-    --save_every 1000 --eval_every 1000 --log_every 100 --num_workers 0 --seed 0 --output_dir "$WORK/run"
+    --save_every 500 --eval_every 500 --log_every 50 --num_workers 0 --seed 0 --report_to none --output_dir "$WORK/run"
 
 # 4. Held-out evaluation: the unseen-object split and the track designs.
 $P evaluate_shadow.py --model "$WORK/run/best" --dataset_type custom --data_dir "$DATA/test" --num_seeds 3 \
@@ -37,8 +40,18 @@ $P evaluate_shadow.py --model "$WORK/run/best" --dataset_type custom --data_dir 
 $P evaluate_shadow.py --model "$WORK/run/best" --dataset_type benchmark --data_dir "$DATA-tracks" --num_seeds 3 \
     --resolution 128 --output_dir "$WORK/eval-tracks"
 
-# 5. Ship: the best pipeline, with its evaluation, into models/shadow-small (<= 30 MB, safetensors).
+# 5. Ship: the best pipeline with its UNet stored in fp16 (it loads as fp32) to stay under 30 MB, then evaluate the
+#    shipped folder itself so the model card's numbers are the shipped weights' numbers.
 rm -rf models/shadow-small
-$P -c "from pipeline_shadow import ShadowPipeline; ShadowPipeline.from_pretrained('$WORK/run/best').save_pretrained('models/shadow-small')"
-cp "$WORK/eval-tracks/report.md" models/shadow-small/EVALUATION.md
+$P -c "
+import torch
+from pipeline_shadow import ShadowPipeline
+pipe = ShadowPipeline.from_pretrained('$WORK/run/best')
+pipe.unet.to(torch.float16)
+pipe.save_pretrained('models/shadow-small')
+"
+$P evaluate_shadow.py --model models/shadow-small --dataset_type custom --data_dir "$DATA/test" --num_seeds 3 \
+    --resolution 128 --output_dir "$WORK/eval-shipped-test" --overwrite
+$P evaluate_shadow.py --model models/shadow-small --dataset_type benchmark --data_dir "$DATA-tracks" --num_seeds 3 \
+    --resolution 128 --output_dir "$WORK/eval-shipped-tracks" --overwrite
 du -sh models/shadow-small

@@ -1,0 +1,1163 @@
+# Copyright 2026 The controllable-shadow-generation authors. Licensed under the Apache License, Version 2.0.
+"""Controllable shadow generation with a single-step rectified-flow SDXL UNet.
+
+Self-contained (torch, diffusers, numpy, PIL only) so that it can sit next to the weights on the Hub and load with
+`DiffusionPipeline.from_pretrained(repo, trust_remote_code=True)`.
+
+Paper: Tasar, Chadebec, Aubin, "Controllable Shadow Generation with Single-Step Diffusion Models from Synthetic Data"
+(arXiv 2412.11972). This file also owns the interfaces that the data loader, the training script, the evaluation and
+the renderer share (value ranges, white background, mask and shadow encoding, light input, resizing).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, UNet2DConditionModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.embeddings import Timesteps
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+logger = logging.getLogger(__name__)
+
+MODULE_NAME = "pipeline_shadow"
+
+# --------------------------------------------------------------------------------------------------------------------
+# 1. Shared interfaces (DESIGN.md §8). Every other script imports these instead of re-deriving them.
+# --------------------------------------------------------------------------------------------------------------------
+
+DEFAULT_RESOLUTION = 1024
+LIGHT_KEYS = ("theta", "phi", "size")  # the order of the UNet's `light` input columns
+THETA_MAX_DEG = 90.0  # theta must lie in [0, 90): at 90 degrees the light is on the horizon
+NUM_TRAIN_TIMESTEPS = 1000  # SDXL's time embedding was trained on 0..1000 (DESIGN.md §3)
+LATENT_CHANNELS = 4
+MASK_CHANNELS = 1
+UNET_IN_CHANNELS = LATENT_CHANNELS + MASK_CHANNELS + LATENT_CHANNELS  # [z_t, z_m, z_o]
+LIGHT_EMBEDDING_DIM = 256  # per light parameter, as SDXL's timestep embedding
+
+# LoRA (train_shadow_sdxl.py --use_lora): peft adapters on every transformer block's attention and feed-forward
+# layers; conv_in (new zero input channels) and the light projection (zero last layer) train fully beside them, since
+# neither starts from an SDXL weight that a low-rank delta could adapt (DESIGN.md §3). Names inside the stock UNet.
+LORA_SUBFOLDER = "unet_lora"  # inside a saved pipeline folder
+LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
+LORA_FULLY_TRAINED_MODULES = ("conv_in", "class_embedding")
+LORA_ADAPTER_WEIGHTS = "adapter_model.safetensors"  # peft's own file name, beside its adapter_config.json
+LORA_FULL_WEIGHTS = "fully_trained_modules.safetensors"
+LORA_INFO = "shadow_lora.json"
+
+# Fill values used when padding to the processing shape, in each tensor's own [0, 1] range.
+OBJECT_FILL = 1.0  # white, like the background outside the mask
+MASK_FILL = 0.0
+SHADOW_FILL = 0.0
+
+TRACK_NAMES = ("softness", "horizontal", "vertical")
+_TRACK_KEY_PATTERNS = {"softness": ("soft",), "horizontal": ("horz", "horizontal"), "vertical": ("vert", "vertical")}
+
+TimestepSampling = Literal["uniform", "logit_normal", "shifted", "single_step"]
+TIMESTEP_SAMPLING_CHOICES = ("uniform", "logit_normal", "shifted", "single_step")
+
+
+def wrap_phi(phi):
+    """Wraps azimuths into [0, 360) degrees. Works on floats, numpy arrays and tensors (in float64 for tensors, so that
+    integer degrees phi and phi + 360 give bit-identical results)."""
+    if isinstance(phi, torch.Tensor):
+        return torch.remainder(phi.to(torch.float64), 360.0)
+    if isinstance(phi, np.ndarray):
+        return np.mod(phi.astype(np.float64), 360.0)
+    return float(phi) % 360.0
+
+
+def mirror_phi(phi):
+    """The azimuth of the light after a horizontal image flip: phi -> (180 - phi) mod 360 (DESIGN.md §2)."""
+    return wrap_phi(180.0 - phi)
+
+
+def detect_track(key: str, metadata: dict | None = None) -> str | None:
+    """The benchmark track of a sample: a `track` metadata field wins, else the key prefix (DESIGN.md §8)."""
+    if metadata and metadata.get("track") is not None:
+        track = str(metadata["track"]).lower()
+        for name, patterns in _TRACK_KEY_PATTERNS.items():
+            if track == name or track in patterns:
+                return name
+        raise ValueError(
+            f"Unknown `track` {metadata['track']!r} for sample {key!r}; allowed: {', '.join(TRACK_NAMES)}."
+        )
+    lowered = key.lower()
+    for name, patterns in _TRACK_KEY_PATTERNS.items():
+        if any(pattern in lowered for pattern in patterns):
+            return name
+    return None
+
+
+def image_to_tensor(image, name: str = "object_image") -> torch.Tensor:
+    """One image (PIL, numpy uint8 HWC / float HWC in [0, 1], or a torch [C,H,W] float in [0, 1]) -> [C,H,W] float32
+    in [0, 1] with C = 3 (RGB) or 4 (RGBA; the alpha channel is kept so the caller can use it as the mask)."""
+    if isinstance(image, PIL.Image.Image):
+        has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+        array = np.asarray(image.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32) / 255.0
+        return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] not in (3, 4):
+            raise ValueError(f"`{name}` as a numpy array must be HxWx3 or HxWx4, got shape {tuple(image.shape)}.")
+        array = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+    elif isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] not in (3, 4):
+            raise ValueError(
+                f"`{name}` as a tensor must be [3,H,W] or [B,3,H,W] (4 channels for RGBA), got {tuple(image.shape)}."
+            )
+        tensor = image.detach().to("cpu", torch.float32)
+    else:
+        raise ValueError(f"`{name}` must be a PIL image, a numpy array or a torch tensor, got {type(image).__name__}.")
+    if tensor.numel() and (tensor.min() < 0.0 or tensor.max() > 1.0):
+        raise ValueError(f"`{name}` float values must lie in [0, 1], got [{tensor.min():.3g}, {tensor.max():.3g}].")
+    return tensor
+
+
+def gray_to_tensor(image, name: str = "mask") -> torch.Tensor:
+    """A gray map (mask or shadow map: PIL, numpy HW/HW1 uint8 or float in [0, 1], torch [H,W]/[1,H,W]) -> [1,H,W]
+    float32 in [0, 1]. 16-bit PNGs (mode I;16) keep their precision."""
+    if isinstance(image, PIL.Image.Image):
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            array = np.asarray(image, dtype=np.float32) / 65535.0
+        elif image.mode == "F":
+            array = np.asarray(image, dtype=np.float32)
+        else:
+            array = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        tensor = torch.from_numpy(array.copy())[None]
+    elif isinstance(image, np.ndarray):
+        array = image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image
+        if array.ndim != 2:
+            raise ValueError(f"`{name}` as a numpy array must be HxW (gray), got shape {tuple(image.shape)}.")
+        if array.dtype == np.uint8:
+            array = array.astype(np.float32) / 255.0
+        elif array.dtype == np.uint16:
+            array = array.astype(np.float32) / 65535.0
+        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
+    elif isinstance(image, torch.Tensor):
+        tensor = image.detach().to("cpu", torch.float32)
+        tensor = tensor[None] if tensor.ndim == 2 else tensor
+        if tensor.ndim != 3 or tensor.shape[0] != 1:
+            raise ValueError(f"`{name}` as a tensor must be [H,W], [1,H,W] or [B,1,H,W], got {tuple(image.shape)}.")
+    else:
+        raise ValueError(f"`{name}` must be a PIL image, a numpy array or a torch tensor, got {type(image).__name__}.")
+    if tensor.numel() and (tensor.min() < 0.0 or tensor.max() > 1.0):
+        raise ValueError(f"`{name}` values must lie in [0, 1], got [{tensor.min():.3g}, {tensor.max():.3g}].")
+    return tensor
+
+
+def binarize_mask(mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Where a binary mask is required (metrics, estimators): 1 where mask >= threshold."""
+    return (mask >= threshold).to(mask.dtype)
+
+
+def prepare_object_image(object_image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B,3,H,W] RGB in [0, 1] + [B,1,H,W] mask -> the VAE input: [-1, 1] with every pixel outside the (soft) mask
+    blended to WHITE (DESIGN.md §8), so that no rendered shadow or background leaks into the object latent."""
+    white = torch.ones_like(object_image)
+    return (object_image * mask + white * (1.0 - mask)) * 2.0 - 1.0
+
+
+@dataclass(frozen=True)
+class PadBox:
+    """Where the resized content sits inside the padded canvas, to undo `resize_and_pad`."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+def fit_within(height: int, width: int, target_height: int, target_width: int) -> tuple[int, int]:
+    """The largest (h, w) with the aspect ratio of (height, width) that fits in the target; never squashes."""
+    scale = min(target_height / height, target_width / width)
+    return max(1, min(target_height, round(height * scale))), max(1, min(target_width, round(width * scale)))
+
+
+def resize_and_pad(tensor: torch.Tensor, target_hw: tuple[int, int], fill: float) -> tuple[torch.Tensor, PadBox]:
+    """Resizes [B,C,H,W] (or [C,H,W]) so its long side fits the target, keeping the aspect ratio, and pads the rest
+    with `fill`, centred (DESIGN.md §8). The same call serves images, masks and shadow maps."""
+    squeeze = tensor.ndim == 3
+    batch = tensor[None] if squeeze else tensor
+    height, width = batch.shape[-2:]
+    target_height, target_width = target_hw
+    new_height, new_width = fit_within(height, width, target_height, target_width)
+    if (new_height, new_width) != (height, width):
+        batch = F.interpolate(batch, size=(new_height, new_width), mode="bilinear", antialias=True, align_corners=False)
+    top, left = (target_height - new_height) // 2, (target_width - new_width) // 2
+    if (new_height, new_width) != (target_height, target_width):
+        padding = (left, target_width - new_width - left, top, target_height - new_height - top)
+        batch = F.pad(batch, padding, mode="constant", value=fill)
+    box = PadBox(top, left, new_height, new_width)
+    return (batch[0] if squeeze else batch), box
+
+
+def unpad_and_resize(tensor: torch.Tensor, box: PadBox, size_hw: tuple[int, int]) -> torch.Tensor:
+    """Inverse of `resize_and_pad`: crops the content box out of [B,C,H,W] and resizes it back to `size_hw`."""
+    cropped = tensor[..., box.top : box.top + box.height, box.left : box.left + box.width]
+    if tuple(cropped.shape[-2:]) == tuple(size_hw):
+        return cropped
+    return F.interpolate(cropped, size=size_hw, mode="bilinear", antialias=True, align_corners=False)
+
+
+def preprocess_object(
+    rgb: torch.Tensor, mask: torch.Tensor, target_hw: tuple[int, int], binarize: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, PadBox]:
+    """The one object preprocessing shared by training data and inference: [3,H,W] RGB in [0, 1] + [1,H,W] mask ->
+    ([3,h,w] VAE input in [-1, 1], [1,h,w] mask, PadBox) at `target_hw`.
+
+    The mask is binarised at 0.5 (as the training data is), the object is whitened at the SOURCE size so that resizing
+    blends its edges with white rather than with whatever background it had, then resized and padded (aspect kept),
+    and finally everything outside the resized mask is made exactly white (DESIGN.md §8)."""
+    if binarize:
+        mask = binarize_mask(mask)
+    whitened = torch.addcmul(1.0 - mask, rgb, mask)  # rgb * mask + white * (1 - mask)
+    whitened, box = resize_and_pad(whitened, target_hw, OBJECT_FILL)
+    resized_mask, _ = resize_and_pad(mask, target_hw, MASK_FILL)
+    resized_mask = resized_mask.clamp(0.0, 1.0)
+    object_image = prepare_object_image(whitened.clamp(0.0, 1.0)[None], resized_mask[None])[0]
+    return object_image, resized_mask, box
+
+
+def mask_to_latent(mask: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
+    """[B,1,H,W] mask -> [B,1,h,w] by area averaging, kept in [0, 1] (not rescaled to [-1, 1])."""
+    return F.interpolate(mask, size=latent_hw, mode="area")
+
+
+def shadow_to_vae_input(shadow_map: torch.Tensor) -> torch.Tensor:
+    """[B,1,H,W] shadow map in [0, 1] -> [B,3,H,W] in [-1, 1], the form the VAE encodes as the training target."""
+    return (shadow_map * 2.0 - 1.0).expand(-1, 3, -1, -1)
+
+
+def vae_output_to_shadow(decoded: torch.Tensor) -> torch.Tensor:
+    """[B,3,H,W] VAE decoder output in [-1, 1] -> [B,1,H,W] shadow map in [0, 1] (channel mean, DESIGN.md §8)."""
+    return ((decoded.mean(dim=1, keepdim=True) + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def _execution_device(model: torch.nn.Module) -> torch.device:
+    """Where `model` computes: its parameters' device, or the accelerator its offload hook moves it to on call
+    (`enable_model_cpu_offload` keeps it on the CPU in between)."""
+    hook = getattr(model, "_hf_hook", None)
+    return getattr(hook, "execution_device", None) or model.device
+
+
+def encode_latents(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
+    """Deterministic latents: the posterior mean, shifted and scaled like diffusers' SD/SDXL pipelines."""
+    latents = vae.encode(images.to(_execution_device(vae), vae.dtype)).latent_dist.mean
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (latents - shift) * vae.config.scaling_factor
+
+
+def decode_shadow(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
+    """Latents -> [B,1,H,W] shadow map in [0, 1]."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    decoded = vae.decode(latents.to(_execution_device(vae), vae.dtype) / vae.config.scaling_factor + shift).sample
+    return vae_output_to_shadow(decoded.float())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 2. Rectified flow as small pure functions (DESIGN.md §3). t = 1 is pure noise, t = 0 the data.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _broadcast_t(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+
+
+def rf_interpolate(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_t = t * noise + (1 - t) * x0."""
+    t = _broadcast_t(t, x0)
+    return t * noise + (1.0 - t) * x0
+
+
+def rf_velocity(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The regression target: v = noise - x0 (constant along the straight path)."""
+    return noise - x0
+
+
+def rf_predict_x0(x_t: torch.Tensor, velocity: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x0 = x_t - t * v. With t = 1 this is the single-step prediction x0 = noise - v."""
+    return x_t - _broadcast_t(t, x_t) * velocity
+
+
+def rf_euler_step(x_t: torch.Tensor, velocity: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
+    """One Euler step of dx/dt = v from t to t_next (< t)."""
+    return x_t + _broadcast_t(t_next - t, x_t) * velocity
+
+
+def rf_model_timestep(t: torch.Tensor) -> torch.Tensor:
+    """The UNet's time input: t * 1000. Passing t in [0, 1] raw starves SDXL's time embedding (a known bug elsewhere)."""
+    return t * NUM_TRAIN_TIMESTEPS
+
+
+def sample_timesteps(
+    batch_size: int,
+    mode: TimestepSampling = "uniform",
+    *,
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    shift: float = 3.0,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Training times t in [0, 1] for rectified flow (the paper does not state its distribution).
+
+    - "uniform": t ~ U(0, 1).
+    - "logit_normal": t = sigmoid(N(logit_mean, logit_std)) (SD3), most weight in the middle.
+    - "shifted": u ~ U(0, 1) then t = shift*u / (1 + (shift - 1)*u) (SD3's shift), biased toward t = 1 where the
+      single-step inference starts.
+    - "single_step": t = 1 for every sample: trains only the regime used by one-step inference.
+    """
+    if mode == "uniform":
+        return torch.rand(batch_size, generator=generator, device=device)
+    if mode == "logit_normal":
+        normal = torch.randn(batch_size, generator=generator, device=device)
+        return torch.sigmoid(normal * logit_std + logit_mean)
+    if mode == "shifted":
+        if shift <= 0:
+            raise ValueError(f"`shift` must be > 0, got {shift}.")
+        u = torch.rand(batch_size, generator=generator, device=device)
+        return shift * u / (1.0 + (shift - 1.0) * u)
+    if mode == "single_step":
+        return torch.ones(batch_size, device=device)
+    raise ValueError(f"Unknown timestep sampling {mode!r}; allowed: {', '.join(TIMESTEP_SAMPLING_CHOICES)}.")
+
+
+def inference_sigmas(num_inference_steps: int) -> list[float]:
+    """Evenly spaced times from 1 (pure noise) toward 0; the scheduler appends the final 0."""
+    return [1.0 - i / num_inference_steps for i in range(num_inference_steps)]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 3. The shadow UNet: SDXL without text cross-attention, 9 input channels, light added to the time embedding.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def widen_conv_in(weight: torch.Tensor, bias: torch.Tensor | None, in_channels: int):
+    """Widens a conv's input channels: old weights and bias copied, new input channels zero, so the widened conv gives
+    exactly the old output while the extra inputs are zero (DESIGN.md §3)."""
+    out_channels, old_in, *kernel = weight.shape
+    if in_channels < old_in:
+        raise ValueError(f"Cannot widen conv_in from {old_in} to fewer ({in_channels}) input channels.")
+    widened = torch.zeros(out_channels, in_channels, *kernel, dtype=weight.dtype, device=weight.device)
+    widened[:, :old_in] = weight
+    return widened, (None if bias is None else bias.clone())
+
+
+def _is_cross_attention_key(key: str) -> bool:
+    return ".attn2." in key or (".norm2." in key and ".transformer_blocks." in key)
+
+
+def _strip_cross_attention(unet: UNet2DConditionModel) -> None:
+    for module in unet.modules():
+        if isinstance(module, BasicTransformerBlock):
+            module.attn2 = None
+            module.norm2 = None
+
+
+def shadow_unet_config(sdxl_unet_config: dict) -> dict:
+    """The stock-UNet config of the shadow UNet, derived from an SDXL UNet config: 9 input channels, no text/time_ids
+    `add_embedding`, and a `projection` class embedding that takes the 3 x 256 light embedding."""
+    config = {k: v for k, v in dict(sdxl_unet_config).items() if not k.startswith("_")}
+    config.update(
+        in_channels=UNET_IN_CHANNELS,
+        addition_embed_type=None,
+        addition_time_embed_dim=None,
+        class_embed_type="projection",
+        projection_class_embeddings_input_dim=LIGHT_EMBEDDING_DIM * len(LIGHT_KEYS),
+        encoder_hid_dim=None,
+        encoder_hid_dim_type=None,
+    )
+    return config
+
+
+@dataclass
+class ShadowUNetOutput(BaseOutput):
+    sample: torch.Tensor  # [B,4,h,w] predicted velocity v = noise - x0
+
+
+class ShadowUNet(ModelMixin, ConfigMixin):
+    """SDXL's UNet with every text cross-attention removed (no attn2/norm2), 9 input channels [z_t, z_m, z_o], and the
+    light (theta deg, phi deg, size) embedded like a timestep and added to the time embedding (paper §3.2).
+
+    A thin wrapper because a `UNet2DConditionModel` subclass does not round-trip through `from_pretrained` (it passes
+    config values by the subclass's own `__init__` signature). Its config alone rebuilds it: the stock UNet config plus
+    the light-embedding sizes.
+    """
+
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(
+        self, unet_config: dict, light_embedding_dim: int = LIGHT_EMBEDDING_DIM, cross_attention: bool = False
+    ):
+        super().__init__()
+        if cross_attention:
+            raise ValueError("ShadowUNet has no text cross-attention: `cross_attention` must be False.")
+        expected = light_embedding_dim * len(LIGHT_KEYS)
+        if unet_config.get("projection_class_embeddings_input_dim") != expected:
+            raise ValueError(
+                f"`unet_config.projection_class_embeddings_input_dim` must be {expected} (3 x {light_embedding_dim})."
+            )
+        self.unet = UNet2DConditionModel.from_config(unet_config)
+        _strip_cross_attention(self.unet)
+        self.light_proj = Timesteps(
+            light_embedding_dim,
+            flip_sin_to_cos=unet_config.get("flip_sin_to_cos", True),
+            downscale_freq_shift=unet_config.get("freq_shift", 0),
+        )
+
+    @property
+    def in_channels(self) -> int:
+        return self.unet.config.in_channels
+
+    @property
+    def sample_size(self) -> int:
+        return self.unet.config.sample_size
+
+    def light_embedding(self, light: torch.Tensor) -> torch.Tensor:
+        """[B,3] raw (theta deg, phi deg, size) -> [B, 3*256] sinusoidal embedding. Raw degrees resolve well at the
+        sinusoid's highest frequencies; [0,1]-normalised inputs would make all lights look alike (DESIGN.md §3)."""
+        if light.ndim != 2 or light.shape[1] != len(LIGHT_KEYS):
+            raise ValueError(f"`light` must be [B, 3] = (theta, phi, size), got {tuple(light.shape)}.")
+        theta, phi, size = light.unbind(dim=1)
+        phi = wrap_phi(phi).to(torch.float32)  # wrapped in float64 first, so phi and phi + 360 are bit-identical
+        parts = [self.light_proj(value.to(torch.float32)) for value in (theta, phi, size)]
+        return torch.cat(parts, dim=1)
+
+    def forward(self, sample: torch.Tensor, timestep, light: torch.Tensor, return_dict: bool = True):
+        """sample [B,9,h,w] = cat(z_t, z_m, z_o); timestep = t * 1000; light [B,3] raw -> velocity [B,4,h,w]."""
+        light_embedding = self.light_embedding(light).to(sample.dtype)
+        velocity = self.unet(sample, timestep, encoder_hidden_states=None, class_labels=light_embedding).sample
+        return ShadowUNetOutput(sample=velocity) if return_dict else (velocity,)
+
+    @classmethod
+    def from_sdxl_unet(cls, sdxl_unet: UNet2DConditionModel) -> ShadowUNet:
+        """Converts a loaded SDXL UNet without ever holding two full copies (the new model is built on the meta device
+        and takes the converted tensors by assignment)."""
+        state = sdxl_unet.state_dict()
+        dropped_cross = sum(state[k].numel() for k in state if _is_cross_attention_key(k))
+        dropped_add = sum(state[k].numel() for k in state if k.startswith(("add_embedding.", "add_time_proj.")))
+        kept = {f"unet.{k}": v for k, v in state.items() if not _is_cross_attention_key(k) and not k.startswith("add_")}
+        weight, bias = widen_conv_in(state["conv_in.weight"], state.get("conv_in.bias"), UNET_IN_CHANNELS)
+        kept["unet.conv_in.weight"] = weight
+        if bias is not None:
+            kept["unet.conv_in.bias"] = bias
+        config = shadow_unet_config(sdxl_unet.config)
+        with torch.device("meta"):
+            model = cls(unet_config=config)
+        dtype, device = weight.dtype, weight.device
+        time_width = model.unet.class_embedding.linear_1.out_features
+        first = torch.nn.Linear(model.unet.class_embedding.linear_1.in_features, time_width, device=device, dtype=dtype)
+        kept["unet.class_embedding.linear_1.weight"] = first.weight.detach()
+        kept["unet.class_embedding.linear_1.bias"] = first.bias.detach()
+        # Zero-initialised last layer: the converted model starts exactly as SDXL's time path (DESIGN.md §3).
+        kept["unet.class_embedding.linear_2.weight"] = torch.zeros(time_width, time_width, device=device, dtype=dtype)
+        kept["unet.class_embedding.linear_2.bias"] = torch.zeros(time_width, device=device, dtype=dtype)
+        model.load_state_dict(kept, strict=True, assign=True)
+        added_light = sum(p.numel() for p in model.unet.class_embedding.parameters())
+        total = sum(p.numel() for p in model.parameters())
+        logger.info(
+            "Converted SDXL UNet to ShadowUNet: dropped %s text cross-attention parameters (attn2/norm2) and %s "
+            "text/time_ids add_embedding parameters; conv_in widened 4 -> %d input channels (+%s, zero-initialised); "
+            "light embedding added (+%s, last layer zero); total %s parameters.",
+            f"{dropped_cross:,}",
+            f"{dropped_add:,}",
+            UNET_IN_CHANNELS,
+            f"{weight[:, 4:].numel():,}",
+            f"{added_light:,}",
+            f"{total:,}",
+        )
+        return model
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 4. Compositing: intensity lives only here (as in the paper).
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _cover_resize(background: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+    """Scales [B,3,H,W] to cover `size_hw` and centre-crops it (never squashes the background)."""
+    height, width = background.shape[-2:]
+    if (height, width) == tuple(size_hw):
+        return background
+    scale = max(size_hw[0] / height, size_hw[1] / width)
+    new_hw = (max(size_hw[0], round(height * scale)), max(size_hw[1], round(width * scale)))
+    resized = F.interpolate(background, size=new_hw, mode="bilinear", antialias=True, align_corners=False)
+    top, left = (new_hw[0] - size_hw[0]) // 2, (new_hw[1] - size_hw[1]) // 2
+    return resized[..., top : top + size_hw[0], left : left + size_hw[1]]
+
+
+def composite_tensors(object_image, mask, shadow_map, background, intensity=1.0) -> torch.Tensor:
+    """All [B,C,H,W] in [0, 1]: background darkened by clamp(intensity * shadow), the object pasted through its mask."""
+    if not isinstance(intensity, torch.Tensor):
+        intensity = torch.as_tensor(intensity, dtype=shadow_map.dtype)
+    intensity = intensity.to(shadow_map.device, shadow_map.dtype).reshape(-1, 1, 1, 1)
+    background = _cover_resize(background.to(object_image), tuple(object_image.shape[-2:]))
+    darkening = (intensity * shadow_map).clamp(0.0, 1.0)
+    shadowed = background * (1.0 - darkening)
+    return object_image * mask + shadowed * (1.0 - mask)
+
+
+def composite(object_image, mask, shadow_map, background, intensity: float = 1.0):
+    """The final picture: `background` (cover-resized to the object's canvas when its size differs) darkened by
+    `intensity` x `shadow_map` (clamped to [0, 1]), with the object pasted on top through its (soft) `mask`.
+
+    Takes PIL images (object RGB/RGBA, mask and shadow map gray) or tensors in [0, 1] ([3,H,W]/[B,3,H,W],
+    [1,H,W]/[B,1,H,W]); returns the same kind as `object_image` (a PIL RGB image, or a tensor).
+    """
+    if intensity is None or (not isinstance(intensity, torch.Tensor) and np.any(np.asarray(intensity) < 0)):
+        raise ValueError(f"`intensity` must be >= 0, got {intensity}.")
+    as_pil = isinstance(object_image, PIL.Image.Image)
+    obj = image_to_tensor(object_image, "object_image") if not isinstance(object_image, torch.Tensor) else object_image
+    if mask is None and obj.shape[-3] == 4:
+        mask = obj[..., 3:4, :, :]
+    if mask is None:
+        raise ValueError("`mask` is required when `object_image` has no alpha channel.")
+    obj = obj[..., :3, :, :]
+    mask_t = gray_to_tensor(mask, "mask") if not isinstance(mask, torch.Tensor) else mask
+    shadow_t = gray_to_tensor(shadow_map, "shadow_map") if not isinstance(shadow_map, torch.Tensor) else shadow_map
+    background_t = background if isinstance(background, torch.Tensor) else image_to_tensor(background, "background")
+    batched = obj.ndim == 4
+    tensors = [t if t.ndim == 4 else t[None] for t in (obj, mask_t, shadow_t, background_t[..., :3, :, :])]
+    if tensors[1].shape[-2:] != tensors[0].shape[-2:] or tensors[2].shape[-2:] != tensors[0].shape[-2:]:
+        raise ValueError(
+            f"`object_image` {tuple(tensors[0].shape[-2:])}, `mask` {tuple(tensors[1].shape[-2:])} and `shadow_map` "
+            f"{tuple(tensors[2].shape[-2:])} must have the same height and width."
+        )
+    result = composite_tensors(*tensors, intensity=intensity)
+    if as_pil:
+        array = (result[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255.0).round().astype(np.uint8)
+        return PIL.Image.fromarray(array, mode="RGB")
+    return result if batched else result[0]
+
+
+def shadow_layer(shadow_map: torch.Tensor, intensity: float = 1.0) -> PIL.Image.Image:
+    """A shadow-only RGBA layer for image editors: black with alpha = clamp(intensity x shadow)."""
+    alpha = (shadow_map.reshape(shadow_map.shape[-2:]).float() * intensity).clamp(0, 1).numpy()
+    rgba = np.zeros((*alpha.shape, 4), dtype=np.uint8)
+    rgba[..., 3] = (alpha * 255.0).round().astype(np.uint8)
+    return PIL.Image.fromarray(rgba, mode="RGBA")
+
+
+def shadow_map_to_pil(shadow_map: torch.Tensor) -> PIL.Image.Image:
+    """[1,H,W] or [H,W] in [0, 1] -> mode-"L" image (255 = full shadow)."""
+    array = (shadow_map.reshape(shadow_map.shape[-2:]).float().clamp(0, 1).numpy() * 255.0).round().astype(np.uint8)
+    return PIL.Image.fromarray(array, mode="L")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 5. The pipeline.
+# --------------------------------------------------------------------------------------------------------------------
+
+EXAMPLE_DOC_STRING = """
+Examples:
+```py
+>>> import torch
+>>> from PIL import Image
+>>> from pipeline_shadow import ShadowPipeline
+
+>>> pipe = ShadowPipeline.from_pretrained("path/to/trained-shadow-pipeline")  # or a Hub id
+>>> pipe = pipe.to("cuda" if torch.cuda.is_available() else "cpu")
+>>> cutout = Image.open("object.png")  # RGBA cut-out: the mask comes from its alpha channel
+>>> out = pipe(cutout, theta=30.0, phi=45.0, size=4.0, background=Image.open("background.jpg"), intensity=0.8,
+...            generator=torch.Generator().manual_seed(0))
+>>> out.shadow_maps[0].save("shadow.png")  # mode "L", 255 = full shadow
+>>> out.images[0].save("composite.png")
+```
+"""
+
+
+@dataclass
+class ShadowPipelineOutput(BaseOutput):
+    """
+    Args:
+        shadow_maps: the model's raw shadow maps at each input's size, 1 = full shadow (intensity is NOT applied):
+            "pil": list of mode-"L" images; "np": [B,H,W] float32 in [0, 1]; "pt": [B,1,H,W] float32 in [0, 1].
+        images: composites (object over the background darkened by intensity x shadow) when a `background` was
+            given, else None. "pil": list of RGB images; "np": [B,H,W,3] float32 in [0, 1]; "pt": [B,3,H,W].
+    """
+
+    shadow_maps: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | None = None
+
+
+@dataclass
+class ObjectLatents:
+    """What `encode_object` prepares once per object: reuse it while only the light changes (a slider re-runs the
+    UNet and the decoder only)."""
+
+    object_latents: torch.Tensor  # [B,4,h,w]
+    mask_latent: torch.Tensor  # [B,1,h,w]
+    boxes: list[PadBox]
+    sizes: list[tuple[int, int]]  # each input's (H, W)
+    objects: list[torch.Tensor]  # [3,H,W] in [0, 1] at input size, for compositing
+    masks: list[torch.Tensor]  # [1,H,W] in [0, 1]
+
+
+def _as_list(value, name: str, batch_size: int) -> list[float]:
+    if isinstance(value, torch.Tensor):
+        value = value.flatten().tolist()
+    elif isinstance(value, np.ndarray):
+        value = value.flatten().tolist()
+    if isinstance(value, (list, tuple)):
+        if len(value) != batch_size:
+            raise ValueError(
+                f"`{name}` has {len(value)} values but the batch has {batch_size} images; give one value or one per image."
+            )
+        values = list(value)
+    else:
+        values = [value] * batch_size
+    for v in values:
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float, np.integer, np.floating))
+            or not math.isfinite(float(v))
+        ):
+            raise ValueError(f"`{name}` must be a finite number or a list of numbers, got {v!r}.")
+    return [float(v) for v in values]
+
+
+def _split_images(images, name: str) -> list:
+    """One image, a list of images, or a batched tensor/array -> a list of single images."""
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError(f"`{name}` is an empty list.")
+        return list(images)
+    if isinstance(images, torch.Tensor) and images.ndim == 4:
+        return list(images.unbind(0))
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return list(images)
+    return [images]
+
+
+class ShadowPipeline(DiffusionPipeline):
+    r"""Predicts the shadow map an object casts under a light (theta, phi, size) in ONE rectified-flow step, and
+    composites it onto a background.
+
+    Components:
+        unet ([`ShadowUNet`]): SDXL UNet without text cross-attention; input [z_t, mask, object latent].
+        vae ([`AutoencoderKL`]): SDXL's VAE, encodes the object and decodes the shadow map.
+        scheduler ([`FlowMatchEulerDiscreteScheduler`]): rectified-flow Euler steps from t = 1 (noise) to 0.
+        default_processing_resolution (`int`, *optional*): the training resolution; inputs are resized (aspect
+            kept, padded) so the long side matches it. None means unet sample_size x VAE factor.
+    """
+
+    model_cpu_offload_seq = "unet->vae"
+    _optional_components = []
+
+    def __init__(
+        self,
+        unet: ShadowUNet,
+        vae: AutoencoderKL,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        default_processing_resolution: int | None = None,
+    ):
+        super().__init__()
+        self.register_modules(unet=unet, vae=vae, scheduler=scheduler)
+        self.register_to_config(default_processing_resolution=default_processing_resolution)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if vae is not None else 8
+
+    # ----- building and loading ------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_sdxl(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        vae: AutoencoderKL | str | None = None,
+        revision: str | None = None,
+        variant: str | None = None,
+        torch_dtype: torch.dtype | None = None,
+        **kwargs,
+    ) -> ShadowPipeline:
+        """An untrained shadow pipeline from any SDXL checkpoint in the diffusers layout (Hub id or folder): loads
+        only `unet/` and `vae/` (never a text encoder), converts the UNet (see `ShadowUNet.from_sdxl_unet`) and adds a
+        flow-matching scheduler. `vae` may be a loaded AutoencoderKL or a path/Hub id (e.g. an fp16-safe SDXL VAE)."""
+        load_kwargs = {"revision": revision, "variant": variant, "torch_dtype": torch_dtype, **kwargs}
+        sdxl_unet = UNet2DConditionModel.from_pretrained(pretrained_model_name_or_path, subfolder="unet", **load_kwargs)
+        unet = ShadowUNet.from_sdxl_unet(sdxl_unet)
+        del sdxl_unet
+        if vae is None:
+            vae = AutoencoderKL.from_pretrained(pretrained_model_name_or_path, subfolder="vae", **load_kwargs)
+        elif not isinstance(vae, AutoencoderKL):
+            vae = AutoencoderKL.from_pretrained(vae, **{k: v for k, v in load_kwargs.items() if k != "variant"})
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, shift=1.0)
+        return cls(unet=unet, vae=vae, scheduler=scheduler)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> ShadowPipeline:
+        """Loads a saved shadow pipeline (folder or Hub id) with this class's own code, so no `trust_remote_code` is
+        needed when the project is importable. (`DiffusionPipeline.from_pretrained(..., trust_remote_code=True)`
+        loads the same folder with the copy of this file saved beside the weights.)"""
+        component_kwargs = {
+            k: kwargs.pop(k)
+            for k in ("cache_dir", "force_download", "local_files_only", "token", "revision", "proxies")
+            if k in kwargs
+        }
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        variant = kwargs.pop("variant", None)
+        config = cls.load_config(pretrained_model_name_or_path, **component_kwargs)
+        components = {name: kwargs.pop(name) for name in ("unet", "vae", "scheduler") if name in kwargs}
+        if "unet" not in components:
+            components["unet"] = ShadowUNet.from_pretrained(
+                pretrained_model_name_or_path,
+                subfolder="unet",
+                torch_dtype=torch_dtype,
+                variant=variant,
+                **component_kwargs,
+            )
+        if "vae" not in components:
+            components["vae"] = AutoencoderKL.from_pretrained(
+                pretrained_model_name_or_path,
+                subfolder="vae",
+                torch_dtype=torch_dtype,
+                variant=variant,
+                **component_kwargs,
+            )
+        if "scheduler" not in components:
+            components["scheduler"] = FlowMatchEulerDiscreteScheduler.from_pretrained(
+                pretrained_model_name_or_path, subfolder="scheduler", **component_kwargs
+            )
+        if kwargs:
+            raise ValueError(f"Unexpected arguments for ShadowPipeline.from_pretrained: {', '.join(sorted(kwargs))}.")
+        resolution = config.get("default_processing_resolution")
+        return cls(**components, default_processing_resolution=resolution)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs):
+        """Saves the diffusers folder plus this file at its root and in `unet/`, and records the custom classes in
+        model_index.json, so `DiffusionPipeline.from_pretrained(folder_or_repo, trust_remote_code=True)` needs no
+        other code. This folder is what `push_to_hub` uploads."""
+        if getattr(self.unet.unet, "_hf_peft_config_loaded", False):
+            raise ValueError(
+                "The UNet carries an unfused LoRA, which the saved folder could not load: call `fuse_lora()` first, "
+                "or share the adapter folder it came from."
+            )
+        push_to_hub = kwargs.pop("push_to_hub", False)
+        super().save_pretrained(save_directory, **kwargs)
+        save_directory = Path(save_directory)
+        source = Path(inspect.getsourcefile(ShadowUNet))
+        for folder in (save_directory, save_directory / "unet"):
+            shutil.copyfile(source, folder / f"{MODULE_NAME}.py")
+        index_path = save_directory / "model_index.json"
+        model_index = json.loads(index_path.read_text())
+        model_index["_class_name"] = [MODULE_NAME, type(self).__name__]
+        model_index["unet"] = [MODULE_NAME, type(self.unet).__name__]
+        index_path.write_text(json.dumps(model_index, indent=2, sort_keys=True) + "\n")
+        if push_to_hub:
+            from huggingface_hub import create_repo, upload_folder
+
+            repo_id = kwargs.get("repo_id") or save_directory.name
+            repo_id = create_repo(
+                repo_id, exist_ok=True, private=kwargs.get("private"), token=kwargs.get("token")
+            ).repo_id
+            upload_folder(
+                repo_id=repo_id,
+                folder_path=save_directory,
+                token=kwargs.get("token"),
+                commit_message=kwargs.get("commit_message", "Upload ShadowPipeline"),
+            )
+
+    # ----- speed ---------------------------------------------------------------------------------------------------
+
+    def enable_fast_inference(self, mode: str | None = "max-autotune", backend: str = "inductor", channels_last=None):
+        """Compiles the UNet and the VAE's encoder and decoder with `torch.compile` (channels_last memory format on
+        CUDA, where it pays once compiled but hurts in eager mode, DESIGN.md §6). The first call at each new shape pays
+        the compilation (minutes for the full-size model, see BENCHMARKS.md); later calls are fast. Outputs match the
+        plain pipeline within the dtype's tolerance. `mode="max-autotune"` also captures CUDA graphs, so keep the
+        processing size fixed (a light slider re-running `pipe(object_latents=..., ...)` does)."""
+        if channels_last is None:
+            channels_last = self._execution_device.type == "cuda"
+        if channels_last:
+            for module in (self.unet, self.vae):
+                module.to(memory_format=torch.channels_last)
+        self.unet.unet = torch.compile(self.unet.unet, mode=mode, backend=backend, fullgraph=True)
+        self.vae.encoder = torch.compile(self.vae.encoder, mode=mode, backend=backend)
+        self.vae.decoder = torch.compile(self.vae.decoder, mode=mode, backend=backend)
+        return self
+
+    def load_lora_weights(
+        self,
+        pretrained_model_name_or_path: str | os.PathLike,
+        subfolder: str | None = None,
+        fuse: bool = False,
+        **kwargs,
+    ) -> ShadowPipeline:
+        """Loads a LoRA saved by `train_shadow_sdxl.py --use_lora` onto this pipeline, which must be the converted base
+        it was trained from (`ShadowPipeline.from_sdxl(base)`). Accepts the `unet_lora/` folder itself, or a folder or
+        Hub repo that holds one. Replaces conv_in and the light projection with their fully trained copies and sets
+        the training resolution. `fuse=True` merges the adapter into the weights (see `fuse_lora`). Needs peft.
+
+            pipe = ShadowPipeline.from_sdxl("stabilityai/stable-diffusion-xl-base-1.0")
+            pipe.load_lora_weights("checkpoints/final/unet_lora")
+        """
+        from peft import LoraConfig  # optional dependency, only for LoRA
+
+        if getattr(self.unet.unet, "_hf_peft_config_loaded", False):
+            raise ValueError(
+                "This pipeline's UNet already carries a LoRA: load the adapter onto a fresh base pipeline."
+            )
+        folder = _lora_folder(pretrained_model_name_or_path, subfolder, **kwargs)
+        self.unet.unet.add_adapter(LoraConfig.from_pretrained(str(folder)))
+        load_lora_state(self.unet, folder)
+        info_path = folder / LORA_INFO
+        resolution = (
+            json.loads(info_path.read_text()).get("default_processing_resolution") if info_path.is_file() else None
+        )
+        if resolution:
+            self.register_to_config(default_processing_resolution=int(resolution))
+        if fuse:
+            self.fuse_lora()
+        return self
+
+    def fuse_lora(self) -> None:
+        """Merges the loaded LoRA into the UNet's weights and removes the adapter layers: the pipeline is then a plain
+        ShadowPipeline (same outputs up to float rounding) that `save_pretrained` writes as a full model."""
+        if not getattr(self.unet.unet, "_hf_peft_config_loaded", False):
+            raise ValueError("No LoRA is loaded: call `load_lora_weights` first.")
+        self.unet.unet.fuse_lora()
+        self.unet.unet.unload_lora()
+
+    # ----- defaults and checks -------------------------------------------------------------------------------------
+
+    @property
+    def default_resolution(self) -> int:
+        """The training resolution recorded in the config, else unet sample_size x VAE factor (1024 for SDXL)."""
+        resolution = self.config.default_processing_resolution
+        return int(resolution) if resolution else int(self.unet.sample_size * self.vae_scale_factor)
+
+    def check_inputs(
+        self, objects, masks, lights, intensity, num_inference_steps, height, width, output_type, background
+    ):
+        """Raises ValueError naming the argument and what is allowed; `objects`/`masks` are already split lists."""
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"`output_type` must be one of 'pil', 'np', 'pt', got {output_type!r}.")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
+        if num_inference_steps > 50:
+            logger.warning(
+                "`num_inference_steps`=%d: the model is trained for ONE step; more rarely helps.", num_inference_steps
+            )
+        for name, value in (("height", height), ("width", width)):
+            if value is not None and (not isinstance(value, int) or value <= 0 or value % 8):
+                raise ValueError(f"`{name}` must be a positive multiple of 8, got {value!r}.")
+        theta, _, size = lights
+        for t in theta:
+            if not 0.0 <= t < THETA_MAX_DEG:
+                raise ValueError(f"`theta` must lie in [0, {THETA_MAX_DEG:g}) degrees, got {t:g}.")
+        for s in size:
+            if s <= 0:
+                raise ValueError(f"`size` (area-light side) must be > 0, got {s:g}.")
+        if any(i < 0 for i in intensity):
+            raise ValueError(f"`intensity` must be >= 0, got {intensity}.")
+        if len(masks) != len(objects):
+            raise ValueError(f"`mask` has {len(masks)} entries but `object_image` has {len(objects)}.")
+        for index, (obj, mask) in enumerate(zip(objects, masks)):
+            if mask is None:
+                raise ValueError(
+                    f"`object_image`[{index}] is RGB and no `mask` was given: pass an RGBA cut-out (the mask is taken "
+                    "from its alpha channel) or a `mask`."
+                )
+            if obj.shape[-2:] != mask.shape[-2:]:
+                raise ValueError(
+                    f"`object_image`[{index}] is {tuple(obj.shape[-2:])} (H, W) but its `mask` is {tuple(mask.shape[-2:])}."
+                )
+        if output_type in ("np", "pt") and len({tuple(o.shape[-2:]) for o in objects}) > 1:
+            raise ValueError(
+                "Images of different sizes cannot be stacked for `output_type` 'np'/'pt'; use output_type='pil' "
+                "or call the pipeline once per image."
+            )
+        if background is not None and not isinstance(
+            background, (PIL.Image.Image, np.ndarray, torch.Tensor, list, tuple)
+        ):
+            raise ValueError(
+                f"`background` must be an image (PIL, numpy, tensor) or a list of them, got {type(background).__name__}."
+            )
+
+    def _prepare_images(self, object_image, mask) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        objects = [image_to_tensor(image, "object_image") for image in _split_images(object_image, "object_image")]
+        if mask is None:
+            masks = [obj[3:4] if obj.shape[0] == 4 else None for obj in objects]
+        else:
+            masks = [gray_to_tensor(m, "mask") for m in _split_images(mask, "mask")]
+            if len(masks) == 1 and len(objects) > 1:
+                masks = masks * len(objects)
+        return [obj[:3] for obj in objects], masks
+
+    # ----- the model steps -----------------------------------------------------------------------------------------
+
+    def _vae_dtype_context(self):
+        """fp16 SDXL VAEs overflow: upcast to fp32 when the VAE config asks for it (diffusers' `force_upcast`)."""
+        needs_upcast = self.vae.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False)
+        return _VaeUpcast(self.vae) if needs_upcast else _NullContext()
+
+    @torch.no_grad()
+    def encode_object(
+        self, object_image, mask=None, height: int | None = None, width: int | None = None
+    ) -> ObjectLatents:
+        """Resizes (aspect kept, padded), whitens the background and encodes the objects once. Pass the result as
+        `object_latents=` to `__call__` to re-light the same objects without re-encoding them."""
+        objects, masks = self._prepare_images(object_image, mask)
+        return self._encode(objects, masks, height, width)
+
+    def _encode(self, objects, masks, height, width) -> ObjectLatents:
+        target_hw = (height or self.default_resolution, width or self.default_resolution)
+        device = self._execution_device
+        # The same preprocessing as the training data: binarised mask, white background, resized and padded.
+        prepared = [preprocess_object(obj, mask, target_hw) for obj, mask in zip(objects, masks)]
+        vae_input = torch.stack([p[0] for p in prepared]).to(device)  # [B,3,H,W] in [-1,1], white outside the mask
+        mask_batch = torch.stack([p[1] for p in prepared]).to(device)  # [B,1,H,W]
+        boxes = [p[2] for p in prepared]
+        with self._vae_dtype_context():
+            object_latents = encode_latents(self.vae, vae_input)  # [B,4,h,w]
+        latent_hw = tuple(object_latents.shape[-2:])
+        return ObjectLatents(
+            object_latents=object_latents,
+            mask_latent=mask_to_latent(mask_batch, latent_hw),  # [B,1,h,w]
+            boxes=boxes,
+            sizes=[tuple(o.shape[-2:]) for o in objects],
+            objects=objects,
+            masks=masks,
+        )
+
+    def predict_latents(
+        self, prepared: ObjectLatents, light: torch.Tensor, num_inference_steps: int = 1, generator=None
+    ):
+        """Integrates the flow from pure noise at t = 1 to t = 0: one step gives x0 = x1 - v(x1, t=1)."""
+        device, dtype = self._execution_device, self.unet.dtype
+        object_latents = prepared.object_latents.to(device, dtype)
+        mask_latent = prepared.mask_latent.to(device, dtype)
+        latents = randn_tensor(object_latents.shape, generator=generator, device=device, dtype=dtype)  # [B,4,h,w]
+        self.scheduler.set_timesteps(sigmas=inference_sigmas(num_inference_steps), device=device)
+        timesteps = self.scheduler.timesteps
+        light = light.to(device)
+        for timestep in self.progress_bar(timesteps) if num_inference_steps > 1 else timesteps:
+            model_input = torch.cat([latents, mask_latent, object_latents], dim=1)  # [B,9,h,w]
+            velocity = self.unet(model_input, timestep.expand(latents.shape[0]), light).sample  # [B,4,h,w]
+            latents = self.scheduler.step(velocity, timestep, latents).prev_sample
+        return latents
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        object_image=None,
+        mask=None,
+        theta: float | Sequence[float] = 30.0,
+        phi: float | Sequence[float] = 0.0,
+        size: float | Sequence[float] = 2.0,
+        num_inference_steps: int = 1,
+        height: int | None = None,
+        width: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        background=None,
+        intensity: float | Sequence[float] = 1.0,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        object_latents: ObjectLatents | None = None,
+    ):
+        r"""
+        Predicts shadow maps for cut-out objects.
+
+        Args:
+            object_image: PIL image, numpy (uint8 HWC or float HWC in [0, 1]) or tensor (float [B,3,H,W] in [0, 1]),
+                one or a list. RGBA is accepted: the mask is its alpha channel when `mask` is None.
+            mask: the object mask(s) in [0, 1] (1 = object), same size as the image; soft edges allowed.
+            theta: light polar angle(s) in degrees, [0, 90) (0 = light straight above, shadow under the object).
+            phi: light azimuth(s) in degrees; 0 = light on the image's right, shadow to the left. Periodic.
+            size: area-light side(s), > 0 (2..8 in the paper's data; bigger = softer).
+            num_inference_steps: 1 (the model's regime) or more Euler steps along the flow.
+            height, width: processing size (multiples of 8); default: the training resolution, square.
+            generator: torch generator(s) for the starting noise.
+            background: optional background image(s); when given, `images` holds the composites.
+            intensity: shadow strength(s) >= 0 used for compositing only; `shadow_maps` stay raw.
+            output_type: "pil", "np" or "pt" (see [`ShadowPipelineOutput`]).
+            object_latents: the result of `encode_object` to skip re-encoding the same objects.
+
+        Examples:
+        """
+        # 1. Inputs as lists of [C,H,W] tensors in [0, 1]
+        if object_latents is None:
+            objects, masks = self._prepare_images(object_image, mask)
+        else:
+            objects, masks = object_latents.objects, object_latents.masks
+        batch_size = len(objects)
+        lights = tuple(_as_list(v, n, batch_size) for v, n in ((theta, "theta"), (phi, "phi"), (size, "size")))
+        intensities = _as_list(intensity, "intensity", batch_size)
+        self.check_inputs(
+            objects, masks, lights, intensities, num_inference_steps, height, width, output_type, background
+        )
+
+        # 2. Encode the objects (resize with the aspect kept, pad, white background)
+        prepared = object_latents if object_latents is not None else self._encode(objects, masks, height, width)
+
+        # 3. One (or more) rectified-flow steps from noise
+        light = torch.tensor(lights, dtype=torch.float64).T  # [B,3] raw degrees / size; phi wrapped in the UNet
+        latents = self.predict_latents(prepared, light, num_inference_steps, generator)  # [B,4,h,w]
+
+        # 4. Decode the gray map and undo the resize
+        with self._vae_dtype_context():
+            shadow_batch = decode_shadow(self.vae, latents).cpu()  # [B,1,H',W'] in [0,1]
+        shadow_maps = [
+            unpad_and_resize(shadow_batch[i : i + 1], prepared.boxes[i], prepared.sizes[i])[0].clamp(0, 1)
+            for i in range(batch_size)
+        ]  # each [1,H,W]
+
+        # 5. Composite when a background is given
+        images = None
+        if background is not None:
+            backgrounds = [image_to_tensor(b, "background")[:3] for b in _split_images(background, "background")]
+            if len(backgrounds) not in (1, batch_size):
+                raise ValueError(
+                    f"`background` has {len(backgrounds)} images; give one or one per object ({batch_size})."
+                )
+            backgrounds = backgrounds * batch_size if len(backgrounds) == 1 else backgrounds
+            images = [
+                composite_tensors(o[None], m[None], s[None], b[None], intensities[i])[0]
+                for i, (o, m, s, b) in enumerate(zip(prepared.objects, prepared.masks, shadow_maps, backgrounds))
+            ]
+        self.maybe_free_model_hooks()
+
+        # 6. Output type
+        shadow_out, images_out = _format_outputs(shadow_maps, images, output_type)
+        if not return_dict:
+            return shadow_out, images_out
+        return ShadowPipelineOutput(shadow_maps=shadow_out, images=images_out)
+
+
+def _format_outputs(shadow_maps: list[torch.Tensor], images: list[torch.Tensor] | None, output_type: str):
+    if output_type == "pil":
+        pil_images = None
+        if images is not None:
+            pil_images = [
+                PIL.Image.fromarray((i.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8))
+                for i in images
+            ]
+        return [shadow_map_to_pil(s) for s in shadow_maps], pil_images
+    shadow_batch = torch.stack(shadow_maps)  # [B,1,H,W]
+    image_batch = torch.stack(images) if images is not None else None  # [B,3,H,W]
+    if output_type == "pt":
+        return shadow_batch, image_batch
+    return shadow_batch[:, 0].numpy(), (image_batch.permute(0, 2, 3, 1).numpy() if image_batch is not None else None)
+
+
+class _NullContext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _VaeUpcast:
+    def __init__(self, vae):
+        self.vae = vae
+
+    def __enter__(self):
+        self.vae.to(torch.float32)
+        return self
+
+    def __exit__(self, *exc):
+        self.vae.to(torch.float16)
+        return False
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 6. LoRA files: one writer (training) and one reader (training resume, `ShadowPipeline.load_lora_weights`).
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def save_lora_state(
+    unet: ShadowUNet,
+    folder: str | os.PathLike,
+    base_model: str | None = None,
+    default_processing_resolution: int | None = None,
+) -> Path:
+    """Writes the LoRA that `unet.unet.add_adapter` added in peft's format (adapter_config.json and
+    adapter_model.safetensors), the modules trained fully beside it (fully_trained_modules.safetensors) and
+    shadow_lora.json (base model, training resolution): what rebuilds the trained UNet on top of its converted base."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    inner = unet.unet
+    config = copy.copy(inner.peft_config["default"])
+    config.base_model_name_or_path = base_model
+    config.save_pretrained(str(folder))
+    adapter = get_peft_model_state_dict(inner)
+    save_file({k: v.detach().cpu().contiguous() for k, v in adapter.items()}, str(folder / LORA_ADAPTER_WEIGHTS))
+    full = {
+        k: v.detach().cpu().contiguous()
+        for k, v in inner.state_dict().items()
+        if k.split(".")[0] in LORA_FULLY_TRAINED_MODULES
+    }
+    save_file(full, str(folder / LORA_FULL_WEIGHTS))
+    info = {
+        "base_model": base_model,
+        "default_processing_resolution": default_processing_resolution,
+        "lora_target_modules": list(LORA_TARGET_MODULES),
+        "fully_trained_modules": list(LORA_FULLY_TRAINED_MODULES),
+    }
+    (folder / LORA_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    return folder
+
+
+def load_lora_state(unet: ShadowUNet, folder: str | os.PathLike) -> None:
+    """Loads the adapter weights and the fully trained modules of a `save_lora_state` folder into `unet`, which must
+    already carry an adapter with the same configuration. Raises ValueError naming any weight that does not fit."""
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    inner = unet.unet
+    result = set_peft_model_state_dict(inner, load_file(str(folder / LORA_ADAPTER_WEIGHTS)))
+    unexpected = list(getattr(result, "unexpected_keys", []))
+    missing = [k for k in getattr(result, "missing_keys", []) if ".lora_" in k]
+    if unexpected or missing:
+        raise ValueError(
+            f"The LoRA in {folder} does not fit this UNet: unexpected {unexpected[:3]}, missing {missing[:3]} "
+            f"({len(unexpected)} and {len(missing)} in all). Was it trained on another base model?"
+        )
+    full = load_file(str(folder / LORA_FULL_WEIGHTS))
+    own = inner.state_dict()
+    wrong = [k for k, v in full.items() if k not in own or own[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"{folder / LORA_FULL_WEIGHTS} does not fit this UNet: {wrong[:3]} (shape or name).")
+    inner.load_state_dict(full, strict=False)
+
+
+def _lora_folder(name_or_path: str | os.PathLike, subfolder: str | None, **kwargs) -> Path:
+    path = Path(name_or_path)
+    if path.is_dir():
+        candidates = [path / subfolder] if subfolder else [path, path / LORA_SUBFOLDER]
+        for candidate in candidates:
+            if (candidate / "adapter_config.json").is_file():
+                return candidate
+        raise ValueError(f"No LoRA (adapter_config.json) in {' or '.join(str(c) for c in candidates)}.")
+    from huggingface_hub import snapshot_download
+
+    subfolder = subfolder or LORA_SUBFOLDER
+    hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
+    local = snapshot_download(str(name_or_path), allow_patterns=[f"{subfolder}/*"], **hub_kwargs)
+    return Path(local) / subfolder
+
+
+ShadowPipeline.__call__.__doc__ = (ShadowPipeline.__call__.__doc__ or "") + EXAMPLE_DOC_STRING

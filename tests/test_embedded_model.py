@@ -1,0 +1,61 @@
+"""The shipped small model (models/shadow-small) follows the light on objects it never saw in training, measured with
+evaluate_shadow.py's estimators (direction, extent, softness)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from evaluate_shadow import shadow_direction_deg, shadow_extent, shadow_softness
+from pipeline_shadow import ShadowPipeline
+
+REPO = Path(__file__).resolve().parents[1]
+OBJECTS = sorted((REPO / "tests" / "assets" / "unseen_objects").glob("*.png"))
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    pipe = ShadowPipeline.from_pretrained(REPO / "models" / "shadow-small")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _maps(pipe, **light) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    cutouts = [PIL.Image.open(path) for path in OBJECTS]
+    generators = [torch.Generator().manual_seed(0) for _ in cutouts]
+    maps = pipe(cutouts, generator=generators, output_type="np", **light).shadow_maps
+    masks = [np.asarray(c.getchannel("A"), dtype=np.float32) / 255 for c in cutouts]
+    return list(maps), masks
+
+
+def test_the_shipped_model_is_small_and_loads_at_its_training_resolution(shipped):
+    size = sum(f.stat().st_size for f in (REPO / "models" / "shadow-small").rglob("*") if f.is_file())
+    assert size <= 30 * 2**20
+    assert shipped.default_resolution == 128 and shipped.unet.dtype == torch.float32
+    assert len(OBJECTS) == 4
+
+
+def test_turning_phi_by_180_moves_the_shadow_to_the_other_side(shipped):
+    left, masks = _maps(shipped, theta=30.0, phi=0.0, size=2.0)  # light on the right: shadow to the left
+    right, _ = _maps(shipped, theta=30.0, phi=180.0, size=2.0)
+    for shadow_left, shadow_right, mask in zip(left, right, masks):
+        assert np.cos(np.radians(shadow_direction_deg(shadow_left, mask))) < -0.5
+        assert np.cos(np.radians(shadow_direction_deg(shadow_right, mask))) > 0.5
+
+
+def test_raising_theta_lengthens_the_shadow(shipped):
+    low, masks = _maps(shipped, theta=10.0, phi=0.0, size=2.0)
+    high, _ = _maps(shipped, theta=40.0, phi=0.0, size=2.0)
+    extents = [(shadow_extent(a, m), shadow_extent(b, m)) for a, b, m in zip(low, high, masks)]
+    assert all(long > short for short, long in extents), extents
+
+
+def test_raising_size_softens_the_edge(shipped):
+    hard, masks = _maps(shipped, theta=30.0, phi=0.0, size=2.0)
+    soft, _ = _maps(shipped, theta=30.0, phi=0.0, size=8.0)
+    softness = [(shadow_softness(a, m), shadow_softness(b, m)) for a, b, m in zip(hard, soft, masks)]
+    assert np.mean([b - a for a, b in softness]) > 0 and sum(b > a for a, b in softness) >= 3, softness
