@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from data_factory import make_custom_dataset
 from safetensors.torch import load_file
+from training_fixtures import fresh_accelerate_state, reset_accelerate  # noqa: F401 (autouse fixture)
 
 import train_shadow_sdxl as train
 from pipeline_shadow import ShadowPipeline, ShadowUNet
@@ -27,22 +27,6 @@ from pipeline_shadow import ShadowPipeline, ShadowUNet
 NOT_LOADABLE = "org/not-a-model-that-could-load"  # proves an error comes before any model loads
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 CPU = types.SimpleNamespace(device=torch.device("cpu"), num_processes=1)  # what build_optimizer reads of accelerate
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """accelerate's state is a singleton and each in-process run builds its own Accelerator; one torch thread (see
-    tests/test_train_shadow_sdxl.py: two busy threads beside another job are many times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    _reset_accelerate()
-
-
-def _reset_accelerate() -> None:
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +227,7 @@ def test_weights_move_at_lr_1e5_in_the_training_loop(monkeypatch, tiny_sdxl_dir,
               "--checkpointing_steps", 1000, "--validation_steps", 1000]  # fmt: skip
     lean_dir, plain_dir = tmp_path / "lean", tmp_path / "plain"
     state = train.main(_argv(tiny_sdxl_dir, data_dir, lean_dir, *common))
-    _reset_accelerate()
+    reset_accelerate()
     monkeypatch.setattr(train, "optimizer_class", lambda args: torch.optim.AdamW)
     monkeypatch.setattr(train, "optimizer_kwargs", lambda *args: {})
     train.main(_argv(tiny_sdxl_dir, data_dir, plain_dir, *common))
@@ -278,9 +262,9 @@ def test_resume_continues_exactly(tiny_sdxl_dir, data_dir, tmp_path):
     mid-epoch, after validation."""
     common = ["--memory_lean", "--learning_rate", 1e-3, "--checkpointing_steps", 2, "--validation_steps", 2]
     straight = train.main(_argv(tiny_sdxl_dir, data_dir, tmp_path / "straight", *common, "--max_train_steps", 4))
-    _reset_accelerate()
+    reset_accelerate()
     train.main(_argv(tiny_sdxl_dir, data_dir, tmp_path / "resumed", *common, "--max_train_steps", 2))
-    _reset_accelerate()
+    reset_accelerate()
     resume = ["--max_train_steps", 4, "--resume_from_checkpoint", "latest"]
     resumed = train.main(_argv(tiny_sdxl_dir, data_dir, tmp_path / "resumed", *common, *resume))
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 from accelerate import PartialState
-from accelerate.state import AcceleratorState, GradientState
 from data_factory import make_custom_dataset
 from safetensors.torch import load_file
+from training_fixtures import fresh_accelerate_state, reset_accelerate  # noqa: F401 (autouse fixture)
 
 import evaluate_shadow
 import train_shadow_sdxl as train
@@ -32,22 +32,6 @@ from pipeline_shadow import (
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOT_LOADABLE = "org/not-a-model-that-could-load"  # proves an error comes before any model loads
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """accelerate's state is a singleton and each in-process run builds its own Accelerator; one torch thread (see
-    tests/test_train_shadow_sdxl.py: two busy threads beside another job are many times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    _reset_accelerate()
-
-
-def _reset_accelerate() -> None:
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 @pytest.fixture(scope="module")
@@ -240,9 +224,9 @@ def test_ema_differs_from_raw_weights_and_resumes_exactly(tiny_sdxl_dir, data_di
     if mode == "lora":
         common += ["--use_lora", "--foreach_ema"]
     straight = train.main(_argv(tiny_sdxl_dir, data_dir, tmp_path / "straight", *common, "--max_train_steps", 4))
-    _reset_accelerate()
+    reset_accelerate()
     train.main(_argv(tiny_sdxl_dir, data_dir, tmp_path / "resumed", *common, "--max_train_steps", 2))
-    _reset_accelerate()
+    reset_accelerate()
     resume = ["--max_train_steps", 4, "--resume_from_checkpoint", "latest"]
     resumed = train.main(_argv(tiny_sdxl_dir, data_dir, tmp_path / "resumed", *common, *resume))
 
@@ -268,7 +252,7 @@ def test_ema_differs_from_raw_weights_and_resumes_exactly(tiny_sdxl_dir, data_di
         _assert_same(ShadowUNet.from_pretrained(checkpoint, subfolder=train.EMA_DIR).state_dict(), ema)
         _assert_same(_weights(tmp_path / "straight" / "final"), ema)
         # A checkpoint without LoRA does not resume a LoRA run (and says why).
-        _reset_accelerate()
+        reset_accelerate()
         with pytest.raises(ValueError, match="saved without --use_lora"):
             train.main(_argv(tiny_sdxl_dir, data_dir, tmp_path / "straight", *common, "--use_lora", *resume))
     else:  # the EMA covers the adapter and the fully trained modules only
@@ -454,7 +438,7 @@ def test_push_to_hub_uploads_the_final_folder_with_its_model_card(monkeypatch, t
     assert uploads == [(final, "me/shadows", "hf_secret_token")]
     assert "No evaluation was attached" in (final / "README.md").read_text()
     # The README's recipe for adding an evaluation afterwards: the same command, resumed, with the metrics.
-    _reset_accelerate()
+    reset_accelerate()
     metrics = ["--resume_from_checkpoint", "latest", "--evaluation_metrics", _metrics_json(tmp_path / "metrics.json")]
     train.main(_argv(tiny_sdxl_dir, data_dir, output_dir, *extra, *metrics))
     assert len(uploads) == 2 and "Already at step 2 of 2" in (output_dir / "training.log").read_text()

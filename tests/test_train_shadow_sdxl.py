@@ -13,9 +13,9 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from data_factory import make_custom_dataset
 from safetensors.torch import load_file
+from training_fixtures import fresh_accelerate_state, reset_accelerate  # noqa: F401 (autouse fixture)
 
 import train_shadow_sdxl as train
 from pipeline_shadow import ShadowPipeline
@@ -30,20 +30,6 @@ GUIDE_COMMAND_1024 = (
     "--dataset_type custom --data_dir DATA --image_size 1024 --batch_size 2 --mixed_precision --gradient_checkpointing "
     "--gradient_accumulation 4 --max_iterations 5000 --save_every 500 --eval_every 500 --log_every 50"
 )
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each in-process run builds its own Accelerator (precision, accumulation): accelerate's state is a singleton.
-    One torch thread: these tiny models barely use a second one, and two busy OpenMP threads per process are 5-100x
-    slower when another job shares the 2 cores (measured here: the litmus run took 5 s alone, 21 s with 2 threads
-    beside another torch job, 5 s with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +93,7 @@ def _launch(*args, num_processes: int = 1, timeout: int = 240) -> subprocess.Com
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "ACCELERATE_USE_CPU": "1",
-        "OMP_NUM_THREADS": "1",  # see fresh_accelerate_state
+        "OMP_NUM_THREADS": "1",  # see training_fixtures.fresh_accelerate_state
     }
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, env=env)
     assert result.returncode == 0, f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-6000:]}"
@@ -286,12 +272,10 @@ def test_resume_continues_exactly(tiny_sdxl_dir, data_dir, tmp_path, data_flags)
         "--timestep_sampling", "logit_normal", "--latent_cache_dir", tmp_path / "latents", *data_flags,
     ]  # fmt: skip
     straight = train.main(_argv(tiny_sdxl_dir, data_dir, tmp_path / "straight", *common, "--max_train_steps", 6))
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate()
     half = train.main(_argv(tiny_sdxl_dir, data_dir, tmp_path / "resumed", *common, "--max_train_steps", 3))
     assert half.global_step == 3 and (tmp_path / "resumed" / "latest").resolve().name == "checkpoint-3"
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate()
     resumed_argv = [*common, "--max_train_steps", 6, "--resume_from", tmp_path / "resumed" / "latest"]
     resumed = train.main(_argv(tiny_sdxl_dir, data_dir, tmp_path / "resumed", *resumed_argv))
 

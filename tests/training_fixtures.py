@@ -1,0 +1,28 @@
+"""Fixtures shared by the in-process training tests (test_train_shadow_sdxl, test_train_options, test_memory_lean).
+
+Import them into a test module (`from training_fixtures import fresh_accelerate_state, reset_accelerate`); pytest
+then applies the autouse fixture to that module only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+
+
+def reset_accelerate() -> None:
+    """accelerate's state is a singleton; each in-process run builds its own Accelerator (precision, accumulation)."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """A fresh accelerate state after each test, and one torch thread: these tiny models barely use a second one,
+    and two busy OpenMP threads per process are 5-100x slower when another job shares the 2 cores (measured here:
+    the litmus run took 5 s alone, 21 s with 2 threads beside another torch job, 5 s with 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    reset_accelerate()
