@@ -576,7 +576,7 @@ Examples:
 >>> from PIL import Image
 >>> from pipeline_shadow import ShadowPipeline
 
->>> pipe = ShadowPipeline.from_pretrained("path/to/trained-shadow-pipeline")  # or a Hub id
+>>> pipe = ShadowPipeline.from_pretrained("models/shadow-small")  # the repo's small model; or your folder / Hub id
 >>> pipe = pipe.to("cuda" if torch.cuda.is_available() else "cpu")
 >>> cutout = Image.open("object.png")  # RGBA cut-out: the mask comes from its alpha channel
 >>> out = pipe(cutout, theta=30.0, phi=45.0, size=4.0, background=Image.open("background.jpg"), intensity=0.8,
