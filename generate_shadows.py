@@ -118,7 +118,9 @@ def load_cutout(image_path: Path, mask_path: Path | None) -> tuple[torch.Tensor,
         else:
             raise ValueError(f"{image_path} is RGB without an alpha channel: give an RGBA cut-out or --mask.")
     except (OSError, PIL.UnidentifiedImageError) as error:
-        raise ValueError(f"Cannot read {image_path if mask_path is None else f'{image_path} / {mask_path}'}: {error}") from error
+        raise ValueError(
+            f"Cannot read {image_path if mask_path is None else f'{image_path} / {mask_path}'}: {error}"
+        ) from error
     if mask.shape[-2:] != rgb.shape[-2:]:
         raise ValueError(f"{mask_path} is {tuple(mask.shape[-2:])} (H, W) but {image_path} is {tuple(rgb.shape[-2:])}.")
     return rgb[:3], mask
@@ -168,7 +170,7 @@ def generate(args: argparse.Namespace) -> int:
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     pipe = ShadowPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
-    background = PIL.Image.open(args.background).convert("RGB") if args.background else None
+    background = image_to_tensor(PIL.Image.open(args.background), "--background")[:3] if args.background else None
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -181,6 +183,7 @@ def generate(args: argparse.Namespace) -> int:
             logger.error("%s", error)
             continue
         prepared = pipe.encode_object(rgb[None], mask[None], height=args.resolution, width=args.resolution)
+        canvas = background if background is not None else torch.ones_like(rgb)  # white by default
         row = []
         for light in lights:  # the object is encoded once; only the UNet and the decoder re-run per light
             generator = torch.Generator().manual_seed(args.seed)
@@ -193,8 +196,7 @@ def generate(args: argparse.Namespace) -> int:
                 generator=generator,
                 output_type="pt",
             ).shadow_maps[0]  # [1,H,W]
-            canvas = background if background is not None else PIL.Image.new("RGB", rgb.shape[-1:-3:-1], "white")
-            result = composite(rgb, mask, shadow, image_to_tensor(canvas, "--background")[:3], args.intensity)
+            result = composite(rgb, mask, shadow, canvas, args.intensity)
             stem = f"{image_path.stem}_{light.tag}"
             shadow_map_to_pil(shadow).save(output_dir / f"{stem}_shadow.png")
             shadow_layer(shadow, args.intensity).save(output_dir / f"{stem}_layer.png")
