@@ -15,7 +15,7 @@ import torch
 from accelerate import PartialState
 from data_factory import make_custom_dataset
 from safetensors.torch import load_file
-from training_fixtures import fresh_accelerate_state, reset_accelerate  # noqa: F401 (autouse fixture)
+from training_fixtures import fresh_accelerate_state, reset_accelerate, tiny_run_argv  # noqa: F401 (autouse fixture)
 
 import evaluate_shadow
 import train_shadow_sdxl as train
@@ -40,12 +40,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def _argv(model, data_dir, output_dir, *extra) -> list[str]:
-    return [
-        "--pretrained_model_name_or_path", str(model), "--dataset_type", "custom", "--data_dir", str(data_dir),
-        "--output_dir", str(output_dir), "--resolution", "32", "--dataloader_num_workers", "0", "--report_to", "none",
-        "--seed", "0", "--train_batch_size", "2", "--learning_rate", "1e-2", "--lr_warmup_steps", "0",
-        "--num_validation_images", "2", *map(str, extra),
-    ]  # fmt: skip
+    return tiny_run_argv(model, data_dir, output_dir, "--learning_rate", "1e-2", "--num_validation_images", 2, *extra)
 
 
 def _weights(folder: Path, name: str = "unet/diffusion_pytorch_model.safetensors") -> dict[str, torch.Tensor]:

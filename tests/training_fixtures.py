@@ -26,3 +26,13 @@ def fresh_accelerate_state():
     yield
     torch.set_num_threads(threads)
     reset_accelerate()
+
+
+def tiny_run_argv(model, data_dir, output_dir, *extra) -> list[str]:
+    """The command line every in-process tiny training run shares (32 px, batch 2, no workers, no tracker, seed 0);
+    `extra` adds or overrides flags (argparse keeps the last value)."""
+    return [
+        "--pretrained_model_name_or_path", str(model), "--dataset_type", "custom", "--data_dir", str(data_dir),
+        "--output_dir", str(output_dir), "--resolution", "32", "--dataloader_num_workers", "0", "--report_to", "none",
+        "--seed", "0", "--train_batch_size", "2", "--lr_warmup_steps", "0", *map(str, extra),
+    ]  # fmt: skip
