@@ -29,6 +29,7 @@ from pathlib import Path
 import PIL.Image
 import torch
 
+from dataset_loading import create_dataloaders
 from evaluate_shadow import control_summary, evaluate, summarize
 from generate_shadows import contact_sheet
 from pipeline_shadow import ShadowPipeline, composite, gray_to_tensor, image_to_tensor
@@ -151,8 +152,6 @@ def main(argv=None) -> dict:
     data_dir, run_dir = output_dir / "data", output_dir / "run"
     render_data(args, data_dir)
     final = train(args, base_model(output_dir), data_dir / "train", run_dir)
-
-    from dataset_loading import create_dataloaders
 
     pipe = ShadowPipeline.from_pretrained(final, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)

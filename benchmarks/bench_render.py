@@ -33,10 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_info import cpu_description  # noqa: E402
 
 
-def machine_description() -> str:
-    return cpu_description()
-
-
 def bench(resolution: int, denoise: bool, args, output_dir: Path) -> dict:
     """Throughput of `args.workers` workers over `samples_per_core * workers` samples after one warm-up each."""
     timed = args.samples_per_core * args.workers
@@ -118,7 +114,7 @@ def main() -> None:
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     load = os.getloadavg()
     print(
-        f"Machine: {machine_description()}; {args.workers} worker(s) x {args.threads} thread(s), device {args.device}; "
+        f"Machine: {cpu_description()}; {args.workers} worker(s) x {args.threads} thread(s), device {args.device}; "
         f"load average after the run {load[0]:.2f}"
     )
     print(
@@ -133,7 +129,7 @@ def main() -> None:
         )
     if args.output_json:
         Path(args.output_json).write_text(
-            json.dumps({"machine": machine_description(), "args": vars(args), "rows": rows}, indent=1)
+            json.dumps({"machine": cpu_description(), "args": vars(args), "rows": rows}, indent=1)
         )
 
 
