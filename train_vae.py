@@ -7,6 +7,13 @@ reconstruction loss plus a small KL term, then sets `scaling_factor` to 1 / std 
 did) so the latents have unit variance for the diffusion model.
 
     python train_vae.py --data_dir renders/train --resolution 128 --output_dir small-vae --max_train_steps 3000
+
+`--decoder_only` then fine-tunes only the decoder, on shadow maps alone (the only thing the shadow pipeline decodes),
+with the encoder frozen: the latent space, the scaling factor, a shadow UNet trained on it and its latent cache all
+stay valid (Stability AI's sd-vae-ft-mse fine-tuned SD's VAE decoder the same way).
+
+    python train_vae.py --data_dir renders/train --pretrained_vae_model_name_or_path small-vae --decoder_only \
+        --output_dir small-vae-ft --max_train_steps 3000 --learning_rate 3e-4
 """
 
 from __future__ import annotations
@@ -45,6 +52,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="Train on random square crops (the VAE is convolutional): ~4x faster at half the side.",
     )
+    parser.add_argument(
+        "--decoder_only",
+        action="store_true",
+        help="Fine-tune only the decoder on shadow maps; the encoder, the latents and the scaling factor stay as they "
+        "are (needs --pretrained_vae_model_name_or_path).",
+    )
     parser.add_argument("--num_workers", "--dataloader_num_workers", dest="num_workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -54,14 +67,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--crop_size must be a multiple of 8 in [8, --resolution], got {args.crop_size}.")
     if args.max_train_steps < 1:
         parser.error(f"--max_train_steps must be >= 1, got {args.max_train_steps}.")
+    if args.decoder_only and not args.pretrained_vae_model_name_or_path:
+        parser.error("--decoder_only fine-tunes an existing VAE's decoder: give --pretrained_vae_model_name_or_path.")
     return args
 
 
-def vae_loss(vae: AutoencoderKL, images: torch.Tensor, kl_weight: float, generator=None):
-    """-> (total, reconstruction) for a batch in [-1, 1]."""
-    posterior = vae.encode(images).latent_dist
+def vae_loss(vae: AutoencoderKL, images: torch.Tensor, kl_weight: float, generator=None, decoder_only=False):
+    """-> (total, reconstruction) for a batch in [-1, 1]. With `decoder_only` the frozen encoder runs without
+    gradients and the KL term (which only the encoder can change) is left out."""
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not decoder_only):
+        posterior = vae.encode(images).latent_dist
     reconstruction = vae.decode(posterior.sample(generator=generator)).sample
     reconstruction_loss = F.l1_loss(reconstruction, images) + F.mse_loss(reconstruction, images)
+    if decoder_only:
+        return reconstruction_loss, reconstruction_loss
     return reconstruction_loss + kl_weight * posterior.kl().mean(), reconstruction_loss
 
 
@@ -72,9 +91,22 @@ def random_crop(images: torch.Tensor, size: int | None, generator: torch.Generat
     return images[..., top : top + size, left : left + size]
 
 
-def training_images(batch: dict) -> torch.Tensor:
-    """Objects on white and shadow maps as 3-channel gray, both in [-1, 1]: what the shadow model encodes."""
-    return torch.cat([batch["object_image"], shadow_to_vae_input(batch["shadow_map"])], dim=0)
+def training_images(batch: dict, decoder_only: bool = False) -> torch.Tensor:
+    """Objects on white and shadow maps as 3-channel gray, both in [-1, 1]: what the shadow model encodes. The
+    decoder only ever decodes shadow maps, so a decoder-only fine-tune sees those alone."""
+    shadows = shadow_to_vae_input(batch["shadow_map"])
+    return shadows if decoder_only else torch.cat([batch["object_image"], shadows], dim=0)
+
+
+def trainable_parameters(vae: AutoencoderKL, decoder_only: bool) -> list[torch.nn.Parameter]:
+    """All parameters, or (decoder_only) the decoder's and post_quant_conv's with the rest frozen."""
+    if not decoder_only:
+        return list(vae.parameters())
+    vae.requires_grad_(False)
+    decoder = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    for parameter in decoder:
+        parameter.requires_grad_(True)
+    return decoder
 
 
 @torch.no_grad()
@@ -102,7 +134,8 @@ def main(argv=None) -> Path:
         seed=args.seed,
         random_flip=True,
     )
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.learning_rate, weight_decay=0.0)
+    parameters = trainable_parameters(vae, args.decoder_only)
+    optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, args.max_train_steps) / args.max_train_steps))
     )
@@ -112,13 +145,13 @@ def main(argv=None) -> Path:
     vae.train()
     while step < args.max_train_steps:
         for batch in train_loader:
-            images = random_crop(training_images(batch), args.crop_size, generator)
-            loss, reconstruction = vae_loss(vae, images, args.kl_weight, generator)
+            images = random_crop(training_images(batch, args.decoder_only), args.crop_size, generator)
+            loss, reconstruction = vae_loss(vae, images, args.kl_weight, generator, args.decoder_only)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"Non-finite VAE loss at step {step} (batch {batch['id']}); lower --learning_rate.")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
             optimizer.step()
             schedule.step()
             step += 1
@@ -130,8 +163,12 @@ def main(argv=None) -> Path:
     vae.eval()
     with torch.no_grad():
         eval_loader = val_loader if val_loader is not None else train_loader
-        val_losses = [float(vae_loss(vae, training_images(b), args.kl_weight, generator)[1]) for b in eval_loader]
-        scaling = latent_scaling_factor(vae, train_loader)
+        val_losses = [
+            float(vae_loss(vae, training_images(b, args.decoder_only), args.kl_weight, generator)[1])
+            for b in eval_loader
+        ]
+        # The encoder is unchanged in a decoder-only fine-tune: so are the latents and their scale.
+        scaling = vae.config.scaling_factor if args.decoder_only else latent_scaling_factor(vae, train_loader)
     vae.register_to_config(scaling_factor=scaling, force_upcast=False)
     output_dir = Path(args.output_dir)
     vae.save_pretrained(output_dir)

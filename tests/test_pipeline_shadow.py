@@ -268,6 +268,20 @@ def test_output_types_shapes_and_ranges(tiny_pipeline):
     assert np.array_equal(np.asarray(pil[0]), (as_np[0] * 255).round().astype(np.uint8))
 
 
+def test_clear_under_object_uses_the_binarised_mask():
+    shadow = torch.full((1, 1, 2, 2), 0.8)
+    mask = torch.tensor([[[[0.0, 0.4], [0.5, 1.0]]]])
+    assert ps.clear_under_object(shadow, mask).flatten().tolist() == pytest.approx([0.8, 0.8, 0.0, 0.0])
+
+
+def test_shadow_map_is_zero_on_the_object_only(tiny_pipeline):
+    image = _rgba_object(48, 64)
+    on_object = np.asarray(image)[..., 3] >= 128
+    shadow = _call(tiny_pipeline, image)[0]
+    assert on_object.any() and np.all(shadow[on_object] == 0)
+    assert shadow[~on_object].max() > 0  # the untrained decoder's output survives off the object
+
+
 def test_inputs_as_numpy_and_tensor_match_pil(tiny_pipeline):
     image = _rgba_object()
     rgba = np.array(image)
