@@ -38,7 +38,9 @@ def test_decoder_only_fine_tune_keeps_the_latent_space(tmp_path):
     before, after = AutoencoderKL.from_pretrained(base), AutoencoderKL.from_pretrained(tuned)
     assert after.config.scaling_factor == before.config.scaling_factor
     for name in ("encoder", "quant_conv"):
-        for (key, old), new in zip(getattr(before, name).state_dict().items(), getattr(after, name).state_dict().values()):
+        for (key, old), new in zip(
+            getattr(before, name).state_dict().items(), getattr(after, name).state_dict().values()
+        ):
             assert torch.equal(old, new), f"{name}.{key} changed"
     changed = [not torch.equal(a, b) for a, b in zip(before.decoder.parameters(), after.decoder.parameters())]
     assert all(changed)
