@@ -1829,6 +1829,7 @@ def create_dataloaders(
     seed: int = 0,
     random_flip: bool = False,
     *,
+    split_seed: int | None = None,
     dataset_config_name: str | None = None,
     cache_dir: str | None = None,
     split: str = "train",
@@ -1854,7 +1855,8 @@ def create_dataloaders(
 ) -> tuple[DataLoader, DataLoader | None]:
     """(train_loader, val_loader) over one dataset (see the module docstring for batches and sources).
 
-    The split is deterministic for `seed`, by `object_id` when present; `val_fraction=0` gives (all, None). The
+    The split is deterministic for `split_seed` (default: `seed`), by `object_id` when present; `val_fraction=0` gives
+    (all, None); `seed` also drives the shuffling and the flips. The
     training loader is shuffled (`shuffle=None`) except for the benchmark, which is never split or shuffled: (its
     samples in key order, None); pass `shuffle=False` to read any dataset in order (evaluation). `for_training=True`
     (what the training script passes) warns loudly when that is the benchmark. `cache_dir` is the Hugging Face
@@ -1901,7 +1903,9 @@ def create_dataloaders(
             logger.info("The benchmark is read whole and in order: `val_fraction` is ignored.")
         train_indices, val_indices = list(range(len(dataset))), []
     else:
-        train_indices, val_indices = split_indices(dataset.records, val_fraction, seed)
+        train_indices, val_indices = split_indices(
+            dataset.records, val_fraction, seed if split_seed is None else split_seed
+        )
 
     if latent_cache is not None:
         cache = build_latent_cache(

@@ -181,6 +181,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--val_fraction", type=float, default=0.1, help="Fraction of the samples held out for validation."
     )
     data.add_argument(
+        "--split_seed",
+        type=int,
+        default=0,
+        help="Seed of the validation split (by object), independent of --seed: a run continued or re-run with another "
+        "--seed keeps the same validation objects out of training.",
+    )
+    data.add_argument(
         "--random_flip",
         action="store_true",
         help="Random horizontal flips, with phi mirrored to (180 - phi) mod 360 (DESIGN.md §2).",
@@ -439,7 +446,7 @@ def _check_args(args: argparse.Namespace) -> None:
     _validate_output_dir(args.output_dir)
     resume_dir = resolve_resume_checkpoint(args)  # raises for a missing explicit checkpoint
     if resume_dir is not None:
-        _check_resume_precision(args, resume_dir)
+        _check_resume_compatible(args, resume_dir)
     if args.pretrained_model_name_or_path.startswith(("/", "./", "../", "~")) and not os.path.isdir(
         os.path.expanduser(args.pretrained_model_name_or_path)
     ):
@@ -517,10 +524,19 @@ def _check_memory_lean(args: argparse.Namespace) -> None:
         )
 
 
-def _check_resume_precision(args: argparse.Namespace, resume_dir: Path) -> None:
+def _check_resume_compatible(args: argparse.Namespace, resume_dir: Path) -> None:
     """A --memory_lean checkpoint holds bf16 weights and 8-bit AdamW moments, a default one fp32 weights and fp32
-    moments: the optimizer state of one does not load into the other's optimizer."""
-    recorded = bool(read_training_state(resume_dir).get("memory_lean", False))
+    moments: the optimizer state of one does not load into the other's optimizer. And a resumed run keeps its
+    validation split (else it would train on its validation objects)."""
+    saved = read_training_state(resume_dir)
+    recorded_split = saved.get("split_seed", 0)
+    if recorded_split != args.split_seed:
+        raise ValueError(
+            f"`--resume_from_checkpoint` {str(resume_dir)!r} was trained with `--split_seed {recorded_split}`, this "
+            f"run has `--split_seed {args.split_seed}`: another validation split would put validation objects into "
+            f"training. Resume with `--split_seed {recorded_split}`."
+        )
+    recorded = bool(saved.get("memory_lean", False))
     if recorded != args.memory_lean:
         raise ValueError(
             f"`--resume_from_checkpoint` {str(resume_dir)!r} was saved {'with' if recorded else 'without'} "
@@ -1107,6 +1123,7 @@ def build_data(args: argparse.Namespace, accelerator: Accelerator, vae: Autoenco
         "image_size": args.resolution,
         "val_fraction": args.val_fraction,
         "seed": args.seed,
+        "split_seed": args.split_seed,
         "random_flip": args.random_flip,
         "for_training": True,
     }
@@ -1429,6 +1446,7 @@ class TrainingState:
     nan_steps_total: int = 0
     consecutive_nan_steps: int = 0
     memory_lean: bool = False  # bf16 weights and 8-bit AdamW state: resumable only with --memory_lean
+    split_seed: int = 0  # the validation split: a resumed run must keep it
     losses: list = field(default_factory=list)  # per optimizer step of this process's run (not saved)
 
     def to_json(self) -> dict:
@@ -1940,7 +1958,9 @@ def _run(args, accelerator: Accelerator, resume_dir: Path | None) -> TrainingSta
         }
         accelerator.init_trackers(args.tracker_project_name, config=tracker_config)
 
-    state = TrainingState(seed=args.seed, resolution=args.resolution, memory_lean=args.memory_lean)
+    state = TrainingState(
+        seed=args.seed, resolution=args.resolution, memory_lean=args.memory_lean, split_seed=args.split_seed
+    )
     if resume_dir is not None:
         logger.info("Resuming from %s", resume_dir)
         accelerator.load_state(str(resume_dir))

@@ -283,14 +283,17 @@ def test_split_through_create_dataloaders(tmp_path):
     root = make_custom_dataset(tmp_path / "data", n=20, size=16)
     metadata = json.loads((root / "metadata.json").read_text())
 
-    def split(seed):
-        train, val = create_dataloaders("custom", root, num_workers=0, image_size=16, seed=seed, val_fraction=0.25)
+    def split(seed, split_seed=None):
+        train, val = create_dataloaders(
+            "custom", root, num_workers=0, image_size=16, seed=seed, val_fraction=0.25, split_seed=split_seed
+        )
         return [train.dataset.dataset.records[i].id for i in train.dataset.indices], [
             val.dataset.dataset.records[i].id for i in val.dataset.indices
         ]
 
     train_ids, val_ids = split(0)
     assert (train_ids, val_ids) == split(0)
+    assert split(7, split_seed=0) == split(0) != split(7)  # split_seed alone fixes the split; seed is the default
     assert not {metadata[s]["object_id"] for s in train_ids} & {metadata[s]["object_id"] for s in val_ids}
     everything, none = create_dataloaders("custom", root, num_workers=0, image_size=16, val_fraction=0)
     assert none is None and len(everything.dataset) == 20

@@ -243,6 +243,18 @@ def test_resume_latest_without_checkpoints_starts_fresh(tmp_path):
     assert train.resolve_resume_checkpoint(args) is None
 
 
+def test_resuming_with_another_split_seed_is_refused(tmp_path, data_dir):
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / train.TRAINING_STATE_FILE).write_text(json.dumps({"global_step": 2, "seed": 0}))  # older: no key
+    argv = ["--pretrained_model_name_or_path", "org/not-a-model-that-could-load", "--data_dir", str(data_dir)]
+    argv += ["--output_dir", str(tmp_path / "out"), "--resume_from_checkpoint", "latest", "--seed", "5"]
+    with pytest.raises(ValueError, match=r"`--split_seed 0`, this run has `--split_seed 3`.*Resume with"):
+        train.main([*argv, "--split_seed", "3"])
+    with pytest.raises(OSError):  # a new --seed alone passes the check and goes on to load the (missing) model
+        train.main(argv)
+
+
 def test_rectified_flow_loss_is_the_velocity_mse():
     class Constant(torch.nn.Module):
         def forward(self, sample, timestep, light):
