@@ -1,6 +1,9 @@
 """The benchmark scripts run (at tiny sizes on CPU), so the numbers in BENCHMARKS.md stay reproducible."""
 
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -41,3 +44,18 @@ def test_memory_lean_benchmark_runs_tiny(capsys):
     assert arms[0]["moved"] > 0.99 and arms[1]["moved"] > arms[2]["moved"]
     assert [row["mode"] for row in result["step_cost"]] == ["default", "--memory_lean"]
     assert "| final validation loss |" in capsys.readouterr().out
+
+
+def test_gpu_session_script_runs_every_part_tiny_on_cpu(tmp_path):
+    """The one prepared script for a lent GPU: at tiny size on CPU every part must run and leave its table."""
+    environment = {**os.environ, "SIZE": "tiny", "DEVICE": "cpu", "OUT": str(tmp_path), "PYTHON": sys.executable}
+    result = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_session.sh")], env=environment, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = (tmp_path / "summary.txt").read_text().splitlines()
+    assert [line.split(":")[0] for line in summary] == ["training_high", "memory_lean", "inference", "training_low"]
+    assert all(": exit 0 " in line for line in summary)
+    assert "| 64² |" in (tmp_path / "inference.md").read_text()
+    assert "| --memory_lean |" in (tmp_path / "memory_lean.md").read_text()
+    assert "naive UNet-only loop" in (tmp_path / "training_high.md").read_text()
