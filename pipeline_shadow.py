@@ -275,10 +275,15 @@ def encode_latents(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
     return (latents - shift) * vae.config.scaling_factor
 
 
+def unscale_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
+    """The inverse of encode_latents' shift and scale: what `vae.decode` takes."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return latents / vae.config.scaling_factor + shift
+
+
 def decode_shadow(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
     """Latents -> [B,1,H,W] shadow map in [0, 1]."""
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    decoded = vae.decode(latents.to(_execution_device(vae), vae.dtype) / vae.config.scaling_factor + shift).sample
+    decoded = vae.decode(unscale_latents(vae, latents.to(_execution_device(vae), vae.dtype))).sample
     return vae_output_to_shadow(decoded.float())
 
 

@@ -14,6 +14,12 @@ stay valid (Stability AI's sd-vae-ft-mse fine-tuned SD's VAE decoder the same wa
 
     python train_vae.py --data_dir renders/train --pretrained_vae_model_name_or_path small-vae --decoder_only \
         --output_dir small-vae-ft --max_train_steps 3000 --learning_rate 3e-4
+
+With `--prediction_model` (a trained shadow pipeline that uses this VAE's encoder) the decoder learns from what it
+meets at inference instead: the model's one-step predicted latents for each training sample (its object, mask and
+light, fresh noise every time), mapped to the TRUE shadow map. The decoder then also undoes the model's systematic
+errors (a one-step prediction is close to a conditional mean, so it blurs); it is tied to that model, so train it
+last.
 """
 
 from __future__ import annotations
@@ -30,7 +36,14 @@ from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
 from dataset_loading import create_dataloaders
-from pipeline_shadow import shadow_to_vae_input
+from pipeline_shadow import (
+    ObjectLatents,
+    ShadowPipeline,
+    encode_latents,
+    mask_to_latent,
+    shadow_to_vae_input,
+    unscale_latents,
+)
 from random_sdxl import vae_config
 
 logger = logging.getLogger("train_vae")
@@ -58,6 +71,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="Fine-tune only the decoder on shadow maps; the encoder, the latents and the scaling factor stay as they "
         "are (needs --pretrained_vae_model_name_or_path).",
     )
+    parser.add_argument(
+        "--prediction_model",
+        default=None,
+        help="With --decoder_only: a trained shadow pipeline (folder) whose one-step predictions the decoder learns to "
+        "map to the true shadow maps. It must use the same VAE encoder.",
+    )
     parser.add_argument("--num_workers", "--dataloader_num_workers", dest="num_workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -69,6 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--max_train_steps must be >= 1, got {args.max_train_steps}.")
     if args.decoder_only and not args.pretrained_vae_model_name_or_path:
         parser.error("--decoder_only fine-tunes an existing VAE's decoder: give --pretrained_vae_model_name_or_path.")
+    if args.prediction_model and not args.decoder_only:
+        parser.error("--prediction_model trains the decoder alone on the model's predictions: add --decoder_only.")
     return args
 
 
@@ -91,11 +112,67 @@ def random_crop(images: torch.Tensor, size: int | None, generator: torch.Generat
     return images[..., top : top + size, left : left + size]
 
 
+def aligned_random_crop(latents, images, size: int | None, generator: torch.Generator, factor: int = 8):
+    """The same random crop of latents [B,C,h,w] and images [B,C,h*factor,w*factor]: `size` pixels at an offset that
+    is a multiple of `factor`, so the latent crop covers exactly the image crop."""
+    if size is None or size >= images.shape[-1]:
+        return latents, images
+    cells = size // factor
+    top, left = (int(torch.randint(0, dim - cells + 1, (1,), generator=generator)) for dim in latents.shape[-2:])
+    latents = latents[..., top : top + cells, left : left + cells]
+    return latents, images[..., top * factor : (top + cells) * factor, left * factor : (left + cells) * factor]
+
+
+@torch.no_grad()
+def one_step_latents(pipe: ShadowPipeline, batch: dict, generator: torch.Generator) -> torch.Tensor:
+    """The shadow pipeline's one-step prediction for a data batch (its objects, masks and lights): the scaled latents
+    its decoder receives at inference."""
+    object_latents = encode_latents(pipe.vae, batch["object_image"])
+    mask_latent = mask_to_latent(batch["mask"], tuple(object_latents.shape[-2:]))
+    prepared = ObjectLatents(object_latents, mask_latent, boxes=[], sizes=[], objects=[], masks=[])
+    light = torch.stack([batch["theta"], batch["phi"], batch["size"]], dim=1).double()
+    return pipe.predict_latents(prepared, light, num_inference_steps=1, generator=generator)
+
+
+def prediction_loss(vae: AutoencoderKL, latents: torch.Tensor, shadow_images: torch.Tensor) -> torch.Tensor:
+    """L1 + MSE between the decoded (scaled) latents and the true shadow maps as 3-channel [-1, 1] images."""
+    reconstruction = vae.decode(unscale_latents(vae, latents)).sample
+    return F.l1_loss(reconstruction, shadow_images) + F.mse_loss(reconstruction, shadow_images)
+
+
 def training_images(batch: dict, decoder_only: bool = False) -> torch.Tensor:
     """Objects on white and shadow maps as 3-channel gray, both in [-1, 1]: what the shadow model encodes. The
     decoder only ever decodes shadow maps, so a decoder-only fine-tune sees those alone."""
     shadows = shadow_to_vae_input(batch["shadow_map"])
     return shadows if decoder_only else torch.cat([batch["object_image"], shadows], dim=0)
+
+
+def batch_loss(vae, batch: dict, args, generator, predictor: ShadowPipeline | None = None, crop_size=None):
+    """(total, reconstruction) of one data batch in the mode the arguments ask for."""
+    if predictor is not None:
+        latents = one_step_latents(predictor, batch, generator)
+        latents, targets = aligned_random_crop(latents, shadow_to_vae_input(batch["shadow_map"]), crop_size, generator)
+        loss = prediction_loss(vae, latents, targets)
+        return loss, loss
+    images = random_crop(training_images(batch, args.decoder_only), crop_size, generator)
+    return vae_loss(vae, images, args.kl_weight, generator, args.decoder_only)
+
+
+def load_prediction_model(name_or_path: str, vae: AutoencoderKL) -> ShadowPipeline:
+    """The shadow pipeline whose predictions the decoder learns from; it must share the VAE's encoder (its latents
+    would mean something else otherwise)."""
+    pipe = ShadowPipeline.from_pretrained(name_or_path)
+    theirs, ours = pipe.vae.state_dict(), vae.state_dict()
+    same = pipe.vae.config.scaling_factor == vae.config.scaling_factor and all(
+        torch.equal(theirs[key], ours[key]) for key in ours if key.startswith(("encoder.", "quant_conv."))
+    )
+    if not same:
+        raise ValueError(
+            f"--prediction_model {name_or_path!r} encodes with another VAE encoder (or latent scale) than "
+            "--pretrained_vae_model_name_or_path: give the VAE that model was trained with."
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def trainable_parameters(vae: AutoencoderKL, decoder_only: bool) -> list[torch.nn.Parameter]:
@@ -134,6 +211,7 @@ def main(argv=None) -> Path:
         seed=args.seed,
         random_flip=True,
     )
+    predictor = load_prediction_model(args.prediction_model, vae) if args.prediction_model else None
     parameters = trainable_parameters(vae, args.decoder_only)
     optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -145,8 +223,7 @@ def main(argv=None) -> Path:
     vae.train()
     while step < args.max_train_steps:
         for batch in train_loader:
-            images = random_crop(training_images(batch, args.decoder_only), args.crop_size, generator)
-            loss, reconstruction = vae_loss(vae, images, args.kl_weight, generator, args.decoder_only)
+            loss, reconstruction = batch_loss(vae, batch, args, generator, predictor, args.crop_size)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"Non-finite VAE loss at step {step} (batch {batch['id']}); lower --learning_rate.")
             optimizer.zero_grad(set_to_none=True)
@@ -163,10 +240,7 @@ def main(argv=None) -> Path:
     vae.eval()
     with torch.no_grad():
         eval_loader = val_loader if val_loader is not None else train_loader
-        val_losses = [
-            float(vae_loss(vae, training_images(b, args.decoder_only), args.kl_weight, generator)[1])
-            for b in eval_loader
-        ]
+        val_losses = [float(batch_loss(vae, b, args, generator, predictor)[1]) for b in eval_loader]
         # The encoder is unchanged in a decoder-only fine-tune: so are the latents and their scale.
         scaling = vae.config.scaling_factor if args.decoder_only else latent_scaling_factor(vae, train_loader)
     vae.register_to_config(scaling_factor=scaling, force_upcast=False)
