@@ -107,6 +107,8 @@ BEST_DIR = "best"
 FINAL_DIR = "final"
 TRAINING_STATE_FILE = "training_state.json"
 TRAINING_CONFIG_FILE = "training_config.json"
+# --best_by -> the validation result that picks best/ (both are computed on the same samples and noise).
+BEST_METRICS = {"single_step": "val_loss_single_step", "training_t": "val_loss"}
 TRAINING_LOG_FILE = "training.log"
 EMA_DIR = "unet_ema"  # in a checkpoint: the EMA weights (diffusion_pytorch_model.safetensors) and its counters
 EMA_STATE_FILE = "ema_state.json"
@@ -248,6 +250,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=TIMESTEP_SAMPLING_CHOICES,
         help="Distribution of the flow time t in [0, 1] (t = 1 is pure noise, where single-step inference starts): "
         "uniform; logit_normal (SD3); shifted (biased toward t = 1); single_step (t = 1 only).",
+    )
+    training.add_argument(
+        "--best_by",
+        default="single_step",
+        choices=tuple(BEST_METRICS),
+        help="Which validation loss picks best/: single_step = at t = 1, the regime the pipeline runs in (default); "
+        "training_t = at t drawn like --timestep_sampling. Both are logged.",
     )
     training.add_argument("--logit_mean", type=float, default=0.0, help="Mean for --timestep_sampling logit_normal.")
     training.add_argument("--logit_std", type=float, default=1.0, help="Std for --timestep_sampling logit_normal.")
@@ -1332,7 +1341,7 @@ def validate(args, accelerator: Accelerator, unet, vae, val_loader, step: int) -
     was_training = model.training
     model.eval()
     device = accelerator.device
-    per_sample, rows, captions, index = [], [], [], 0
+    per_sample, per_sample_one_step, rows, captions, index = [], [], [], [], 0
     try:
         for batch in val_loader:
             object_latents, mask_latent, shadow_latents = batch_latents(vae, batch, device)
@@ -1346,7 +1355,11 @@ def validate(args, accelerator: Accelerator, unet, vae, val_loader, step: int) -
             noise, t = torch.cat(noises), torch.cat(ts)
             with accelerator.autocast():
                 losses = rectified_flow_loss(model, object_latents, mask_latent, shadow_latents, light, t, noise)
+                one_step = rectified_flow_loss(
+                    model, object_latents, mask_latent, shadow_latents, light, torch.ones_like(t), noise
+                )
             per_sample.append(losses.float().cpu())
+            per_sample_one_step.append(one_step.float().cpu())
             wanted = args.num_validation_images - len(rows)
             if wanted > 0:
                 rows.extend(
@@ -1360,8 +1373,10 @@ def validate(args, accelerator: Accelerator, unet, vae, val_loader, step: int) -
         model.train(was_training)
     if not per_sample:
         return {}
-    val_loss = float(torch.cat(per_sample).mean())
-    result = {"val_loss": val_loss}
+    result = {
+        "val_loss": float(torch.cat(per_sample).mean()),  # at the training t distribution
+        "val_loss_single_step": float(torch.cat(per_sample_one_step).mean()),  # at t = 1: what one-step inference runs
+    }
     if rows:
         grid = np.concatenate(rows, axis=0)  # [rows*H, 3*W, 3] uint8
         grid_path = Path(args.output_dir) / "validation" / f"step-{step}.png"
@@ -1447,6 +1462,7 @@ class TrainingState:
     consecutive_nan_steps: int = 0
     memory_lean: bool = False  # bf16 weights and 8-bit AdamW state: resumable only with --memory_lean
     split_seed: int = 0  # the validation split: a resumed run must keep it
+    best_by: str = "training_t"  # the loss best_val_loss holds (checkpoints before --best_by: the training-t one)
     losses: list = field(default_factory=list)  # per optimizer step of this process's run (not saved)
 
     def to_json(self) -> dict:
@@ -1525,14 +1541,22 @@ def run_validation(args, accelerator, models, unet, val_loader, state: TrainingS
         result = validate(args, accelerator, unet, models.vae, val_loader, state.global_step)
     if not result:
         return
-    val_loss = result["val_loss"]
-    accelerator.log({"val_loss": val_loss}, step=state.global_step)
-    improved = state.best_val_loss is None or val_loss < state.best_val_loss
-    logger.info("step %d: validation loss %.6f%s", state.global_step, val_loss, " (best so far)" if improved else "")
+    losses = {key: result[key] for key in BEST_METRICS.values()}
+    accelerator.log(losses, step=state.global_step)
+    score = losses[BEST_METRICS[args.best_by]]
+    improved = state.best_val_loss is None or score < state.best_val_loss
+    logger.info(
+        "step %d: validation loss %.6f (training t), %.6f (single step, t = 1)%s",
+        state.global_step,
+        losses["val_loss"],
+        losses["val_loss_single_step"],
+        f" (best so far by {args.best_by})" if improved else "",
+    )
     if improved:
-        state.best_val_loss, state.best_step = val_loss, state.global_step
+        state.best_val_loss, state.best_step = score, state.global_step
         path = save_pipeline(accelerator, args, models, unet, BEST_DIR, ema)
-        (path / "best.json").write_text(json.dumps({"step": state.global_step, "val_loss": val_loss}) + "\n")
+        best = {"step": state.global_step, **losses, "best_by": args.best_by}
+        (path / "best.json").write_text(json.dumps(best) + "\n")
 
 
 def train(
@@ -1804,7 +1828,8 @@ def _training_section(args: argparse.Namespace, state: TrainingState, num_proces
         ("seed", f"{args.seed}"),
     ]
     if state.best_val_loss is not None:
-        rows.append(("best validation loss", f"{state.best_val_loss:.6f} at step {state.best_step}"))
+        label = "single step, t = 1" if state.best_by == "single_step" else "training t"
+        rows.append((f"best validation loss ({label})", f"{state.best_val_loss:.6f} at step {state.best_step}"))
     table = "\n".join(["| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
     shown = {k: v for k, v in public_args(args).items() if not k.startswith("debug_")}
     arguments = json.dumps(shown, indent=2, sort_keys=True, default=str)
@@ -1959,13 +1984,24 @@ def _run(args, accelerator: Accelerator, resume_dir: Path | None) -> TrainingSta
         accelerator.init_trackers(args.tracker_project_name, config=tracker_config)
 
     state = TrainingState(
-        seed=args.seed, resolution=args.resolution, memory_lean=args.memory_lean, split_seed=args.split_seed
+        seed=args.seed,
+        resolution=args.resolution,
+        memory_lean=args.memory_lean,
+        split_seed=args.split_seed,
+        best_by=args.best_by,
     )
     if resume_dir is not None:
         logger.info("Resuming from %s", resume_dir)
         accelerator.load_state(str(resume_dir))
         recorded = read_training_state(resume_dir)
         state = TrainingState(**{**recorded, "seed": args.seed, "resolution": args.resolution})
+        if state.best_by != args.best_by:
+            logger.warning(
+                "The checkpoint chose best/ by %s, this run by %s: best/ is chosen afresh from the next validation.",
+                state.best_by,
+                args.best_by,
+            )
+            state.best_val_loss, state.best_step, state.best_by = None, None, args.best_by
         newer = [p.name for p in list_checkpoints(args.output_dir) if _step_of(p) > state.global_step]
         if newer:
             logger.warning("Checkpoints newer than the resumed one will be overwritten: %s", ", ".join(newer))

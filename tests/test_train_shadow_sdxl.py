@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -394,7 +395,13 @@ def test_guide_command_end_to_end_through_accelerate_launch(tiny_sdxl_dir, data_
     assert sorted(p.name for p in (output_dir / "validation").iterdir()) == ["step-2.png", "step-4.png"]
     assert list((output_dir / "logs").rglob("events.out.tfevents.*"))
     assert not [p for p in output_dir.iterdir() if p.name.startswith(".")]  # no temporary leftovers
-    assert json.loads((output_dir / "best" / "best.json").read_text())["step"] in (2, 4)
+    best = json.loads((output_dir / "best" / "best.json").read_text())
+    logged = {  # step -> the one-step (t = 1) validation loss, as logged
+        int(m[0]): float(m[1]) for m in re.findall(r"step (\d+): validation loss [\d.]+ \(training t\), ([\d.]+)", log)
+    }
+    assert sorted(logged) == [2, 4] and best["best_by"] == "single_step"  # the default: the pipeline's regime
+    assert best["step"] == min(logged, key=logged.get)
+    assert best["val_loss_single_step"] == pytest.approx(logged[best["step"]], abs=1e-6) and best["val_loss"] > 0
 
     for folder in ("best", "final"):
         pipe = ShadowPipeline.from_pretrained(output_dir / folder)
