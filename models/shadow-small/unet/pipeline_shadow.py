@@ -253,6 +253,14 @@ def vae_output_to_shadow(decoded: torch.Tensor) -> torch.Tensor:
     return ((decoded.mean(dim=1, keepdim=True) + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
+def clear_under_object(shadow_map: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[...,1,H,W] shadow map, same-size mask -> the map with zeros where the (binarised) mask covers the object.
+
+    A shadow map is zero inside the object's mask by definition (DESIGN.md §8; the object hides that ground in any
+    composite), so whatever the decoder spills onto the object is cleared rather than reported as shadow."""
+    return shadow_map * (1.0 - binarize_mask(mask))
+
+
 def _execution_device(model: torch.nn.Module) -> torch.device:
     """Where `model` computes: its parameters' device, or the accelerator its offload hook moves it to on call
     (`enable_model_cpu_offload` keeps it on the CPU in between)."""
@@ -267,10 +275,15 @@ def encode_latents(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
     return (latents - shift) * vae.config.scaling_factor
 
 
+def unscale_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
+    """The inverse of encode_latents' shift and scale: what `vae.decode` takes."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return latents / vae.config.scaling_factor + shift
+
+
 def decode_shadow(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
     """Latents -> [B,1,H,W] shadow map in [0, 1]."""
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    decoded = vae.decode(latents.to(_execution_device(vae), vae.dtype) / vae.config.scaling_factor + shift).sample
+    decoded = vae.decode(unscale_latents(vae, latents.to(_execution_device(vae), vae.dtype))).sample
     return vae_output_to_shadow(decoded.float())
 
 
@@ -576,7 +589,7 @@ Examples:
 >>> from PIL import Image
 >>> from pipeline_shadow import ShadowPipeline
 
->>> pipe = ShadowPipeline.from_pretrained("path/to/trained-shadow-pipeline")  # or a Hub id
+>>> pipe = ShadowPipeline.from_pretrained("models/shadow-small")  # the repo's small model; or your folder / Hub id
 >>> pipe = pipe.to("cuda" if torch.cuda.is_available() else "cpu")
 >>> cutout = Image.open("object.png")  # RGBA cut-out: the mask comes from its alpha channel
 >>> out = pipe(cutout, theta=30.0, phi=45.0, size=4.0, background=Image.open("background.jpg"), intensity=0.8,
@@ -1016,9 +1029,12 @@ class ShadowPipeline(DiffusionPipeline):
         with self._vae_dtype_context():
             shadow_batch = decode_shadow(self.vae, latents).cpu()  # [B,1,H',W'] in [0,1]
         shadow_maps = [
-            unpad_and_resize(shadow_batch[i : i + 1], prepared.boxes[i], prepared.sizes[i])[0].clamp(0, 1)
+            clear_under_object(
+                unpad_and_resize(shadow_batch[i : i + 1], prepared.boxes[i], prepared.sizes[i])[0].clamp(0, 1),
+                prepared.masks[i],
+            )
             for i in range(batch_size)
-        ]  # each [1,H,W]
+        ]  # each [1,H,W], zero on the object
 
         # 5. Composite when a background is given
         images = None
