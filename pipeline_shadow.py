@@ -605,7 +605,8 @@ class ShadowPipelineOutput(BaseOutput):
     """
     Args:
         shadow_maps: the model's raw shadow maps at each input's size, 1 = full shadow, 0 on the object itself
-            (intensity is NOT applied): "pil": list of mode-"L" images; "np": [B,H,W] float32 in [0, 1]; "pt": [B,1,H,W] float32 in [0, 1].
+            (intensity is NOT applied): "pil": list of mode-"L" images; "np": [B,H,W] float32 in [0, 1]; "pt":
+            [B,1,H,W] float32 in [0, 1].
         images: composites (object over the background darkened by intensity x shadow) when a `background` was
             given, else None. "pil": list of RGB images; "np": [B,H,W,3] float32 in [0, 1]; "pt": [B,3,H,W].
     """
