@@ -9,6 +9,7 @@ reference) and through the real training loop."""
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import sys
@@ -19,7 +20,12 @@ import pytest
 import torch
 from data_factory import make_custom_dataset
 from safetensors.torch import load_file
-from training_fixtures import fresh_accelerate_state, reset_accelerate, tiny_run_argv  # noqa: F401 (autouse fixture)
+from training_fixtures import (  # noqa: F401 (autouse fixture)
+    fresh_accelerate_state,
+    reset_accelerate,
+    straight_and_resumed,
+    tiny_run_argv,
+)
 
 import train_shadow_sdxl as train
 from pipeline_shadow import ShadowPipeline, ShadowUNet
@@ -256,12 +262,8 @@ def test_resume_continues_exactly(tiny_sdxl_dir, data_dir, tmp_path):
     are a function of (seed, step) rather than of whatever drew from the global RNG before. The resume point is
     mid-epoch, after validation."""
     common = ["--memory_lean", "--learning_rate", 1e-3, "--checkpointing_steps", 2, "--validation_steps", 2]
-    straight = train.main(_argv(tiny_sdxl_dir, data_dir, tmp_path / "straight", *common, "--max_train_steps", 4))
-    reset_accelerate()
-    train.main(_argv(tiny_sdxl_dir, data_dir, tmp_path / "resumed", *common, "--max_train_steps", 2))
-    reset_accelerate()
-    resume = ["--max_train_steps", 4, "--resume_from_checkpoint", "latest"]
-    resumed = train.main(_argv(tiny_sdxl_dir, data_dir, tmp_path / "resumed", *common, *resume))
+    argv = functools.partial(_argv, tiny_sdxl_dir, data_dir)
+    straight, _, resumed = straight_and_resumed(argv, tmp_path, 4, 2, *common)
 
     assert resumed.losses == straight.losses[2:]
     for folder in ("checkpoint-4", "final"):

@@ -4,6 +4,7 @@ network is faked (and each fake says so)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import types
@@ -15,7 +16,12 @@ import torch
 from accelerate import PartialState
 from data_factory import make_custom_dataset
 from safetensors.torch import load_file
-from training_fixtures import fresh_accelerate_state, reset_accelerate, tiny_run_argv  # noqa: F401 (autouse fixture)
+from training_fixtures import (  # noqa: F401 (autouse fixture)
+    fresh_accelerate_state,
+    reset_accelerate,
+    straight_and_resumed,
+    tiny_run_argv,
+)
 
 import evaluate_shadow
 import train_shadow_sdxl as train
@@ -218,12 +224,8 @@ def test_ema_differs_from_raw_weights_and_resumes_exactly(tiny_sdxl_dir, data_di
     common = ["--use_ema", "--ema_decay", 0.9, "--offload_ema", "--checkpointing_steps", 2, "--validation_steps", 2]
     if mode == "lora":
         common += ["--use_lora", "--foreach_ema"]
-    straight = train.main(_argv(tiny_sdxl_dir, data_dir, tmp_path / "straight", *common, "--max_train_steps", 4))
-    reset_accelerate()
-    train.main(_argv(tiny_sdxl_dir, data_dir, tmp_path / "resumed", *common, "--max_train_steps", 2))
-    reset_accelerate()
-    resume = ["--max_train_steps", 4, "--resume_from_checkpoint", "latest"]
-    resumed = train.main(_argv(tiny_sdxl_dir, data_dir, tmp_path / "resumed", *common, *resume))
+    argv = functools.partial(_argv, tiny_sdxl_dir, data_dir)
+    straight, _, resumed = straight_and_resumed(argv, tmp_path, 4, 2, *common)
 
     assert resumed.losses == straight.losses[2:]
     raw_file = (
@@ -249,7 +251,19 @@ def test_ema_differs_from_raw_weights_and_resumes_exactly(tiny_sdxl_dir, data_di
         # A checkpoint without LoRA does not resume a LoRA run (and says why).
         reset_accelerate()
         with pytest.raises(ValueError, match="saved without --use_lora"):
-            train.main(_argv(tiny_sdxl_dir, data_dir, tmp_path / "straight", *common, "--use_lora", *resume))
+            train.main(
+                _argv(
+                    tiny_sdxl_dir,
+                    data_dir,
+                    tmp_path / "straight",
+                    *common,
+                    "--use_lora",
+                    "--max_train_steps",
+                    4,
+                    "--resume_from_checkpoint",
+                    "latest",
+                )
+            )
     else:  # the EMA covers the adapter and the fully trained modules only
         assert all(".lora_" in k or k.startswith(("unet.conv_in.", "unet.class_embedding.")) for k in ema)
         raw = _weights(checkpoint, f"{LORA_SUBFOLDER}/{LORA_FULL_WEIGHTS}")

@@ -1,13 +1,18 @@
-"""Fixtures shared by the in-process training tests (test_train_shadow_sdxl, test_train_options, test_memory_lean).
+"""Fixtures and helpers shared by the in-process training tests (test_train_shadow_sdxl, test_train_options, test_memory_lean).
 
 Import them into a test module (`from training_fixtures import fresh_accelerate_state, reset_accelerate`); pytest
 then applies the autouse fixture to that module only."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
+
+import train_shadow_sdxl as train
 
 
 def reset_accelerate() -> None:
@@ -36,3 +41,16 @@ def tiny_run_argv(model, data_dir, output_dir, *extra) -> list[str]:
         "--output_dir", str(output_dir), "--resolution", "32", "--dataloader_num_workers", "0", "--report_to", "none",
         "--seed", "0", "--train_batch_size", "2", "--lr_warmup_steps", "0", *map(str, extra),
     ]  # fmt: skip
+
+
+def straight_and_resumed(argv: Callable[..., list[str]], root: Path, total: int, half: int, *common, resume=None):
+    """The exact-resume experiment: `total` steps straight in root/straight; `half` steps, then a resume to `total`,
+    in root/resumed. `argv(output_dir, *flags)` builds a command line; `resume` is the resume flag and value (default
+    `--resume_from_checkpoint latest`). -> the TrainingState of (straight, the half run, the resumed run)."""
+    resume = resume or ("--resume_from_checkpoint", "latest")
+    straight = train.main(argv(root / "straight", *common, "--max_train_steps", total))
+    reset_accelerate()
+    first = train.main(argv(root / "resumed", *common, "--max_train_steps", half))
+    reset_accelerate()
+    resumed = train.main(argv(root / "resumed", *common, "--max_train_steps", total, *resume))
+    return straight, first, resumed
