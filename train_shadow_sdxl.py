@@ -1355,8 +1355,12 @@ def validate(args, accelerator: Accelerator, unet, vae, val_loader, step: int) -
             noise, t = torch.cat(noises), torch.cat(ts)
             with accelerator.autocast():
                 losses = rectified_flow_loss(model, object_latents, mask_latent, shadow_latents, light, t, noise)
-                one_step = rectified_flow_loss(
-                    model, object_latents, mask_latent, shadow_latents, light, torch.ones_like(t), noise
+                one_step = (  # the same loss again unless training draws t = 1 only (--timestep_sampling single_step)
+                    losses
+                    if bool((t == 1).all())
+                    else rectified_flow_loss(
+                        model, object_latents, mask_latent, shadow_latents, light, torch.ones_like(t), noise
+                    )
                 )
             per_sample.append(losses.float().cpu())
             per_sample_one_step.append(one_step.float().cpu())

@@ -256,6 +256,14 @@ def test_resuming_with_another_split_seed_is_refused(tmp_path, data_dir):
         train.main(argv)
 
 
+def test_single_step_training_validates_once_at_t_1(tiny_sdxl_dir, data_dir, tmp_path):
+    """With --timestep_sampling single_step both validation losses are the same (t = 1) loss, computed once."""
+    flags = ["--timestep_sampling", "single_step", "--max_train_steps", 2, "--validation_steps", 2]
+    train.main(_argv(tiny_sdxl_dir, data_dir, tmp_path / "out", *flags))
+    best = json.loads((tmp_path / "out" / "best" / "best.json").read_text())
+    assert best["step"] == 2 and best["val_loss"] == best["val_loss_single_step"] > 0
+
+
 def test_rectified_flow_loss_is_the_velocity_mse():
     class Constant(torch.nn.Module):
         def forward(self, sample, timestep, light):
