@@ -1,5 +1,5 @@
 # Copyright 2026 The controllable-shadow-generation authors. Licensed under the Apache License, Version 2.0.
-"""The one data path that training, evaluation and the demo share (DESIGN.md §2, §4, §8).
+"""The one data path that training, evaluation and the demo share (docs/design.md §2, §4, §8).
 
 Three sources, one batch format:
 
@@ -1043,7 +1043,7 @@ def preprocess_sample(
 ) -> dict[str, torch.Tensor]:
     """One sample (PIL / numpy / tensor, same size) -> model-ready tensors at `image_size` x `image_size`:
 
-    - `object_image` [3,S,S] float32 in [-1, 1], every pixel outside the mask WHITE (DESIGN.md §8);
+    - `object_image` [3,S,S] float32 in [-1, 1], every pixel outside the mask WHITE (docs/design.md §8);
     - `mask` [1,S,S] in [0, 1] (binarised at 0.5 at the source size when `binarize_masks`; resizing softens edges);
     - `shadow_map` [1,S,S] in [0, 1], 1 = full shadow (only when given).
 
@@ -1072,7 +1072,7 @@ def preprocess_sample(
 
 
 def flip_sample(sample: dict) -> dict:
-    """Horizontal flip of every image-like tensor and the mirrored light: phi -> (180 - phi) mod 360 (DESIGN.md §2).
+    """Horizontal flip of every image-like tensor and the mirrored light: phi -> (180 - phi) mod 360 (docs/design.md §2).
     theta and size are unchanged. Not for latents: the latent of a flipped image is not the flipped latent."""
     flipped = dict(sample)
     for key in ("object_image", "mask", "shadow_map"):
@@ -1134,7 +1134,7 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
 
 
 class ShadowDataset(Dataset):
-    """The samples of one source in a fixed order, loaded as model-ready tensors (DESIGN.md §8). One item:
+    """The samples of one source in a fixed order, loaded as model-ready tensors (docs/design.md §8). One item:
     `object_image` [3,S,S] in [-1,1], `mask` [1,S,S], `shadow_map` [1,S,S], `theta`/`phi`/`size` float32 scalars,
     `id` (str), `track` (str or None). Build it with `open_shadow_dataset`."""
 
@@ -1282,7 +1282,7 @@ def _resolve_source_arguments(
 
 
 def warn_benchmark_training() -> None:
-    """Loud on purpose: the benchmark is the paper's test set (DESIGN.md §4)."""
+    """Loud on purpose: the benchmark is the paper's test set (docs/design.md §4)."""
     message = (
         f"You are TRAINING on the public benchmark ({BENCHMARK_HUB_ID}). It is the paper's TEST set: a model trained on "
         "it can no longer be evaluated on it, and every benchmark number it produces becomes meaningless. Train on "
@@ -1782,7 +1782,7 @@ def build_latent_cache(
 
 class CachedLatentDataset(Dataset):
     """Cached latents + the light of each sample: `object_latents` [4,h,w], `shadow_latents` [4,h,w], `mask_latent`
-    [1,h,w], `theta`/`phi`/`size`, `id`, `track` (DESIGN.md §8). With `random_flip` half the items read the latents of
+    [1,h,w], `theta`/`phi`/`size`, `id`, `track` (docs/design.md §8). With `random_flip` half the items read the latents of
     the flipped images, with phi mirrored."""
 
     def __init__(self, cache: LatentCache, records: list[SampleRecord], random_flip: bool = False, flip_seed: int = 0):

@@ -6,7 +6,7 @@
         [--num_seeds 10] [--num_inference_steps 1] [--resolution 1024] [--batch_size 8] [--limit N] [--output_dir eval/]
 
 Every image is predicted once per seed; soft IoU, RMSE, s-RMSE and ZNCC are computed over the whole image against the
-ground truth (DESIGN.md §8), averaged over seeds, then reported per benchmark track as mean ± std over images, beside
+ground truth (docs/design.md §8), averaged over seeds, then reported per benchmark track as mean ± std over images, beside
 the paper's Table 2. Beyond the paper, simple estimators read the shadow's direction in the image, its extent and its
 edge softness from each map, so that we can tell whether theta, phi and size actually steer the prediction; the same
 estimators run on the ground truth to check them.
@@ -51,13 +51,13 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BENCHMARK_DATASET = BENCHMARK_HUB_ID
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
-MASK_THRESHOLD = 0.5  # DESIGN.md §8: masks are binarised at 0.5 where a binary mask is required
+MASK_THRESHOLD = 0.5  # docs/design.md §8: masks are binarised at 0.5 where a binary mask is required
 ALL_TRACK = "all"  # records without a benchmark track (custom / hf data) are grouped under this name
 
 METRIC_NAMES = ("iou", "rmse", "s_rmse", "zncc")
 METRIC_LABELS = {"iou": "IoU ↑", "rmse": "RMSE ↓", "s_rmse": "s-RMSE ↓", "zncc": "ZNCC ↑"}
 
-# Paper, Table 2, rectified flow, per track (DESIGN.md §5). THEIR figures, printed beside ours, never mixed with them.
+# Paper, Table 2, rectified flow, per track (docs/design.md §5). THEIR figures, printed beside ours, never mixed with them.
 PAPER_TABLE2 = {
     1: {
         "softness": {"iou": 0.768, "rmse": 0.020, "s_rmse": 0.019, "zncc": 0.982},
@@ -115,7 +115,7 @@ def soft_iou(prediction, target):
     """Soft (fuzzy, Ruzicka) IoU: sum(min(p, g)) / sum(max(p, g)) over the image.
 
     The Jaccard index with min/max in place of intersection/union, as used for shadow maps by the paper (Tasar et al.
-    2024, Table 2) and defined in DESIGN.md §8. Identical maps give 1; two empty maps give 1 by definition.
+    2024, Table 2) and defined in docs/design.md §8. Identical maps give 1; two empty maps give 1 by definition.
     """
     prediction, target = _pair(prediction, target)
     intersection = np.minimum(prediction, target).sum(axis=(-2, -1))
@@ -132,7 +132,7 @@ def rmse(prediction, target):
 
 
 def scale_invariant_rmse(prediction, target):
-    """Scale-invariant RMSE: min over a >= 0 of RMSE(a * p, g) (DESIGN.md §8).
+    """Scale-invariant RMSE: min over a >= 0 of RMSE(a * p, g) (docs/design.md §8).
 
     Closed form: a* = max(0, <p, g> / <p, p>), the least-squares scale clipped to be non-negative (a* = 0 when p is
     empty). It forgives a shadow that is right in shape but wrong in intensity, which the paper's compositing step
@@ -151,7 +151,7 @@ def zncc(prediction, target, eps: float = 1e-8):
 
     The Pearson correlation of the two maps' pixels (e.g. Lewis 1995, "Fast Normalized Cross-Correlation"); invariant
     to any gain and offset. 1 = same pattern, -1 = inverted. If either map is constant (std <= eps) it is 0 by
-    definition (DESIGN.md §8), even when both are the same constant.
+    definition (docs/design.md §8), even when both are the same constant.
     """
     prediction, target = _pair(prediction, target)
     p = prediction - prediction.mean(axis=(-2, -1), keepdims=True)
@@ -173,7 +173,7 @@ def compute_metrics(prediction, target) -> dict[str, np.ndarray]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# 2. Control estimators on one map [H,W] and its object mask [H,W] (DESIGN.md §8 "Directions in the image"): x to the
+# 2. Control estimators on one map [H,W] and its object mask [H,W] (docs/design.md §8 "Directions in the image"): x to the
 #    right, y UP (pixel rows flipped: y = H - 1 - row), angles in degrees, 0 = right, counter-clockwise, in [0, 360).
 #    They return NaN when undefined (empty mask, no shadow).
 # --------------------------------------------------------------------------------------------------------------------
@@ -271,7 +271,7 @@ def shadow_softness(shadow, mask=None, low: float = 0.05, high: float = 0.95) ->
 
 def angle_error_deg(angle, reference):
     """Smallest signed angle from `reference` to `angle`, in [-180, 180) degrees (NaN propagates). |error| > 90 means
-    the shadow points to the wrong side (DESIGN.md §8)."""
+    the shadow points to the wrong side (docs/design.md §8)."""
     difference = (np.asarray(angle, dtype=np.float64) - np.asarray(reference, dtype=np.float64) + 180.0) % 360.0 - 180.0
     return difference[()] if difference.ndim == 0 else difference
 
@@ -418,7 +418,7 @@ def evaluate(
     samples_per_track: int = 4,
     progress: bool = True,
 ) -> EvaluationResults:
-    """Predicts every image of `loader` (batches as in DESIGN.md §8, read in order) once per seed and scores it.
+    """Predicts every image of `loader` (batches as in docs/design.md §8, read in order) once per seed and scores it.
 
     With `output_dir`, records are appended to `output_dir/records.jsonl` after every batch and seed, and the sample
     predictions saved under `output_dir/samples/`; a rerun with the same `settings` (RESUME_KEYS) skips what is done
@@ -488,7 +488,7 @@ class _Run:
         ]
         if missing:
             raise ValueError(
-                f"Evaluation needs image batches (DESIGN.md §8); this one lacks {', '.join(missing)}. Cached-latent "
+                f"Evaluation needs image batches (docs/design.md §8); this one lacks {', '.join(missing)}. Cached-latent "
                 "batches carry no images: evaluate with a loader built without `latent_cache`."
             )
         ids = [str(key) for key in batch["id"][:keep]]
@@ -792,7 +792,7 @@ def render_report(settings: dict, summary: dict, control: dict, files: dict[str,
         "",
         "## Control accuracy (beyond the paper)",
         "",
-        "Estimated on each map (DESIGN.md §8): direction = contact point → shadow centroid (0° = right, CCW, y up); "
+        "Estimated on each map (docs/design.md §8): direction = contact point → shadow centroid (0° = right, CCW, y up); "
         "extent = 95th percentile of the shadow mass's distance from the contact point ÷ object height; softness = "
         "share of penumbra pixels (0.05 < s/peak < 0.95). Direction error = prediction vs the same estimate on the "
         "ground truth; wrong side = |error| > 90°. The GT rows check the estimators themselves: the ground truth's "

@@ -14,7 +14,7 @@ as its own program, in its own environment (`requirements-render.txt`; bpy pins 
 never imports it, and only reads the images it writes. Without `bpy` the module still imports (its pure functions are
 tested everywhere); rendering then stops with an install hint.
 
-Conventions (DESIGN.md §2 and §8; mirrored here, not imported, so that Blender's process does not load torch or
+Conventions (docs/design.md §2 and §8; mirrored here, not imported, so that Blender's process does not load torch or
 diffusers): z up, object at the origin resting on z = 0 with its largest bounding-box side 2.0 units; square area
 light of side `size` on the sphere r = 8 at polar angle theta (from +z) and azimuth phi (from +x, counter-clockwise
 seen from above), facing the origin; camera on the -y side aimed at the object's vertical centre, 7-11 units away,
@@ -55,7 +55,7 @@ from PIL import Image, ImageDraw
 logger = logging.getLogger("render_shadow_dataset")
 
 # --------------------------------------------------------------------------------------------------------------------
-# 1. Conventions (DESIGN.md §2, §4, §8). pipeline_shadow.py owns the shared ones; these mirror them.
+# 1. Conventions (docs/design.md §2, §4, §8). pipeline_shadow.py owns the shared ones; these mirror them.
 # --------------------------------------------------------------------------------------------------------------------
 
 LIGHT_DISTANCE = 8.0  # the light sphere's radius r
@@ -73,7 +73,7 @@ THETA_GRID_DEG = (0, 45)
 PHI_GRID_DEG = (0, 359)
 SIZE_GRID = (2, 8)
 
-# The public benchmark's three track designs (DESIGN.md §4): (theta, phi, size) per image of one mesh.
+# The public benchmark's three track designs (docs/design.md §4): (theta, phi, size) per image of one mesh.
 TRACK_NAMES = ("softness", "horizontal", "vertical")  # as pipeline_shadow.TRACK_NAMES
 TRACK_LIGHTS = {
     "softness": [(30, 0, size) for size in (2, 4, 8)],
@@ -118,7 +118,7 @@ _STREAM_SAMPLE, _STREAM_OBJECT, _STREAM_VIEW, _STREAM_SPLIT = 0, 1, 2, 3
 
 
 def light_position(theta_deg: float, phi_deg: float, distance: float = LIGHT_DISTANCE) -> np.ndarray:
-    """The light's centre: r·(sinθ cosφ, sinθ sinφ, cosθ) (DESIGN.md §2)."""
+    """The light's centre: r·(sinθ cosφ, sinθ sinφ, cosθ) (docs/design.md §2)."""
     theta, phi = math.radians(theta_deg), math.radians(phi_deg % 360.0)
     return distance * np.array([math.sin(theta) * math.cos(phi), math.sin(theta) * math.sin(phi), math.cos(theta)])
 
@@ -597,7 +597,7 @@ def mask_from_alpha(alpha: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 
 def object_image_on_white(rgba: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """uint8 HxWx3: the object render (straight alpha, float in [0, 1]) over white, every pixel outside the mask WHITE
-    (DESIGN.md §8)."""
+    (docs/design.md §8)."""
     rgb, alpha = rgba[..., :3], rgba[..., 3:4]
     image = rgb * alpha + (1.0 - alpha)
     image[~mask] = 1.0

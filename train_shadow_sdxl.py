@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 # Copyright 2026 The controllable-shadow-generation authors. Licensed under the Apache License, Version 2.0.
-"""Fine-tunes the SDXL UNet into a single-step shadow generator with rectified flow (arXiv 2412.11972, DESIGN.md §3).
+"""Fine-tunes the SDXL UNet into a single-step shadow generator with rectified flow (arXiv 2412.11972, docs/design.md §3).
 
     accelerate launch train_shadow_sdxl.py --dataset_type custom --data_dir /path/to/samples \\
       --image_size 512 --batch_size 8 --mixed_precision --gradient_checkpointing \\
@@ -192,7 +192,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     data.add_argument(
         "--random_flip",
         action="store_true",
-        help="Random horizontal flips, with phi mirrored to (180 - phi) mod 360 (DESIGN.md §2).",
+        help="Random horizontal flips, with phi mirrored to (180 - phi) mod 360 (docs/design.md §2).",
     )
     data.add_argument(
         "--cache_latents",
@@ -620,7 +620,7 @@ def check_deepspeed_environment(args: argparse.Namespace, environ=None) -> None:
 def _validate_data_args(args: argparse.Namespace) -> None:
     if args.dataset_type == "benchmark":
         raise ValueError(
-            "`--dataset_type benchmark` is the paper's TEST set (DESIGN.md §4): never train on it. "
+            "`--dataset_type benchmark` is the paper's TEST set (docs/design.md §4): never train on it. "
             "Use `custom` (--data_dir) or `hf` (--dataset_name)."
         )
     if args.dataset_type == "custom" and not args.train_data_dir:
@@ -872,7 +872,7 @@ def build_models(args: argparse.Namespace, accelerator: Accelerator) -> Models:
         pipe = ShadowPipeline.from_sdxl(args.pretrained_model_name_or_path, vae=vae, variant=args.variant, **hub_kwargs)
     unet, vae = pipe.unet, pipe.vae
     # Weights stay fp32 (mixed precision autocasts the compute): pure bf16 weights at lr 1e-5 lose most updates
-    # (DESIGN.md §6). --memory_lean keeps them in bf16 and makes up for it with stochastic rounding in the optimizer.
+    # (docs/design.md §6). --memory_lean keeps them in bf16 and makes up for it with stochastic rounding in the optimizer.
     _to(unet, accelerator.device, weight_dtype(args))
     if args.use_lora:
         add_lora(unet, args)
@@ -929,7 +929,7 @@ def tracked_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Param
 def add_lora(unet: ShadowUNet, args: argparse.Namespace) -> None:
     """peft LoRA on the attention (to_q/k/v/out) and feed-forward layers of every transformer block, as diffusers'
     LoRA examples do. conv_in and the light projection are trained fully (see `trainable_parameters`): their new
-    weights start at zero (DESIGN.md §3), so there is no SDXL weight for a low-rank delta to adapt."""
+    weights start at zero (docs/design.md §3), so there is no SDXL weight for a low-rank delta to adapt."""
     from peft import LoraConfig
 
     config = LoraConfig(
@@ -1157,7 +1157,7 @@ def batch_light(batch: dict, device: torch.device) -> torch.Tensor:
 @torch.no_grad()
 def batch_latents(vae: AutoencoderKL, batch: dict, device: torch.device) -> tuple[torch.Tensor, ...]:
     """(object_latents [B,4,h,w], mask_latent [B,1,h,w], shadow_latents [B,4,h,w]) in fp32: taken from a cached-latent
-    batch, else encoded by the frozen VAE (posterior means, deterministic; DESIGN.md §8)."""
+    batch, else encoded by the frozen VAE (posterior means, deterministic; docs/design.md §8)."""
     if "object_latents" in batch:
         return tuple(batch[k].to(device, torch.float32) for k in ("object_latents", "mask_latent", "shadow_latents"))
     object_image = batch["object_image"].to(device)  # [B,3,H,W] in [-1,1], white outside the mask
@@ -1182,7 +1182,7 @@ def rectified_flow_loss(
     t: torch.Tensor,
     noise: torch.Tensor,
 ) -> torch.Tensor:
-    """Per-sample MSE(v_pred, noise - x0) in fp32 [B], at x_t = t * noise + (1 - t) * x0 (DESIGN.md §3)."""
+    """Per-sample MSE(v_pred, noise - x0) in fp32 [B], at x_t = t * noise + (1 - t) * x0 (docs/design.md §3)."""
     x_t = rf_interpolate(shadow_latents, noise, t)  # [B,4,h,w]
     model_input = torch.cat([x_t, mask_latent, object_latents], dim=1)  # [B,9,h,w]
     velocity = unet(model_input, rf_model_timestep(t), light).sample  # [B,4,h,w]

@@ -2,7 +2,7 @@
 """Samples/s of the data path: decoding PNGs + resize (the image path), per DataLoader worker count, against reading
 cached latents. Builds a synthetic custom dataset of `--source_size` PNGs (the paper renders at 1024 px) in a temp
 folder; the cache is built with a tiny random VAE, whose latents have SDXL's shape (4 channels, 1/8 size), so the READ
-numbers are representative while the build time is not (the real VAE encode is a GPU cost, see DESIGN.md §6).
+numbers are representative while the build time is not (the real VAE encode is a GPU cost, see docs/design.md §6).
 
     python benchmarks/bench_data_loading.py                       # 256² and 512², prints a markdown table
     python benchmarks/bench_data_loading.py --sizes 256 512 1024  # the numbers in BENCHMARKS.md (~8 min on 2 cores)

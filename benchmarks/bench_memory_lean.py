@@ -5,7 +5,7 @@
    - default: fp32 weights, torch AdamW, bf16 autocast (the paper's recipe);
    - --memory_lean: bf16 weights and gradients, torchao's AdamW8bit with bf16 stochastic rounding, bf16 autocast;
    - plain bf16 AdamW, for contrast only (not a flag of the script): bf16 weights, torch AdamW (bf16 moments),
-     round-to-nearest updates: what the memory-lean mode exists to avoid (DESIGN.md §6).
+     round-to-nearest updates: what the memory-lean mode exists to avoid (docs/design.md §6).
    Prints the training loss (mean of each window of --log_every steps) side by side, the final validation loss
    (fixed noise and t per sample), seconds per step and the share of the UNet's weights that moved.
 2. Step cost (--step_size, meant for a GPU at full size): peak memory and seconds per training step of the default

@@ -1,7 +1,7 @@
 """Training-step throughput of train_shadow_sdxl.py's step beside a naive UNet-only loop, in the same run.
 
 Variants (each on the same inputs, one lever at a time):
-- naive: the UNet-only eager loop of DESIGN.md §6 (latents given, AdamW, autocast on GPU);
+- naive: the UNet-only eager loop of docs/design.md §6 (latents given, AdamW, autocast on GPU);
 - script, cached latents: train_shadow_sdxl.training_loss on a cached-latent batch + backward + clip + AdamW step
   (what `--cache_latents` runs): must match the naive loop within ~10 %;
 - script, images: the same from an image batch, i.e. the frozen VAE encodes object and shadow every step;
@@ -35,7 +35,7 @@ from machine_info import cpu_model  # noqa: E402
 
 
 def make_batches(vae, batch_size: int, resolution: int, device) -> tuple[dict, dict]:
-    """An image batch (DESIGN.md §8) and the cached-latent batch of the same samples."""
+    """An image batch (docs/design.md §8) and the cached-latent batch of the same samples."""
     generator = torch.Generator().manual_seed(0)
     mask = torch.zeros(batch_size, 1, resolution, resolution)
     mask[..., resolution // 4 : 3 * resolution // 4, resolution // 3 : 2 * resolution // 3] = 1.0

@@ -55,7 +55,7 @@ part memory_lean "$LIMIT" benchmarks/bench_memory_lean.py --steps 0 --step_size 
 # 3. Single-step inference at 512² and 1024²: naive, the pipeline, the slider path, and enable_fast_inference().
 part inference "$LIMIT" benchmarks/bench_inference.py --size "$SIZE" --device "$DEVICE" \
     --resolutions "$LOW" "$HIGH" --repeats "$REPEATS" --fast "${INFER_COMPILE[@]}"
-# 4. The batch/resolution table: 512², batch 8, no checkpointing (DESIGN.md §6's best naive case).
+# 4. The batch/resolution table: 512², batch 8, no checkpointing (docs/design.md §6's best naive case).
 part training_low "$LIMIT" benchmarks/bench_training.py --size "$SIZE" --device "$DEVICE" \
     --resolution "$LOW" --batch_size "$BATCH_LOW" --steps "$STEPS"
 

@@ -2,7 +2,7 @@
 """Tiny synthetic datasets in every layout `dataset_loading.py` reads, for tests of the loader, training and evaluation.
 
 Content is plausible, not rendered: an object blob (colored, on a gray background that the loader must whiten), its
-binary mask, and a shadow blob cast from the object's ground contact point AWAY from the light, as DESIGN.md §2 has
+binary mask, and a shadow blob cast from the object's ground contact point AWAY from the light, as docs/design.md §2 has
 it (phi = 0: light on the image right, shadow to the LEFT; larger theta: longer shadow; larger size: softer edge).
 
     from data_factory import make_custom_dataset, make_benchmark_tar
@@ -58,7 +58,7 @@ def synthetic_sample(
     distance = np.hypot(cols - (contact_col + along * seg_col), rows - (contact_row + along * seg_row))
     core, softness = 0.1 * min(width, height), max(0.5, 0.01 * size * min(width, height))
     shadow = np.clip((core + softness - distance) / (2.0 * softness), 0.0, 1.0) * 0.85
-    shadow[mask] = 0.0  # 0 inside the object (DESIGN.md §8)
+    shadow[mask] = 0.0  # 0 inside the object (docs/design.md §8)
 
     color = rng.uniform(0.1, 0.9, size=3)
     rgb = np.empty((height, width, 3))
@@ -108,7 +108,7 @@ def make_custom_dataset(
 
 
 def benchmark_lights(n_per_track: int) -> list[tuple[str, str, dict]]:
-    """(key, track, metadata) following the benchmark's tracks (DESIGN.md §4)."""
+    """(key, track, metadata) following the benchmark's tracks (docs/design.md §4)."""
     samples = []
     for index in range(n_per_track):
         samples.append(("softness", index, {"theta": 30, "phi": 0, "size": SIZES[index % 3]}))

@@ -80,7 +80,7 @@ def test_issue_snippet_shapes(tmp_path):
     assert all(isinstance(stem, str) and stem.startswith("sample_") for stem in batch["id"])
     assert batch["track"] == [None, None]
     assert val_loader is not None
-    # White outside the mask (DESIGN.md §8): the gray background of the synthetic renders is gone.
+    # White outside the mask (docs/design.md §8): the gray background of the synthetic renders is gone.
     outside = batch["mask"].expand_as(batch["object_image"]) == 0
     assert torch.all(batch["object_image"][outside] == 1.0)
 

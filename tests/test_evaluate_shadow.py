@@ -87,7 +87,7 @@ def test_metric_shape_mismatch_raises():
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Estimators: a thin vertical pole seen by a raised orthographic camera on -y (DESIGN.md §2), with the ground shadow of
+# Estimators: a thin vertical pole seen by a raised orthographic camera on -y (docs/design.md §2), with the ground shadow of
 # a light at (theta, phi) rasterised as a thick segment; penumbra as a linear ramp of known width.
 # --------------------------------------------------------------------------------------------------------------------
 

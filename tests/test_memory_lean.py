@@ -3,7 +3,7 @@ stochastic rounding. Real training of the tiny SDXL-format model on the CPU; tor
 (`train.lean_update`), the compiled path is what a GPU runs.
 
 The point of the mode is that the weights still move at the paper's lr of 1e-5, where plain bf16 AdamW rounds most
-updates away (DESIGN.md §6): shown with the optimizers alone on replayed gradients (where an fp32 run is the exact
+updates away (docs/design.md §6): shown with the optimizers alone on replayed gradients (where an fp32 run is the exact
 reference) and through the real training loop."""
 
 from __future__ import annotations

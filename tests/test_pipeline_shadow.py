@@ -1,4 +1,4 @@
-"""ShadowUNet conversion, rectified-flow math, the shared interfaces and ShadowPipeline (DESIGN.md §3, §8)."""
+"""ShadowUNet conversion, rectified-flow math, the shared interfaces and ShadowPipeline (docs/design.md §3, §8)."""
 
 from __future__ import annotations
 

@@ -40,13 +40,13 @@ logger = logging.getLogger(__name__)
 MODULE_NAME = "pipeline_shadow"
 
 # --------------------------------------------------------------------------------------------------------------------
-# 1. Shared interfaces (DESIGN.md §8). Every other script imports these instead of re-deriving them.
+# 1. Shared interfaces (docs/design.md §8). Every other script imports these instead of re-deriving them.
 # --------------------------------------------------------------------------------------------------------------------
 
 DEFAULT_RESOLUTION = 1024
 LIGHT_KEYS = ("theta", "phi", "size")  # the order of the UNet's `light` input columns
 THETA_MAX_DEG = 90.0  # theta must lie in [0, 90): at 90 degrees the light is on the horizon
-NUM_TRAIN_TIMESTEPS = 1000  # SDXL's time embedding was trained on 0..1000 (DESIGN.md §3)
+NUM_TRAIN_TIMESTEPS = 1000  # SDXL's time embedding was trained on 0..1000 (docs/design.md §3)
 LATENT_CHANNELS = 4
 MASK_CHANNELS = 1
 UNET_IN_CHANNELS = LATENT_CHANNELS + MASK_CHANNELS + LATENT_CHANNELS  # [z_t, z_m, z_o]
@@ -54,7 +54,7 @@ LIGHT_EMBEDDING_DIM = 256  # per light parameter, as SDXL's timestep embedding
 
 # LoRA (train_shadow_sdxl.py --use_lora): peft adapters on every transformer block's attention and feed-forward
 # layers; conv_in (new zero input channels) and the light projection (zero last layer) train fully beside them, since
-# neither starts from an SDXL weight that a low-rank delta could adapt (DESIGN.md §3). Names inside the stock UNet.
+# neither starts from an SDXL weight that a low-rank delta could adapt (docs/design.md §3). Names inside the stock UNet.
 LORA_SUBFOLDER = "unet_lora"  # inside a saved pipeline folder
 LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
 LORA_FULLY_TRAINED_MODULES = ("conv_in", "class_embedding")
@@ -85,12 +85,12 @@ def wrap_phi(phi):
 
 
 def mirror_phi(phi):
-    """The azimuth of the light after a horizontal image flip: phi -> (180 - phi) mod 360 (DESIGN.md §2)."""
+    """The azimuth of the light after a horizontal image flip: phi -> (180 - phi) mod 360 (docs/design.md §2)."""
     return wrap_phi(180.0 - phi)
 
 
 def detect_track(key: str, metadata: dict | None = None) -> str | None:
-    """The benchmark track of a sample: a `track` metadata field wins, else the key prefix (DESIGN.md §8)."""
+    """The benchmark track of a sample: a `track` metadata field wins, else the key prefix (docs/design.md §8)."""
     if metadata and metadata.get("track") is not None:
         track = str(metadata["track"]).lower()
         for name, patterns in _TRACK_KEY_PATTERNS.items():
@@ -172,7 +172,7 @@ def binarize_mask(mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
 
 def prepare_object_image(object_image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """[B,3,H,W] RGB in [0, 1] + [B,1,H,W] mask -> the VAE input: [-1, 1] with every pixel outside the (soft) mask
-    blended to WHITE (DESIGN.md §8), so that no rendered shadow or background leaks into the object latent."""
+    blended to WHITE (docs/design.md §8), so that no rendered shadow or background leaks into the object latent."""
     white = torch.ones_like(object_image)
     return (object_image * mask + white * (1.0 - mask)) * 2.0 - 1.0
 
@@ -195,7 +195,7 @@ def fit_within(height: int, width: int, target_height: int, target_width: int) -
 
 def resize_and_pad(tensor: torch.Tensor, target_hw: tuple[int, int], fill: float) -> tuple[torch.Tensor, PadBox]:
     """Resizes [B,C,H,W] (or [C,H,W]) so its long side fits the target, keeping the aspect ratio, and pads the rest
-    with `fill`, centred (DESIGN.md §8). The same call serves images, masks and shadow maps."""
+    with `fill`, centred (docs/design.md §8). The same call serves images, masks and shadow maps."""
     squeeze = tensor.ndim == 3
     batch = tensor[None] if squeeze else tensor
     height, width = batch.shape[-2:]
@@ -227,7 +227,7 @@ def preprocess_object(
 
     The mask is binarised at 0.5 (as the training data is), the object is whitened at the SOURCE size so that resizing
     blends its edges with white rather than with whatever background it had, then resized and padded (aspect kept),
-    and finally everything outside the resized mask is made exactly white (DESIGN.md §8)."""
+    and finally everything outside the resized mask is made exactly white (docs/design.md §8)."""
     if binarize:
         mask = binarize_mask(mask)
     whitened = torch.addcmul(1.0 - mask, rgb, mask)  # rgb * mask + white * (1 - mask)
@@ -249,14 +249,14 @@ def shadow_to_vae_input(shadow_map: torch.Tensor) -> torch.Tensor:
 
 
 def vae_output_to_shadow(decoded: torch.Tensor) -> torch.Tensor:
-    """[B,3,H,W] VAE decoder output in [-1, 1] -> [B,1,H,W] shadow map in [0, 1] (channel mean, DESIGN.md §8)."""
+    """[B,3,H,W] VAE decoder output in [-1, 1] -> [B,1,H,W] shadow map in [0, 1] (channel mean, docs/design.md §8)."""
     return ((decoded.mean(dim=1, keepdim=True) + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
 def clear_under_object(shadow_map: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """[...,1,H,W] shadow map, same-size mask -> the map with zeros where the (binarised) mask covers the object.
 
-    A shadow map is zero inside the object's mask by definition (DESIGN.md §8; the object hides that ground in any
+    A shadow map is zero inside the object's mask by definition (docs/design.md §8; the object hides that ground in any
     composite), so whatever the decoder spills onto the object is cleared rather than reported as shadow."""
     return shadow_map * (1.0 - binarize_mask(mask))
 
@@ -288,7 +288,7 @@ def decode_shadow(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# 2. Rectified flow as small pure functions (DESIGN.md §3). t = 1 is pure noise, t = 0 the data.
+# 2. Rectified flow as small pure functions (docs/design.md §3). t = 1 is pure noise, t = 0 the data.
 # --------------------------------------------------------------------------------------------------------------------
 
 
@@ -367,7 +367,7 @@ def inference_sigmas(num_inference_steps: int) -> list[float]:
 
 def widen_conv_in(weight: torch.Tensor, bias: torch.Tensor | None, in_channels: int):
     """Widens a conv's input channels: old weights and bias copied, new input channels zero, so the widened conv gives
-    exactly the old output while the extra inputs are zero (DESIGN.md §3)."""
+    exactly the old output while the extra inputs are zero (docs/design.md §3)."""
     out_channels, old_in, *kernel = weight.shape
     if in_channels < old_in:
         raise ValueError(f"Cannot widen conv_in from {old_in} to fewer ({in_channels}) input channels.")
@@ -449,7 +449,7 @@ class ShadowUNet(ModelMixin, ConfigMixin):
 
     def light_embedding(self, light: torch.Tensor) -> torch.Tensor:
         """[B,3] raw (theta deg, phi deg, size) -> [B, 3*256] sinusoidal embedding. Raw degrees resolve well at the
-        sinusoid's highest frequencies; [0,1]-normalised inputs would make all lights look alike (DESIGN.md §3)."""
+        sinusoid's highest frequencies; [0,1]-normalised inputs would make all lights look alike (docs/design.md §3)."""
         if light.ndim != 2 or light.shape[1] != len(LIGHT_KEYS):
             raise ValueError(f"`light` must be [B, 3] = (theta, phi, size), got {tuple(light.shape)}.")
         theta, phi, size = light.unbind(dim=1)
@@ -483,7 +483,7 @@ class ShadowUNet(ModelMixin, ConfigMixin):
         first = torch.nn.Linear(model.unet.class_embedding.linear_1.in_features, time_width, device=device, dtype=dtype)
         kept["unet.class_embedding.linear_1.weight"] = first.weight.detach()
         kept["unet.class_embedding.linear_1.bias"] = first.bias.detach()
-        # Zero-initialised last layer: the converted model starts exactly as SDXL's time path (DESIGN.md §3).
+        # Zero-initialised last layer: the converted model starts exactly as SDXL's time path (docs/design.md §3).
         kept["unet.class_embedding.linear_2.weight"] = torch.zeros(time_width, time_width, device=device, dtype=dtype)
         kept["unet.class_embedding.linear_2.bias"] = torch.zeros(time_width, device=device, dtype=dtype)
         model.load_state_dict(kept, strict=True, assign=True)
@@ -794,7 +794,7 @@ class ShadowPipeline(DiffusionPipeline):
 
     def enable_fast_inference(self, mode: str | None = "max-autotune", backend: str = "inductor", channels_last=None):
         """Compiles the UNet and the VAE's encoder and decoder with `torch.compile` (channels_last memory format on
-        CUDA, where it pays once compiled but hurts in eager mode, DESIGN.md §6). The first call at each new shape pays
+        CUDA, where it pays once compiled but hurts in eager mode, docs/design.md §6). The first call at each new shape pays
         the compilation (minutes for the full-size model, see BENCHMARKS.md); later calls are fast. Outputs match the
         plain pipeline within the dtype's tolerance. `mode="max-autotune"` also captures CUDA graphs, so keep the
         processing size fixed (a light slider re-running `pipe(object_latents=..., ...)` does)."""
