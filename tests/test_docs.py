@@ -19,7 +19,12 @@ MARKDOWN_LINK = re.compile(r"\]\(([^)\s]+)\)")
 def tracked_text_files() -> list[Path]:
     listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     files = [ROOT / name for name in listed.splitlines()]
-    return [path for path in files if path.is_file() and (path.suffix in TEXT_SUFFIXES or path.name == "Makefile")]
+    here = Path(__file__).resolve()  # its own examples cite sections on purpose
+    return [
+        path
+        for path in files
+        if path.is_file() and path != here and (path.suffix in TEXT_SUFFIXES or path.name == "Makefile")
+    ]
 
 
 def cited_sections(text: str) -> set[int]:
