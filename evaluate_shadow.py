@@ -426,6 +426,12 @@ def evaluate(
     (raising `num_seeds` or `limit` adds only the missing predictions). `settings` is stored with the results; the
     caller fills in what it knows (model, dataset, resolution, hardware, ...).
     """
+    if not callable(getattr(pipe, "encode_preprocessed", None)):
+        raise ValueError(
+            f"`pipe` ({type(pipe).__name__}) has no `encode_preprocessed`: evaluation feeds the loader's preprocessed "
+            "tensors to the latents. Load the model with this project's `ShadowPipeline.from_pretrained`, or refresh "
+            "the pipeline_shadow.py saved beside its weights."
+        )
     if num_seeds < 1:
         raise ValueError(f"`num_seeds` must be >= 1, got {num_seeds}.")
     if num_inference_steps < 1:

@@ -506,6 +506,8 @@ def test_evaluation_encodes_the_loaders_tensors_as_training_does(tiny_pipeline, 
     assert not torch.allclose(again.mask_latent, prepared.mask_latent)
     with pytest.raises(ValueError, match="must have the same size"):
         tiny_pipeline.encode_preprocessed(batch["object_image"], mask[:, :, :32])
+    with pytest.raises(ValueError, match="has no `encode_preprocessed`"):  # e.g. an outdated remote-code copy
+        ev.evaluate(object(), [batch], num_seeds=1, progress=False)
 
 
 def test_data_stored_at_twice_the_resolution_scores_the_same(tiny_pipeline, tmp_path):
