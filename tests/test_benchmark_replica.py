@@ -212,3 +212,15 @@ def test_replica_lights_follow_the_paper_designs():
     for track, lights in REPLICA_LIGHTS.items():
         varied = {name for i, name in enumerate(("theta", "phi", "size")) if len({light[i] for light, _ in lights}) > 1}
         assert [dataset_loading.TRACK_VARIED_LIGHT[name] for name in varied] == [track]
+
+
+def test_hf_track_column_uses_the_same_rule_and_warns_once(tmp_path):
+    import datasets
+    from data_factory import make_hf_dataset
+
+    saved = datasets.load_from_disk(str(make_hf_dataset(tmp_path / "hf", n=3, size=16, with_object_id=False)))
+    saved.add_column("track", ["direction_control_horz", "diagonal", None]).save_to_disk(str(tmp_path / "tracked"))
+    report = verify_dataset(tmp_path / "tracked", "hf", level="metadata")
+    assert report.ok and [p.kind for p in report.warnings] == ["unknown_track_value"] and "'diagonal'" in str(report)
+    dataset = open_shadow_dataset("hf", dataset_name=str(tmp_path / "tracked"), image_size=16)
+    assert [record.track for record in dataset.records] == ["horizontal", None, None]
