@@ -713,6 +713,13 @@ def infer_tracks_from_lights(records: Sequence[SampleRecord]) -> dict[str, str]:
     return inferred
 
 
+def _comparable(value: Any) -> Any:
+    """30 and 30.0 are the same light value; anything else compares as its JSON text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return json.dumps(value, default=str)
+
+
 def _read_light_keys(metadata: dict, where: str, report: VerificationReport) -> tuple[dict, set[str]] | None:
     """({theta, phi, size}: value, the metadata keys read for them) under any spelling of LIGHT_KEY_ALIASES, or None
     after reporting every light key that is missing, spelled in a refused convention, or given twice differently."""
@@ -723,7 +730,7 @@ def _read_light_keys(metadata: dict, where: str, report: VerificationReport) -> 
             (by_lower[a], metadata[by_lower[a]]) for a in aliases if a in by_lower and metadata[by_lower[a]] is not None
         ]
         accepted = ", ".join(f"`{alias}`" for alias in aliases)
-        if len({json.dumps(value, default=str) for _, value in found}) > 1:
+        if len({_comparable(value) for _, value in found}) > 1:
             listed = ", ".join(f"`{name}` = {value!r}" for name, value in found)
             report.error("light_conflict", where, f"gives `{key}` more than once, with different values: {listed}.")
             valid = False

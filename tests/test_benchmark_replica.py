@@ -175,6 +175,8 @@ def test_without_track_names_the_light_design_tells_and_the_rest_is_one_warning(
 def test_alternative_light_spellings_read_the_same(tmp_path):
     plain = open_shadow_dataset("benchmark", write_tar(tmp_path / "a.tar", replica_files(1, 16)), image_size=16)
     files = replica_files(1, 16, light_keys=("polar", "azimuth", "light_size"))
+    key = "softness_control/obj_001_size2"  # the same value under two spellings is no conflict
+    files[f"{key}.metadata.json"] = json.dumps({**json.loads(files[f"{key}.metadata.json"]), "Theta": 30.0}).encode()
     other = open_shadow_dataset("benchmark", write_tar(tmp_path / "b.tar", files), image_size=16)
     assert [(r.id, r.theta, r.phi, r.size, r.track) for r in other.records] == [
         (r.id, r.theta, r.phi, r.size, r.track) for r in plain.records
