@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import hashlib
 import io
 import json
@@ -42,10 +43,12 @@ import logging
 import math
 import os
 import posixpath
+import re
 import sys
 import tarfile
 import time
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -62,8 +65,6 @@ from pipeline_shadow import (
     LIGHT_KEYS,
     SHADOW_FILL,
     THETA_MAX_DEG,
-    TRACK_NAMES,
-    detect_track,
     encode_latents,
     gray_to_tensor,
     image_to_tensor,
@@ -90,14 +91,39 @@ BENCHMARK_SUFFIXES = {"image": "object", "mask": "mask", "shadow": "shadow"}  # 
 BENCHMARK_METADATA_SUFFIX = "metadata"
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
+# The accepted spellings of each light key in benchmark metadata and Hugging Face columns, in order of preference
+# (compared case-insensitively): all mean the same convention, degrees from +z, degrees from +x, the square light's
+# side (docs/design.md §2). Spellings that name another convention are refused with the reason, never guessed.
+LIGHT_KEY_ALIASES = {
+    "theta": ("theta", "theta_deg", "light_theta", "polar", "polar_deg", "polar_angle"),
+    "phi": ("phi", "phi_deg", "light_phi", "azimuth", "azimuth_deg", "azimuth_angle"),
+    "size": ("size", "light_size", "area_light_size"),
+}
+_FROM_HORIZON = "it is measured from the horizon (theta = 90 - it), not from +z"
+REFUSED_LIGHT_KEYS = {
+    "theta": {
+        "elevation": _FROM_HORIZON,
+        "elevation_deg": _FROM_HORIZON,
+        "altitude": _FROM_HORIZON,
+        "theta_rad": "it is in radians; theta is read in degrees",
+        "polar_rad": "it is in radians; theta is read in degrees",
+    },
+    "phi": {
+        "phi_rad": "it is in radians; phi is read in degrees",
+        "azimuth_rad": "it is in radians; phi is read in degrees",
+    },
+    "size": {
+        "radius": "a radius is not the square light's side",
+        "light_radius": "a radius is not the square light's side",
+    },
+}
+
 # Candidate column names of a Hugging Face dataset, in order of preference, and the option that overrides each.
 HF_COLUMN_DEFAULTS = {
     "object": ("object_image", "image", "object"),
     "mask": ("mask", "object_mask"),
     "shadow": ("shadow_map", "shadow"),
-    "theta": ("theta",),
-    "phi": ("phi",),
-    "size": ("size", "light_size"),
+    **LIGHT_KEY_ALIASES,
 }
 HF_COLUMN_OPTIONS = {
     "object": "image_column",
@@ -143,6 +169,7 @@ class VerificationReport:
     num_samples: int = 0
     errors: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)  # facts about the data worth a line (e.g. samples per track)
 
     @property
     def ok(self) -> bool:
@@ -164,6 +191,7 @@ class VerificationReport:
             f"Dataset check of {self.source} ({self.dataset_type}, {self.level} check): {status}, "
             f"{self.num_samples} sample(s) checked, {len(self.errors)} error(s), {len(self.warnings)} warning(s)."
         ]
+        lines.extend(f"  {detail}" for detail in self.details)
         if self.errors:
             lines.append("Errors:")
             lines.extend(f"  - {problem}" for problem in self.errors)
@@ -223,6 +251,7 @@ class SampleRecord:
     size: float
     object_id: str | None = None
     track: str | None = None
+    extra: dict = field(default_factory=dict)  # metadata the loader does not use (e.g. the benchmark's `r`), kept
 
 
 def _parse_light(metadata: dict, where: str, report: VerificationReport) -> tuple[float, float, float] | None:
@@ -623,6 +652,121 @@ def _scan_custom(root: Path, report: VerificationReport) -> tuple[_FileSource | 
     return _FileSource(root, refs), records
 
 
+# The benchmark's tracks (docs/design.md §4, §8). ONE rule reads a track name, whether from a `track` metadata value or
+# from a key or folder name: the track whose pattern occurs in it, case-insensitive, so `softness`, `soft`,
+# `softness_control`, `direction_control_horz`, `Horizontal` and `vert_012` all name one. A text that names two tracks
+# names none.
+TRACK_NAMES = ("softness", "horizontal", "vertical")
+TRACK_PATTERNS = {"softness": ("soft",), "horizontal": ("horz", "horizontal"), "vertical": ("vert", "vertical")}
+TRACK_VARIED_LIGHT = {"size": "softness", "phi": "horizontal", "theta": "vertical"}  # what each track's design varies
+_LIGHT_SUFFIX = re.compile(r"[_\-=.]*\d+(?:\.\d+)?$")  # `obj_003_size4` -> `obj_003_size`, `obj_003_4` -> `obj_003`
+
+
+def track_from_name(text: Any) -> str | None:
+    """The track a name or metadata value names (see TRACK_PATTERNS), or None when it names none or several."""
+    lowered = str(text).lower()
+    named = [track for track, patterns in TRACK_PATTERNS.items() if any(p in lowered for p in patterns)]
+    return named[0] if len(named) == 1 else None
+
+
+def _track_from_key(key: str) -> str | None:
+    # Folder by folder, outermost first: the folder (`softness_control/...`) names the track even when a later part
+    # happens to contain a pattern too (`.../obj_convert_3`).
+    for part in key.split("/"):
+        if (track := track_from_name(part)) is not None:
+            return track
+    return None
+
+
+def _named_track(key: str, metadata: dict | None) -> tuple[str | None, str | None]:
+    """(track, "metadata" | "key") from the sample's own names, or (None, None)."""
+    if metadata and metadata.get("track") is not None and (track := track_from_name(metadata["track"])) is not None:
+        return track, "metadata"
+    track = _track_from_key(key)
+    return track, ("key" if track is not None else None)
+
+
+def detect_track(key: str, metadata: dict | None = None) -> str | None:
+    """The benchmark track a sample's own names give: its `track` metadata value when that names one, else its key
+    (folders first); None when neither does (then `infer_tracks_from_lights` may still tell it)."""
+    return _named_track(key, metadata)[0]
+
+
+def object_stem(key: str) -> str:
+    """The key without its trailing light number: the samples of one object in one track share it."""
+    return _LIGHT_SUFFIX.sub("", key)
+
+
+def infer_tracks_from_lights(records: Sequence[SampleRecord]) -> dict[str, str]:
+    """{id: track} from the light design of each object (docs/design.md §4): the samples that share an object stem
+    (the key without its trailing light number) form one group; when exactly one light parameter varies in it and the
+    other two stay fixed, the group is that parameter's track (size -> softness, phi -> horizontal, theta ->
+    vertical). Groups of one sample, or where several parameters vary, stay unknown."""
+    groups: dict[str, list[SampleRecord]] = {}
+    for record in records:
+        groups.setdefault(object_stem(record.id), []).append(record)
+    inferred = {}
+    for members in groups.values():
+        varied = [key for key in LIGHT_KEYS if len({getattr(record, key) for record in members}) > 1]
+        if len(varied) == 1:
+            inferred.update((record.id, TRACK_VARIED_LIGHT[varied[0]]) for record in members)
+    return inferred
+
+
+def _comparable(value: Any) -> Any:
+    """30 and 30.0 are the same light value; anything else compares as its JSON text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return json.dumps(value, default=str)
+
+
+def _read_light_keys(metadata: dict, where: str, report: VerificationReport) -> tuple[dict, set[str]] | None:
+    """({theta, phi, size}: value, the metadata keys read for them) under any spelling of LIGHT_KEY_ALIASES, or None
+    after reporting every light key that is missing, spelled in a refused convention, or given twice differently."""
+    by_lower = {str(name).lower(): name for name in metadata}
+    values, used, valid = {}, set(), True
+    for key, aliases in LIGHT_KEY_ALIASES.items():
+        found = [
+            (by_lower[a], metadata[by_lower[a]]) for a in aliases if a in by_lower and metadata[by_lower[a]] is not None
+        ]
+        accepted = ", ".join(f"`{alias}`" for alias in aliases)
+        if len({_comparable(value) for _, value in found}) > 1:
+            listed = ", ".join(f"`{name}` = {value!r}" for name, value in found)
+            report.error("light_conflict", where, f"gives `{key}` more than once, with different values: {listed}.")
+            valid = False
+        elif found:
+            values[key] = found[0][1]
+            used.update(name for name, _ in found)
+        elif refused := [(by_lower[name], why) for name, why in REFUSED_LIGHT_KEYS[key].items() if name in by_lower]:
+            reasons = "; ".join(f"`{name}` is not read: {why}" for name, why in refused)
+            report.error("unsupported_light_key", where, f"has no `{key}` ({reasons}). Accepted: {accepted}.")
+            valid = False
+        else:
+            report.error("missing_light", where, f"`{key}` is missing; accepted spellings: {accepted}.")
+            valid = False
+    return (values, used) if valid else None
+
+
+def _report_tracks(records: list[SampleRecord], sources: dict[str, str], report: VerificationReport) -> None:
+    """One line per track (how many samples, found how) and ONE warning for all samples without a track."""
+    for track in TRACK_NAMES:
+        ids = [record.id for record in records if record.track == track]
+        if ids:
+            how = Counter(sources[sample_id] for sample_id in ids)
+            found = ", ".join(f"{count} from the {source}" for source, count in how.items())
+            report.details.append(f"track {track}: {len(ids)} sample(s) ({found})")
+    unknown = [record.id for record in records if record.track is None]
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        report.warn(
+            "unknown_track",
+            f"{len(unknown)} sample(s)",
+            f"no track: neither a `track` metadata value nor the key names one (soft / horz|horizontal / "
+            f"vert|vertical), and the light design of their object does not tell it ({shown}). They are read and "
+            "scored under `all`.",
+        )
+
+
 def _split_webdataset_name(name: str) -> tuple[str, str, str] | None:
     """`dir/key.image.png` -> ("dir/key", "image", "image.png"); None for hidden files or names without a suffix."""
     folder, base = posixpath.split(name)
@@ -731,6 +875,10 @@ def _scan_benchmark(path: Path, report: VerificationReport) -> tuple[_ImageSourc
         )
 
     records, refs = [], []
+    sources: dict[str, str | None] = {}
+    unread_track_values: Counter[str] = Counter()
+    conflicts: list[str] = []
+    extra_keys: set[str] = set()
     for key in sorted(members):
         parts = members[key]
         missing = [suffix for suffix in (*BENCHMARK_SUFFIXES, BENCHMARK_METADATA_SUFFIX) if suffix not in parts]
@@ -755,24 +903,45 @@ def _scan_benchmark(path: Path, report: VerificationReport) -> tuple[_ImageSourc
         if not isinstance(metadata, dict):
             report.error("invalid_metadata", where, f"must be a JSON object with theta, phi, size; got {metadata!r}.")
             continue
-        light = _parse_light(metadata, where, report)
-        try:
-            track = detect_track(key, metadata)
-        except ValueError as exc:
-            report.error("unknown_track", where, str(exc))
-            continue
-        if track is None:
-            report.error(
-                "unknown_track",
-                key,
-                f"cannot tell the benchmark track: the key contains none of soft / horz|horizontal / vert|vertical and "
-                f"the metadata has no `track` (one of {', '.join(TRACK_NAMES)}).",
-            )
-            continue
+        read = _read_light_keys(metadata, where, report)
+        light = _parse_light(read[0], where, report) if read is not None else None
         if light is None:
             continue
-        records.append(SampleRecord(key, *light, object_id=_optional_str(metadata.get("object_id")), track=track))
+        track, sources[key] = _named_track(key, metadata)
+        if metadata.get("track") is not None:
+            if track_from_name(metadata["track"]) is None:
+                unread_track_values[str(metadata["track"])] += 1
+            elif (from_key := _track_from_key(key)) is not None and from_key != track:
+                conflicts.append(f"{key} (`track` {metadata['track']!r}, key says {from_key})")
+        extra = {name: value for name, value in metadata.items() if name not in read[1] | {"track", "object_id"}}
+        extra_keys.update(extra)
+        object_id = _optional_str(metadata.get("object_id"))
+        records.append(SampleRecord(key, *light, object_id=object_id, track=track, extra=extra))
         refs.append({BENCHMARK_SUFFIXES[suffix]: parts[suffix][1] for suffix in BENCHMARK_SUFFIXES})
+    inferred = infer_tracks_from_lights([record for record in records if record.track is None])
+    for index, record in enumerate(records):
+        if record.id in inferred:
+            records[index] = dataclasses.replace(record, track=inferred[record.id])
+            sources[record.id] = "light design"
+    if unread_track_values:
+        listed = ", ".join(f"{value!r} ({count})" for value, count in unread_track_values.most_common(5))
+        report.warn(
+            "unknown_track_value",
+            "`track` metadata",
+            f"values that name no track: {listed}; the key or the light design was used instead.",
+        )
+    if conflicts:
+        report.warn(
+            "track_conflict",
+            f"{len(conflicts)} sample(s)",
+            f"the `track` metadata value (which wins) and the key name different tracks: {', '.join(conflicts[:5])}.",
+        )
+    if extra_keys:
+        report.details.append(
+            f"metadata read: the light ({', '.join(LIGHT_KEYS)}), `track`, `object_id`; kept unread in each "
+            f"record's `extra`: {', '.join(sorted(extra_keys))}"
+        )
+    _report_tracks(records, sources, report)
     if from_tar:
         return _TarSource(refs, str(path)), records
     return _FileSource(path, refs), records
@@ -849,6 +1018,7 @@ def _scan_hf(
     table = dataset.select_columns(list(dict.fromkeys(wanted))).to_dict()
     records, rows = [], []
     seen_ids: dict[str, int] = {}
+    unread_track_values: Counter[str] = Counter()
     for row in range(len(dataset)):
         sample_id = str(table[id_column][row]) if id_column else f"{row:06d}"
         where = f"row {row}" + (f" ('{sample_id}')" if id_column else "")
@@ -858,16 +1028,17 @@ def _scan_hf(
         light = _parse_light({key: table[resolved[key]][row] for key in LIGHT_KEYS}, where, report)
         track = None
         if track_column and table[track_column][row] is not None:
-            try:
-                track = detect_track(sample_id, {"track": table[track_column][row]})
-            except ValueError as exc:
-                report.error("unknown_track", where, str(exc))
-                continue
+            track = track_from_name(table[track_column][row])
+            if track is None:
+                unread_track_values[str(table[track_column][row])] += 1
         if light is None:
             continue
         object_id = _optional_str(table[object_id_column][row]) if object_id_column else None
         records.append(SampleRecord(sample_id, *light, object_id=object_id, track=track))
         rows.append(row)
+    if unread_track_values:
+        listed = ", ".join(f"{value!r} ({count})" for value, count in unread_track_values.most_common(5))
+        report.warn("unknown_track_value", "column 'track'", f"values that name no track: {listed}; read as None.")
     return _HFSource(dataset, resolved, rows, dataset_name), records
 
 

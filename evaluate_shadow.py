@@ -25,6 +25,7 @@ As a library (training validation, the demo):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -44,8 +45,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from dataset_loading import BENCHMARK_HUB_ID, DATASET_TYPES, create_dataloaders
-from pipeline_shadow import TRACK_NAMES, ShadowPipeline, wrap_phi
+from dataset_loading import BENCHMARK_HUB_ID, DATASET_TYPES, TRACK_NAMES, create_dataloaders
+from pipeline_shadow import ObjectLatents, ShadowPipeline, wrap_phi
 
 logger = logging.getLogger(__name__)
 
@@ -425,6 +426,12 @@ def evaluate(
     (raising `num_seeds` or `limit` adds only the missing predictions). `settings` is stored with the results; the
     caller fills in what it knows (model, dataset, resolution, hardware, ...).
     """
+    if not callable(getattr(pipe, "encode_preprocessed", None)):
+        raise ValueError(
+            f"`pipe` ({type(pipe).__name__}) has no `encode_preprocessed`: evaluation feeds the loader's preprocessed "
+            "tensors to the latents. Load the model with this project's `ShadowPipeline.from_pretrained`, or refresh "
+            "the pipeline_shadow.py saved beside its weights."
+        )
     if num_seeds < 1:
         raise ValueError(f"`num_seeds` must be >= 1, got {num_seeds}.")
     if num_inference_steps < 1:
@@ -458,7 +465,9 @@ def evaluate(
         bar.close()
         if run.records_file is not None:
             run.records_file.close()
-    seconds = [r["seconds"] for r in records if r.get("seconds") is not None and not math.isnan(r["seconds"])]
+    # One prediction alone costs its image's encoding too (encoded once per batch, for every seed).
+    seconds = [r["seconds"] + (r.get("encode_seconds") or 0.0) for r in records if r.get("seconds") is not None]
+    seconds = [value for value in seconds if not math.isnan(value)]
     settings.update(
         num_images=index,
         seconds_per_prediction_median=float(np.median(seconds)) if seconds else None,
@@ -500,6 +509,9 @@ class _Run:
         theta, phi, size = (_light_list(batch[key][:keep]) for key in ("theta", "phi", "size"))
         self._pick_samples(ids, tracks[:keep], object_image, target, (theta, phi, size))
 
+        # The loader's tensors go straight to the latents, once per batch for every seed: the object and mask are
+        # preprocessed once, by the loader, exactly as for training (docs/design.md §8), never resized or re-binarised.
+        prepared, encode_seconds = None, float("nan")
         records, ground_truth = {}, {}
         for seed_index in range(self.num_seeds):
             todo = []
@@ -514,16 +526,17 @@ class _Run:
             generators = [
                 torch.Generator("cpu").manual_seed(generator_seed(self.seed, indices[i], seed_index)) for i in todo
             ]
+            if prepared is None:
+                start = time.perf_counter()
+                prepared = self.pipe.encode_preprocessed(batch["object_image"][:keep], batch["mask"][:keep])
+                encode_seconds = (time.perf_counter() - start) / keep
             start = time.perf_counter()
             output = self.pipe(
-                object_image[todo],
-                mask=mask[todo],
+                object_latents=_take(prepared, todo),
                 theta=[theta[i] for i in todo],
                 phi=[phi[i] for i in todo],
                 size=[size[i] for i in todo],
                 num_inference_steps=self.num_inference_steps,
-                height=object_image.shape[-2],
-                width=object_image.shape[-1],
                 generator=generators,
                 output_type="pt",
             )
@@ -546,6 +559,7 @@ class _Run:
                     **control_estimates(prediction[j], masks[i]),
                     **ground_truth[i],
                     "seconds": seconds,
+                    "encode_seconds": encode_seconds,
                 }
                 if seed_index == 0 and ids[i] in self.samples:
                     self.samples[ids[i]]["prediction"] = _to_uint8(prediction[j])
@@ -575,6 +589,18 @@ class _Run:
             saved = self.samples_dir / f"{_safe_name(key)}_prediction.png" if self.samples_dir is not None else None
             if saved is not None and saved.exists():
                 self.samples[key]["prediction"] = np.asarray(PIL.Image.open(saved))
+
+
+def _take(prepared: ObjectLatents, indices: list[int]) -> ObjectLatents:
+    """The encoded objects at `indices` (those a seed still has to predict)."""
+    if indices == list(range(len(prepared.boxes))):
+        return prepared
+    return dataclasses.replace(
+        prepared,
+        object_latents=prepared.object_latents[indices],
+        mask_latent=prepared.mask_latent[indices],
+        **{name: [getattr(prepared, name)[i] for i in indices] for name in ("boxes", "sizes", "objects", "masks")},
+    )
 
 
 def _safe_name(key: str) -> str:

@@ -74,7 +74,7 @@ PHI_GRID_DEG = (0, 359)
 SIZE_GRID = (2, 8)
 
 # The public benchmark's three track designs (docs/design.md §4): (theta, phi, size) per image of one mesh.
-TRACK_NAMES = ("softness", "horizontal", "vertical")  # as pipeline_shadow.TRACK_NAMES
+TRACK_NAMES = ("softness", "horizontal", "vertical")  # as dataset_loading.TRACK_NAMES
 TRACK_LIGHTS = {
     "softness": [(30, 0, size) for size in (2, 4, 8)],
     "horizontal": [(35, phi, 2) for phi in range(0, 360, 20)],
@@ -84,7 +84,7 @@ TRACK_KEY_PREFIX = {
     "softness": "soft",
     "horizontal": "horz",
     "vertical": "vert",
-}  # what pipeline_shadow.detect_track reads
+}  # what dataset_loading.detect_track reads
 
 # What Blender imports headless (Blender 5.0; Collada and X3D were removed from it).
 MESH_IMPORTERS = {

@@ -56,26 +56,6 @@ def test_wrap_and_mirror_phi():
     assert ps.mirror_phi(0.0) == 180.0 and ps.mirror_phi(90.0) == 90.0 and ps.mirror_phi(30.0) == 150.0
 
 
-@pytest.mark.parametrize(
-    ("key", "metadata", "track"),
-    [
-        ("soft_mesh01_size2", None, "softness"),
-        ("horz_mesh03_phi40", None, "horizontal"),
-        ("mesh03_horizontal_7", None, "horizontal"),
-        ("vert_mesh03_theta15", None, "vertical"),
-        ("mesh03", {"track": "vertical"}, "vertical"),
-        ("mesh03", None, None),
-    ],
-)
-def test_detect_track(key, metadata, track):
-    assert ps.detect_track(key, metadata) == track
-
-
-def test_detect_track_rejects_unknown_track_field():
-    with pytest.raises(ValueError, match="Unknown `track`"):
-        ps.detect_track("x", {"track": "diagonal"})
-
-
 def test_resize_and_pad_keeps_aspect_and_round_trips():
     rows, cols = torch.meshgrid(torch.linspace(0, 1, 30), torch.linspace(0, 1, 60), indexing="ij")
     image = torch.stack([rows, cols, rows * cols])[None]  # smooth, so resampling is nearly lossless

@@ -309,7 +309,7 @@ def test_plan_is_a_function_of_seed_and_index():
 
 
 def test_plan_splits_by_object_and_builds_tracks():
-    from pipeline_shadow import detect_track
+    from dataset_loading import detect_track
 
     args = _plan_args(num_samples=40, num_objects=10, test_fraction=0.3)
     specs = rsd.plan_samples(args, rsd.object_sources(args))
@@ -646,7 +646,7 @@ def test_resume_skips_complete_samples_and_redoes_partial_ones(procedural_datase
 
 def test_benchmark_tracks_load_as_the_benchmark(render_python, tmp_path):
     import dataset_loading
-    from pipeline_shadow import detect_track
+    from dataset_loading import detect_track
 
     out = tmp_path / "bench"
     run_renderer(
