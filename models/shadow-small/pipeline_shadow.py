@@ -67,9 +67,6 @@ OBJECT_FILL = 1.0  # white, like the background outside the mask
 MASK_FILL = 0.0
 SHADOW_FILL = 0.0
 
-TRACK_NAMES = ("softness", "horizontal", "vertical")
-_TRACK_KEY_PATTERNS = {"softness": ("soft",), "horizontal": ("horz", "horizontal"), "vertical": ("vert", "vertical")}
-
 TimestepSampling = Literal["uniform", "logit_normal", "shifted", "single_step"]
 TIMESTEP_SAMPLING_CHOICES = ("uniform", "logit_normal", "shifted", "single_step")
 
@@ -87,23 +84,6 @@ def wrap_phi(phi):
 def mirror_phi(phi):
     """The azimuth of the light after a horizontal image flip: phi -> (180 - phi) mod 360 (docs/design.md §2)."""
     return wrap_phi(180.0 - phi)
-
-
-def detect_track(key: str, metadata: dict | None = None) -> str | None:
-    """The benchmark track of a sample: a `track` metadata field wins, else the key prefix (docs/design.md §8)."""
-    if metadata and metadata.get("track") is not None:
-        track = str(metadata["track"]).lower()
-        for name, patterns in _TRACK_KEY_PATTERNS.items():
-            if track == name or track in patterns:
-                return name
-        raise ValueError(
-            f"Unknown `track` {metadata['track']!r} for sample {key!r}; allowed: {', '.join(TRACK_NAMES)}."
-        )
-    lowered = key.lower()
-    for name, patterns in _TRACK_KEY_PATTERNS.items():
-        if any(pattern in lowered for pattern in patterns):
-            return name
-    return None
 
 
 def image_to_tensor(image, name: str = "object_image") -> torch.Tensor:
@@ -932,20 +912,46 @@ class ShadowPipeline(DiffusionPipeline):
         objects, masks = self._prepare_images(object_image, mask)
         return self._encode(objects, masks, height, width)
 
+    @torch.no_grad()
+    def encode_preprocessed(self, object_image: torch.Tensor, mask: torch.Tensor) -> ObjectLatents:
+        """Encodes objects that are ALREADY preprocessed, as the data loader's batches carry them: `object_image`
+        [B,3,H,W] in [-1, 1], white outside the mask, and `mask` [B,1,H,W] in [0, 1] at the processing size (the
+        output of `preprocess_object`). Nothing is resized or re-binarised, so the UNet sees exactly the latents that
+        training computes from the same batch; outputs come back at (H, W). Pass the result as `object_latents=`."""
+        if object_image.ndim != 4 or object_image.shape[1] != 3:
+            raise ValueError(f"`object_image` must be [B,3,H,W] in [-1, 1], got {tuple(object_image.shape)}.")
+        if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[0] != object_image.shape[0]:
+            raise ValueError(f"`mask` must be [B,1,H,W] beside `object_image` [B,3,H,W], got {tuple(mask.shape)}.")
+        height, width = object_image.shape[-2:]
+        if tuple(mask.shape[-2:]) != (height, width) or height % self.vae_scale_factor or width % self.vae_scale_factor:
+            raise ValueError(
+                f"`object_image` {height}x{width} and `mask` {tuple(mask.shape[-2:])} must have the same size, a "
+                f"multiple of {self.vae_scale_factor}: preprocess them with `preprocess_object` first."
+            )
+        if object_image.min() < -1.0 or object_image.max() > 1.0 or mask.min() < 0.0 or mask.max() > 1.0:
+            raise ValueError("`object_image` must lie in [-1, 1] and `mask` in [0, 1] (the data loader's ranges).")
+        objects = list(((object_image.detach().float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0).unbind(0))
+        masks = list(mask.detach().float().cpu().unbind(0))
+        box = PadBox(0, 0, height, width)
+        return self._encode_batch(object_image, mask, [box] * len(objects), objects, masks)
+
     def _encode(self, objects, masks, height, width) -> ObjectLatents:
         target_hw = (height or self.default_resolution, width or self.default_resolution)
-        device = self._execution_device
         # The same preprocessing as the training data: binarised mask, white background, resized and padded.
         prepared = [preprocess_object(obj, mask, target_hw) for obj, mask in zip(objects, masks)]
-        vae_input = torch.stack([p[0] for p in prepared]).to(device)  # [B,3,H,W] in [-1,1], white outside the mask
-        mask_batch = torch.stack([p[1] for p in prepared]).to(device)  # [B,1,H,W]
-        boxes = [p[2] for p in prepared]
+        vae_input = torch.stack([p[0] for p in prepared])  # [B,3,H,W] in [-1,1], white outside the mask
+        mask_batch = torch.stack([p[1] for p in prepared])  # [B,1,H,W]
+        return self._encode_batch(vae_input, mask_batch, [p[2] for p in prepared], objects, masks)
+
+    def _encode_batch(self, vae_input, mask_batch, boxes, objects, masks) -> ObjectLatents:
+        """The latents of preprocessed objects, computed as training computes them from a batch."""
+        device = self._execution_device
         with self._vae_dtype_context():
-            object_latents = encode_latents(self.vae, vae_input)  # [B,4,h,w]
+            object_latents = encode_latents(self.vae, vae_input.to(device))  # [B,4,h,w]
         latent_hw = tuple(object_latents.shape[-2:])
         return ObjectLatents(
             object_latents=object_latents,
-            mask_latent=mask_to_latent(mask_batch, latent_hw),  # [B,1,h,w]
+            mask_latent=mask_to_latent(mask_batch.to(device, torch.float32), latent_hw),  # [B,1,h,w]
             boxes=boxes,
             sizes=[tuple(o.shape[-2:]) for o in objects],
             objects=objects,
