@@ -268,6 +268,134 @@ def decode_shadow(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# 1b. Several lights (docs/design.md §2, §8): the shadow map is defined in irradiance, so the map of several lights is
+#     the irradiance-weighted mean of the single-light maps. Small pure functions; numpy only.
+# --------------------------------------------------------------------------------------------------------------------
+
+LIGHT_DISTANCE = 8.0  # radius r of the light sphere of the training data (docs/design.md §2)
+TRAINED_THETA_MAX_DEG = 45.0  # the paper's data draws theta from 0..45 degrees
+TRAINED_SIZE_RANGE = (2.0, 8.0)  # and the light's side from 2..8
+
+
+@dataclass(frozen=True)
+class Light:
+    """One square area light of the training geometry: polar angle `theta` (degrees from +z), azimuth `phi` (degrees
+    from +x, image right), side `size`, and `power`, its TOTAL emitted power relative to the other lights.
+
+    "Power" is total power, as Blender's area-light "Power" (watts) that the renderer sets: a bigger light of the same
+    power is dimmer per unit area (radiance = power / (pi x size^2)), so changing `size` softens a light without
+    changing how much it weighs against the others. Only ratios of powers matter."""
+
+    theta: float
+    phi: float = 0.0
+    size: float = 2.0
+    power: float = 1.0
+
+    @classmethod
+    def from_any(cls, value, name: str = "light") -> Light:
+        """A `Light`, a dict with keys theta, phi, size (optional power) or a (theta, phi, size[, power]) sequence."""
+        if isinstance(value, Light):
+            return value
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - {"theta", "phi", "size", "power"})
+            if unknown or "theta" not in value:
+                raise ValueError(
+                    f"`{name}` {value!r}: a light dict takes keys theta (required), phi, size, power; "
+                    f"{'unknown ' + ', '.join(unknown) if unknown else 'theta is missing'}."
+                )
+            fields = {k: value[k] for k in ("theta", "phi", "size", "power") if k in value}
+        elif isinstance(value, (list, tuple)) and len(value) in (3, 4):
+            fields = dict(zip(("theta", "phi", "size", "power"), value))
+        else:
+            raise ValueError(
+                f"`{name}` must be a Light, a dict {{theta, phi, size[, power]}} or a (theta, phi, size[, power]) "
+                f"sequence, got {value!r}."
+            )
+        for key, number in fields.items():
+            if isinstance(number, bool) or not isinstance(number, (int, float, np.integer, np.floating)):
+                raise ValueError(f"`{name}.{key}` must be a number, got {number!r}.")
+            if not math.isfinite(float(number)):
+                raise ValueError(f"`{name}.{key}` must be finite, got {number!r}.")
+        return cls(**{k: float(v) for k, v in fields.items()})
+
+    def as_dict(self) -> dict:
+        return {"theta": self.theta, "phi": self.phi, "size": self.size, "power": self.power}
+
+
+def square_light_corners(theta_deg: float, phi_deg: float, size: float, distance: float = LIGHT_DISTANCE):
+    """[4,3] world corners, in order around the square, of the area light facing the origin, as the renderer places
+    it (its local x along the azimuthal tangent (-sin phi, cos phi, 0), local z from the origin to its centre)."""
+    theta, phi = math.radians(theta_deg), math.radians(float(phi_deg) % 360.0)
+    centre_dir = np.array([math.sin(theta) * math.cos(phi), math.sin(theta) * math.sin(phi), math.cos(theta)])
+    x_axis = np.array([-math.sin(phi), math.cos(phi), 0.0])
+    y_axis = np.cross(centre_dir, x_axis)
+    half = size / 2.0
+    centre = distance * centre_dir
+    return np.array(
+        [centre + sx * half * x_axis + sy * half * y_axis for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1))]
+    )
+
+
+def area_light_irradiance(points, light: Light, distance: float = LIGHT_DISTANCE) -> np.ndarray:
+    """Exact unoccluded irradiance on the ground (normal +z) at world `points` [N,3] (or [3]) from `light`, a
+    one-sided Lambertian square of total power `light.power` (radiance L = power / (pi size^2)) facing the origin.
+
+    Lambert's polygon formula: E = (L / 2) x sum over the square's edges of beta_k (n . gamma_k), with beta_k the angle
+    the edge subtends at the point and gamma_k the unit normal of the plane through the point and the edge. Needs the
+    whole square above the ground (true for theta <= 45 and size <= 8 at r = 8) and the point in front of it."""
+    points = np.atleast_2d(np.asarray(points, dtype=np.float64))
+    corners = square_light_corners(light.theta, light.phi, light.size, distance)
+    if corners[:, 2].min() <= 0:
+        raise ValueError(f"{light}: part of the square light is below the ground; its irradiance is not modelled.")
+    to_corners = corners[None] - points[:, None]  # [N,4,3]
+    unit = to_corners / np.linalg.norm(to_corners, axis=-1, keepdims=True)
+    total = np.zeros(len(points))
+    for k in range(4):
+        a, b = unit[:, k], unit[:, (k + 1) % 4]
+        beta = np.arccos(np.clip((a * b).sum(-1), -1.0, 1.0))
+        gamma = np.cross(a, b)
+        gamma /= np.maximum(np.linalg.norm(gamma, axis=-1, keepdims=True), 1e-300)
+        total += beta * gamma[:, 2]  # n = +z
+    centre = corners.mean(axis=0)
+    in_front = (points - centre) @ (-centre / np.linalg.norm(centre)) > 0  # the square emits toward the origin only
+    radiance = light.power / (math.pi * light.size**2)
+    return np.where(in_front, radiance / 2.0 * np.abs(total), 0.0)
+
+
+def point_light_irradiance(light: Light, distance: float = LIGHT_DISTANCE) -> float:
+    """The far-field approximation of `area_light_irradiance` at the origin: E = power x cos(theta) / (pi r^2) (the
+    light faces the origin, so its own emission cosine is 1; cos(theta) is the ground's receiver cosine)."""
+    return light.power * math.cos(math.radians(light.theta)) / (math.pi * distance**2)
+
+
+def light_weights(lights: Sequence[Light], distance: float = LIGHT_DISTANCE) -> np.ndarray:
+    """[K] composition weights: each light's exact unoccluded irradiance at the object's foot (the origin). The true
+    weight E_i(p) varies over the ground; README "Several lights" reports how much that costs."""
+    origin = np.zeros((1, 3))
+    return np.array([area_light_irradiance(origin, light, distance)[0] for light in lights])
+
+
+def compose_light_maps(shadow_maps, weights, ambient: float = 0.0):
+    """The shadow map of several lights together, s = (1 - ambient) x sum_i w_i s_i / sum_i w_i (docs/design.md §8: 1 -
+    E_with / E_without of all lights), from K single-light maps [K, ...] (numpy or torch) and weights [K] (or
+    per-pixel [K, ...] weight maps, broadcast against the maps). `ambient` in [0, 1) is the fraction of the ground's
+    irradiance that casts no shadow the model can draw (e.g. a low sky, see `lights_from_environment`): it only
+    lightens the shadow."""
+    if not 0.0 <= ambient < 1.0:
+        raise ValueError(f"`ambient` (the unshadowed fraction of the irradiance) must lie in [0, 1), got {ambient}.")
+    is_torch = isinstance(shadow_maps, torch.Tensor)
+    maps = shadow_maps if is_torch else np.asarray(shadow_maps, dtype=np.float64)
+    weights = torch.as_tensor(weights, dtype=maps.dtype, device=maps.device) if is_torch else np.asarray(weights)
+    if weights.ndim == 1:
+        if len(weights) != maps.shape[0]:
+            raise ValueError(f"{len(weights)} weights for {maps.shape[0]} light maps.")
+        weights = weights.reshape(-1, *([1] * (maps.ndim - 1)))
+    if (weights < 0).any() or not (weights.sum(0) > 0).all():
+        raise ValueError("Light weights must be >= 0 with a positive sum (at every pixel for weight maps).")
+    return (1.0 - ambient) * (weights * maps).sum(0) / weights.sum(0)
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # 2. Rectified flow as small pure functions (docs/design.md §3). t = 1 is pure noise, t = 0 the data.
 # --------------------------------------------------------------------------------------------------------------------
 

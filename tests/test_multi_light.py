@@ -1,0 +1,87 @@
+"""Several lights: the irradiance math, the batched pipeline call and lights from an environment map."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline_shadow import (
+    Light,
+    area_light_irradiance,
+    compose_light_maps,
+    light_weights,
+    point_light_irradiance,
+    square_light_corners,
+)
+
+
+def _quadrature_irradiance(point: np.ndarray, light: Light, n: int = 200) -> float:
+    """E = integral over the square of L cos(emission) cos(receiver) / d^2 dA, midpoint rule."""
+    corners = square_light_corners(light.theta, light.phi, light.size)
+    u = (np.arange(n) + 0.5) / n
+    patches = corners[0] + u[:, None, None] * (corners[1] - corners[0]) + u[None, :, None] * (corners[3] - corners[0])
+    normal = -corners.mean(axis=0) / np.linalg.norm(corners.mean(axis=0))  # emits toward the origin
+    to_point = point - patches
+    distance = np.linalg.norm(to_point, axis=-1)
+    cos_emission = np.clip(to_point @ normal / distance, 0, None)
+    cos_receiver = np.clip(-to_point[..., 2] / distance, 0, None)
+    radiance = light.power / (math.pi * light.size**2)
+    return float((radiance * cos_emission * cos_receiver / distance**2).sum() * light.size**2 / n**2)
+
+
+@pytest.mark.parametrize(
+    "light", [Light(30, 0, 2), Light(45, 70, 8), Light(0, 0, 8), Light(20, 200, 5, power=3)], ids=str
+)
+def test_area_light_irradiance_matches_quadrature(light):
+    for point in (np.zeros(3), np.array([-3.0, 1.0, 0.0]), np.array([1.5, -2.0, 0.0])):
+        assert area_light_irradiance(point, light)[0] == pytest.approx(_quadrature_irradiance(point, light), rel=1e-4)
+
+
+def test_point_light_approximation_and_what_power_means():
+    # Far field: E(0) -> power cos(theta) / (pi r^2); a small light is within 2 %, a big one (side 8 at r = 8) is not.
+    assert point_light_irradiance(Light(30, 0, 2)) == pytest.approx(light_weights([Light(30, 0, 2)])[0], rel=0.025)
+    assert point_light_irradiance(Light(30, 0, 8)) > 1.25 * light_weights([Light(30, 0, 8)])[0]
+    small = area_light_irradiance(np.zeros(3), Light(30, 0, 0.05))[0]
+    assert small == pytest.approx(point_light_irradiance(Light(30, 0, 0.05)), rel=1e-4)
+    # Total power: irradiance scales with power, and the far-field value does not depend on the size.
+    assert light_weights([Light(10, 0, 2, power=2.0)])[0] == pytest.approx(2 * light_weights([Light(10, 0, 2)])[0])
+    # phi only turns the light: the same weight at the origin.
+    np.testing.assert_allclose(light_weights([Light(30, 0, 4), Light(30, 123, 4)]), light_weights([Light(30, 0, 4)])[0])
+    # The square emits toward the origin only: a point behind it gets nothing.
+    assert area_light_irradiance(np.array([[0.0, 0.0, 9.0]]), Light(0, 0, 2))[0] == 0.0
+
+
+def test_compose_light_maps_is_the_irradiance_weighted_mean():
+    maps = np.stack([np.full((4, 5), 1.0), np.zeros((4, 5)), np.full((4, 5), 0.5)])
+    assert compose_light_maps(maps, [1.0, 1.0, 2.0]) == pytest.approx(np.full((4, 5), 0.5))
+    assert compose_light_maps(maps[:1], [3.0]) == pytest.approx(maps[0])  # one light: its own map
+    assert compose_light_maps(maps, [1.0, 1.0, 2.0], ambient=0.5) == pytest.approx(np.full((4, 5), 0.25))
+    per_pixel = np.stack([np.ones((4, 5)), np.zeros((4, 5)), np.zeros((4, 5))])
+    per_pixel[1, :, :2] = 1.0
+    expected = np.ones((4, 5))
+    expected[:, :2] = 0.5
+    assert compose_light_maps(maps, per_pixel) == pytest.approx(expected)
+    torch_maps = torch.from_numpy(maps).float()
+    assert torch.allclose(compose_light_maps(torch_maps, [1.0, 1.0, 2.0]), torch.full((4, 5), 0.5))
+    with pytest.raises(ValueError, match="ambient"):
+        compose_light_maps(maps, [1, 1, 1], ambient=1.0)
+    with pytest.raises(ValueError, match="positive sum"):
+        compose_light_maps(maps, [0, 0, 0])
+    with pytest.raises(ValueError, match="3 light maps"):
+        compose_light_maps(maps, [1, 1])
+
+
+def test_light_from_any_names_the_problem():
+    assert Light.from_any({"theta": 30, "phi": 10}) == Light(30.0, 10.0, 2.0, 1.0)
+    assert Light.from_any((30, 10, 4, 0.5)) == Light(30.0, 10.0, 4.0, 0.5)
+    with pytest.raises(ValueError, match="unknown colour"):
+        Light.from_any({"theta": 30, "colour": 1})
+    with pytest.raises(ValueError, match="theta is missing"):
+        Light.from_any({"phi": 30})
+    with pytest.raises(ValueError, match=r"`lights\[2\].size` must be a number"):
+        Light.from_any({"theta": 30, "size": "big"}, "lights[2]")
+    with pytest.raises(ValueError, match="must be a Light"):
+        Light.from_any(30)
