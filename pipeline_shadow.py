@@ -369,30 +369,76 @@ def point_light_irradiance(light: Light, distance: float = LIGHT_DISTANCE) -> fl
 
 
 def light_weights(lights: Sequence[Light], distance: float = LIGHT_DISTANCE) -> np.ndarray:
-    """[K] composition weights: each light's exact unoccluded irradiance at the object's foot (the origin). The true
-    weight E_i(p) varies over the ground; README "Several lights" reports how much that costs."""
+    """[K] each light's exact unoccluded irradiance E_i at the object's foot (the origin)."""
     origin = np.zeros((1, 3))
     return np.array([area_light_irradiance(origin, light, distance)[0] for light in lights])
 
 
-def compose_light_maps(shadow_maps, weights, ambient: float = 0.0):
-    """The shadow map of several lights together, s = (1 - ambient) x sum_i w_i s_i / sum_i w_i (docs/design.md §8: 1 -
-    E_with / E_without of all lights), from K single-light maps [K, ...] (numpy or torch) and weights [K] (or
-    per-pixel [K, ...] weight maps, broadcast against the maps). `ambient` in [0, 1) is the fraction of the ground's
-    irradiance that casts no shadow the model can draw (e.g. a low sky, see `lights_from_environment`): it only
-    lightens the shadow."""
+def shadow_centre(light: Light, object_height: float, distance: float = LIGHT_DISTANCE) -> np.ndarray:
+    """[3] where the middle of the object's shadow under `light` falls on the ground: half way from the foot to the
+    shadow of the object's top (a pole of `object_height` under a point light at the light's centre)."""
+    theta = math.radians(light.theta)
+    height = min(object_height, 0.9 * distance * math.cos(theta))  # the light stays above the top
+    reach = height * distance * math.sin(theta) / (distance * math.cos(theta) - height)
+    away = math.radians(light.phi + 180.0)
+    return np.array([0.5 * reach * math.cos(away), 0.5 * reach * math.sin(away), 0.0])
+
+
+def light_coefficients(
+    lights: Sequence[Light], object_height: float = 0.0, distance: float = LIGHT_DISTANCE
+) -> np.ndarray:
+    """[K] composition coefficients c_i of s = sum_i c_i s_i, the map of several lights together.
+
+    Exactly, at each ground point p, c_i(p) = E_i(p) / sum_j E_j(p) (1 - E_with / E_without of all lights, with
+    E_i the unoccluded irradiance of light i; docs/design.md §8). The pixel's ground point is unknown at inference, and
+    E_i(p) varies by +-40 % over a shadow at r = 8, so each c_i is taken where light i's own shadow lies: c_i =
+    E_i(q_i) / sum_j E_j(q_i) at q_i = `shadow_centre(light_i, object_height)`. `object_height` 0 puts every q_i at
+    the foot (c_i = E_i(0) / sum_j E_j(0), summing to 1). In the training data the object's largest side is 2.0."""
+    if not lights:
+        raise ValueError("`lights` is empty: give at least one light.")
+    if object_height < 0:
+        raise ValueError(f"`object_height` must be >= 0, got {object_height}.")
+    coefficients = []
+    for light in lights:
+        centre = shadow_centre(light, object_height, distance)[None]
+        irradiance = np.array([area_light_irradiance(centre, other, distance)[0] for other in lights])
+        if irradiance.sum() <= 0:
+            raise ValueError(f"The lights {list(lights)} give no light where the shadow of {light} falls.")
+        coefficients.append(irradiance[len(coefficients)] / irradiance.sum())
+    return np.array(coefficients)
+
+
+def irradiance_fractions(irradiance):
+    """Per-pixel exact coefficients from [K, ...] unoccluded irradiance maps: E_i / sum_j E_j (for renderer data, where
+    each pixel's ground point is known)."""
+    total = irradiance.sum(0)
+    if (irradiance < 0).any() or not (total > 0).all():
+        raise ValueError("Irradiance maps must be >= 0 with a positive sum at every pixel.")
+    return irradiance / total
+
+
+def compose_light_maps(shadow_maps, coefficients, ambient: float = 0.0):
+    """The shadow map of several lights together, s = (1 - ambient) x clamp(sum_i c_i s_i, 0, 1), from K single-light
+    maps [K, ...] (numpy or torch) and coefficients [K] (`light_coefficients`) or [K, ...] per pixel
+    (`irradiance_fractions`). `ambient` in [0, 1) is the fraction of the ground's irradiance that casts no shadow the
+    model can draw (e.g. a low sky, see `lights_from_environment`): it only lightens the shadow."""
     if not 0.0 <= ambient < 1.0:
         raise ValueError(f"`ambient` (the unshadowed fraction of the irradiance) must lie in [0, 1), got {ambient}.")
     is_torch = isinstance(shadow_maps, torch.Tensor)
     maps = shadow_maps if is_torch else np.asarray(shadow_maps, dtype=np.float64)
-    weights = torch.as_tensor(weights, dtype=maps.dtype, device=maps.device) if is_torch else np.asarray(weights)
-    if weights.ndim == 1:
-        if len(weights) != maps.shape[0]:
-            raise ValueError(f"{len(weights)} weights for {maps.shape[0]} light maps.")
-        weights = weights.reshape(-1, *([1] * (maps.ndim - 1)))
-    if (weights < 0).any() or not (weights.sum(0) > 0).all():
-        raise ValueError("Light weights must be >= 0 with a positive sum (at every pixel for weight maps).")
-    return (1.0 - ambient) * (weights * maps).sum(0) / weights.sum(0)
+    if is_torch:
+        coefficients = torch.as_tensor(np.asarray(coefficients), dtype=maps.dtype, device=maps.device)
+    else:
+        coefficients = np.asarray(coefficients, dtype=np.float64)
+    if coefficients.ndim == 1:
+        if len(coefficients) != maps.shape[0]:
+            raise ValueError(f"{len(coefficients)} coefficients for {maps.shape[0]} light maps.")
+        coefficients = coefficients.reshape(-1, *([1] * (maps.ndim - 1)))
+    if (coefficients < 0).any():
+        raise ValueError("Light coefficients must be >= 0.")
+    composed = (coefficients * maps).sum(0)
+    composed = composed.clamp(0.0, 1.0) if is_torch else np.clip(composed, 0.0, 1.0)
+    return (1.0 - ambient) * composed
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -12,8 +12,11 @@ from pipeline_shadow import (
     Light,
     area_light_irradiance,
     compose_light_maps,
+    irradiance_fractions,
+    light_coefficients,
     light_weights,
     point_light_irradiance,
+    shadow_centre,
     square_light_corners,
 )
 
@@ -54,24 +57,43 @@ def test_point_light_approximation_and_what_power_means():
     assert area_light_irradiance(np.array([[0.0, 0.0, 9.0]]), Light(0, 0, 2))[0] == 0.0
 
 
-def test_compose_light_maps_is_the_irradiance_weighted_mean():
+def test_compose_light_maps_is_the_coefficient_weighted_sum():
     maps = np.stack([np.full((4, 5), 1.0), np.zeros((4, 5)), np.full((4, 5), 0.5)])
-    assert compose_light_maps(maps, [1.0, 1.0, 2.0]) == pytest.approx(np.full((4, 5), 0.5))
-    assert compose_light_maps(maps[:1], [3.0]) == pytest.approx(maps[0])  # one light: its own map
-    assert compose_light_maps(maps, [1.0, 1.0, 2.0], ambient=0.5) == pytest.approx(np.full((4, 5), 0.25))
-    per_pixel = np.stack([np.ones((4, 5)), np.zeros((4, 5)), np.zeros((4, 5))])
-    per_pixel[1, :, :2] = 1.0
+    assert compose_light_maps(maps, [0.25, 0.25, 0.5]) == pytest.approx(np.full((4, 5), 0.5))
+    assert compose_light_maps(maps[:1], [1.0]) == pytest.approx(maps[0])  # one light: its own map
+    assert compose_light_maps(maps, [0.25, 0.25, 0.5], ambient=0.5) == pytest.approx(np.full((4, 5), 0.25))
+    assert compose_light_maps(maps, [1.0, 0.0, 1.0]) == pytest.approx(np.ones((4, 5)))  # clamped to [0, 1]
+    irradiance = np.stack([np.ones((4, 5)), np.zeros((4, 5)), np.zeros((4, 5))])
+    irradiance[1, :, :2] = 1.0
     expected = np.ones((4, 5))
     expected[:, :2] = 0.5
-    assert compose_light_maps(maps, per_pixel) == pytest.approx(expected)
+    assert compose_light_maps(maps, irradiance_fractions(irradiance)) == pytest.approx(expected)
     torch_maps = torch.from_numpy(maps).float()
-    assert torch.allclose(compose_light_maps(torch_maps, [1.0, 1.0, 2.0]), torch.full((4, 5), 0.5))
+    assert torch.allclose(compose_light_maps(torch_maps, [0.25, 0.25, 0.5]), torch.full((4, 5), 0.5))
     with pytest.raises(ValueError, match="ambient"):
         compose_light_maps(maps, [1, 1, 1], ambient=1.0)
-    with pytest.raises(ValueError, match="positive sum"):
-        compose_light_maps(maps, [0, 0, 0])
+    with pytest.raises(ValueError, match=">= 0"):
+        compose_light_maps(maps, [1, -1, 1])
     with pytest.raises(ValueError, match="3 light maps"):
         compose_light_maps(maps, [1, 1])
+    with pytest.raises(ValueError, match="positive sum"):
+        irradiance_fractions(np.zeros((2, 3)))
+
+
+def test_light_coefficients_where_each_shadow_falls():
+    key, fill = Light(30, 0, 2), Light(30, 180, 2)
+    # At the foot the two mirror-image lights weigh the same.
+    np.testing.assert_allclose(light_coefficients([key, fill]), [0.5, 0.5])
+    # Where the key light's shadow falls (away from it), the opposite fill light is nearer and stronger.
+    coefficients = light_coefficients([key, fill], object_height=2.0)
+    assert coefficients[0] == pytest.approx(coefficients[1]) and coefficients[0] < 0.45
+    assert light_coefficients([key], object_height=2.0) == pytest.approx([1.0])  # one light: its own map
+    # A light straight above has its shadow at the foot; power scales a light's share.
+    assert shadow_centre(Light(0, 0, 2), 2.0) == pytest.approx(np.zeros(3))
+    strong = light_coefficients([Light(20, 0, 2, power=3.0), Light(20, 90, 2)])
+    assert strong[0] == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="empty"):
+        light_coefficients([])
 
 
 def test_light_from_any_names_the_problem():
