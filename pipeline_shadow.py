@@ -384,6 +384,22 @@ def shadow_centre(light: Light, object_height: float, distance: float = LIGHT_DI
     return np.array([0.5 * reach * math.cos(away), 0.5 * reach * math.sin(away), 0.0])
 
 
+OBJECT_LARGEST_SIDE = 2.0  # the renderer rescales every object so that its largest bounding-box side is 2.0
+
+
+def estimate_object_height(mask) -> float:
+    """The object's height in the training data's units, from its mask ([H,W] or [1,H,W], numpy or torch): the
+    largest side is 2.0 (docs/design.md §8), so height = 2.0 x min(1, mask rows / mask columns). Rough (the camera's
+    elevation and the object's depth also shape the mask), but enough for `light_coefficients`. 0 for an empty mask."""
+    mask = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask, dtype=np.float32)
+    mask = mask.reshape(mask.shape[-2:]) >= 0.5
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    if len(rows) == 0:
+        return 0.0
+    aspect = (rows[-1] - rows[0] + 1) / (cols[-1] - cols[0] + 1)
+    return OBJECT_LARGEST_SIDE * min(1.0, float(aspect))
+
+
 def light_coefficients(
     lights: Sequence[Light], object_height: float = 0.0, distance: float = LIGHT_DISTANCE
 ) -> np.ndarray:

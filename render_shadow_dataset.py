@@ -25,6 +25,11 @@ shadow-catcher pass, ambient excluded), clamped to [0, 1], zero inside the mask.
 Per sample, two Cycles renders: (1) the object alone, lit by the area light plus a uniform ambient (world) light, on a
 transparent film, whose alpha gives the mask; (2) the ground as a shadow catcher with the object invisible to the
 camera but casting shadows, only the area light on.
+
+Several lights at once (`--light_sets "30,0,2,1;20,120,6,0.5"`: theta, phi, size and a relative power per light): the
+object image is lit by all of them, the shadow map keeps the same definition, 1 - E_with / E_without of all the lights
+together (the shadow catcher sums their irradiance), and `--single_light_maps` adds each light's own map (one more
+shadow render per light) under light_shadows/<key>_<i>.png.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from dataclasses import replace as dataclass_replace
 from pathlib import Path
 
 import numpy as np
@@ -251,6 +257,16 @@ def pixel_rect(projection: np.ndarray, points: np.ndarray, resolution: int, marg
     return clip(col0), clip(row0), max(clip(col1), clip(col0)), max(clip(row1), clip(row0))
 
 
+def union_rect(rects):
+    """The smallest pixel rect holding every non-empty rect; None (the whole frame) when any is None."""
+    if any(rect is None for rect in rects):
+        return None
+    kept = [rect for rect in rects if rect[2] > rect[0] and rect[3] > rect[1]]
+    if not kept:
+        return 0, 0, 0, 0
+    return tuple(f(rect[k] for rect in kept) for k, f in ((0, min), (1, min), (2, max), (3, max)))
+
+
 def grow_rect(rect, pad: int, resolution: int):
     """A pixel rect grown by `pad` on every side, clipped to the image (None stays None)."""
     if rect is None:
@@ -306,6 +322,22 @@ def shadow_region(
     if len(visible) == 0:
         return 0, 0, 0, 0
     return pixel_rect(projection, visible, resolution)
+
+
+def pixel_ground_points(camera: dict) -> np.ndarray:
+    """[H,W,3] world point on the ground z = 0 seen through each pixel's centre of a sample's camera (its metadata),
+    NaN where the pixel's ray does not hit the ground in front of the camera."""
+    width, height = camera["resolution"]
+    rows, cols = np.mgrid[0:height, 0:width] + 0.5
+    pixels = np.stack([cols, rows, np.ones_like(cols)], axis=-1)  # (u, v, 1), pixel centres
+    world_to_camera = np.asarray(camera["world_to_camera"])
+    rays = pixels @ np.linalg.inv(np.asarray(camera["intrinsics"])).T @ world_to_camera[:, :3]  # R^T K^-1 (u, v, 1)
+    location = np.asarray(camera["location"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        depth = -location[2] / rays[..., 2]
+    points = location + depth[..., None] * rays
+    points[~(depth > 0)] = np.nan
+    return points
 
 
 def camera_metadata(distance, elevation_deg, azimuth_deg, target, resolution: int) -> dict:
@@ -669,6 +701,11 @@ class SampleSpec:
     camera_azimuth_deg: float
     render_seed: int
     drop_tilt_deg: list = field(default_factory=lambda: [0.0, 0.0])
+    lights: list | None = None  # several lights at once: [[theta, phi, size, relative power], ...]; else the one above
+
+    def light_list(self) -> list[list[float]]:
+        """[[theta, phi, size, relative power], ...]: the sample's lights (one, of power 1, unless a light set)."""
+        return self.lights if self.lights is not None else [[self.theta, self.phi, self.size, 1.0]]
 
 
 def sample_rng(seed: int, stream: int, index: int) -> np.random.Generator:
@@ -758,6 +795,10 @@ def plan_samples(args, objects: list[ObjectSource]) -> list[SampleSpec]:
 
     def spec(index, key, k, light, track, view):
         source = objects[k]
+        light_set = None
+        if isinstance(light[0], (list, tuple)):  # a light set: several lights in one sample
+            light_set = [[float(t), float(p) % 360.0, float(z), float(w)] for t, p, z, w in light]
+            light = (math.nan, math.nan, math.nan)
         render_seed = int(sample_rng(args.seed, _STREAM_SAMPLE, index).integers(0, 2**31 - 1))
         return SampleSpec(
             index=index,
@@ -777,6 +818,7 @@ def plan_samples(args, objects: list[ObjectSource]) -> list[SampleSpec]:
             camera_azimuth_deg=CAMERA_AZIMUTH_DEG,
             render_seed=render_seed,
             drop_tilt_deg=view["drop_tilt_deg"],
+            lights=light_set,
         )
 
     specs = []
@@ -790,6 +832,8 @@ def plan_samples(args, objects: list[ObjectSource]) -> list[SampleSpec]:
     # Per-object modes: each object keeps one pose and camera for all its lights, so that only the light varies.
     if args.mode == "tracks":
         jobs = [(name, TRACK_KEY_PREFIX[name], TRACK_LIGHTS[name]) for name in args.tracks]
+    elif args.mode == "light_sets":
+        jobs = [(None, "lights", args.light_sets)]
     else:
         jobs = [(None, "light", args.lights)]
     for track, prefix, lights in jobs:
@@ -823,6 +867,10 @@ class OutputLayout:
             for name, suffix in (("object", "image"), ("mask", "mask"), ("shadow", "shadow"))
         }
 
+    def light_shadow(self, key: str, light_index: int) -> Path:
+        """One light's own map in a light-set sample (custom layout; written before the record)."""
+        return self.root / "light_shadows" / f"{key}_{light_index}.png"
+
     def record(self, key: str) -> Path:
         if self.format == "custom":
             return self.root / STATE_DIR / "samples" / f"{key}.json"
@@ -832,9 +880,19 @@ class OutputLayout:
         return self.record(key).is_file() and all(path.is_file() for path in self.files(key).values())
 
     def write(
-        self, key: str, object_rgb: np.ndarray, mask: np.ndarray, shadow: np.ndarray, metadata: dict, shadow_bits: int
+        self,
+        key: str,
+        object_rgb: np.ndarray,
+        mask: np.ndarray,
+        shadow: np.ndarray,
+        metadata: dict,
+        shadow_bits: int,
+        light_shadows: list | None = None,
     ) -> None:
         paths = self.files(key)
+        for i, light_shadow in enumerate(light_shadows or []):
+            image = shadow_to_image(light_shadow, shadow_bits)
+            _atomic_write(self.light_shadow(key, i), lambda handle, image=image: image.save(handle, format="PNG"))
         images = {
             "object": Image.fromarray(object_rgb, "RGB"),
             "mask": Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), "L"),
@@ -904,6 +962,8 @@ def split_roots(output_dir: Path, test_fraction: float) -> dict[str | None, Path
 
 def sample_metadata(spec: SampleSpec, camera: dict, placement: dict, settings: dict) -> dict:
     """The record of one sample (see the README's metadata table)."""
+    if spec.lights is not None:
+        return _light_set_metadata(spec, camera, placement, settings)
     metadata = {
         "theta": spec.theta,
         "phi": spec.phi,
@@ -934,6 +994,35 @@ def sample_metadata(spec: SampleSpec, camera: dict, placement: dict, settings: d
             "shadow_map": "1 - E_with/E_without of the area light on the ground (ambient excluded), 0 inside the mask",
         },
     }
+    return metadata
+
+
+def _light_set_metadata(spec: SampleSpec, camera: dict, placement: dict, settings: dict) -> dict:
+    """The record of a light-set sample: `lights` instead of one light, and NO top-level theta/phi/size, so that a
+    training loader never mistakes it for a single-light sample."""
+    metadata = sample_metadata(
+        dataclass_replace(spec, lights=None, theta=0.0, phi=0.0, size=1.0), camera, placement, settings
+    )
+    for name in ("theta", "phi", "size", "light"):
+        metadata.pop(name)
+    metadata["lights"] = [
+        {
+            "theta": theta,
+            "phi": phi,
+            "size": size,
+            "power": power,  # relative: this light emits power x power_w watts
+            "power_w": power * settings["light_power"],
+            "position": light_position(theta, phi).tolist(),
+            "distance": LIGHT_DISTANCE,
+            "shape": "square",
+        }
+        for theta, phi, size, power in spec.lights
+    ]
+    if settings.get("single_light_maps"):
+        metadata["light_shadows"] = [f"light_shadows/{spec.key}_{i}.png" for i in range(len(spec.lights))]
+    metadata["render"]["shadow_map"] = (
+        "1 - E_with/E_without of all the lights together on the ground (ambient excluded), 0 inside the mask"
+    )
     return metadata
 
 
@@ -1249,11 +1338,14 @@ class BlenderRenderer:
         camera.matrix_world = _matrix(mathutils, blender_camera_matrix_world(camera_info["location"], target))
         scene.camera = camera
 
-        light_data = bpy.data.lights.new("area_light", "AREA")
-        light_data.shape, light_data.size, light_data.energy = "SQUARE", spec.size, s["light_power"]
-        light = bpy.data.objects.new("area_light", light_data)
-        scene.collection.objects.link(light)
-        light.matrix_world = _matrix(mathutils, light_matrix_world(spec.theta, spec.phi))
+        lights = []
+        for i, (theta, phi, size, power) in enumerate(spec.light_list()):
+            light_data = bpy.data.lights.new(f"area_light_{i}", "AREA")
+            light_data.shape, light_data.size, light_data.energy = "SQUARE", size, power * s["light_power"]
+            light = bpy.data.objects.new(f"area_light_{i}", light_data)
+            scene.collection.objects.link(light)
+            light.matrix_world = _matrix(mathutils, light_matrix_world(theta, phi))
+            lights.append(light)
 
         world = bpy.data.worlds.new("ambient")
         scene.world = world
@@ -1293,14 +1385,27 @@ class BlenderRenderer:
         background.inputs["Strength"].default_value = 0.0
         scene.cycles.max_bounces = scene.cycles.diffuse_bounces = scene.cycles.glossy_bounces = 0
         scene.view_layers[0].cycles.use_pass_shadow_catcher = True
-        shadow_path = self.tmp / "shadow.exr"
-        region = shadow_region(low, high, spec.theta, spec.phi, spec.size, projection, s["resolution"])
+        light_list = spec.light_list()
+        regions = [shadow_region(low, high, t, p, z, projection, s["resolution"]) for t, p, z, _ in light_list]
+        shadow = self._render_shadow(scene, mask, union_rect(regions), pad)  # all lights on: the combined map
+        light_shadows = None
+        if spec.lights is not None and s.get("single_light_maps"):
+            light_shadows = []
+            for i, region in enumerate(regions):  # each light alone: the true single-light maps it is composed of
+                for j, light in enumerate(lights):
+                    light.hide_render = j != i
+                light_shadows.append(self._render_shadow(scene, mask, region, pad))
+            for light in lights:
+                light.hide_render = False
+        return object_rgb, mask, shadow, camera_info, placement_info, light_shadows
+
+    def _render_shadow(self, scene, mask: np.ndarray, region, pad: int) -> np.ndarray:
+        """The shadow map of the lights now on (render 2), traced only inside `region` (None = the whole frame)."""
         if region is not None and (region[2] <= region[0] or region[3] <= region[1]):
-            shadow = np.zeros(mask.shape, dtype=np.float32)  # the shadow falls outside the picture
-        else:
-            self._render(scene, shadow_path, exr=True, region=grow_rect(region, pad, s["resolution"]))
-            shadow = shadow_map_from_catcher(self._read_pass(shadow_path, "Shadow Catcher"), mask, region)
-        return object_rgb, mask, shadow, camera_info, placement_info
+            return np.zeros(mask.shape, dtype=np.float32)  # the shadow falls outside the picture
+        shadow_path = self.tmp / "shadow.exr"
+        self._render(scene, shadow_path, exr=True, region=grow_rect(region, pad, self.settings["resolution"]))
+        return shadow_map_from_catcher(self._read_pass(shadow_path, "Shadow Catcher"), mask, region)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -1330,10 +1435,10 @@ def _render_task(spec: SampleSpec, root: str, fmt: str) -> dict:
     renderer = _WORKER["renderer"]
     start, cpu_start = time.perf_counter(), time.process_time()  # CPU time: all of this process's render threads
     try:
-        object_rgb, mask, shadow, camera, placement = renderer.render(spec)
+        object_rgb, mask, shadow, camera, placement, light_shadows = renderer.render(spec)
         metadata = sample_metadata(spec, camera, placement, renderer.settings)
         OutputLayout(Path(root), fmt).write(
-            spec.key, object_rgb, mask, shadow, metadata, renderer.settings["shadow_bits"]
+            spec.key, object_rgb, mask, shadow, metadata, renderer.settings["shadow_bits"], light_shadows
         )
     except MeshImportError as error:
         failed_meshes[spec.mesh_path] = str(error)
@@ -1477,7 +1582,11 @@ def make_contact_sheet(
                 composite(object_rgb, mask, shadow, CONTACT_SHEET_BACKGROUND),
             ]
             left = margin + c * size
-            label = f"t{metadata['theta']:g} p{metadata['phi']:g} s{metadata['size']:g}"
+            label = (
+                f"{len(metadata['lights'])} lights"
+                if "lights" in metadata
+                else f"t{metadata['theta']:g} p{metadata['phi']:g} s{metadata['size']:g}"
+            )
             draw.text((left + 3, top + 1), label, fill=(0, 0, 0))
             for r, tile in enumerate(tiles):
                 sheet.paste(Image.fromarray(tile), (left, top + label_height + r * size))
@@ -1498,6 +1607,21 @@ def _light_triple(text: str) -> tuple[float, float, float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected THETA,PHI,SIZE (e.g. 30,0,2), got {text!r}") from None
     return theta, phi, size
+
+
+def _light_set(text: str) -> list[tuple[float, float, float, float]]:
+    lights = []
+    for part in text.split(";"):
+        try:
+            values = [float(v) for v in part.split(",")]
+        except ValueError:
+            values = []
+        if len(values) not in (3, 4):
+            raise argparse.ArgumentTypeError(
+                f"expected THETA,PHI,SIZE[,POWER] lights separated by ';' (e.g. '30,0,2;20,120,6,0.5'), got {text!r}"
+            )
+        lights.append((*values, 1.0) if len(values) == 3 else tuple(values))
+    return lights
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -1541,6 +1665,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         metavar="THETA,PHI,SIZE",
         help="render each object under each of these lights (one pose and camera per object)",
+    )
+    parser.add_argument(
+        "--light_sets",
+        type=_light_set,
+        nargs="+",
+        default=None,
+        metavar="T,P,S[,W];T,P,S[,W]...",
+        help="render each object under each set of lights AT ONCE (W: relative power, default 1); the shadow map is "
+        "that of all the lights together",
+    )
+    parser.add_argument(
+        "--single_light_maps",
+        action="store_true",
+        help="with --light_sets: also write each light's own shadow map to light_shadows/<key>_<i>.png",
     )
     parser.add_argument(
         "--tracks",
@@ -1599,11 +1737,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Every mistake named by its argument, with what is allowed; fills args.mode."""
-    args.mode = "tracks" if args.tracks is not None else ("lights" if args.lights else "random")
+    designs = [name for name in ("tracks", "lights", "light_sets") if getattr(args, name)]
+    designs += ["tracks"] if args.tracks == [] else []
+    args.mode = designs[0] if designs else "random"
     if args.tracks == []:
         args.tracks = list(TRACK_NAMES)
-    if args.tracks is not None and args.lights:
-        parser.error("`--tracks` and `--lights` are exclusive: pick one light design.")
+    if len(set(designs)) > 1:
+        parser.error(f"`--{designs[0]}` and `--{designs[1]}` are exclusive: pick one light design.")
+    if args.single_light_maps and args.mode != "light_sets":
+        parser.error(
+            "`--single_light_maps` writes the maps of each light of a `--light_sets` sample; add `--light_sets`."
+        )
+    if args.mode == "light_sets" and args.format != "custom":
+        parser.error("`--light_sets` writes the custom layout only; drop `--format benchmark`.")
     if args.mode == "random" and args.num_samples is None and not args.merge_only:
         parser.error(
             "`--num_samples` is required (or `--lights`/`--tracks`, which render every object under fixed lights)."
@@ -1632,6 +1778,12 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     lights = list(args.lights or []) + [
         (args.theta if args.theta is not None else 0.0, 0.0, args.size if args.size is not None else 1.0)
     ]
+    for light_set in args.light_sets or []:
+        lights += [light[:3] for light in light_set]
+        if any(light[3] <= 0 for light in light_set):
+            parser.error(
+                f"each light's relative power must be > 0, got {[light[3] for light in light_set]} (`--light_sets`)."
+            )
     for theta, _, size in lights:
         if not 0 <= theta < THETA_MAX_DEG:
             parser.error(f"theta must be in [0, {THETA_MAX_DEG:g}) degrees, got {theta:g} (`--theta`/`--lights`).")
@@ -1681,6 +1833,10 @@ def _config(args, objects: list[ObjectSource]) -> dict:
         "phi": args.phi,
         "size": args.size,
         "lights": [list(light) for light in args.lights] if args.lights else None,
+        "light_sets": [[list(light) for light in light_set] for light_set in args.light_sets]
+        if args.light_sets
+        else None,
+        "single_light_maps": args.single_light_maps or None,
         "tracks": args.tracks,
         "objects": len(objects),
         "meshes": str(Path(args.meshes).resolve()) if args.meshes else PROCEDURAL_SOURCE,
@@ -1738,6 +1894,7 @@ def render_dataset(args, layouts: dict, roots: dict) -> dict:
     settings = {
         **{name: getattr(args, name) for name in ("resolution", "spp", "denoise", "device", "threads", "seed")},
         **{name: getattr(args, name) for name in ("ambient", "light_power", "shadow_bits", "drop", "format")},
+        "single_light_maps": args.single_light_maps,
         "log_level": "WARNING",
     }
     start = time.perf_counter()
