@@ -779,10 +779,14 @@ class ShadowPipelineOutput(BaseOutput):
             [B,1,H,W] float32 in [0, 1].
         images: composites (object over the background darkened by intensity x shadow) when a `background` was
             given, else None. "pil": list of RGB images; "np": [B,H,W,3] float32 in [0, 1]; "pt": [B,3,H,W].
+        light_maps: with `lights=` and `return_light_maps=True`, each image's single-light maps (the ones
+            `shadow_maps` composes), else None. A list over images of "pil": a list of K mode-"L" images; "np":
+            [K,H,W] float32; "pt": [K,1,H,W] float32.
     """
 
     shadow_maps: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | None = None
+    light_maps: list | None = None
 
 
 @dataclass
@@ -819,6 +823,55 @@ def _as_list(value, name: str, batch_size: int) -> list[float]:
         ):
             raise ValueError(f"`{name}` must be a finite number or a list of numbers, got {v!r}.")
     return [float(v) for v in values]
+
+
+def check_light(theta: float, size: float, prefix: str = "") -> None:
+    """The per-light value checks of every light input (the single-light arguments and `lights=`); `prefix` names
+    the light in the message (e.g. "lights[1].")."""
+    if not 0.0 <= theta < THETA_MAX_DEG:
+        raise ValueError(f"`{prefix}theta` must lie in [0, {THETA_MAX_DEG:g}) degrees, got {theta:g}.")
+    if size <= 0:
+        raise ValueError(f"`{prefix}size` (area-light side) must be > 0, got {size:g}.")
+
+
+def _is_one_light(value) -> bool:
+    return isinstance(value, (Light, dict)) or (
+        isinstance(value, (list, tuple)) and all(isinstance(v, (int, float, np.integer, np.floating)) for v in value)
+    )
+
+
+def check_lights(lights, batch_size: int) -> list[list[Light]]:
+    """`lights=` of the pipeline -> one list of `Light`s per image. Takes one list of lights (each a `Light`, a dict
+    {theta, phi, size[, power]} or a (theta, phi, size[, power]) sequence) for every image, or one such list per image.
+    Each light passes the same checks as the single-light arguments; powers must be >= 0 with a positive sum."""
+    if isinstance(lights, (Light, dict)) or not isinstance(lights, (list, tuple)) or not lights:
+        raise ValueError(
+            "`lights` must be a non-empty list of lights (Light, dict {theta, phi, size[, power]} or "
+            f"(theta, phi, size[, power])), or one such list per image; got {lights!r}."
+        )
+    shared = all(_is_one_light(light) for light in lights)
+    if shared:
+        per_image = [list(lights)] * batch_size
+    elif all(isinstance(group, (list, tuple)) and group for group in lights):
+        if len(lights) != batch_size:
+            raise ValueError(f"`lights` has {len(lights)} light lists but the batch has {batch_size} images.")
+        per_image = [list(group) for group in lights]
+    else:
+        raise ValueError("`lights` mixes single lights and lists of lights; give one list, or one list per image.")
+    parsed = []
+    for b, group in enumerate(per_image):
+        image_lights = []
+        for k, value in enumerate(group):
+            name = f"lights[{k}]" if shared else f"lights[{b}][{k}]"
+            light = Light.from_any(value, name)
+            check_light(light.theta, light.size, f"{name}.")
+            if light.power < 0:
+                raise ValueError(f"`{name}.power` (relative total power) must be >= 0, got {light.power:g}.")
+            image_lights.append(light)
+        if sum(light.power for light in image_lights) <= 0:
+            raise ValueError(f"The lights of image {b} all have power 0: at least one must emit.")
+        parsed.append(image_lights)
+    return parsed
 
 
 def _split_images(images, name: str) -> list:
@@ -1044,12 +1097,8 @@ class ShadowPipeline(DiffusionPipeline):
             if value is not None and (not isinstance(value, int) or value <= 0 or value % 8):
                 raise ValueError(f"`{name}` must be a positive multiple of 8, got {value!r}.")
         theta, _, size = lights
-        for t in theta:
-            if not 0.0 <= t < THETA_MAX_DEG:
-                raise ValueError(f"`theta` must lie in [0, {THETA_MAX_DEG:g}) degrees, got {t:g}.")
-        for s in size:
-            if s <= 0:
-                raise ValueError(f"`size` (area-light side) must be > 0, got {s:g}.")
+        for t, z in zip(theta, size):
+            check_light(t, z)
         if any(i < 0 for i in intensity):
             raise ValueError(f"`intensity` must be >= 0, got {intensity}.")
         if len(masks) != len(objects):
@@ -1149,13 +1198,24 @@ class ShadowPipeline(DiffusionPipeline):
         )
 
     def predict_latents(
-        self, prepared: ObjectLatents, light: torch.Tensor, num_inference_steps: int = 1, generator=None
+        self,
+        prepared: ObjectLatents,
+        light: torch.Tensor,
+        num_inference_steps: int = 1,
+        generator=None,
+        rows: list[int] | None = None,
     ):
-        """Integrates the flow from pure noise at t = 1 to t = 0: one step gives x0 = x1 - v(x1, t=1)."""
+        """Integrates the flow from pure noise at t = 1 to t = 0: one step gives x0 = x1 - v(x1, t=1). `rows` (one
+        image index per row of `light`) runs several lights per object in the same batch: each object's latents,
+        encoded once, and its starting noise are shared by all its lights, so a light's map is the one a single-light
+        call with the same generator gives."""
         device, dtype = self._execution_device, self.unet.dtype
         object_latents = prepared.object_latents.to(device, dtype)
         mask_latent = prepared.mask_latent.to(device, dtype)
         latents = randn_tensor(object_latents.shape, generator=generator, device=device, dtype=dtype)  # [B,4,h,w]
+        if rows is not None:
+            index = torch.tensor(rows, device=device)
+            object_latents, mask_latent, latents = object_latents[index], mask_latent[index], latents[index]  # [N,...]
         self.scheduler.set_timesteps(sigmas=inference_sigmas(num_inference_steps), device=device)
         timesteps = self.scheduler.timesteps
         light = light.to(device)
@@ -1170,9 +1230,9 @@ class ShadowPipeline(DiffusionPipeline):
         self,
         object_image=None,
         mask=None,
-        theta: float | Sequence[float] = 30.0,
-        phi: float | Sequence[float] = 0.0,
-        size: float | Sequence[float] = 2.0,
+        theta: float | Sequence[float] | None = None,
+        phi: float | Sequence[float] | None = None,
+        size: float | Sequence[float] | None = None,
         num_inference_steps: int = 1,
         height: int | None = None,
         width: int | None = None,
@@ -1182,6 +1242,10 @@ class ShadowPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         object_latents: ObjectLatents | None = None,
+        lights: Sequence | None = None,
+        ambient: float = 0.0,
+        object_height: float | Sequence[float] | None = None,
+        return_light_maps: bool = False,
     ):
         r"""
         Predicts shadow maps for cut-out objects.
@@ -1191,8 +1255,9 @@ class ShadowPipeline(DiffusionPipeline):
                 one or a list. RGBA is accepted: the mask is its alpha channel when `mask` is None.
             mask: the object mask(s) in [0, 1] (1 = object), same size as the image; soft edges allowed.
             theta: light polar angle(s) in degrees, [0, 90) (0 = light straight above, shadow under the object).
-            phi: light azimuth(s) in degrees; 0 = light on the image's right, shadow to the left. Periodic.
-            size: area-light side(s), > 0 (2..8 in the paper's data; bigger = softer).
+                Default 30.
+            phi: light azimuth(s) in degrees; 0 = light on the image's right, shadow to the left. Periodic. Default 0.
+            size: area-light side(s), > 0 (2..8 in the paper's data; bigger = softer). Default 2.
             num_inference_steps: 1 (the model's regime) or more Euler steps along the flow.
             height, width: processing size (multiples of 8); default: the training resolution, square.
             generator: torch generator(s) for the starting noise.
@@ -1200,6 +1265,16 @@ class ShadowPipeline(DiffusionPipeline):
             intensity: shadow strength(s) >= 0 used for compositing only; `shadow_maps` stay raw.
             output_type: "pil", "np" or "pt" (see [`ShadowPipelineOutput`]).
             object_latents: the result of `encode_object` to skip re-encoding the same objects.
+            lights: several lights at once instead of theta/phi/size: a list of lights for every image, or one list
+                per image; each a `Light`, a dict {theta, phi, size, power} or a (theta, phi, size[, power]) tuple,
+                power = relative total power (default 1). Every light's map is predicted in ONE batched UNet call
+                (the object encoded once, its noise shared) and `shadow_maps` holds the composed map
+                s = (1 - ambient) x clamp(sum_i c_i s_i) with `light_coefficients` (README "Several lights").
+            ambient: with `lights`, the fraction in [0, 1) of the ground's irradiance that casts no drawable shadow
+                (e.g. `lights_from_environment(...).ambient`); it only lightens the shadow.
+            object_height: with `lights`, the object's height in the training units (largest side 2.0) used for
+                the coefficients; default: estimated from each mask (`estimate_object_height`).
+            return_light_maps: with `lights`, also return each light's own map as `light_maps`.
 
         Examples:
         """
@@ -1209,29 +1284,57 @@ class ShadowPipeline(DiffusionPipeline):
         else:
             objects, masks = object_latents.objects, object_latents.masks
         batch_size = len(objects)
-        lights = tuple(_as_list(v, n, batch_size) for v, n in ((theta, "theta"), (phi, "phi"), (size, "size")))
+        light_lists = None
+        if lights is not None:
+            given = [name for name, value in (("theta", theta), ("phi", phi), ("size", size)) if value is not None]
+            if given:
+                raise ValueError(
+                    f"Give either `lights` (several lights at once) or `{'`/`'.join(given)}` (one light), not both: "
+                    "`lights` already sets every light's theta, phi and size."
+                )
+            light_lists = check_lights(lights, batch_size)
+            rows = [b for b, group in enumerate(light_lists) for _ in group]  # the image of each predicted map
+            flat = [light for group in light_lists for light in group]
+            lights = tuple([getattr(light, key) for light in flat] for key in LIGHT_KEYS)
+        else:
+            if ambient != 0.0 or object_height is not None or return_light_maps:
+                raise ValueError("`ambient`, `object_height` and `return_light_maps` apply to `lights=` only.")
+            rows = None
+            theta, phi, size = (30.0 if theta is None else theta), (0.0 if phi is None else phi), size
+            size = 2.0 if size is None else size
+            lights = tuple(_as_list(v, n, batch_size) for v, n in ((theta, "theta"), (phi, "phi"), (size, "size")))
         intensities = _as_list(intensity, "intensity", batch_size)
         self.check_inputs(
             objects, masks, lights, intensities, num_inference_steps, height, width, output_type, background
         )
+        if light_lists is not None:
+            heights = self._object_heights(object_height, masks, batch_size)
+            coefficients = [light_coefficients(group, h) for group, h in zip(light_lists, heights)]
 
         # 2. Encode the objects (resize with the aspect kept, pad, white background)
         prepared = object_latents if object_latents is not None else self._encode(objects, masks, height, width)
 
         # 3. One (or more) rectified-flow steps from noise
-        light = torch.tensor(lights, dtype=torch.float64).T  # [B,3] raw degrees / size; phi wrapped in the UNet
-        latents = self.predict_latents(prepared, light, num_inference_steps, generator)  # [B,4,h,w]
+        light = torch.tensor(lights, dtype=torch.float64).T  # [N,3] raw degrees / size; phi wrapped in the UNet
+        latents = self.predict_latents(prepared, light, num_inference_steps, generator, rows)  # [N,4,h,w]
 
         # 4. Decode the gray map and undo the resize
         with self._vae_dtype_context():
             shadow_batch = decode_shadow(self.vae, latents).cpu()  # [B,1,H',W'] in [0,1]
-        shadow_maps = [
+        image_of_row = rows if rows is not None else list(range(batch_size))
+        row_maps = [
             clear_under_object(
-                unpad_and_resize(shadow_batch[i : i + 1], prepared.boxes[i], prepared.sizes[i])[0].clamp(0, 1),
-                prepared.masks[i],
+                unpad_and_resize(shadow_batch[n : n + 1], prepared.boxes[b], prepared.sizes[b])[0].clamp(0, 1),
+                prepared.masks[b],
             )
-            for i in range(batch_size)
+            for n, b in enumerate(image_of_row)
         ]  # each [1,H,W], zero on the object
+        light_maps = None
+        if light_lists is None:
+            shadow_maps = row_maps
+        else:  # several lights: compose each image's maps (docs/design.md §8, README "Several lights")
+            light_maps = [torch.stack([m for m, b in zip(row_maps, rows) if b == i]) for i in range(batch_size)]
+            shadow_maps = [compose_light_maps(maps, c, ambient) for maps, c in zip(light_maps, coefficients)]
 
         # 5. Composite when a background is given
         images = None
@@ -1250,9 +1353,26 @@ class ShadowPipeline(DiffusionPipeline):
 
         # 6. Output type
         shadow_out, images_out = _format_outputs(shadow_maps, images, output_type)
+        light_maps_out = None
+        if return_light_maps:
+            light_maps_out = [
+                [shadow_map_to_pil(m) for m in maps]
+                if output_type == "pil"
+                else (maps if output_type == "pt" else maps[:, 0].numpy())
+                for maps in light_maps
+            ]
         if not return_dict:
-            return shadow_out, images_out
-        return ShadowPipelineOutput(shadow_maps=shadow_out, images=images_out)
+            return (shadow_out, images_out, light_maps_out) if return_light_maps else (shadow_out, images_out)
+        return ShadowPipelineOutput(shadow_maps=shadow_out, images=images_out, light_maps=light_maps_out)
+
+    @staticmethod
+    def _object_heights(object_height, masks, batch_size: int) -> list[float]:
+        if object_height is None:
+            return [estimate_object_height(mask) for mask in masks]
+        heights = _as_list(object_height, "object_height", batch_size)
+        if any(h < 0 for h in heights):
+            raise ValueError(f"`object_height` must be >= 0, got {heights}.")
+        return heights
 
 
 def _format_outputs(shadow_maps: list[torch.Tensor], images: list[torch.Tensor] | None, output_type: str):

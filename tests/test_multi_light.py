@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 
@@ -12,11 +13,14 @@ from pipeline_shadow import (
     Light,
     area_light_irradiance,
     compose_light_maps,
+    composite,
+    estimate_object_height,
     irradiance_fractions,
     light_coefficients,
     light_weights,
     point_light_irradiance,
     shadow_centre,
+    shadow_layer,
     square_light_corners,
 )
 
@@ -107,3 +111,111 @@ def test_light_from_any_names_the_problem():
         Light.from_any({"theta": 30, "size": "big"}, "lights[2]")
     with pytest.raises(ValueError, match="must be a Light"):
         Light.from_any(30)
+
+
+# ----- the pipeline: several lights in one batched UNet call ------------------------------------------------------
+
+
+def _cutout(height=48, width=64, box=(10, 30, 20, 40)) -> PIL.Image.Image:
+    rgba = np.zeros((height, width, 4), np.uint8)
+    top, bottom, left, right = box
+    rgba[top:bottom, left:right] = [200, 60, 40, 255]
+    return PIL.Image.fromarray(rgba, "RGBA")
+
+
+@pytest.fixture
+def lit_pipeline(tiny_pipeline):
+    """The tiny pipeline with a random light projection (the converted model ignores the light at init)."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in tiny_pipeline.unet.unet.class_embedding.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    tiny_pipeline.set_progress_bar_config(disable=True)
+    return tiny_pipeline
+
+
+def _count_unet_calls(pipe) -> list[int]:
+    batch_sizes = []
+    pipe.unet.register_forward_hook(lambda module, args, output: batch_sizes.append(args[0].shape[0]))
+    return batch_sizes
+
+
+LIGHTS = [Light(30, 0, 2), {"theta": 20, "phi": 150, "size": 6, "power": 0.5}, (10, 90, 8, 2.0)]
+
+
+def test_several_lights_in_one_unet_call_compose_the_single_light_predictions(lit_pipeline):
+    image = _cutout()
+    calls = _count_unet_calls(lit_pipeline)
+    out = lit_pipeline(
+        image, lights=LIGHTS, generator=torch.Generator().manual_seed(0), output_type="pt", return_light_maps=True
+    )
+    assert calls == [3]  # ONE UNet call, one row per light
+    assert out.shadow_maps.shape == (1, 1, 48, 64) and out.light_maps[0].shape == (3, 1, 48, 64)
+    singles = []
+    for light in map(Light.from_any, LIGHTS):  # the same lights one by one, the same seed
+        single = lit_pipeline(
+            image,
+            theta=light.theta,
+            phi=light.phi,
+            size=light.size,
+            generator=torch.Generator().manual_seed(0),
+            output_type="pt",
+        ).shadow_maps[0]
+        singles.append(single)
+    singles = torch.stack(singles)  # [3,1,H,W]
+    torch.testing.assert_close(out.light_maps[0], singles, atol=1e-5, rtol=0)
+    assert not torch.allclose(singles[0], singles[1], atol=1e-3)  # the lights do differ
+    mask = torch.from_numpy(np.asarray(image)[..., 3] / 255.0)
+    coefficients = light_coefficients([Light.from_any(light) for light in LIGHTS], estimate_object_height(mask))
+    torch.testing.assert_close(out.shadow_maps[0], compose_light_maps(singles, coefficients), atol=1e-5, rtol=0)
+    half = lit_pipeline(image, lights=LIGHTS, ambient=0.5, generator=torch.Generator().manual_seed(0), output_type="pt")
+    torch.testing.assert_close(half.shadow_maps, 0.5 * out.shadow_maps, atol=1e-5, rtol=0)
+    # The composed map composites like any map.
+    layer = shadow_layer(out.shadow_maps[0], 0.8)
+    picture = composite(image, None, out.shadow_maps[0], PIL.Image.new("RGB", (64, 48), (200, 180, 160)))
+    assert layer.size == picture.size == (64, 48)
+
+
+def test_one_light_list_per_image_and_object_latents(lit_pipeline):
+    images = [_cutout(), _cutout(box=(5, 40, 30, 50))]
+    calls = _count_unet_calls(lit_pipeline)
+    prepared = lit_pipeline.encode_object(images)
+    out = lit_pipeline(
+        object_latents=prepared,
+        lights=[[LIGHTS[0]], LIGHTS[1:]],
+        generator=torch.Generator().manual_seed(1),
+        output_type="np",
+        return_light_maps=True,
+    )
+    assert calls == [3]
+    assert out.shadow_maps.shape == (2, 48, 64) and [m.shape[0] for m in out.light_maps] == [1, 2]
+    np.testing.assert_allclose(out.shadow_maps[0], out.light_maps[0][0], atol=1e-6)  # one light: its own map
+    pil = lit_pipeline(images[0], lights=LIGHTS[:2], return_light_maps=True, output_type="pil")
+    assert pil.shadow_maps[0].mode == "L" and len(pil.light_maps[0]) == 2
+    maps, images_out, light_maps = lit_pipeline(images[0], lights=LIGHTS[:2], return_light_maps=True, return_dict=False)
+    assert len(light_maps[0]) == 2 and images_out is None
+
+
+def test_single_light_arguments_unchanged_and_mixing_is_an_error(lit_pipeline):
+    image = _cutout()
+    default = lit_pipeline(image, generator=torch.Generator().manual_seed(0), output_type="np").shadow_maps
+    explicit = lit_pipeline(
+        image, theta=30.0, phi=0.0, size=2.0, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).shadow_maps
+    np.testing.assert_array_equal(default, explicit)
+    with pytest.raises(ValueError, match=r"either `lights` .* or `theta`/`size` \(one light\), not both"):
+        lit_pipeline(image, theta=20, size=4, lights=LIGHTS)
+    with pytest.raises(ValueError, match="apply to `lights=` only"):
+        lit_pipeline(image, theta=20, ambient=0.2)
+    with pytest.raises(ValueError, match=r"`lights\[1\].theta` must lie in \[0, 90\)"):
+        lit_pipeline(image, lights=[LIGHTS[0], (95, 0, 2)])
+    with pytest.raises(ValueError, match=r"`lights\[0\]\[0\].size` \(area-light side\) must be > 0"):
+        lit_pipeline([image, image], lights=[[(30, 0, 0)], [LIGHTS[0]]])
+    with pytest.raises(ValueError, match="has 1 light lists but the batch has 2"):
+        lit_pipeline([image, image], lights=[[LIGHTS[0]]])
+    with pytest.raises(ValueError, match="power 0"):
+        lit_pipeline(image, lights=[(30, 0, 2, 0.0)])
+    with pytest.raises(ValueError, match="non-empty list"):
+        lit_pipeline(image, lights=[])
+    with pytest.raises(ValueError, match="power` .* must be >= 0"):
+        lit_pipeline(image, lights=[(30, 0, 2, -1.0)])
