@@ -457,6 +457,243 @@ def compose_light_maps(shadow_maps, coefficients, ambient: float = 0.0):
     return (1.0 - ambient) * composed
 
 
+# Environment maps -> area lights. Equirectangular convention (Blender's world mapping, docs/design.md §2): row 0 is
+# the zenith, the bottom row the nadir (theta = 180 (row + 0.5) / H); the CENTRE column looks along +x (phi = 0, the
+# image's right in the training camera) and phi grows to the LEFT: phi = 180 - 360 (col + 0.5) / W (mod 360), so
+# the column at 1/4 of the width looks along +y (phi = 90, behind the object) and 3/4 along -y (toward the camera).
+ENVIRONMENT_MAX_SIDE = 256  # maps are box-averaged down to at most 128 x 256 before clustering
+LOW_SKY_CHOICES = ("ambient", "clamp")
+_HDR_SUFFIXES = (".hdr", ".exr", ".pfm")
+
+
+@dataclass
+class EnvironmentLighting:
+    """What `lights_from_environment` found: `lights` for `pipe(..., lights=...)` and `ambient`, the fraction of the
+    ground's irradiance that they do not carry (sky lower than the model's 45 degrees, small clusters), for
+    `pipe(..., ambient=...)`."""
+
+    lights: list[Light]
+    ambient: float
+
+
+def equirect_directions(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(theta [H], phi [W]) in degrees of the pixel centres of an equirectangular map (convention above)."""
+    theta = 180.0 * (np.arange(height) + 0.5) / height
+    phi = np.mod(180.0 - 360.0 * (np.arange(width) + 0.5) / width, 360.0)
+    return theta, phi
+
+
+def _srgb_to_linear(values: np.ndarray) -> np.ndarray:
+    return np.where(values <= 0.04045, values / 12.92, ((values + 0.055) / 1.055) ** 2.4)
+
+
+def load_environment(image) -> np.ndarray:
+    """An environment map -> [H,W,3] float64 linear radiance. Accepts a file path (PNG/JPEG/... through PIL, sRGB
+    decoded; .hdr/.exr/.pfm through OpenCV or imageio when one is installed), a PIL image (sRGB), a uint8 array (sRGB)
+    or a float array (linear radiance, e.g. from your own HDR reader). 8-bit maps clip the sun: its energy is too low."""
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise ValueError(f"Environment map {path} does not exist.")
+        if path.suffix.lower() in _HDR_SUFFIXES:
+            return _read_hdr(path)
+        with PIL.Image.open(path) as opened:
+            return load_environment(opened.convert("RGB"))
+    if isinstance(image, PIL.Image.Image):
+        return _srgb_to_linear(np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0)
+    if isinstance(image, np.ndarray):
+        array = image[..., None].repeat(3, axis=-1) if image.ndim == 2 else image
+        if array.ndim != 3 or array.shape[2] < 3:
+            raise ValueError(f"An environment array must be HxW or HxWx3, got shape {tuple(image.shape)}.")
+        if array.dtype == np.uint8:
+            return _srgb_to_linear(array[..., :3].astype(np.float64) / 255.0)
+        radiance = array[..., :3].astype(np.float64)
+        if not np.isfinite(radiance).all() or (radiance < 0).any():
+            raise ValueError("A float environment array must hold finite linear radiance >= 0.")
+        return radiance
+    raise ValueError(f"The environment must be a path, a PIL image or a numpy array, got {type(image).__name__}.")
+
+
+def _read_hdr(path: Path) -> np.ndarray:
+    """HDR/EXR through a reader that is already installed; this project adds no dependency for it."""
+    try:
+        import cv2
+
+        if path.suffix.lower() == ".exr":
+            os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")
+        bgr = cv2.imread(str(path), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_COLOR)
+        if bgr is not None:
+            return bgr[..., ::-1].astype(np.float64)
+    except ImportError:
+        pass
+    try:
+        import imageio.v3 as iio
+
+        return load_environment(np.asarray(iio.imread(path), dtype=np.float64))
+    except ImportError:
+        pass
+    raise ValueError(
+        f"Cannot read {path}: HDR/EXR maps need OpenCV (`pip install opencv-python-headless`) or imageio with an HDR "
+        "plugin, neither of which is installed; or read it yourself and pass a float HxWx3 array of linear radiance."
+    )
+
+
+def _box_downsample(values: np.ndarray, max_width: int) -> np.ndarray:
+    """Averages [H,W] down by an integer factor so that the width is at most `max_width` (energy-preserving)."""
+    factor = max(1, math.ceil(values.shape[1] / max_width))
+    height, width = values.shape[0] // factor * factor, values.shape[1] // factor * factor
+    if factor == 1:
+        return values
+    return values[:height, :width].reshape(height // factor, factor, width // factor, factor).mean(axis=(1, 3))
+
+
+def _unit_vectors(theta_deg: np.ndarray, phi_deg: np.ndarray) -> np.ndarray:
+    theta, phi = np.radians(theta_deg), np.radians(phi_deg)
+    return np.stack([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)], axis=-1)
+
+
+def _weighted_spherical_kmeans(directions: np.ndarray, energy: np.ndarray, k: int, iterations: int = 25):
+    """Clusters unit vectors [N,3] weighted by `energy` [N]; deterministic (farthest-point start from the brightest
+    pixel). Returns each pixel's cluster index [N] and the centres [k',3] (k' <= k: empty clusters are dropped)."""
+    centres = [directions[np.argmax(energy)]]
+    for _ in range(1, k):
+        nearest = np.max(directions @ np.array(centres).T, axis=1)
+        score = energy * (1.0 - nearest)
+        if score.max() <= 0:
+            break  # no energy left outside the centres: fewer clusters
+        centres.append(directions[np.argmax(score)])
+    centres = np.array(centres)
+    for _ in range(iterations):
+        labels = np.argmax(directions @ centres.T, axis=1)
+        sums = np.stack([(energy[labels == c, None] * directions[labels == c]).sum(0) for c in range(len(centres))])
+        keep = np.linalg.norm(sums, axis=1) > 0
+        updated = sums[keep] / np.linalg.norm(sums[keep], axis=1, keepdims=True)
+        if updated.shape == centres.shape and np.allclose(updated, centres):
+            break
+        centres = updated
+    return np.argmax(directions @ centres.T, axis=1), centres
+
+
+def _cluster_stats(directions, energy, members):
+    """(energy-weighted mean direction, RMS angle from it in radians, energy) of the pixels in `members`."""
+    weights = energy[members]
+    mean = (weights[:, None] * directions[members]).sum(0)
+    mean /= np.linalg.norm(mean)
+    angles = np.arccos(np.clip(directions[members] @ mean, -1.0, 1.0))
+    return mean, math.sqrt(float((weights * angles**2).sum() / weights.sum())), float(weights.sum())
+
+
+def _merge_clusters(directions, energy, labels) -> list[np.ndarray]:
+    """Joins clusters that k-means cut out of one source: two clusters whose centres are closer than their discs
+    (sqrt(2) x (sigma_a + sigma_b), a disc of radius R has sigma = R / sqrt(2)) or than the sharpest trained light
+    (side 2 at r = 8) would draw as one light. Returns the member masks of the final clusters."""
+    groups = [labels == c for c in np.unique(labels)]
+    sharpest = 2.0 * math.atan(TRAINED_SIZE_RANGE[0] / 2.0 / LIGHT_DISTANCE)
+    while len(groups) > 1:
+        stats = [_cluster_stats(directions, energy, g) for g in groups]
+        best = None
+        for a in range(len(groups)):
+            for b in range(a + 1, len(groups)):
+                angle = math.acos(float(np.clip(stats[a][0] @ stats[b][0], -1.0, 1.0)))
+                if angle < max(math.sqrt(2.0) * (stats[a][1] + stats[b][1]), sharpest) and (
+                    best is None or angle < best[0]
+                ):
+                    best = (angle, a, b)
+        if best is None:
+            break
+        _, a, b = best
+        groups[a] = groups[a] | groups[b]
+        del groups[b]
+    return groups
+
+
+def lights_from_environment(
+    image, max_lights: int = 3, low_sky: str = "ambient", min_share: float = 0.02
+) -> EnvironmentLighting:
+    """Up to `max_lights` square area lights of the training geometry that stand in for an equirectangular environment
+    map (convention above; see `load_environment` for the accepted inputs).
+
+    Importance is each pixel's share of the ground's irradiance, luminance x cos(theta) x solid angle (sin(theta)
+    dtheta dphi); the sky below the horizon lights nothing. The pixels are clustered by weighted spherical k-means
+    (clusters cut out of one source joined again);
+    each cluster becomes a light at its energy-weighted mean direction, with a side matching its RMS angular spread
+    sigma (a uniform square of side a at r = 8 has sigma = a sqrt(2/3) / (2 r)) clamped to the trained 2..8 (a sun
+    sharper than size 2 is drawn at 2), and a power such that its irradiance at the object's foot is the cluster's.
+
+    The model was trained on theta <= 45 degrees only; light from lower in the sky (45 < theta < 90) is never treated
+    as in range. `low_sky="ambient"` (default) folds it into `ambient`: it lights the ground but casts no shadow the
+    model can draw, so it only lightens the shadow (honest for a bright horizon, wrong for a low sun, whose long shadow
+    is lost: a warning says how much light that is). `low_sky="clamp"` moves it up to theta = 45 with a warning: the
+    shadows point the right way but are shorter than the real ones. Clusters under `min_share` of the irradiance are
+    folded into `ambient` too."""
+    if not isinstance(max_lights, int) or max_lights < 1:
+        raise ValueError(f"`max_lights` must be an integer >= 1, got {max_lights!r}.")
+    if low_sky not in LOW_SKY_CHOICES:
+        raise ValueError(f"`low_sky` must be one of {', '.join(LOW_SKY_CHOICES)}, got {low_sky!r}.")
+    if not 0.0 <= min_share < 1.0:
+        raise ValueError(f"`min_share` must lie in [0, 1), got {min_share}.")
+    radiance = load_environment(image)
+    luminance = radiance @ np.array([0.2126, 0.7152, 0.0722])  # [H,W] linear (Rec. 709)
+    luminance = _box_downsample(luminance, ENVIRONMENT_MAX_SIDE)
+    height, width = luminance.shape
+    theta, phi = equirect_directions(height, width)
+    theta_grid, phi_grid = np.meshgrid(theta, phi, indexing="ij")
+    solid_angle = np.sin(np.radians(theta_grid)) * (math.pi / height) * (2.0 * math.pi / width)
+    energy = luminance * np.clip(np.cos(np.radians(theta_grid)), 0.0, None) * solid_angle  # ground irradiance share
+    total = energy.sum()
+    if total <= 0:
+        raise ValueError("The environment map is black above the horizon: it lights nothing.")
+    low = (theta_grid > TRAINED_THETA_MAX_DEG) & (energy > 0)
+    low_share = float(energy[low].sum() / total)
+    ambient_energy = 0.0
+    if low_sky == "ambient":
+        ambient_energy = float(energy[low].sum())
+        if low_share > 0.25:
+            logger.warning(
+                "%.0f %% of the environment's light on the ground comes from lower than theta = %g degrees, which the "
+                "model was not trained on: it goes into `ambient` (lightens the shadow, casts none).",
+                100 * low_share,
+                TRAINED_THETA_MAX_DEG,
+            )
+        theta_grid = np.where(low, np.nan, theta_grid)
+    elif low.any():
+        logger.warning(
+            "%.0f %% of the environment's light comes from lower than theta = %g degrees: moved up to %g degrees "
+            "(`low_sky='clamp'`), so those shadows are shorter than the real ones.",
+            100 * low_share,
+            TRAINED_THETA_MAX_DEG,
+            TRAINED_THETA_MAX_DEG,
+        )
+        theta_grid = np.where(low, TRAINED_THETA_MAX_DEG, theta_grid)
+    used = (energy > 0) & ~np.isnan(theta_grid)
+    if not used.any():
+        raise ValueError(
+            f"No light in the environment comes from within theta <= {TRAINED_THETA_MAX_DEG:g} degrees, the model's "
+            "range: every shadow would be drawn outside it. Use `low_sky='clamp'` to move it up to 45 degrees."
+        )
+    directions = _unit_vectors(theta_grid[used], phi_grid[used])  # [N,3]
+    weights = energy[used]
+    labels, _ = _weighted_spherical_kmeans(directions, weights, max_lights)
+    lights, light_energy = [], 0.0
+    for members in _merge_clusters(directions, weights, labels):
+        centre, spread, cluster_energy = _cluster_stats(directions, weights, members)
+        if cluster_energy < min_share * total:
+            ambient_energy += cluster_energy
+            continue
+        size = float(np.clip(2.0 * LIGHT_DISTANCE * spread * math.sqrt(1.5), *TRAINED_SIZE_RANGE))
+        light_theta = min(math.degrees(math.acos(np.clip(centre[2], -1.0, 1.0))), TRAINED_THETA_MAX_DEG)
+        light_phi = math.degrees(math.atan2(centre[1], centre[0])) % 360.0
+        unit_power = light_weights([Light(light_theta, light_phi, size)])[0]
+        lights.append(Light(light_theta, light_phi, size, float(cluster_energy / unit_power)))
+        light_energy += float(cluster_energy)
+    if not lights:
+        raise ValueError(f"Every light cluster holds less than `min_share`={min_share} of the light; lower it.")
+    strongest = max(light.power for light in lights)
+    lights = [Light(light.theta, light.phi, light.size, light.power / strongest) for light in lights]
+    lights.sort(key=lambda light: -light.power)
+    return EnvironmentLighting(lights=lights, ambient=ambient_energy / (ambient_energy + light_energy))
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # 2. Rectified flow as small pure functions (docs/design.md §3). t = 1 is pure noise, t = 0 the data.
 # --------------------------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import numpy as np
@@ -14,10 +15,12 @@ from pipeline_shadow import (
     area_light_irradiance,
     compose_light_maps,
     composite,
+    equirect_directions,
     estimate_object_height,
     irradiance_fractions,
     light_coefficients,
     light_weights,
+    lights_from_environment,
     point_light_irradiance,
     shadow_centre,
     shadow_layer,
@@ -219,3 +222,110 @@ def test_single_light_arguments_unchanged_and_mixing_is_an_error(lit_pipeline):
         lit_pipeline(image, lights=[])
     with pytest.raises(ValueError, match="power` .* must be >= 0"):
         lit_pipeline(image, lights=[(30, 0, 2, -1.0)])
+
+
+# ----- environment maps -> area lights ---------------------------------------------------------------------------
+
+
+def _environment(height=64, width=128, spots=(), floor=0.0) -> np.ndarray:
+    """A float equirectangular map (linear radiance): `floor` everywhere plus discs (theta, phi, radius deg, value)."""
+    theta, phi = equirect_directions(height, width)
+    directions = _unit(*np.meshgrid(theta, phi, indexing="ij"))
+    radiance = np.full((height, width), floor)
+    for spot_theta, spot_phi, radius, value in spots:
+        angle = np.degrees(np.arccos(np.clip(directions @ _unit(spot_theta, spot_phi), -1, 1)))
+        radiance[angle <= radius] = value
+    return np.repeat(radiance[..., None], 3, axis=2)
+
+
+def _unit(theta, phi):
+    theta, phi = np.radians(theta), np.radians(phi)
+    return np.stack([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)], axis=-1)
+
+
+def test_equirect_convention():
+    theta, phi = equirect_directions(4, 8)
+    np.testing.assert_allclose(theta, [22.5, 67.5, 112.5, 157.5])  # row 0 = zenith side
+    # Centre column = +x (phi 0, the image's right), phi grows to the left: 1/4 width = +y, 3/4 = -y (camera side).
+    np.testing.assert_allclose(phi, [157.5, 112.5, 67.5, 22.5, 337.5, 292.5, 247.5, 202.5])
+
+
+@pytest.mark.parametrize("spot", [(30.0, 60.0), (10.0, 250.0), (40.0, 0.0)])
+def test_one_bright_spot_gives_one_light_at_its_direction(spot, tmp_path):
+    environment = _environment(spots=[(*spot, 4.0, 50.0)])
+    found = lights_from_environment(environment, max_lights=3)
+    assert len(found.lights) == 1 and found.ambient == pytest.approx(0.0)
+    light = found.lights[0]
+    assert light.theta == pytest.approx(spot[0], abs=1.5)
+    assert (light.phi - spot[1] + 180) % 360 - 180 == pytest.approx(0, abs=2.0)
+    assert light.size == 2.0 and light.power == 1.0  # a small spot: the sharpest trained light
+    # The same through an 8-bit PNG file (sRGB-decoded).
+    png = tmp_path / "sky.png"
+    PIL.Image.fromarray((np.clip(environment, 0, 1) * 255).astype(np.uint8)).save(png)
+    from_png = lights_from_environment(png, max_lights=3).lights
+    assert len(from_png) == 1 and from_png[0].theta == pytest.approx(light.theta, abs=0.5)
+
+
+def test_two_spots_sizes_and_powers():
+    # A small bright sun and a wide dimmer patch: two lights, the patch softer; powers follow the irradiance.
+    environment = _environment(spots=[(20.0, 0.0, 3.0, 200.0), (30.0, 180.0, 15.0, 2.0)])
+    found = lights_from_environment(environment, max_lights=2)
+    sun, patch = found.lights
+    assert sun.phi == pytest.approx(0.0, abs=2.0) or sun.phi == pytest.approx(360.0, abs=2.0)
+    assert patch.phi == pytest.approx(180.0, abs=2.0)
+    assert sun.size == 2.0 and 2.0 < patch.size <= 8.0
+    irradiance = [light_weights([light])[0] for light in found.lights]
+    energy = _environment_energy(environment, [(20.0, 0.0, 3.0)]), _environment_energy(environment, [(30, 180, 15)])
+    assert irradiance[1] / irradiance[0] == pytest.approx(energy[1] / energy[0], rel=0.05)
+
+
+def _environment_energy(environment, discs) -> float:
+    height, width = environment.shape[:2]
+    theta, phi = equirect_directions(height, width)
+    grid_theta, grid_phi = np.meshgrid(theta, phi, indexing="ij")
+    directions = _unit(grid_theta, grid_phi)
+    inside = np.zeros((height, width), bool)
+    for spot_theta, spot_phi, radius in discs:
+        inside |= np.degrees(np.arccos(np.clip(directions @ _unit(spot_theta, spot_phi), -1, 1))) <= radius
+    weight = environment[..., 1] * np.cos(np.radians(grid_theta)) * np.sin(np.radians(grid_theta))
+    return float(weight[inside].sum())
+
+
+def test_low_sky_is_never_silently_in_range(caplog):
+    # A uniform sky: half of the ground's irradiance comes from theta in (45, 90) -> ambient 1/2 (sin^2 45).
+    found = lights_from_environment(_environment(floor=1.0), max_lights=2)
+    assert found.ambient == pytest.approx(0.5, abs=0.02)
+    assert all(light.theta <= 45 and light.size == 8.0 for light in found.lights)  # a wide sky: soft lights
+    # A low sun (theta 70) and a little overhead sky: the sun goes to ambient with a warning ...
+    environment = _environment(spots=[(70.0, 90.0, 3.0, 100.0), (10.0, 0.0, 20.0, 0.5)])
+    with caplog.at_level("WARNING"):
+        folded = lights_from_environment(environment, max_lights=2)
+    assert "into `ambient`" in caplog.text and folded.ambient > 0.5
+    assert all(light.theta <= 25 for light in folded.lights)
+    # ... or, clamped, it becomes a light at theta 45 in its own direction, with a warning too.
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        clamped = lights_from_environment(environment, max_lights=2, low_sky="clamp")
+    assert "moved up to 45 degrees" in caplog.text
+    assert clamped.lights[0].theta == pytest.approx(45.0, abs=0.1) and clamped.lights[0].phi == pytest.approx(90.0, abs=2)
+    with pytest.raises(ValueError, match="low_sky='clamp'"):
+        lights_from_environment(_environment(spots=[(70.0, 90.0, 3.0, 100.0)]))
+    with pytest.raises(ValueError, match="black above the horizon"):
+        lights_from_environment(_environment(spots=[(120.0, 0.0, 10.0, 5.0)]))
+    with pytest.raises(ValueError, match="`low_sky` must be one of ambient, clamp"):
+        lights_from_environment(_environment(floor=1.0), low_sky="drop")
+
+
+def test_environment_inputs_and_the_pipeline(lit_pipeline, tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        lights_from_environment(tmp_path / "missing.hdr")
+    hdr = tmp_path / "sky.hdr"
+    hdr.write_bytes(b"#?RADIANCE\n")
+    if importlib.util.find_spec("cv2") is None and importlib.util.find_spec("imageio") is None:
+        with pytest.raises(ValueError, match="opencv-python-headless"):
+            lights_from_environment(hdr)
+    with pytest.raises(ValueError, match="finite linear radiance"):
+        lights_from_environment(-_environment(floor=1.0))
+    found = lights_from_environment(_environment(spots=[(30.0, 60.0, 4.0, 50.0), (20, 200, 10, 5)]), max_lights=2)
+    out = lit_pipeline(_cutout(), lights=found.lights, ambient=found.ambient, output_type="np")
+    assert out.shadow_maps.shape == (1, 48, 64)
