@@ -307,7 +307,8 @@ def test_low_sky_is_never_silently_in_range(caplog):
     with caplog.at_level("WARNING"):
         clamped = lights_from_environment(environment, max_lights=2, low_sky="clamp")
     assert "moved up to 45 degrees" in caplog.text
-    assert clamped.lights[0].theta == pytest.approx(45.0, abs=0.1) and clamped.lights[0].phi == pytest.approx(90.0, abs=2)
+    assert clamped.lights[0].theta == pytest.approx(45.0, abs=0.1)
+    assert clamped.lights[0].phi == pytest.approx(90.0, abs=2)
     with pytest.raises(ValueError, match="low_sky='clamp'"):
         lights_from_environment(_environment(spots=[(70.0, 90.0, 3.0, 100.0)]))
     with pytest.raises(ValueError, match="black above the horizon"):
