@@ -8,12 +8,21 @@ For each input (an RGBA cut-out, or an RGB image plus `--mask`) and each light, 
 `<stem>_<light>_shadow.png` (the raw map, 255 = full shadow), `<stem>_<light>_layer.png` (black with alpha =
 intensity x shadow, for image editors) and `<stem>_<light>_composite.png`. Several values for a light flag make a
 sweep (every combination) and a `contact_sheet.png` (rows: inputs; columns: lights).
+
+Several lights at once (one shadow, physically composed; README "Several lights"), instead of a sweep:
+
+    python generate_shadows.py --model PATH --input cutouts/ --light 30,0,2 --light 20,150,6,0.5 --output_dir out
+    python generate_shadows.py --model PATH --input cutouts/ --environment sky.png --max_lights 3 --output_dir out
+
+write `<stem>_lights_*.png` (or `<stem>_env_<map>_*.png`) and `<stem>_lights.json` (the lights, their relative
+powers, and the unshadowed `ambient` fraction); `--save_light_maps` adds each light's own map.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -25,11 +34,14 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline_shadow import (
+    LOW_SKY_CHOICES,
     MASK_FILL,
+    Light,
     ShadowPipeline,
     composite,
     gray_to_tensor,
     image_to_tensor,
+    lights_from_environment,
     shadow_layer,
     shadow_map_to_pil,
 )
@@ -39,18 +51,37 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
-class Light:
-    theta: float
-    phi: float
-    size: float
+class LightSetting:
+    """One column of the output: a single light of the sweep, or several lights composed into one shadow."""
 
-    @property
-    def tag(self) -> str:
-        return f"t{self.theta:g}_p{self.phi:g}_s{self.size:g}"
+    tag: str
+    label: str
+    pipe_kwargs: dict  # theta/phi/size, or lights/ambient
+    record: dict | None = None  # what <stem>_<tag>.json records for several lights
 
-    @property
-    def label(self) -> str:
-        return f"theta {self.theta:g} phi {self.phi:g} size {self.size:g}"
+
+def sweep_settings(thetas, phis, sizes) -> list[LightSetting]:
+    return [
+        LightSetting(f"t{t:g}_p{p:g}_s{z:g}", f"theta {t:g} phi {p:g} size {z:g}", {"theta": t, "phi": p, "size": z})
+        for t, p, z in itertools.product(thetas, phis, sizes)
+    ]
+
+
+def combined_setting(tag: str, label: str, lights: list[Light], ambient: float = 0.0) -> LightSetting:
+    record = {"lights": [light.as_dict() for light in lights], "ambient": ambient}
+    return LightSetting(tag, label, {"lights": lights, "ambient": ambient}, record)
+
+
+def _light_spec(text: str) -> Light:
+    try:
+        values = [float(v) for v in text.split(",")]
+        if len(values) not in (3, 4):
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected THETA,PHI,SIZE[,POWER] (e.g. 30,0,2 or 20,150,6,0.5), got {text!r}"
+        ) from None
+    return Light(*values)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,9 +91,38 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--input", required=True, help="An image or a folder of images (RGBA cut-outs, or RGB + --mask)."
     )
     parser.add_argument("--mask", default=None, help="A mask image, or a folder of masks with the same file stems.")
-    parser.add_argument("--theta", type=float, nargs="+", default=[30.0], help="Polar angle(s) in degrees, [0, 90).")
-    parser.add_argument("--phi", type=float, nargs="+", default=[0.0], help="Azimuth(s) in degrees; 0 = light right.")
-    parser.add_argument("--size", type=float, nargs="+", default=[2.0], help="Area-light side(s) > 0; bigger = softer.")
+    parser.add_argument("--theta", type=float, nargs="+", default=None, help="Polar angle(s) in degrees, [0, 90); 30.")
+    parser.add_argument("--phi", type=float, nargs="+", default=None, help="Azimuth(s) in degrees; 0 = light right; 0.")
+    parser.add_argument(
+        "--size", type=float, nargs="+", default=None, help="Area-light side(s) > 0, softer if bigger; 2."
+    )
+    parser.add_argument(
+        "--light",
+        type=_light_spec,
+        action="append",
+        default=None,
+        metavar="THETA,PHI,SIZE[,POWER]",
+        help="Repeat for several lights AT ONCE (POWER: relative total power, default 1): one composed shadow.",
+    )
+    parser.add_argument(
+        "--environment",
+        default=None,
+        help="An equirectangular environment map (PNG/JPEG; HDR/EXR "
+        "when OpenCV or imageio is installed) turned into --max_lights area lights.",
+    )
+    parser.add_argument("--max_lights", type=int, default=3, help="With --environment: at most this many lights.")
+    parser.add_argument(
+        "--low_sky",
+        choices=LOW_SKY_CHOICES,
+        default="ambient",
+        help="With --environment: light below the trained theta <= 45 goes into an unshadowed ambient "
+        "share, or is moved up to 45 degrees (clamp).",
+    )
+    parser.add_argument(
+        "--save_light_maps",
+        action="store_true",
+        help="With --light/--environment: also save each light's own map as <stem>_<tag>_light<i>_shadow.png.",
+    )
     parser.add_argument("--intensity", type=float, default=1.0, help="Shadow strength >= 0 for layer and composite.")
     parser.add_argument("--background", default=None, help="Background image for the composites (default: white).")
     parser.add_argument(
@@ -74,6 +134,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--device", default=None, help="Default: cuda when available, else cpu.")
     args = parser.parse_args(argv)
+    sweep = [f"--{name}" for name in ("theta", "phi", "size") if getattr(args, name) is not None]
+    several = [flag for flag, value in (("--light", args.light), ("--environment", args.environment)) if value]
+    if len(several) > 1:
+        parser.error("Give --light (your own lights) or --environment (lights from a map), not both.")
+    if several and sweep:
+        parser.error(
+            f"{several[0]} sets several lights at once; {'/'.join(sweep)} sweep ONE light: use one or the other."
+        )
+    if args.save_light_maps and not several:
+        parser.error("--save_light_maps saves the maps of --light/--environment lights; add one of them.")
+    if args.max_lights < 1:
+        parser.error(f"--max_lights must be >= 1, got {args.max_lights}.")
     if args.pad < 0:
         parser.error(f"--pad must be >= 0, got {args.pad}.")
     if args.intensity < 0:
@@ -162,10 +234,24 @@ def contact_sheet(
     return sheet
 
 
+def light_settings(args: argparse.Namespace) -> list[LightSetting]:
+    if args.light:
+        label = " + ".join(f"t{x.theta:g} p{x.phi:g} s{x.size:g} w{x.power:g}" for x in args.light)
+        return [combined_setting("lights", label, list(args.light))]
+    if args.environment:
+        found = lights_from_environment(args.environment, max_lights=args.max_lights, low_sky=args.low_sky)
+        logger.info("%s -> %s, ambient %.3f", args.environment, found.lights, found.ambient)
+        label = f"{Path(args.environment).stem}: {len(found.lights)} lights, ambient {found.ambient:.2f}"
+        record = combined_setting(f"env_{Path(args.environment).stem}", label, found.lights, found.ambient)
+        record.record["environment"] = str(args.environment)
+        return [record]
+    return sweep_settings(args.theta or [30.0], args.phi or [0.0], args.size or [2.0])
+
+
 def generate(args: argparse.Namespace) -> int:
     """Runs the sweep; returns the number of inputs that failed (each reported with its reason)."""
     inputs = list_images(Path(args.input), "--input")
-    lights = [Light(*values) for values in itertools.product(args.theta, args.phi, args.size)]
+    lights = light_settings(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     pipe = ShadowPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
@@ -187,17 +273,22 @@ def generate(args: argparse.Namespace) -> int:
         row = []
         for light in lights:  # the object is encoded once; only the UNet and the decoder re-run per light
             generator = torch.Generator().manual_seed(args.seed)
-            shadow = pipe(
+            several = light.record is not None
+            output = pipe(
                 object_latents=prepared,
-                theta=light.theta,
-                phi=light.phi,
-                size=light.size,
+                **light.pipe_kwargs,
                 num_inference_steps=args.num_inference_steps,
                 generator=generator,
                 output_type="pt",
-            ).shadow_maps[0]  # [1,H,W]
+                **({"return_light_maps": args.save_light_maps} if several else {}),
+            )
+            shadow = output.shadow_maps[0]  # [1,H,W]
             result = composite(rgb, mask, shadow, canvas, args.intensity)
             stem = f"{image_path.stem}_{light.tag}"
+            if several:
+                (output_dir / f"{stem}.json").write_text(json.dumps(light.record, indent=1) + "\n")
+                for i, light_map in enumerate(output.light_maps[0] if args.save_light_maps else []):
+                    shadow_map_to_pil(light_map).save(output_dir / f"{stem}_light{i}_shadow.png")
             shadow_map_to_pil(shadow).save(output_dir / f"{stem}_shadow.png")
             shadow_layer(shadow, args.intensity).save(output_dir / f"{stem}_layer.png")
             composite_image = PIL.Image.fromarray(

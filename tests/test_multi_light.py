@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 
 import numpy as np
@@ -330,3 +331,44 @@ def test_environment_inputs_and_the_pipeline(lit_pipeline, tmp_path):
     found = lights_from_environment(_environment(spots=[(30.0, 60.0, 4.0, 50.0), (20, 200, 10, 5)]), max_lights=2)
     out = lit_pipeline(_cutout(), lights=found.lights, ambient=found.ambient, output_type="np")
     assert out.shadow_maps.shape == (1, 48, 64)
+
+
+# ----- the command line ------------------------------------------------------------------------------------------
+
+
+def test_generate_shadows_with_several_lights_and_an_environment(tiny_shadow_dir, tmp_path, capsys):
+    import generate_shadows
+
+    cutout = tmp_path / "vase.png"
+    _cutout().save(cutout)
+    base = ["--model", str(tiny_shadow_dir), "--input", str(cutout)]
+    output = tmp_path / "lights"
+    code = generate_shadows.main(
+        [*base, "--light", "30,0,2", "--light", "20,150,6,0.5", "--save_light_maps", "--output_dir", str(output)]
+    )
+    assert code == 0
+    record = json.loads((output / "vase_lights.json").read_text())
+    assert record["lights"][1] == {"theta": 20.0, "phi": 150.0, "size": 6.0, "power": 0.5} and record["ambient"] == 0
+    for name in ("shadow", "layer", "composite", "light0_shadow", "light1_shadow"):
+        assert PIL.Image.open(output / f"vase_lights_{name}.png").size == (64, 48)
+
+    sky = tmp_path / "sky.png"
+    environment = _environment(spots=[(30.0, 60.0, 4.0, 50.0)], floor=0.05)
+    PIL.Image.fromarray((np.clip(environment, 0, 1) * 255).astype(np.uint8)).save(sky)
+    output = tmp_path / "env"
+    assert (
+        generate_shadows.main([*base, "--environment", str(sky), "--max_lights", "2", "--output_dir", str(output)]) == 0
+    )
+    record = json.loads((output / "vase_env_sky.json").read_text())
+    assert record["environment"] == str(sky) and 0 < record["ambient"] < 1 and 1 <= len(record["lights"]) <= 2
+    assert (output / "vase_env_sky_composite.png").is_file()
+
+    for extra, message in [
+        (["--light", "30,0,2", "--phi", "90"], "use one or the other"),
+        (["--light", "30,0,2", "--environment", str(sky)], "not both"),
+        (["--light", "30,0"], "THETA,PHI,SIZE[,POWER]"),
+        (["--save_light_maps"], "add one of them"),
+    ]:
+        with pytest.raises(SystemExit):
+            generate_shadows.parse_args([*base, "--output_dir", str(tmp_path / "x"), *extra])
+        assert message in capsys.readouterr().err, extra
