@@ -11,6 +11,12 @@ the paper's Table 2. Beyond the paper, simple estimators read the shadow's direc
 edge softness from each map, so that we can tell whether theta, phi and size actually steer the prediction; the same
 estimators run on the ground truth to check them.
 
+Several lights (`--light_sets_dir DIR`, a folder rendered by `render_shadow_dataset.py --light_sets ...
+--single_light_maps`): each sample is predicted with `pipe(lights=...)`; the composed map is scored against the
+rendered multi-light map and each light's own prediction against that light's rendered map (the single-light numbers
+for the same objects), with the direction estimator per light; `light_sets.json` and `light_sets.md` in
+`--output_dir`.
+
 Outputs in `--output_dir`: `records.jsonl` (one line per image and seed, appended as the run goes, so a stopped run
 resumes where it stopped), `settings.json`, `metrics.json` (settings, every record and the summaries), `report.md`,
 `plot_size.png` (track 1), `plot_phi.png` (track 2), `plot_theta.png` (track 3), `contact_sheet.png` and `samples/`.
@@ -46,7 +52,17 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dataset_loading import BENCHMARK_HUB_ID, DATASET_TYPES, TRACK_NAMES, create_dataloaders
-from pipeline_shadow import ObjectLatents, ShadowPipeline, wrap_phi
+from pipeline_shadow import (
+    Light,
+    ObjectLatents,
+    ShadowPipeline,
+    compose_light_maps,
+    estimate_object_height,
+    gray_to_tensor,
+    image_to_tensor,
+    light_coefficients,
+    wrap_phi,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -613,6 +629,136 @@ def _save_sample(samples_dir: Path, key: str, sample: dict) -> None:
         PIL.Image.fromarray(sample[part]).save(samples_dir / f"{_safe_name(key)}_{part}.png")
 
 
+def load_light_set_samples(data_dir: str | Path) -> list[dict]:
+    """The samples of a `render_shadow_dataset.py --light_sets` folder: {id, lights, object [3,H,W], mask [1,H,W],
+    shadow [H,W] (all lights), light_shadows [K,H,W] or None}, in key order."""
+    data_dir = Path(data_dir)
+    metadata_path = data_dir / "metadata.json"
+    if not metadata_path.is_file():
+        raise ValueError(f"`--light_sets_dir {data_dir}` has no metadata.json (render it with --light_sets).")
+    samples = []
+    for key, metadata in sorted(json.loads(metadata_path.read_text()).items()):
+        if "lights" not in metadata:
+            raise ValueError(f"{metadata_path} sample {key!r} has no `lights`: not a --light_sets rendering.")
+        with PIL.Image.open(data_dir / "objects" / f"{key}.png") as image:
+            object_image = image_to_tensor(image, f"objects/{key}.png")[:3]
+        maps = {}
+        for name, path in [("mask", f"masks/{key}.png"), ("shadow", f"shadows/{key}.png")] + [
+            (f"light{i}", p) for i, p in enumerate(metadata.get("light_shadows") or [])
+        ]:
+            with PIL.Image.open(data_dir / path) as image:
+                maps[name] = gray_to_tensor(image, path)
+        count = len(metadata.get("light_shadows") or [])
+        samples.append(
+            {
+                "id": key,
+                "lights": [
+                    Light.from_any({k: light[k] for k in ("theta", "phi", "size", "power")})
+                    for light in metadata["lights"]
+                ],
+                "object": object_image,
+                "mask": maps["mask"],
+                "shadow": maps["shadow"][0].numpy(),
+                "light_shadows": np.stack([maps[f"light{i}"][0].numpy() for i in range(count)]) if count else None,
+            }
+        )
+    return samples
+
+
+@torch.no_grad()
+def evaluate_light_sets(pipe, samples: list[dict], *, num_seeds: int = 1, seed: int = 0, num_inference_steps: int = 1):
+    """One record per (sample, seed): the composed prediction's metrics against the rendered multi-light map
+    (`composed_*`), each light's prediction against its rendered single-light map (`light_*`, lists over lights),
+    the direction error per light, and the composition floor: the TRUE single-light maps composed with the same
+    coefficients against the true multi-light map (`oracle_rmse`, no model involved)."""
+    records = []
+    for index, sample in enumerate(samples):
+        mask = sample["mask"][0].numpy()
+        coefficients = light_coefficients(sample["lights"], estimate_object_height(mask))
+        for seed_index in range(num_seeds):
+            output = pipe(
+                sample["object"],
+                mask=sample["mask"],
+                lights=sample["lights"],
+                num_inference_steps=num_inference_steps,
+                generator=torch.Generator("cpu").manual_seed(generator_seed(seed, index, seed_index)),
+                output_type="np",
+                return_light_maps=True,
+            )
+            composed, light_maps = output.shadow_maps[0], output.light_maps[0]
+            record = {"index": index, "id": sample["id"], "seed": seed_index, "num_lights": len(sample["lights"])}
+            record.update({f"composed_{k}": float(v) for k, v in compute_metrics(composed, sample["shadow"]).items()})
+            truth = sample["light_shadows"]
+            if truth is not None:
+                per_light = compute_metrics(light_maps, truth)
+                record.update({f"light_{k}": [float(v) for v in values] for k, values in per_light.items()})
+                record["light_direction_error_deg"] = [
+                    float(angle_error_deg(shadow_direction_deg(p, mask), shadow_direction_deg(t, mask)))
+                    for p, t in zip(light_maps, truth)
+                ]
+                oracle = compose_light_maps(truth, coefficients) * (mask < MASK_THRESHOLD)
+                record["oracle_rmse"] = float(rmse(oracle, sample["shadow"]))
+            records.append(record)
+    return records
+
+
+def light_set_summary(records: Sequence[dict]) -> dict[str, dict]:
+    """Seed-averaged per sample, then mean +- std over samples: {"composed": {metric}, "single": {metric}, ...}."""
+    by_sample = _by_image(records)
+    summary = {"num_samples": len(by_sample), "num_seeds": max((r["seed"] for r in records), default=-1) + 1}
+    for group in ("composed", "light"):
+        entry = {}
+        for name in METRIC_NAMES:
+            values = []
+            for sample_records in by_sample.values():
+                if f"{group}_{name}" in sample_records[0]:
+                    values.append(np.mean([np.mean(r[f"{group}_{name}"]) for r in sample_records]))
+            if values:
+                entry[name] = _nan_stats(values)
+        summary["single" if group == "light" else group] = entry
+    errors = [abs(e) for r in records if r.get("seed") == 0 for e in r.get("light_direction_error_deg", [])]
+    errors = [e for e in errors if not math.isnan(e)]
+    if errors:
+        summary["light_direction"] = {
+            "median_abs_error_deg": float(np.median(errors)),
+            "wrong_side_rate": float(np.mean(np.array(errors) > 90)),
+            "count": len(errors),
+        }
+    oracle = [r["oracle_rmse"] for r in records if r.get("seed") == 0 and "oracle_rmse" in r]
+    if oracle:
+        summary["oracle_composition_rmse"] = _nan_stats(oracle)
+    return summary
+
+
+def render_light_set_report(settings: dict, summary: dict) -> str:
+    lines = [
+        "# Several lights: composed predictions against the renderer",
+        "",
+        f"Model `{settings.get('model')}`, data `{settings.get('data_dir')}`, {summary['num_samples']} samples x "
+        f"{summary['num_seeds']} seed(s), {settings.get('hardware')}.",
+        "",
+        "| maps | " + " | ".join(METRIC_LABELS[m] for m in METRIC_NAMES) + " |",
+        "|---|" + "---|" * len(METRIC_NAMES),
+    ]
+    for group, title in (("composed", "composed (all lights)"), ("single", "each light alone (same objects)")):
+        if summary.get(group):
+            lines.append(f"| {title} | " + " | ".join(_pm(summary[group][m]) for m in METRIC_NAMES) + " |")
+    if "oracle_composition_rmse" in summary:
+        lines += [
+            "",
+            f"Composition floor (true single-light maps composed, no model): RMSE "
+            f"{_pm(summary['oracle_composition_rmse'], 4)}.",
+        ]
+    if "light_direction" in summary:
+        direction = summary["light_direction"]
+        lines += [
+            "",
+            f"Direction per light: median |error| {direction['median_abs_error_deg']:.1f} deg, wrong side "
+            f"{_percent(direction['wrong_side_rate'])} of {direction['count']} lights.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # 4. Summaries: per track, mean ± std over images of the seed-averaged value, the per-seed spread, control accuracy.
 # --------------------------------------------------------------------------------------------------------------------
@@ -1018,6 +1164,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--samples_per_track", type=int, default=4, help="Rows per track on the contact sheet.")
     parser.add_argument("--overwrite", action="store_true", help="Discard a previous run in --output_dir.")
     parser.add_argument("--no_progress", action="store_true")
+    parser.add_argument(
+        "--light_sets_dir",
+        default=None,
+        help="Instead: score a folder rendered with render_shadow_dataset.py --light_sets --single_light_maps.",
+    )
     args = parser.parse_args(argv)
     if args.dataset_type in ("custom",) and args.data_dir is None:
         parser.error("`--dataset_type custom` needs `--data_dir`.")
@@ -1096,6 +1247,8 @@ def main(argv: Sequence[str] | None = None) -> EvaluationResults:
     dtype = resolve_dtype(args.dtype, device)
     pipe = ShadowPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
+    if args.light_sets_dir is not None:
+        return main_light_sets(args, pipe, device)
     resolution = args.resolution or pipe.default_resolution
     loader = evaluation_loader(args, resolution)
     dataset = getattr(loader.dataset, "dataset", loader.dataset)  # a Subset over everything for custom / hf
@@ -1128,6 +1281,29 @@ def main(argv: Sequence[str] | None = None) -> EvaluationResults:
         logger.info("%s: %s", track, ", ".join(f"{m} {_pm(entry[m])}" for m in METRIC_NAMES))
     logger.info("Wrote %s", ", ".join(str(p) for p in paths.values()))
     return results
+
+
+def main_light_sets(args: argparse.Namespace, pipe, device: torch.device) -> dict:
+    samples = load_light_set_samples(args.light_sets_dir)[: args.limit]
+    records = evaluate_light_sets(
+        pipe, samples, num_seeds=args.num_seeds, seed=args.seed, num_inference_steps=args.num_inference_steps
+    )
+    settings = {
+        "model": args.model,
+        "data_dir": str(args.light_sets_dir),
+        "hardware": hardware_description(device),
+        "num_inference_steps": args.num_inference_steps,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    summary = light_set_summary(records)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"settings": settings, "summary": summary, "records": records}
+    (output_dir / "light_sets.json").write_text(json.dumps(payload, indent=1, default=_to_builtin) + "\n")
+    report = render_light_set_report(settings, summary)
+    (output_dir / "light_sets.md").write_text(report)
+    logger.info("\n%s", report)
+    return payload
 
 
 if __name__ == "__main__":

@@ -372,3 +372,49 @@ def test_generate_shadows_with_several_lights_and_an_environment(tiny_shadow_dir
         with pytest.raises(SystemExit):
             generate_shadows.parse_args([*base, "--output_dir", str(tmp_path / "x"), *extra])
         assert message in capsys.readouterr().err, extra
+
+
+def _light_set_folder(root, num_samples=2):
+    """A folder in the renderer's --light_sets layout, written by its own OutputLayout (no Blender needed)."""
+    import render_shadow_dataset as rsd
+
+    layout = rsd.OutputLayout(root, "custom")
+    rng = np.random.default_rng(0)
+    lights = [[30.0, 0.0, 2.0, 1.0], [20.0, 150.0, 6.0, 0.5]]
+    for index in range(num_samples):
+        key = f"lights_{index:05d}_00"
+        mask = np.zeros((48, 64), bool)
+        mask[10:30, 20:40] = True
+        object_rgb = np.repeat(np.where(mask[..., None], 120, 255), 3, axis=2).astype(np.uint8)
+        singles = [np.clip(rng.random((48, 64)) * 0.3, 0, 1) * ~mask for _ in lights]
+        combined = np.clip(0.6 * singles[0] + 0.3 * singles[1], 0, 1)
+        metadata = {
+            "lights": [dict(zip(("theta", "phi", "size", "power"), light)) for light in lights],
+            "light_shadows": [f"light_shadows/{key}_{i}.png" for i in range(len(lights))],
+        }
+        layout.write(key, object_rgb, mask, combined, metadata, 16, singles)
+    layout.finalize(tar=False)
+    return root
+
+
+def test_evaluate_light_sets_scores_composed_and_single_maps(tiny_shadow_dir, tmp_path):
+    import evaluate_shadow
+
+    folder = _light_set_folder(tmp_path / "light_sets")
+    payload = evaluate_shadow.main(
+        ["--model", str(tiny_shadow_dir), "--light_sets_dir", str(folder), "--num_seeds", "2",
+         "--output_dir", str(tmp_path / "eval")]
+    )  # fmt: skip
+    summary = payload["summary"]
+    assert summary["num_samples"] == 2 and summary["num_seeds"] == 2 and len(payload["records"]) == 4
+    for group in ("composed", "single"):
+        assert set(summary[group]) == {"iou", "rmse", "s_rmse", "zncc"}
+        assert 0 <= summary[group]["rmse"]["mean"] <= 1
+    assert len(payload["records"][0]["light_rmse"]) == 2 and "light_direction_error_deg" in payload["records"][0]
+    assert summary["oracle_composition_rmse"]["mean"] >= 0
+    report = (tmp_path / "eval" / "light_sets.md").read_text()
+    assert "composed (all lights)" in report and "each light alone (same objects)" in report
+    assert json.loads((tmp_path / "eval" / "light_sets.json").read_text())["summary"]["num_samples"] == 2
+    with pytest.raises(ValueError, match="not a --light_sets rendering"):
+        (folder / "metadata.json").write_text(json.dumps({"x": {"theta": 30}}))
+        evaluate_shadow.load_light_set_samples(folder)
