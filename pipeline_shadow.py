@@ -584,9 +584,10 @@ def _cluster_stats(directions, energy, members):
 
 
 def _merge_clusters(directions, energy, labels) -> list[np.ndarray]:
-    """Joins clusters that k-means cut out of one source: two clusters whose centres are closer than their discs
-    (sqrt(2) x (sigma_a + sigma_b), a disc of radius R has sigma = R / sqrt(2)) or than the sharpest trained light
-    (side 2 at r = 8) would draw as one light. Returns the member masks of the final clusters."""
+    """Joins clusters that k-means cut out of one source: two clusters whose centres are closer than the sharpest
+    trained light (side 2 at r = 8, 14 degrees) or than the smaller one's disc (sqrt(2) sigma; a disc of radius R has
+    sigma = R / sqrt(2)) would draw as one light. The smaller one, so that a compact sun is never swallowed by the wide
+    sky around it. Returns the member masks of the final clusters."""
     groups = [labels == c for c in np.unique(labels)]
     sharpest = 2.0 * math.atan(TRAINED_SIZE_RANGE[0] / 2.0 / LIGHT_DISTANCE)
     while len(groups) > 1:
@@ -595,7 +596,7 @@ def _merge_clusters(directions, energy, labels) -> list[np.ndarray]:
         for a in range(len(groups)):
             for b in range(a + 1, len(groups)):
                 angle = math.acos(float(np.clip(stats[a][0] @ stats[b][0], -1.0, 1.0)))
-                if angle < max(math.sqrt(2.0) * (stats[a][1] + stats[b][1]), sharpest) and (
+                if angle < max(math.sqrt(2.0) * min(stats[a][1], stats[b][1]), sharpest) and (
                     best is None or angle < best[0]
                 ):
                     best = (angle, a, b)
