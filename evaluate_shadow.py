@@ -702,20 +702,29 @@ def evaluate_light_sets(pipe, samples: list[dict], *, num_seeds: int = 1, seed: 
     return records
 
 
+def _light_set_metrics(by_sample: dict[int, list[dict]], group: str) -> dict:
+    entry = {}
+    for name in METRIC_NAMES:
+        values = [
+            np.mean([np.mean(r[f"{group}_{name}"]) for r in sample_records])
+            for sample_records in by_sample.values()
+            if f"{group}_{name}" in sample_records[0]
+        ]
+        if values:
+            entry[name] = _nan_stats(values)
+    return entry
+
+
 def light_set_summary(records: Sequence[dict]) -> dict[str, dict]:
-    """Seed-averaged per sample, then mean +- std over samples: {"composed": {metric}, "single": {metric}, ...}."""
+    """Seed-averaged per sample, then mean +- std over samples: "composed" (all samples) and "composed_<K>_lights"
+    (the samples with K lights), "single" (each light's own map against its rendered map), direction, oracle."""
     by_sample = _by_image(records)
     summary = {"num_samples": len(by_sample), "num_seeds": max((r["seed"] for r in records), default=-1) + 1}
-    for group in ("composed", "light"):
-        entry = {}
-        for name in METRIC_NAMES:
-            values = []
-            for sample_records in by_sample.values():
-                if f"{group}_{name}" in sample_records[0]:
-                    values.append(np.mean([np.mean(r[f"{group}_{name}"]) for r in sample_records]))
-            if values:
-                entry[name] = _nan_stats(values)
-        summary["single" if group == "light" else group] = entry
+    summary["composed"] = _light_set_metrics(by_sample, "composed")
+    for count in sorted({r["num_lights"] for r in records}):
+        subset = {k: v for k, v in by_sample.items() if v[0]["num_lights"] == count}
+        summary[f"composed_{count}_lights"] = {"samples": len(subset), **_light_set_metrics(subset, "composed")}
+    summary["single"] = _light_set_metrics(by_sample, "light")
     errors = [abs(e) for r in records if r.get("seed") == 0 for e in r.get("light_direction_error_deg", [])]
     errors = [e for e in errors if not math.isnan(e)]
     if errors:
@@ -740,8 +749,15 @@ def render_light_set_report(settings: dict, summary: dict) -> str:
         "| maps | " + " | ".join(METRIC_LABELS[m] for m in METRIC_NAMES) + " |",
         "|---|" + "---|" * len(METRIC_NAMES),
     ]
-    for group, title in (("composed", "composed (all lights)"), ("single", "each light alone (same objects)")):
-        if summary.get(group):
+    groups = [("composed", "composed (all lights)")]
+    groups += [
+        (k, f"composed, {k.split('_')[1]} light(s): {summary[k]['samples']} samples")
+        for k in summary
+        if k.endswith("_lights")
+    ]
+    groups += [("single", "each light alone (same objects)")]
+    for group, title in groups:
+        if summary.get(group) and "rmse" in summary[group]:
             lines.append(f"| {title} | " + " | ".join(_pm(summary[group][m]) for m in METRIC_NAMES) + " |")
     if "oracle_composition_rmse" in summary:
         lines += [
