@@ -131,6 +131,15 @@ def _same_lights(lights: list[Light], text: str, tolerance: float = 0.5) -> bool
     )
 
 
+def _square_crop(region: np.ndarray, margin: int = 6) -> tuple[slice, slice]:
+    """A square window around the True pixels of `region` (object and shadows), so that the sheet shows them large."""
+    rows, cols = np.nonzero(region.any(axis=1))[0], np.nonzero(region.any(axis=0))[0]
+    side = min(max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 + 2 * margin, *region.shape)
+    top = int(np.clip((rows[0] + rows[-1] - side) // 2, 0, region.shape[0] - side))
+    left = int(np.clip((cols[0] + cols[-1] - side) // 2, 0, region.shape[1] - side))
+    return slice(top, top + side), slice(left, left + side)
+
+
 def _tile(rgb: np.ndarray, size: int) -> PIL.Image.Image:
     return PIL.Image.fromarray(rgb).resize((size, size), PIL.Image.LANCZOS)
 
@@ -141,14 +150,14 @@ def contact_sheet(data: Path, model: str, out: Path, object_index: int = 0, cell
     pipe = ShadowPipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
     environment, ambient = environment_light_set()
-    columns = []
+    columns, extent = [], []
     for key, metadata, lights, combined, _ in _samples(data):
         if metadata["object_index"] != object_index:
             continue
         is_environment = _same_lights(lights, environment)
         share = ambient if is_environment else 0.0
         with PIL.Image.open(data / "objects" / f"{key}.png") as image:
-            object_rgb = np.asarray(image.convert("RGB"))
+            object_rgb = np.array(image.convert("RGB"))
         mask = rsd.load_gray(data / "masks" / f"{key}.png")
         truth = (1.0 - share) * combined  # the renderer's lights; the ambient share lights the ground unshadowed
         prediction = pipe(
@@ -161,8 +170,11 @@ def contact_sheet(data: Path, model: str, out: Path, object_index: int = 0, cell
         ).shadow_maps[0]
         label = "environment" if is_environment else f"{len(lights)} light{'s' if len(lights) > 1 else ''}"
         columns.append((label, [rsd.composite(object_rgb, mask, m, FLOOR) for m in (truth, prediction)]))
+        extent.append((mask > 0) | (truth > 0.15) | (prediction > 0.15))
     if not columns:
         raise SystemExit(f"No light-set sample of object {object_index} in {data}.")
+    crop = _square_crop(np.any(extent, axis=0))
+    columns = [(label, [tile[crop] for tile in tiles]) for label, tiles in columns]
     margin, header = 92, 16
     sheet = PIL.Image.new("RGB", (margin + cell * len(columns), header + 2 * cell), "white")
     draw = PIL.ImageDraw.Draw(sheet)
