@@ -1087,6 +1087,8 @@ def check_lights(lights, batch_size: int) -> list[list[Light]]:
             "`lights` must be a non-empty list of lights (Light, dict {theta, phi, size[, power]} or "
             f"(theta, phi, size[, power])), or one such list per image; got {lights!r}."
         )
+    if all(isinstance(v, (int, float, np.integer, np.floating)) for v in lights):
+        raise ValueError(f"`lights` must be a LIST of lights; for one light write lights=[{tuple(lights)!r}].")
     shared = all(_is_one_light(light) for light in lights)
     if shared:
         per_image = [list(lights)] * batch_size

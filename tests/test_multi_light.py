@@ -221,6 +221,8 @@ def test_single_light_arguments_unchanged_and_mixing_is_an_error(lit_pipeline):
         lit_pipeline(image, lights=[(30, 0, 2, 0.0)])
     with pytest.raises(ValueError, match="non-empty list"):
         lit_pipeline(image, lights=[])
+    with pytest.raises(ValueError, match=r"a LIST of lights; for one light write lights=\[\(30, 0, 2\)\]"):
+        lit_pipeline(image, lights=(30, 0, 2))
     with pytest.raises(ValueError, match="power` .* must be >= 0"):
         lit_pipeline(image, lights=[(30, 0, 2, -1.0)])
 
