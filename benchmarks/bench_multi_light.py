@@ -6,6 +6,12 @@ contact sheet. Runs in the project's environment (no Blender): it reads a folder
     python benchmarks/bench_multi_light.py environment-lights          # the example sky's lights, as a --light_sets set
     python benchmarks/bench_multi_light.py composition --data DIR      # composition error table, no model
     python benchmarks/bench_multi_light.py sheet --data DIR --model models/shadow-small --out docs/images/x.png
+    python benchmarks/bench_multi_light.py irradiance --data DIR   # DIR from benchmarks/render_ground_irradiance.py
+
+`irradiance` compares Blender's own unoccluded ground irradiance (rendered one light at a time) with
+`area_light_irradiance` over the ground within 4 units of the object (where shadows fall): one scale factor for
+every light (Blender's watts vs ours; the same for all sizes if "power" is total power), the shape error after it,
+and how far the far-field weight power cos(theta) / (pi r^2) is from the rendered E over that region.
 
 `composition` composes the TRUE single-light maps four ways and reports the RMSE against the TRUE multi-light map
 (whole image, and over the pixels where any map is > 0.02): with the exact per-pixel irradiance fractions
@@ -140,6 +146,34 @@ def _square_crop(region: np.ndarray, margin: int = 6) -> tuple[slice, slice]:
     return slice(top, top + side), slice(left, left + side)
 
 
+def irradiance(data: Path, radius: float = 4.0) -> dict:
+    rows, ratios = [], []
+    for path in sorted(data.glob("*.npz")):
+        saved = np.load(path)
+        theta, phi, size = (float(v) for v in saved["light"])
+        light = Light(theta, phi, size, power=500.0)  # the renderer's default watts
+        points = saved["points"]
+        near = ~np.isnan(points[..., 0]) & (np.linalg.norm(np.nan_to_num(points)[..., :2], axis=-1) <= radius)
+        rendered = math.pi * saved["radiance"][near]  # albedo 1: E = pi x radiance
+        exact = area_light_irradiance(points[near], light)
+        ratios.append(float(np.median(rendered / exact)))
+        rows.append((path.stem, rendered, exact, point_light_irradiance(light)))
+    scale = float(np.median(ratios))
+    lights = {}
+    for (name, rendered, exact, far), ratio in zip(rows, ratios):
+        shape = rendered / (scale * exact) - 1.0
+        far_error = far * scale / rendered - 1.0
+        lights[name] = {
+            "scale_ratio": ratio / scale,
+            "shape_error_rms": float(np.sqrt((shape**2).mean())),
+            "shape_error_p95": float(np.percentile(np.abs(shape), 95)),
+            "far_field_error_rms": float(np.sqrt((far_error**2).mean())),
+            "far_field_error_max": float(np.abs(far_error).max()),
+            "pixels": int(len(rendered)),
+        }
+    return {"blender_over_formula_scale": scale, "radius": radius, "lights": lights}
+
+
 def _tile(rgb: np.ndarray, size: int) -> PIL.Image.Image:
     return PIL.Image.fromarray(rgb).resize((size, size), PIL.Image.LANCZOS)
 
@@ -196,6 +230,8 @@ def main(argv=None) -> None:
     table = commands.add_parser("composition", help="composition error table of a rendered light-set folder")
     table.add_argument("--data", type=Path, required=True)
     table.add_argument("--output_json", type=Path, default=None)
+    check = commands.add_parser("irradiance", help="Blender's ground irradiance against area_light_irradiance")
+    check.add_argument("--data", type=Path, required=True)
     sheet = commands.add_parser("sheet", help="the README's contact sheet")
     sheet.add_argument("--data", type=Path, required=True)
     sheet.add_argument("--model", default=str(REPO_ROOT / "models" / "shadow-small"))
@@ -211,6 +247,8 @@ def main(argv=None) -> None:
         print(json.dumps(result, indent=1))
         if args.output_json:
             args.output_json.write_text(json.dumps(result, indent=1) + "\n")
+    elif args.command == "irradiance":
+        print(json.dumps(irradiance(args.data), indent=1))
     else:
         print(contact_sheet(args.data, args.model, args.out, args.object_index))
 

@@ -9,6 +9,10 @@ MODEL=${MODEL:-models/shadow-small}
 R=.venv-render/bin/python
 P=.venv/bin/python
 
+# 0. Blender's own ground irradiance, one light at a time, against area_light_irradiance (no object).
+$R benchmarks/render_ground_irradiance.py --output_dir "$DATA-irradiance"
+$P benchmarks/bench_multi_light.py irradiance --data "$DATA-irradiance"
+
 # 1. 12 unseen procedural objects (seed 2100; the shipped model saw seeds 0 and 1000) under four light sets each:
 #    one light, two, three, and the example sky's three lights; each light's own map too. 128 px, 32 spp.
 ENVIRONMENT=$($P benchmarks/bench_multi_light.py environment-lights)
