@@ -5,7 +5,11 @@ Runs render_shadow_dataset.py with a Python that has `bpy` (see tests/test_rende
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,3 +114,25 @@ def test_composing_true_single_light_maps_gives_the_true_multi_light_map(light_s
         foot = compose_light_maps(singles, light_coefficients(lights, 0.0)) * (mask == 0)
         assert _rmse(centre, combined) < 0.012
         assert _rmse(centre, combined) < 0.8 * _rmse(foot, combined)
+
+
+def test_blender_ground_irradiance_is_area_light_irradiance(render_python, tmp_path):  # noqa: F811
+    """Blender's unoccluded irradiance on a white ground (benchmarks/render_ground_irradiance.py, 64 px, 64 spp)
+    against our formula: one scale for every size (power = total power), shape within 1 % (measured 0.04-0.4 % RMS)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "render_ground_irradiance.py"
+    subprocess.run(
+        [render_python, str(script), "--output_dir", str(tmp_path)],
+        check=True,
+        capture_output=True,
+        env=dict(os.environ, PYTHONPATH=""),
+        timeout=600,
+    )
+    spec = importlib.util.spec_from_file_location("bench_multi_light", script.parent / "bench_multi_light.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.irradiance(tmp_path)
+    assert result["blender_over_formula_scale"] == pytest.approx(1.0, abs=0.01)
+    for name, light in result["lights"].items():
+        assert light["scale_ratio"] == pytest.approx(1.0, abs=0.005), name
+        assert light["shape_error_rms"] < 0.01, name
+        assert light["far_field_error_rms"] > 0.2, name  # the far-field constant is not E over the ground
