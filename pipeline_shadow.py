@@ -1004,6 +1004,8 @@ Examples:
 ...            generator=torch.Generator().manual_seed(0))
 >>> out.shadow_maps[0].save("shadow.png")  # mode "L", 255 = full shadow
 >>> out.images[0].save("composite.png")
+>>> # Several lights at once (one batched UNet call), composed physically; power = relative total power
+>>> out = pipe(cutout, lights=[(30.0, 0.0, 2.0), {"theta": 20.0, "phi": 150.0, "size": 6.0, "power": 0.5}])
 ```
 """
 

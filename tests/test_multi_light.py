@@ -194,8 +194,10 @@ def test_one_light_list_per_image_and_object_latents(lit_pipeline):
     assert calls == [3]
     assert out.shadow_maps.shape == (2, 48, 64) and [m.shape[0] for m in out.light_maps] == [1, 2]
     np.testing.assert_allclose(out.shadow_maps[0], out.light_maps[0][0], atol=1e-6)  # one light: its own map
-    pil = lit_pipeline(images[0], lights=LIGHTS[:2], return_light_maps=True, output_type="pil")
-    assert pil.shadow_maps[0].mode == "L" and len(pil.light_maps[0]) == 2
+    pil = lit_pipeline(
+        images[0], lights=LIGHTS[:2], return_light_maps=True, output_type="pil", background=PIL.Image.new("RGB", (8, 8))
+    )
+    assert pil.shadow_maps[0].mode == "L" and len(pil.light_maps[0]) == 2 and pil.images[0].size == (64, 48)
     maps, images_out, light_maps = lit_pipeline(images[0], lights=LIGHTS[:2], return_light_maps=True, return_dict=False)
     assert len(light_maps[0]) == 2 and images_out is None
 
