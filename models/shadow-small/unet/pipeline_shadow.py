@@ -268,6 +268,434 @@ def decode_shadow(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# 1b. Several lights (docs/design.md §2, §8): the shadow map is defined in irradiance, so the map of several lights is
+#     the irradiance-weighted mean of the single-light maps. Small pure functions; numpy only.
+# --------------------------------------------------------------------------------------------------------------------
+
+LIGHT_DISTANCE = 8.0  # radius r of the light sphere of the training data (docs/design.md §2)
+TRAINED_THETA_MAX_DEG = 45.0  # the paper's data draws theta from 0..45 degrees
+TRAINED_SIZE_RANGE = (2.0, 8.0)  # and the light's side from 2..8
+
+
+@dataclass(frozen=True)
+class Light:
+    """One square area light of the training geometry: polar angle `theta` (degrees from +z), azimuth `phi` (degrees
+    from +x, image right), side `size`, and `power`, its TOTAL emitted power relative to the other lights.
+
+    "Power" is total power, as Blender's area-light "Power" (watts) that the renderer sets: a bigger light of the same
+    power is dimmer per unit area (radiance = power / (pi x size^2)), so changing `size` softens a light without
+    changing how much it weighs against the others. Only ratios of powers matter."""
+
+    theta: float
+    phi: float = 0.0
+    size: float = 2.0
+    power: float = 1.0
+
+    @classmethod
+    def from_any(cls, value, name: str = "light") -> Light:
+        """A `Light`, a dict with keys theta, phi, size (optional power) or a (theta, phi, size[, power]) sequence."""
+        if isinstance(value, Light):
+            return value
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - {"theta", "phi", "size", "power"})
+            if unknown or "theta" not in value:
+                raise ValueError(
+                    f"`{name}` {value!r}: a light dict takes keys theta (required), phi, size, power; "
+                    f"{'unknown ' + ', '.join(unknown) if unknown else 'theta is missing'}."
+                )
+            fields = {k: value[k] for k in ("theta", "phi", "size", "power") if k in value}
+        elif isinstance(value, (list, tuple)) and len(value) in (3, 4):
+            fields = dict(zip(("theta", "phi", "size", "power"), value))
+        else:
+            raise ValueError(
+                f"`{name}` must be a Light, a dict {{theta, phi, size[, power]}} or a (theta, phi, size[, power]) "
+                f"sequence, got {value!r}."
+            )
+        for key, number in fields.items():
+            if isinstance(number, bool) or not isinstance(number, (int, float, np.integer, np.floating)):
+                raise ValueError(f"`{name}.{key}` must be a number, got {number!r}.")
+            if not math.isfinite(float(number)):
+                raise ValueError(f"`{name}.{key}` must be finite, got {number!r}.")
+        return cls(**{k: float(v) for k, v in fields.items()})
+
+    def as_dict(self) -> dict:
+        return {"theta": self.theta, "phi": self.phi, "size": self.size, "power": self.power}
+
+
+def square_light_corners(theta_deg: float, phi_deg: float, size: float, distance: float = LIGHT_DISTANCE):
+    """[4,3] world corners, in order around the square, of the area light facing the origin, as the renderer places
+    it (its local x along the azimuthal tangent (-sin phi, cos phi, 0), local z from the origin to its centre)."""
+    theta, phi = math.radians(theta_deg), math.radians(float(phi_deg) % 360.0)
+    centre_dir = np.array([math.sin(theta) * math.cos(phi), math.sin(theta) * math.sin(phi), math.cos(theta)])
+    x_axis = np.array([-math.sin(phi), math.cos(phi), 0.0])
+    y_axis = np.cross(centre_dir, x_axis)
+    half = size / 2.0
+    centre = distance * centre_dir
+    return np.array(
+        [centre + sx * half * x_axis + sy * half * y_axis for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1))]
+    )
+
+
+def area_light_irradiance(points, light: Light, distance: float = LIGHT_DISTANCE) -> np.ndarray:
+    """Exact unoccluded irradiance on the ground (normal +z) at world `points` [N,3] (or [3]) from `light`, a
+    one-sided Lambertian square of total power `light.power` (radiance L = power / (pi size^2)) facing the origin.
+
+    Lambert's polygon formula: E = (L / 2) x sum over the square's edges of beta_k (n . gamma_k), with beta_k the angle
+    the edge subtends at the point and gamma_k the unit normal of the plane through the point and the edge. Needs the
+    whole square above the ground (true for theta <= 45 and size <= 8 at r = 8) and the point in front of it."""
+    points = np.atleast_2d(np.asarray(points, dtype=np.float64))
+    corners = square_light_corners(light.theta, light.phi, light.size, distance)
+    if corners[:, 2].min() <= 0:
+        raise ValueError(f"{light}: part of the square light is below the ground; its irradiance is not modelled.")
+    to_corners = corners[None] - points[:, None]  # [N,4,3]
+    unit = to_corners / np.linalg.norm(to_corners, axis=-1, keepdims=True)
+    total = np.zeros(len(points))
+    for k in range(4):
+        a, b = unit[:, k], unit[:, (k + 1) % 4]
+        beta = np.arccos(np.clip((a * b).sum(-1), -1.0, 1.0))
+        gamma = np.cross(a, b)
+        gamma /= np.maximum(np.linalg.norm(gamma, axis=-1, keepdims=True), 1e-300)
+        total += beta * gamma[:, 2]  # n = +z
+    centre = corners.mean(axis=0)
+    in_front = (points - centre) @ (-centre / np.linalg.norm(centre)) > 0  # the square emits toward the origin only
+    radiance = light.power / (math.pi * light.size**2)
+    return np.where(in_front, radiance / 2.0 * np.abs(total), 0.0)
+
+
+def point_light_irradiance(light: Light, distance: float = LIGHT_DISTANCE) -> float:
+    """The far-field approximation of `area_light_irradiance` at the origin: E = power x cos(theta) / (pi r^2) (the
+    light faces the origin, so its own emission cosine is 1; cos(theta) is the ground's receiver cosine)."""
+    return light.power * math.cos(math.radians(light.theta)) / (math.pi * distance**2)
+
+
+def light_weights(lights: Sequence[Light], distance: float = LIGHT_DISTANCE) -> np.ndarray:
+    """[K] each light's exact unoccluded irradiance E_i at the object's foot (the origin)."""
+    origin = np.zeros((1, 3))
+    return np.array([area_light_irradiance(origin, light, distance)[0] for light in lights])
+
+
+def shadow_centre(light: Light, object_height: float, distance: float = LIGHT_DISTANCE) -> np.ndarray:
+    """[3] where the middle of the object's shadow under `light` falls on the ground: half way from the foot to the
+    shadow of the object's top (a pole of `object_height` under a point light at the light's centre)."""
+    theta = math.radians(light.theta)
+    height = min(object_height, 0.9 * distance * math.cos(theta))  # the light stays above the top
+    reach = height * distance * math.sin(theta) / (distance * math.cos(theta) - height)
+    away = math.radians(light.phi + 180.0)
+    return np.array([0.5 * reach * math.cos(away), 0.5 * reach * math.sin(away), 0.0])
+
+
+OBJECT_LARGEST_SIDE = 2.0  # the renderer rescales every object so that its largest bounding-box side is 2.0
+
+
+def estimate_object_height(mask) -> float:
+    """The object's height in the training data's units, from its mask ([H,W] or [1,H,W], numpy or torch): the
+    largest side is 2.0 (docs/design.md §8), so height = 2.0 x min(1, mask rows / mask columns). Rough (the camera's
+    elevation and the object's depth also shape the mask), but enough for `light_coefficients`. 0 for an empty mask."""
+    mask = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask, dtype=np.float32)
+    mask = mask.reshape(mask.shape[-2:]) >= 0.5
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    if len(rows) == 0:
+        return 0.0
+    aspect = (rows[-1] - rows[0] + 1) / (cols[-1] - cols[0] + 1)
+    return OBJECT_LARGEST_SIDE * min(1.0, float(aspect))
+
+
+def light_coefficients(
+    lights: Sequence[Light], object_height: float = 0.0, distance: float = LIGHT_DISTANCE
+) -> np.ndarray:
+    """[K] composition coefficients c_i of s = sum_i c_i s_i, the map of several lights together.
+
+    Exactly, at each ground point p, c_i(p) = E_i(p) / sum_j E_j(p) (1 - E_with / E_without of all lights, with
+    E_i the unoccluded irradiance of light i; docs/design.md §8). The pixel's ground point is unknown at inference, and
+    E_i(p) varies by +-40 % over a shadow at r = 8, so each c_i is taken where light i's own shadow lies: c_i =
+    E_i(q_i) / sum_j E_j(q_i) at q_i = `shadow_centre(light_i, object_height)`. `object_height` 0 puts every q_i at
+    the foot (c_i = E_i(0) / sum_j E_j(0), summing to 1). In the training data the object's largest side is 2.0."""
+    if not lights:
+        raise ValueError("`lights` is empty: give at least one light.")
+    if object_height < 0:
+        raise ValueError(f"`object_height` must be >= 0, got {object_height}.")
+    coefficients = []
+    for light in lights:
+        centre = shadow_centre(light, object_height, distance)[None]
+        irradiance = np.array([area_light_irradiance(centre, other, distance)[0] for other in lights])
+        if irradiance.sum() <= 0:
+            raise ValueError(f"The lights {list(lights)} give no light where the shadow of {light} falls.")
+        coefficients.append(irradiance[len(coefficients)] / irradiance.sum())
+    return np.array(coefficients)
+
+
+def irradiance_fractions(irradiance):
+    """Per-pixel exact coefficients from [K, ...] unoccluded irradiance maps: E_i / sum_j E_j (for renderer data, where
+    each pixel's ground point is known)."""
+    total = irradiance.sum(0)
+    if (irradiance < 0).any() or not (total > 0).all():
+        raise ValueError("Irradiance maps must be >= 0 with a positive sum at every pixel.")
+    return irradiance / total
+
+
+def compose_light_maps(shadow_maps, coefficients, ambient: float = 0.0):
+    """The shadow map of several lights together, s = (1 - ambient) x clamp(sum_i c_i s_i, 0, 1), from K single-light
+    maps [K, ...] (numpy or torch) and coefficients [K] (`light_coefficients`) or [K, ...] per pixel
+    (`irradiance_fractions`). `ambient` in [0, 1) is the fraction of the ground's irradiance that casts no shadow the
+    model can draw (e.g. a low sky, see `lights_from_environment`): it only lightens the shadow."""
+    if not 0.0 <= ambient < 1.0:
+        raise ValueError(f"`ambient` (the unshadowed fraction of the irradiance) must lie in [0, 1), got {ambient}.")
+    is_torch = isinstance(shadow_maps, torch.Tensor)
+    maps = shadow_maps if is_torch else np.asarray(shadow_maps, dtype=np.float64)
+    if is_torch:
+        coefficients = torch.as_tensor(np.asarray(coefficients), dtype=maps.dtype, device=maps.device)
+    else:
+        coefficients = np.asarray(coefficients, dtype=np.float64)
+    if coefficients.ndim == 1:
+        if len(coefficients) != maps.shape[0]:
+            raise ValueError(f"{len(coefficients)} coefficients for {maps.shape[0]} light maps.")
+        coefficients = coefficients.reshape(-1, *([1] * (maps.ndim - 1)))
+    if (coefficients < 0).any():
+        raise ValueError("Light coefficients must be >= 0.")
+    composed = (coefficients * maps).sum(0)
+    composed = composed.clamp(0.0, 1.0) if is_torch else np.clip(composed, 0.0, 1.0)
+    return (1.0 - ambient) * composed
+
+
+# Environment maps -> area lights. Equirectangular convention (Blender's world mapping, docs/design.md §2): row 0 is
+# the zenith, the bottom row the nadir (theta = 180 (row + 0.5) / H); the CENTRE column looks along +x (phi = 0, the
+# image's right in the training camera) and phi grows to the LEFT: phi = 180 - 360 (col + 0.5) / W (mod 360), so
+# the column at 1/4 of the width looks along +y (phi = 90, behind the object) and 3/4 along -y (toward the camera).
+ENVIRONMENT_MAX_SIDE = 256  # maps are box-averaged down to at most 128 x 256 before clustering
+LOW_SKY_CHOICES = ("ambient", "clamp")
+_HDR_SUFFIXES = (".hdr", ".exr", ".pfm")
+
+
+@dataclass
+class EnvironmentLighting:
+    """What `lights_from_environment` found: `lights` for `pipe(..., lights=...)` and `ambient`, the fraction of the
+    ground's irradiance that they do not carry (sky lower than the model's 45 degrees, small clusters), for
+    `pipe(..., ambient=...)`."""
+
+    lights: list[Light]
+    ambient: float
+
+
+def equirect_directions(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(theta [H], phi [W]) in degrees of the pixel centres of an equirectangular map (convention above)."""
+    theta = 180.0 * (np.arange(height) + 0.5) / height
+    phi = np.mod(180.0 - 360.0 * (np.arange(width) + 0.5) / width, 360.0)
+    return theta, phi
+
+
+def _srgb_to_linear(values: np.ndarray) -> np.ndarray:
+    return np.where(values <= 0.04045, values / 12.92, ((values + 0.055) / 1.055) ** 2.4)
+
+
+def load_environment(image) -> np.ndarray:
+    """An environment map -> [H,W,3] float64 linear radiance. Accepts a file path (PNG/JPEG/... through PIL, sRGB
+    decoded; .hdr/.exr/.pfm through OpenCV or imageio when one is installed), a PIL image (sRGB), a uint8 array (sRGB)
+    or a float array (linear radiance, e.g. from your own HDR reader). 8-bit maps clip the sun: its energy is too low."""
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise ValueError(f"Environment map {path} does not exist.")
+        if path.suffix.lower() in _HDR_SUFFIXES:
+            return _read_hdr(path)
+        with PIL.Image.open(path) as opened:
+            return load_environment(opened.convert("RGB"))
+    if isinstance(image, PIL.Image.Image):
+        return _srgb_to_linear(np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0)
+    if isinstance(image, np.ndarray):
+        array = image[..., None].repeat(3, axis=-1) if image.ndim == 2 else image
+        if array.ndim != 3 or array.shape[2] < 3:
+            raise ValueError(f"An environment array must be HxW or HxWx3, got shape {tuple(image.shape)}.")
+        if array.dtype == np.uint8:
+            return _srgb_to_linear(array[..., :3].astype(np.float64) / 255.0)
+        radiance = array[..., :3].astype(np.float64)
+        if not np.isfinite(radiance).all() or (radiance < 0).any():
+            raise ValueError("A float environment array must hold finite linear radiance >= 0.")
+        return radiance
+    raise ValueError(f"The environment must be a path, a PIL image or a numpy array, got {type(image).__name__}.")
+
+
+def _read_hdr(path: Path) -> np.ndarray:
+    """HDR/EXR through a reader that is already installed; this project adds no dependency for it."""
+    try:
+        import cv2
+
+        if path.suffix.lower() == ".exr":
+            os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")
+        bgr = cv2.imread(str(path), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_COLOR)
+        if bgr is not None:
+            return bgr[..., ::-1].astype(np.float64)
+    except ImportError:
+        pass
+    try:
+        import imageio.v3 as iio
+
+        return load_environment(np.asarray(iio.imread(path), dtype=np.float64))
+    except ImportError:
+        pass
+    raise ValueError(
+        f"Cannot read {path}: HDR/EXR maps need OpenCV (`pip install opencv-python-headless`) or imageio with an HDR "
+        "plugin, neither of which is installed; or read it yourself and pass a float HxWx3 array of linear radiance."
+    )
+
+
+def _box_downsample(values: np.ndarray, max_width: int) -> np.ndarray:
+    """Averages [H,W] down by an integer factor so that the width is at most `max_width` (energy-preserving)."""
+    factor = max(1, math.ceil(values.shape[1] / max_width))
+    height, width = values.shape[0] // factor * factor, values.shape[1] // factor * factor
+    if factor == 1:
+        return values
+    return values[:height, :width].reshape(height // factor, factor, width // factor, factor).mean(axis=(1, 3))
+
+
+def _unit_vectors(theta_deg: np.ndarray, phi_deg: np.ndarray) -> np.ndarray:
+    theta, phi = np.radians(theta_deg), np.radians(phi_deg)
+    return np.stack([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)], axis=-1)
+
+
+def _weighted_spherical_kmeans(directions: np.ndarray, energy: np.ndarray, k: int, iterations: int = 25):
+    """Clusters unit vectors [N,3] weighted by `energy` [N]; deterministic (farthest-point start from the brightest
+    pixel). Returns each pixel's cluster index [N] and the centres [k',3] (k' <= k: empty clusters are dropped)."""
+    centres = [directions[np.argmax(energy)]]
+    for _ in range(1, k):
+        nearest = np.max(directions @ np.array(centres).T, axis=1)
+        score = energy * (1.0 - nearest)
+        if score.max() <= 0:
+            break  # no energy left outside the centres: fewer clusters
+        centres.append(directions[np.argmax(score)])
+    centres = np.array(centres)
+    for _ in range(iterations):
+        labels = np.argmax(directions @ centres.T, axis=1)
+        sums = np.stack([(energy[labels == c, None] * directions[labels == c]).sum(0) for c in range(len(centres))])
+        keep = np.linalg.norm(sums, axis=1) > 0
+        updated = sums[keep] / np.linalg.norm(sums[keep], axis=1, keepdims=True)
+        if updated.shape == centres.shape and np.allclose(updated, centres):
+            break
+        centres = updated
+    return np.argmax(directions @ centres.T, axis=1), centres
+
+
+def _cluster_stats(directions, energy, members):
+    """(energy-weighted mean direction, RMS angle from it in radians, energy) of the pixels in `members`."""
+    weights = energy[members]
+    mean = (weights[:, None] * directions[members]).sum(0)
+    mean /= np.linalg.norm(mean)
+    angles = np.arccos(np.clip(directions[members] @ mean, -1.0, 1.0))
+    return mean, math.sqrt(float((weights * angles**2).sum() / weights.sum())), float(weights.sum())
+
+
+def _merge_clusters(directions, energy, labels) -> list[np.ndarray]:
+    """Joins clusters that k-means cut out of one source: two clusters whose centres are closer than the sharpest
+    trained light (side 2 at r = 8, 14 degrees) or than the smaller one's disc (sqrt(2) sigma; a disc of radius R has
+    sigma = R / sqrt(2)) would draw as one light. The smaller one, so that a compact sun is never swallowed by the wide
+    sky around it. Returns the member masks of the final clusters."""
+    groups = [labels == c for c in np.unique(labels)]
+    sharpest = 2.0 * math.atan(TRAINED_SIZE_RANGE[0] / 2.0 / LIGHT_DISTANCE)
+    while len(groups) > 1:
+        stats = [_cluster_stats(directions, energy, g) for g in groups]
+        best = None
+        for a in range(len(groups)):
+            for b in range(a + 1, len(groups)):
+                angle = math.acos(float(np.clip(stats[a][0] @ stats[b][0], -1.0, 1.0)))
+                if angle < max(math.sqrt(2.0) * min(stats[a][1], stats[b][1]), sharpest) and (
+                    best is None or angle < best[0]
+                ):
+                    best = (angle, a, b)
+        if best is None:
+            break
+        _, a, b = best
+        groups[a] = groups[a] | groups[b]
+        del groups[b]
+    return groups
+
+
+def lights_from_environment(
+    image, max_lights: int = 3, low_sky: str = "ambient", min_share: float = 0.02
+) -> EnvironmentLighting:
+    """Up to `max_lights` square area lights of the training geometry that stand in for an equirectangular environment
+    map (convention above; see `load_environment` for the accepted inputs).
+
+    Importance is each pixel's share of the ground's irradiance, luminance x cos(theta) x solid angle (sin(theta)
+    dtheta dphi); the sky below the horizon lights nothing. The pixels are clustered by weighted spherical k-means
+    (clusters cut out of one source joined again);
+    each cluster becomes a light at its energy-weighted mean direction, with a side matching its RMS angular spread
+    sigma (a uniform square of side a at r = 8 has sigma = a sqrt(2/3) / (2 r)) clamped to the trained 2..8 (a sun
+    sharper than size 2 is drawn at 2), and a power such that its irradiance at the object's foot is the cluster's.
+
+    The model was trained on theta <= 45 degrees only; light from lower in the sky (45 < theta < 90) is never treated
+    as in range. `low_sky="ambient"` (default) folds it into `ambient`: it lights the ground but casts no shadow the
+    model can draw, so it only lightens the shadow (honest for a bright horizon, wrong for a low sun, whose long shadow
+    is lost: a warning says how much light that is). `low_sky="clamp"` moves it up to theta = 45 with a warning: the
+    shadows point the right way but are shorter than the real ones. Clusters under `min_share` of the irradiance are
+    folded into `ambient` too."""
+    if not isinstance(max_lights, int) or max_lights < 1:
+        raise ValueError(f"`max_lights` must be an integer >= 1, got {max_lights!r}.")
+    if low_sky not in LOW_SKY_CHOICES:
+        raise ValueError(f"`low_sky` must be one of {', '.join(LOW_SKY_CHOICES)}, got {low_sky!r}.")
+    if not 0.0 <= min_share < 1.0:
+        raise ValueError(f"`min_share` must lie in [0, 1), got {min_share}.")
+    radiance = load_environment(image)
+    luminance = radiance @ np.array([0.2126, 0.7152, 0.0722])  # [H,W] linear (Rec. 709)
+    luminance = _box_downsample(luminance, ENVIRONMENT_MAX_SIDE)
+    height, width = luminance.shape
+    theta, phi = equirect_directions(height, width)
+    theta_grid, phi_grid = np.meshgrid(theta, phi, indexing="ij")
+    solid_angle = np.sin(np.radians(theta_grid)) * (math.pi / height) * (2.0 * math.pi / width)
+    energy = luminance * np.clip(np.cos(np.radians(theta_grid)), 0.0, None) * solid_angle  # ground irradiance share
+    total = energy.sum()
+    if total <= 0:
+        raise ValueError("The environment map is black above the horizon: it lights nothing.")
+    low = (theta_grid > TRAINED_THETA_MAX_DEG) & (energy > 0)
+    low_share = float(energy[low].sum() / total)
+    ambient_energy = 0.0
+    if low_sky == "ambient":
+        ambient_energy = float(energy[low].sum())
+        if low_share > 0.25:
+            logger.warning(
+                "%.0f %% of the environment's light on the ground comes from lower than theta = %g degrees, which the "
+                "model was not trained on: it goes into `ambient` (lightens the shadow, casts none).",
+                100 * low_share,
+                TRAINED_THETA_MAX_DEG,
+            )
+        theta_grid = np.where(low, np.nan, theta_grid)
+    elif low.any():
+        logger.warning(
+            "%.0f %% of the environment's light comes from lower than theta = %g degrees: moved up to %g degrees "
+            "(`low_sky='clamp'`), so those shadows are shorter than the real ones.",
+            100 * low_share,
+            TRAINED_THETA_MAX_DEG,
+            TRAINED_THETA_MAX_DEG,
+        )
+        theta_grid = np.where(low, TRAINED_THETA_MAX_DEG, theta_grid)
+    used = (energy > 0) & ~np.isnan(theta_grid)
+    if not used.any():
+        raise ValueError(
+            f"No light in the environment comes from within theta <= {TRAINED_THETA_MAX_DEG:g} degrees, the model's "
+            "range: every shadow would be drawn outside it. Use `low_sky='clamp'` to move it up to 45 degrees."
+        )
+    directions = _unit_vectors(theta_grid[used], phi_grid[used])  # [N,3]
+    weights = energy[used]
+    labels, _ = _weighted_spherical_kmeans(directions, weights, max_lights)
+    lights, light_energy = [], 0.0
+    for members in _merge_clusters(directions, weights, labels):
+        centre, spread, cluster_energy = _cluster_stats(directions, weights, members)
+        if cluster_energy < min_share * total:
+            ambient_energy += cluster_energy
+            continue
+        size = float(np.clip(2.0 * LIGHT_DISTANCE * spread * math.sqrt(1.5), *TRAINED_SIZE_RANGE))
+        light_theta = min(math.degrees(math.acos(np.clip(centre[2], -1.0, 1.0))), TRAINED_THETA_MAX_DEG)
+        light_phi = math.degrees(math.atan2(centre[1], centre[0])) % 360.0
+        unit_power = light_weights([Light(light_theta, light_phi, size)])[0]
+        lights.append(Light(light_theta, light_phi, size, float(cluster_energy / unit_power)))
+        light_energy += float(cluster_energy)
+    if not lights:
+        raise ValueError(f"Every light cluster holds less than `min_share`={min_share} of the light; lower it.")
+    strongest = max(light.power for light in lights)
+    lights = [Light(light.theta, light.phi, light.size, light.power / strongest) for light in lights]
+    lights.sort(key=lambda light: -light.power)
+    return EnvironmentLighting(lights=lights, ambient=ambient_energy / (ambient_energy + light_energy))
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # 2. Rectified flow as small pure functions (docs/design.md §3). t = 1 is pure noise, t = 0 the data.
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -576,6 +1004,8 @@ Examples:
 ...            generator=torch.Generator().manual_seed(0))
 >>> out.shadow_maps[0].save("shadow.png")  # mode "L", 255 = full shadow
 >>> out.images[0].save("composite.png")
+>>> # Several lights at once (one batched UNet call), composed physically; power = relative total power
+>>> out = pipe(cutout, lights=[(30.0, 0.0, 2.0), {"theta": 20.0, "phi": 150.0, "size": 6.0, "power": 0.5}])
 ```
 """
 
@@ -589,10 +1019,14 @@ class ShadowPipelineOutput(BaseOutput):
             [B,1,H,W] float32 in [0, 1].
         images: composites (object over the background darkened by intensity x shadow) when a `background` was
             given, else None. "pil": list of RGB images; "np": [B,H,W,3] float32 in [0, 1]; "pt": [B,3,H,W].
+        light_maps: with `lights=` and `return_light_maps=True`, each image's single-light maps (the ones
+            `shadow_maps` composes), else None. A list over images of "pil": a list of K mode-"L" images; "np":
+            [K,H,W] float32; "pt": [K,1,H,W] float32.
     """
 
     shadow_maps: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | None = None
+    light_maps: list | None = None
 
 
 @dataclass
@@ -629,6 +1063,57 @@ def _as_list(value, name: str, batch_size: int) -> list[float]:
         ):
             raise ValueError(f"`{name}` must be a finite number or a list of numbers, got {v!r}.")
     return [float(v) for v in values]
+
+
+def check_light(theta: float, size: float, prefix: str = "") -> None:
+    """The per-light value checks of every light input (the single-light arguments and `lights=`); `prefix` names
+    the light in the message (e.g. "lights[1].")."""
+    if not 0.0 <= theta < THETA_MAX_DEG:
+        raise ValueError(f"`{prefix}theta` must lie in [0, {THETA_MAX_DEG:g}) degrees, got {theta:g}.")
+    if size <= 0:
+        raise ValueError(f"`{prefix}size` (area-light side) must be > 0, got {size:g}.")
+
+
+def _is_one_light(value) -> bool:
+    return isinstance(value, (Light, dict)) or (
+        isinstance(value, (list, tuple)) and all(isinstance(v, (int, float, np.integer, np.floating)) for v in value)
+    )
+
+
+def check_lights(lights, batch_size: int) -> list[list[Light]]:
+    """`lights=` of the pipeline -> one list of `Light`s per image. Takes one list of lights (each a `Light`, a dict
+    {theta, phi, size[, power]} or a (theta, phi, size[, power]) sequence) for every image, or one such list per image.
+    Each light passes the same checks as the single-light arguments; powers must be >= 0 with a positive sum."""
+    if isinstance(lights, (Light, dict)) or not isinstance(lights, (list, tuple)) or not lights:
+        raise ValueError(
+            "`lights` must be a non-empty list of lights (Light, dict {theta, phi, size[, power]} or "
+            f"(theta, phi, size[, power])), or one such list per image; got {lights!r}."
+        )
+    if all(isinstance(v, (int, float, np.integer, np.floating)) for v in lights):
+        raise ValueError(f"`lights` must be a LIST of lights; for one light write lights=[{tuple(lights)!r}].")
+    shared = all(_is_one_light(light) for light in lights)
+    if shared:
+        per_image = [list(lights)] * batch_size
+    elif all(isinstance(group, (list, tuple)) and group for group in lights):
+        if len(lights) != batch_size:
+            raise ValueError(f"`lights` has {len(lights)} light lists but the batch has {batch_size} images.")
+        per_image = [list(group) for group in lights]
+    else:
+        raise ValueError("`lights` mixes single lights and lists of lights; give one list, or one list per image.")
+    parsed = []
+    for b, group in enumerate(per_image):
+        image_lights = []
+        for k, value in enumerate(group):
+            name = f"lights[{k}]" if shared else f"lights[{b}][{k}]"
+            light = Light.from_any(value, name)
+            check_light(light.theta, light.size, f"{name}.")
+            if light.power < 0:
+                raise ValueError(f"`{name}.power` (relative total power) must be >= 0, got {light.power:g}.")
+            image_lights.append(light)
+        if sum(light.power for light in image_lights) <= 0:
+            raise ValueError(f"The lights of image {b} all have power 0: at least one must emit.")
+        parsed.append(image_lights)
+    return parsed
 
 
 def _split_images(images, name: str) -> list:
@@ -854,12 +1339,8 @@ class ShadowPipeline(DiffusionPipeline):
             if value is not None and (not isinstance(value, int) or value <= 0 or value % 8):
                 raise ValueError(f"`{name}` must be a positive multiple of 8, got {value!r}.")
         theta, _, size = lights
-        for t in theta:
-            if not 0.0 <= t < THETA_MAX_DEG:
-                raise ValueError(f"`theta` must lie in [0, {THETA_MAX_DEG:g}) degrees, got {t:g}.")
-        for s in size:
-            if s <= 0:
-                raise ValueError(f"`size` (area-light side) must be > 0, got {s:g}.")
+        for t, z in zip(theta, size):
+            check_light(t, z)
         if any(i < 0 for i in intensity):
             raise ValueError(f"`intensity` must be >= 0, got {intensity}.")
         if len(masks) != len(objects):
@@ -959,13 +1440,24 @@ class ShadowPipeline(DiffusionPipeline):
         )
 
     def predict_latents(
-        self, prepared: ObjectLatents, light: torch.Tensor, num_inference_steps: int = 1, generator=None
+        self,
+        prepared: ObjectLatents,
+        light: torch.Tensor,
+        num_inference_steps: int = 1,
+        generator=None,
+        rows: list[int] | None = None,
     ):
-        """Integrates the flow from pure noise at t = 1 to t = 0: one step gives x0 = x1 - v(x1, t=1)."""
+        """Integrates the flow from pure noise at t = 1 to t = 0: one step gives x0 = x1 - v(x1, t=1). `rows` (one
+        image index per row of `light`) runs several lights per object in the same batch: each object's latents,
+        encoded once, and its starting noise are shared by all its lights, so a light's map is the one a single-light
+        call with the same generator gives."""
         device, dtype = self._execution_device, self.unet.dtype
         object_latents = prepared.object_latents.to(device, dtype)
         mask_latent = prepared.mask_latent.to(device, dtype)
         latents = randn_tensor(object_latents.shape, generator=generator, device=device, dtype=dtype)  # [B,4,h,w]
+        if rows is not None:
+            index = torch.tensor(rows, device=device)
+            object_latents, mask_latent, latents = object_latents[index], mask_latent[index], latents[index]  # [N,...]
         self.scheduler.set_timesteps(sigmas=inference_sigmas(num_inference_steps), device=device)
         timesteps = self.scheduler.timesteps
         light = light.to(device)
@@ -980,9 +1472,9 @@ class ShadowPipeline(DiffusionPipeline):
         self,
         object_image=None,
         mask=None,
-        theta: float | Sequence[float] = 30.0,
-        phi: float | Sequence[float] = 0.0,
-        size: float | Sequence[float] = 2.0,
+        theta: float | Sequence[float] | None = None,
+        phi: float | Sequence[float] | None = None,
+        size: float | Sequence[float] | None = None,
         num_inference_steps: int = 1,
         height: int | None = None,
         width: int | None = None,
@@ -992,6 +1484,10 @@ class ShadowPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         object_latents: ObjectLatents | None = None,
+        lights: Sequence | None = None,
+        ambient: float = 0.0,
+        object_height: float | Sequence[float] | None = None,
+        return_light_maps: bool = False,
     ):
         r"""
         Predicts shadow maps for cut-out objects.
@@ -1001,8 +1497,9 @@ class ShadowPipeline(DiffusionPipeline):
                 one or a list. RGBA is accepted: the mask is its alpha channel when `mask` is None.
             mask: the object mask(s) in [0, 1] (1 = object), same size as the image; soft edges allowed.
             theta: light polar angle(s) in degrees, [0, 90) (0 = light straight above, shadow under the object).
-            phi: light azimuth(s) in degrees; 0 = light on the image's right, shadow to the left. Periodic.
-            size: area-light side(s), > 0 (2..8 in the paper's data; bigger = softer).
+                Default 30.
+            phi: light azimuth(s) in degrees; 0 = light on the image's right, shadow to the left. Periodic. Default 0.
+            size: area-light side(s), > 0 (2..8 in the paper's data; bigger = softer). Default 2.
             num_inference_steps: 1 (the model's regime) or more Euler steps along the flow.
             height, width: processing size (multiples of 8); default: the training resolution, square.
             generator: torch generator(s) for the starting noise.
@@ -1010,6 +1507,16 @@ class ShadowPipeline(DiffusionPipeline):
             intensity: shadow strength(s) >= 0 used for compositing only; `shadow_maps` stay raw.
             output_type: "pil", "np" or "pt" (see [`ShadowPipelineOutput`]).
             object_latents: the result of `encode_object` to skip re-encoding the same objects.
+            lights: several lights at once instead of theta/phi/size: a list of lights for every image, or one list
+                per image; each a `Light`, a dict {theta, phi, size, power} or a (theta, phi, size[, power]) tuple,
+                power = relative total power (default 1). Every light's map is predicted in ONE batched UNet call
+                (the object encoded once, its noise shared) and `shadow_maps` holds the composed map
+                s = (1 - ambient) x clamp(sum_i c_i s_i) with `light_coefficients` (README "Several lights").
+            ambient: with `lights`, the fraction in [0, 1) of the ground's irradiance that casts no drawable shadow
+                (e.g. `lights_from_environment(...).ambient`); it only lightens the shadow.
+            object_height: with `lights`, the object's height in the training units (largest side 2.0) used for
+                the coefficients; default: estimated from each mask (`estimate_object_height`).
+            return_light_maps: with `lights`, also return each light's own map as `light_maps`.
 
         Examples:
         """
@@ -1019,29 +1526,57 @@ class ShadowPipeline(DiffusionPipeline):
         else:
             objects, masks = object_latents.objects, object_latents.masks
         batch_size = len(objects)
-        lights = tuple(_as_list(v, n, batch_size) for v, n in ((theta, "theta"), (phi, "phi"), (size, "size")))
+        light_lists = None
+        if lights is not None:
+            given = [name for name, value in (("theta", theta), ("phi", phi), ("size", size)) if value is not None]
+            if given:
+                raise ValueError(
+                    f"Give either `lights` (several lights at once) or `{'`/`'.join(given)}` (one light), not both: "
+                    "`lights` already sets every light's theta, phi and size."
+                )
+            light_lists = check_lights(lights, batch_size)
+            rows = [b for b, group in enumerate(light_lists) for _ in group]  # the image of each predicted map
+            flat = [light for group in light_lists for light in group]
+            lights = tuple([getattr(light, key) for light in flat] for key in LIGHT_KEYS)
+        else:
+            if ambient != 0.0 or object_height is not None or return_light_maps:
+                raise ValueError("`ambient`, `object_height` and `return_light_maps` apply to `lights=` only.")
+            rows = None
+            theta, phi, size = (30.0 if theta is None else theta), (0.0 if phi is None else phi), size
+            size = 2.0 if size is None else size
+            lights = tuple(_as_list(v, n, batch_size) for v, n in ((theta, "theta"), (phi, "phi"), (size, "size")))
         intensities = _as_list(intensity, "intensity", batch_size)
         self.check_inputs(
             objects, masks, lights, intensities, num_inference_steps, height, width, output_type, background
         )
+        if light_lists is not None:
+            heights = self._object_heights(object_height, masks, batch_size)
+            coefficients = [light_coefficients(group, h) for group, h in zip(light_lists, heights)]
 
         # 2. Encode the objects (resize with the aspect kept, pad, white background)
         prepared = object_latents if object_latents is not None else self._encode(objects, masks, height, width)
 
         # 3. One (or more) rectified-flow steps from noise
-        light = torch.tensor(lights, dtype=torch.float64).T  # [B,3] raw degrees / size; phi wrapped in the UNet
-        latents = self.predict_latents(prepared, light, num_inference_steps, generator)  # [B,4,h,w]
+        light = torch.tensor(lights, dtype=torch.float64).T  # [N,3] raw degrees / size; phi wrapped in the UNet
+        latents = self.predict_latents(prepared, light, num_inference_steps, generator, rows)  # [N,4,h,w]
 
         # 4. Decode the gray map and undo the resize
         with self._vae_dtype_context():
             shadow_batch = decode_shadow(self.vae, latents).cpu()  # [B,1,H',W'] in [0,1]
-        shadow_maps = [
+        image_of_row = rows if rows is not None else list(range(batch_size))
+        row_maps = [
             clear_under_object(
-                unpad_and_resize(shadow_batch[i : i + 1], prepared.boxes[i], prepared.sizes[i])[0].clamp(0, 1),
-                prepared.masks[i],
+                unpad_and_resize(shadow_batch[n : n + 1], prepared.boxes[b], prepared.sizes[b])[0].clamp(0, 1),
+                prepared.masks[b],
             )
-            for i in range(batch_size)
+            for n, b in enumerate(image_of_row)
         ]  # each [1,H,W], zero on the object
+        light_maps = None
+        if light_lists is None:
+            shadow_maps = row_maps
+        else:  # several lights: compose each image's maps (docs/design.md §8, README "Several lights")
+            light_maps = [torch.stack([m for m, b in zip(row_maps, rows) if b == i]) for i in range(batch_size)]
+            shadow_maps = [compose_light_maps(maps, c, ambient) for maps, c in zip(light_maps, coefficients)]
 
         # 5. Composite when a background is given
         images = None
@@ -1060,9 +1595,26 @@ class ShadowPipeline(DiffusionPipeline):
 
         # 6. Output type
         shadow_out, images_out = _format_outputs(shadow_maps, images, output_type)
+        light_maps_out = None
+        if return_light_maps:
+            light_maps_out = [
+                [shadow_map_to_pil(m) for m in maps]
+                if output_type == "pil"
+                else (maps if output_type == "pt" else maps[:, 0].numpy())
+                for maps in light_maps
+            ]
         if not return_dict:
-            return shadow_out, images_out
-        return ShadowPipelineOutput(shadow_maps=shadow_out, images=images_out)
+            return (shadow_out, images_out, light_maps_out) if return_light_maps else (shadow_out, images_out)
+        return ShadowPipelineOutput(shadow_maps=shadow_out, images=images_out, light_maps=light_maps_out)
+
+    @staticmethod
+    def _object_heights(object_height, masks, batch_size: int) -> list[float]:
+        if object_height is None:
+            return [estimate_object_height(mask) for mask in masks]
+        heights = _as_list(object_height, "object_height", batch_size)
+        if any(h < 0 for h in heights):
+            raise ValueError(f"`object_height` must be >= 0, got {heights}.")
+        return heights
 
 
 def _format_outputs(shadow_maps: list[torch.Tensor], images: list[torch.Tensor] | None, output_type: str):
