@@ -69,7 +69,6 @@ from pipeline_shadow import (
     gray_to_tensor,
     image_to_tensor,
     mask_to_latent,
-    mirror_phi,
     preprocess_object,
     resize_and_pad,
     shadow_to_vae_input,
@@ -1242,17 +1241,6 @@ def preprocess_sample(
     return sample
 
 
-def flip_sample(sample: dict) -> dict:
-    """Horizontal flip of every image-like tensor and the mirrored light: phi -> (180 - phi) mod 360 (docs/design.md §2).
-    theta and size are unchanged. Not for latents: the latent of a flipped image is not the flipped latent."""
-    flipped = dict(sample)
-    for key in ("object_image", "mask", "shadow_map"):
-        if key in flipped:
-            flipped[key] = torch.flip(flipped[key], dims=[-1])
-    flipped["phi"] = torch.tensor(mirror_phi(float(sample["phi"])), dtype=torch.float32)
-    return flipped
-
-
 def collate_samples(samples: list[dict]) -> dict:
     """Stacks tensors ([B,...], light [B]) and keeps `id` and `track` as lists (track may hold None)."""
     batch = {}
@@ -1260,6 +1248,11 @@ def collate_samples(samples: list[dict]) -> dict:
         values = [sample[key] for sample in samples]
         batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
     return batch
+
+
+def mirror_phi(phi):
+    """The azimuth of the light after a horizontal image flip: phi -> (180 - phi) mod 360 (docs/design.md §2)."""
+    return wrap_phi(180.0 - phi)
 
 
 def _light_tensors(record: SampleRecord, flip: bool) -> dict[str, torch.Tensor]:

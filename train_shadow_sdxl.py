@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import importlib
 import inspect
 import json
@@ -74,9 +75,10 @@ from tqdm.auto import tqdm
 import dataset_loading
 from pipeline_shadow import (
     LIGHT_KEYS,
-    LORA_FULLY_TRAINED_MODULES,
+    LORA_ADAPTER_WEIGHTS,
+    LORA_FULL_WEIGHTS,
+    LORA_INFO,
     LORA_SUBFOLDER,
-    LORA_TARGET_MODULES,
     TIMESTEP_SAMPLING_CHOICES,
     ShadowPipeline,
     ShadowUNet,
@@ -89,7 +91,6 @@ from pipeline_shadow import (
     rf_predict_x0,
     rf_velocity,
     sample_timesteps,
-    save_lora_state,
     shadow_to_vae_input,
 )
 
@@ -926,6 +927,13 @@ def tracked_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Param
     return [(name, p) for name, p in unwrap_any(model).named_parameters() if p.requires_grad]
 
 
+# --use_lora: peft adapters on every transformer block's attention and feed-forward layers; conv_in (new zero input
+# channels) and the light projection (zero last layer) train fully beside them, since neither starts from an SDXL
+# weight that a low-rank delta could adapt (docs/design.md §3). Names inside the stock UNet.
+LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
+LORA_FULLY_TRAINED_MODULES = ("conv_in", "class_embedding")
+
+
 def add_lora(unet: ShadowUNet, args: argparse.Namespace) -> None:
     """peft LoRA on the attention (to_q/k/v/out) and feed-forward layers of every transformer block, as diffusers'
     LoRA examples do. conv_in and the light projection are trained fully (see `trainable_parameters`): their new
@@ -962,6 +970,42 @@ def merged_lora_unet(model: ShadowUNet) -> ShadowUNet:
         merged = ShadowUNet.from_config(model.config)
     merged.load_state_dict(state, strict=True, assign=True)
     return merged.eval()
+
+
+def save_lora_state(
+    unet: ShadowUNet,
+    folder: str | os.PathLike,
+    base_model: str | None = None,
+    default_processing_resolution: int | None = None,
+) -> Path:
+    """Writes the LoRA that `unet.unet.add_adapter` added in peft's format (adapter_config.json and
+    adapter_model.safetensors), the modules trained fully beside it (fully_trained_modules.safetensors) and
+    shadow_lora.json (base model, training resolution): what rebuilds the trained UNet on top of its converted base."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    inner = unet.unet
+    config = copy.copy(inner.peft_config["default"])
+    config.base_model_name_or_path = base_model
+    config.save_pretrained(str(folder))
+    adapter = get_peft_model_state_dict(inner)
+    save_file({k: v.detach().cpu().contiguous() for k, v in adapter.items()}, str(folder / LORA_ADAPTER_WEIGHTS))
+    full = {
+        k: v.detach().cpu().contiguous()
+        for k, v in inner.state_dict().items()
+        if k.split(".")[0] in LORA_FULLY_TRAINED_MODULES
+    }
+    save_file(full, str(folder / LORA_FULL_WEIGHTS))
+    info = {
+        "base_model": base_model,
+        "default_processing_resolution": default_processing_resolution,
+        "lora_target_modules": list(LORA_TARGET_MODULES),
+        "fully_trained_modules": list(LORA_FULLY_TRAINED_MODULES),
+    }
+    (folder / LORA_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    return folder
 
 
 def create_ema(model: torch.nn.Module, args: argparse.Namespace) -> EMAModel | None:

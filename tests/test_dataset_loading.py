@@ -40,11 +40,12 @@ from dataset_loading import (
     create_dataloaders,
     infer_dataset_type,
     main,
+    mirror_phi,
     open_shadow_dataset,
     split_indices,
     verify_dataset,
 )
-from pipeline_shadow import encode_latents, mirror_phi, shadow_to_vae_input
+from pipeline_shadow import encode_latents, shadow_to_vae_input
 from random_sdxl import random_vae
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -170,6 +171,12 @@ def test_binarize_masks_option(tmp_path):
 def _centroid_col(weights: torch.Tensor) -> float:
     columns = torch.arange(weights.shape[-1], dtype=torch.float32)
     return float((weights.sum(dim=-2) * columns).sum() / weights.sum())
+
+
+def test_mirror_phi():
+    # Flip: light on the right (0) goes to the left (180); 90 (behind the object) stays; the result is wrapped.
+    assert mirror_phi(0.0) == 180.0 and mirror_phi(90.0) == 90.0 and mirror_phi(30.0) == 150.0
+    assert mirror_phi(270.0) == 270.0 and mirror_phi(200.0) == 340.0
 
 
 def test_flip_mirrors_image_mask_shadow_and_phi(tmp_path):

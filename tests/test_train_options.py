@@ -28,13 +28,12 @@ import train_shadow_sdxl as train
 from pipeline_shadow import (
     LORA_ADAPTER_WEIGHTS,
     LORA_FULL_WEIGHTS,
-    LORA_FULLY_TRAINED_MODULES,
     LORA_INFO,
     LORA_SUBFOLDER,
-    LORA_TARGET_MODULES,
     ShadowPipeline,
     ShadowUNet,
 )
+from train_shadow_sdxl import LORA_FULLY_TRAINED_MODULES, LORA_TARGET_MODULES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOT_LOADABLE = "org/not-a-model-that-could-load"  # proves an error comes before any model loads
