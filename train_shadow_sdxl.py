@@ -74,7 +74,6 @@ from tqdm.auto import tqdm
 
 import dataset_loading
 from pipeline_shadow import (
-    LIGHT_KEYS,
     LORA_ADAPTER_WEIGHTS,
     LORA_FULL_WEIGHTS,
     LORA_INFO,
@@ -406,18 +405,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def validate_args(args: argparse.Namespace) -> None:
+def validate_args(args: argparse.Namespace) -> dataset_loading.ShadowDataset:
     """Catches mistakes before any model loads. Raises ConfigurationError (a ValueError) naming the flag and what is
-    allowed, or listing every problem of the data."""
+    allowed, or listing every problem of the data. Returns the training data, opened and checked: the run's one scan
+    of it, which `build_data` splits into loaders."""
     try:
-        _check_args(args)
+        return _check_args(args)
     except ConfigurationError:
         raise
     except ValueError as error:
         raise ConfigurationError(str(error)) from error
 
 
-def _check_args(args: argparse.Namespace) -> None:
+def _check_args(args: argparse.Namespace) -> dataset_loading.ShadowDataset:
     if args.resolution <= 0 or args.resolution % 8:
         raise ValueError(f"`--resolution` (`--image_size`) must be a positive multiple of 8, got {args.resolution}.")
     positive = (
@@ -452,7 +452,7 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError("`--report_to wandb` needs wandb: pip install wandb (or use tensorboard).") from error
     _check_options(args)
     check_deepspeed_environment(args)
-    _validate_data_args(args)
+    dataset = _validate_data_args(args)
     _validate_output_dir(args.output_dir)
     resume_dir = resolve_resume_checkpoint(args)  # raises for a missing explicit checkpoint
     if resume_dir is not None:
@@ -461,6 +461,7 @@ def _check_args(args: argparse.Namespace) -> None:
         os.path.expanduser(args.pretrained_model_name_or_path)
     ):
         raise ValueError(f"`--pretrained_model_name_or_path` {args.pretrained_model_name_or_path!r} is not a folder.")
+    return dataset
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -618,7 +619,7 @@ def check_deepspeed_environment(args: argparse.Namespace, environ=None) -> None:
         )
 
 
-def _validate_data_args(args: argparse.Namespace) -> None:
+def _validate_data_args(args: argparse.Namespace) -> dataset_loading.ShadowDataset:
     if args.dataset_type == "benchmark":
         raise ValueError(
             "`--dataset_type benchmark` is the paper's TEST set (docs/design.md §4): never train on it. "
@@ -632,7 +633,9 @@ def _validate_data_args(args: argparse.Namespace) -> None:
         raise ValueError(f"`--data_dir` {args.train_data_dir!r} is not a folder.")
     # Every problem of the data at once (image headers, sizes, metadata), before any model loads.
     try:
-        dataset_loading.verify_dataset(**_dataset_kwargs(args), level="quick", raise_on_error=True)
+        return dataset_loading.open_shadow_dataset(
+            data_source(args), image_size=args.resolution, verify="quick", for_training=True
+        )
     except (OSError, KeyError) as error:
         raise ValueError(f"The training data cannot be read: {error}") from error
 
@@ -1153,27 +1156,25 @@ def load_unet_state(model: ShadowUNet, checkpoint_dir: Path, args: argparse.Name
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _dataset_kwargs(args: argparse.Namespace) -> dict:
-    """The arguments that name the data, shared by verify_dataset and create_dataloaders."""
-    columns = {option: getattr(args, option) for option in HF_COLUMN_FLAGS}
-    return {
-        "dataset_type": args.dataset_type,
-        "data_dir": args.train_data_dir,
-        "dataset_name": args.dataset_name,
-        "dataset_config_name": args.dataset_config_name,
-        "cache_dir": args.cache_dir,
-        **columns,
-    }
+def data_source(args: argparse.Namespace) -> dataset_loading.ShadowDataSource:
+    """The flags that name the training data (`--cache_dir` is the Hub download cache, as for the models)."""
+    return dataset_loading.ShadowDataSource(
+        dataset_type=args.dataset_type,
+        data_dir=args.train_data_dir,
+        dataset_name=args.dataset_name,
+        dataset_config_name=args.dataset_config_name,
+        cache_dir=args.cache_dir,
+        **{option: getattr(args, option) for option in HF_COLUMN_FLAGS},
+    )
 
 
-def build_data(args: argparse.Namespace, accelerator: Accelerator, vae: AutoencoderKL):
-    """(train_loader, val_loader) from dataset_loading; val_loader is None without a validation split. With
-    --cache_latents both yield cached latents (built once; only the local main process encodes)."""
+def build_data(args: argparse.Namespace, accelerator: Accelerator, vae: AutoencoderKL, dataset):
+    """(train_loader, val_loader) over the `dataset` that `validate_args` opened (no second scan); val_loader is None
+    without a validation split. With --cache_latents both yield cached latents (built once; only the local main
+    process encodes)."""
     kwargs = {
-        **_dataset_kwargs(args),
         "batch_size": args.train_batch_size,
         "num_workers": args.dataloader_num_workers,
-        "image_size": args.resolution,
         "val_fraction": args.val_fraction,
         "seed": args.seed,
         "split_seed": args.split_seed,
@@ -1182,10 +1183,7 @@ def build_data(args: argparse.Namespace, accelerator: Accelerator, vae: Autoenco
     }
     if args.cache_latents:
         kwargs.update(cache_latents=True, vae=vae, latent_cache_dir=args.latent_cache_dir, accelerator=accelerator)
-        train_loader, val_loader = dataset_loading.create_dataloaders(**kwargs)
-    else:
-        with accelerator.main_process_first():  # one process downloads a Hub dataset, the others reuse it
-            train_loader, val_loader = dataset_loading.create_dataloaders(**kwargs)
+    train_loader, val_loader = dataset_loading.create_dataloaders(dataset, **kwargs)
     if len(train_loader) == 0:
         raise ValueError("The training split is empty: add samples or lower `--val_fraction`.")
     if val_loader is None:
@@ -1194,8 +1192,8 @@ def build_data(args: argparse.Namespace, accelerator: Accelerator, vae: Autoenco
 
 
 def batch_light(batch: dict, device: torch.device) -> torch.Tensor:
-    """[B,3] raw (theta deg, phi deg, size), the UNet's light input."""
-    return torch.stack([torch.as_tensor(batch[key]) for key in LIGHT_KEYS], dim=1).to(device, torch.float32)
+    """[B,3] raw (theta deg, phi deg, size), the UNet's light input, as the data loader built it."""
+    return batch["light"].to(device, torch.float32)
 
 
 @torch.no_grad()
@@ -1997,7 +1995,7 @@ def push_final_pipeline(args: argparse.Namespace, folder: Path, state: TrainingS
 
 def main(argv: Sequence[str] | None = None) -> TrainingState:
     args = parse_args(argv)
-    validate_args(args)
+    dataset = validate_args(args)
     # --memory_lean: bf16 weights under bf16 autocast (norms and softmax stay fp32, as in the default recipe).
     args.mixed_precision = resolve_mixed_precision("bf16" if args.memory_lean else args.mixed_precision)
     resume_dir = resolve_resume_checkpoint(args)
@@ -2005,16 +2003,16 @@ def main(argv: Sequence[str] | None = None) -> TrainingState:
     accelerator = build_accelerator(args)
     with training_log(args, accelerator):
         try:
-            return _run(args, accelerator, resume_dir)
+            return _run(args, accelerator, resume_dir, dataset)
         finally:
             accelerator.end_training()
 
 
-def _run(args, accelerator: Accelerator, resume_dir: Path | None) -> TrainingState:
+def _run(args, accelerator: Accelerator, resume_dir: Path | None, dataset) -> TrainingState:
     logger.info(accelerator.state, main_process_only=False)
     accelerate_set_seed(args.seed)  # model construction (the light projection's first layer) is reproducible too
     models = build_models(args, accelerator)
-    train_loader, val_loader = build_data(args, accelerator, models.vae)
+    train_loader, val_loader = build_data(args, accelerator, models.vae, dataset)
     if args.max_train_steps is None:
         batches_per_process = math.ceil(len(train_loader) / accelerator.num_processes)
         per_epoch = math.ceil(batches_per_process / args.gradient_accumulation_steps)
