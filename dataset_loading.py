@@ -1270,6 +1270,11 @@ def _light_tensors(record: SampleRecord, flip: bool) -> dict[str, torch.Tensor]:
     return {"light": light, **{key: value for key, value in zip(LIGHT_KEYS, light.unbind())}}
 
 
+def _with_light_and_id(sample: dict, record: SampleRecord, flip: bool) -> dict:
+    """An item's images or latents plus its light, `id` and `track`: the part every dataset item shares."""
+    return {**sample, **_light_tensors(record, flip), "id": record.id, "track": record.track}
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # 6. Datasets
 # --------------------------------------------------------------------------------------------------------------------
@@ -1361,10 +1366,7 @@ class ShadowDataset(Dataset):
             ) from None
         if flip:
             sample = {key: torch.flip(value, dims=[-1]) for key, value in sample.items()}
-        sample.update(_light_tensors(record, flip))
-        sample["id"] = record.id
-        sample["track"] = record.track
-        return sample
+        return _with_light_and_id(sample, record, flip)
 
     def __getitem__(self, index: int) -> dict:
         return self.load_sample(index, flip=self.random_flip and self.flips(index))
@@ -1982,11 +1984,7 @@ class CachedLatentDataset(Dataset):
 
     def load_sample(self, index: int, flip: bool = False) -> dict:
         record = self.records[index]
-        sample = self.cache.read(index, flipped=flip)
-        sample.update(_light_tensors(record, flip))
-        sample["id"] = record.id
-        sample["track"] = record.track
-        return sample
+        return _with_light_and_id(self.cache.read(index, flipped=flip), record, flip)
 
     def __getitem__(self, index: int) -> dict:
         return self.load_sample(index, flip=self.random_flip and self.flips(index))
