@@ -12,12 +12,16 @@ Three sources, one batch format:
   extracted folder) of `<key>.image.png`, `<key>.mask.png`, `<key>.shadow.png`, `<key>.metadata.json`. It is a TEST
   set: it is read whole, in key order, never shuffled, and training on it is warned about loudly.
 
-    from dataset_loading import create_dataloaders
-    train_loader, val_loader = create_dataloaders(dataset_type="custom", data_dir="DATA", batch_size=2, num_workers=0,
-                                                  image_size=512)
+    from dataset_loading import ShadowDataSource, create_dataloaders, open_shadow_dataset
+    source = ShadowDataSource("custom", data_dir="DATA")  # or dataset_type="hf", dataset_name=..., *_column=...
+    train_loader, val_loader = create_dataloaders(source, batch_size=2, num_workers=0, image_size=512)
     batch = next(iter(train_loader))
     # object_image [2,3,512,512] in [-1,1] (white outside the mask), mask [2,1,512,512] in [0,1],
-    # shadow_map [2,1,512,512] in [0,1], theta/phi/size [2] float32, id: list of stems, track: list (None here)
+    # shadow_map [2,1,512,512] in [0,1], light [2,3] = (theta, phi, size) float32 as the UNet takes it, the same
+    # values as theta/phi/size [2], id: list of stems, track: list (None here)
+
+    dataset = open_shadow_dataset(source, image_size=512)  # scanned and checked once ...
+    train_loader, val_loader = create_dataloaders(dataset, batch_size=2)  # ... and not again
 
 Every problem in a dataset is reported at once, each naming its file or key:
 
@@ -69,7 +73,6 @@ from pipeline_shadow import (
     gray_to_tensor,
     image_to_tensor,
     mask_to_latent,
-    mirror_phi,
     preprocess_object,
     resize_and_pad,
     shadow_to_vae_input,
@@ -1242,19 +1245,9 @@ def preprocess_sample(
     return sample
 
 
-def flip_sample(sample: dict) -> dict:
-    """Horizontal flip of every image-like tensor and the mirrored light: phi -> (180 - phi) mod 360 (docs/design.md §2).
-    theta and size are unchanged. Not for latents: the latent of a flipped image is not the flipped latent."""
-    flipped = dict(sample)
-    for key in ("object_image", "mask", "shadow_map"):
-        if key in flipped:
-            flipped[key] = torch.flip(flipped[key], dims=[-1])
-    flipped["phi"] = torch.tensor(mirror_phi(float(sample["phi"])), dtype=torch.float32)
-    return flipped
-
-
 def collate_samples(samples: list[dict]) -> dict:
-    """Stacks tensors ([B,...], light [B]) and keeps `id` and `track` as lists (track may hold None)."""
+    """Stacks tensors ([B,...]: `light` [B,3], theta/phi/size [B]) and keeps `id` and `track` as lists (track may
+    hold None)."""
     batch = {}
     for key in samples[0]:
         values = [sample[key] for sample in samples]
@@ -1262,15 +1255,24 @@ def collate_samples(samples: list[dict]) -> dict:
     return batch
 
 
+def mirror_phi(phi):
+    """The azimuth of the light after a horizontal image flip: phi -> (180 - phi) mod 360 (docs/design.md §2)."""
+    return wrap_phi(180.0 - phi)
+
+
 def _light_tensors(record: SampleRecord, flip: bool) -> dict[str, torch.Tensor]:
+    """`light` [3] = (theta, phi, size) as the UNet takes it (float32, phi wrapped, mirrored for a flip), and the same
+    values as `theta`/`phi`/`size` scalars for metrics and captions."""
     phi = wrap_phi(record.phi)
     if flip:
         phi = mirror_phi(phi)
-    return {
-        "theta": torch.tensor(record.theta, dtype=torch.float32),
-        "phi": torch.tensor(phi, dtype=torch.float32),
-        "size": torch.tensor(record.size, dtype=torch.float32),
-    }
+    light = torch.tensor([record.theta, phi, record.size], dtype=torch.float32)
+    return {"light": light, **{key: value for key, value in zip(LIGHT_KEYS, light.unbind())}}
+
+
+def _with_light_and_id(sample: dict, record: SampleRecord, flip: bool) -> dict:
+    """An item's images or latents plus its light, `id` and `track`: the part every dataset item shares."""
+    return {**sample, **_light_tensors(record, flip), "id": record.id, "track": record.track}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -1306,12 +1308,12 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
 
 class ShadowDataset(Dataset):
     """The samples of one source in a fixed order, loaded as model-ready tensors (docs/design.md §8). One item:
-    `object_image` [3,S,S] in [-1,1], `mask` [1,S,S], `shadow_map` [1,S,S], `theta`/`phi`/`size` float32 scalars,
-    `id` (str), `track` (str or None). Build it with `open_shadow_dataset`."""
+    `object_image` [3,S,S] in [-1,1], `mask` [1,S,S], `shadow_map` [1,S,S], `light` [3] float32 (theta, phi, size),
+    `theta`/`phi`/`size` float32 scalars, `id` (str), `track` (str or None). Build it with `open_shadow_dataset`."""
 
     def __init__(
         self,
-        source: _ImageSource,
+        image_source: _ImageSource,
         records: list[SampleRecord],
         image_size: int = DEFAULT_RESOLUTION,
         *,
@@ -1323,7 +1325,7 @@ class ShadowDataset(Dataset):
         flip_seed: int = 0,
     ):
         check_image_size(image_size)
-        self.source = source
+        self.image_source = image_source
         self.records = list(records)
         self.image_size = image_size
         self.random_flip = random_flip
@@ -1343,7 +1345,7 @@ class ShadowDataset(Dataset):
     def load_sample(self, index: int, flip: bool = False) -> dict:
         record = self.records[index]
         try:
-            images = self.source.open_all(index)
+            images = self.image_source.open_all(index)
             sample = preprocess_sample(
                 images["object"],
                 images["mask"],
@@ -1355,32 +1357,35 @@ class ShadowDataset(Dataset):
         except _UnreadableImage as exc:
             raise SampleLoadError(
                 f"Sample '{record.id}': {exc.where} {exc.reason}. Run `python dataset_loading.py verify "
-                f"{self.source.label}` to list every problem at once."
+                f"{self.image_source.label}` to list every problem at once."
             ) from None
         except ValueError as exc:
-            files = ", ".join(self.source.where(index, role) for role in ROLES)
+            files = ", ".join(self.image_source.where(index, role) for role in ROLES)
             raise SampleLoadError(
-                f"Sample '{record.id}' ({files}): {exc} Run `python dataset_loading.py verify {self.source.label}`."
+                f"Sample '{record.id}' ({files}): {exc} Run `python dataset_loading.py verify {self.image_source.label}`."
             ) from None
         if flip:
             sample = {key: torch.flip(value, dims=[-1]) for key, value in sample.items()}
-        sample.update(_light_tensors(record, flip))
-        sample["id"] = record.id
-        sample["track"] = record.track
-        return sample
+        return _with_light_and_id(sample, record, flip)
 
     def __getitem__(self, index: int) -> dict:
         return self.load_sample(index, flip=self.random_flip and self.flips(index))
 
     def without_flip(self) -> ShadowDataset:
-        plain = copy.copy(self)
-        plain.random_flip = False
-        return plain
+        return self.with_flips(False)
+
+    def with_flips(self, random_flip: bool, flip_seed: int | None = None) -> ShadowDataset:
+        """The same samples (no new scan) with random flips on or off, and a fresh flip schedule for `flip_seed`."""
+        view = copy.copy(self)
+        view.random_flip = random_flip
+        if flip_seed is not None:
+            view.flips = FlipSchedule(flip_seed)
+        return view
 
     def fingerprint(self) -> str:
         """Changes whenever a file (name, size, mtime), a metadata value or a preprocessing option changes."""
         payload = {
-            "source": self.source.fingerprint(),
+            "source": self.image_source.fingerprint(),
             "records": [[r.id, r.theta, r.phi, r.size, r.object_id, r.track] for r in self.records],
             "binarize_masks": self.binarize_masks,
             "invert_shadow_maps": self.invert_shadow_maps,
@@ -1392,64 +1397,124 @@ def _build_report(dataset_type: str, label: str, level: str) -> VerificationRepo
     return VerificationReport(source=label, dataset_type=dataset_type, level=level)
 
 
-def _scan(
-    dataset_type: str,
-    data_dir: str | Path | None,
-    dataset_name: str | None,
-    *,
-    level: str,
-    dataset_config_name: str | None = None,
-    cache_dir: str | None = None,
-    split: str = "train",
-    columns: dict[str, str | None] | None = None,
-    object_id_column: str | None = None,
-    num_threads: int | None = None,
-) -> tuple[_ImageSource | None, list[SampleRecord], VerificationReport]:
-    if dataset_type == "custom":
-        root = Path(data_dir)
-        report = _build_report(dataset_type, str(root), level)
-        source, records = _scan_custom(root, report)
-    elif dataset_type == "benchmark":
-        if data_dir is not None:
-            path = Path(data_dir)
-        else:
-            path = _download_benchmark(dataset_name or BENCHMARK_HUB_ID, cache_dir)
-        report = _build_report(dataset_type, str(path), level)
-        source, records = _scan_benchmark(path, report)
-    else:
-        report = _build_report(dataset_type, str(dataset_name), level)
-        source, records = _scan_hf(
-            str(dataset_name),
-            report,
-            dataset_config_name=dataset_config_name,
-            cache_dir=cache_dir,
-            split=split,
-            columns=columns or {},
-            object_id_column=object_id_column,
+@dataclass(frozen=True)
+class ShadowDataSource:
+    """Where a shadow dataset is and how to read its fields: the one description that `open_shadow_dataset`,
+    `verify_dataset` and `create_dataloaders` take (or build from the same keyword arguments).
+
+    `data_dir` is a custom folder, a benchmark tar or folder, or a local `save_to_disk` folder (hf); `dataset_name` a
+    Hub id (hf, or the benchmark's). `cache_dir` is the Hugging Face download cache, never the latent cache
+    (`latent_cache_dir`). The `*_column` fields override the Hugging Face column names (`HF_COLUMN_DEFAULTS`)."""
+
+    dataset_type: DatasetType = "custom"
+    data_dir: str | Path | None = None
+    dataset_name: str | None = None
+    dataset_config_name: str | None = None
+    cache_dir: str | None = None
+    split: str = "train"
+    image_column: str | None = None
+    mask_column: str | None = None
+    shadow_column: str | None = None
+    theta_column: str | None = None
+    phi_column: str | None = None
+    size_column: str | None = None
+    object_id_column: str | None = None
+
+    @classmethod
+    def from_path(cls, path: str | Path, dataset_type: DatasetType | None = None, **fields) -> ShadowDataSource:
+        """A source named by one path or Hub id (what `python dataset_loading.py verify PATH` takes); `dataset_type`
+        is inferred when None."""
+        dataset_type = dataset_type or infer_dataset_type(path)
+        on_hub = dataset_type == "hf" or (
+            dataset_type == "benchmark" and str(path) == BENCHMARK_HUB_ID and not Path(path).exists()
         )
-    if source is not None:
-        _check_images(source, records, report, level, num_threads)
+        if on_hub:
+            return cls(dataset_type, dataset_name=str(path), **fields)
+        return cls(dataset_type, data_dir=path, **fields)
+
+    @property
+    def columns(self) -> dict[str, str | None]:
+        """Role (object, mask, shadow, theta, phi, size) -> the column name override, or None."""
+        return {role: getattr(self, option) for role, option in HF_COLUMN_OPTIONS.items()}
+
+    @property
+    def label(self) -> str:
+        """The source as a person names it: the folder or file, else the Hub id."""
+        return str(self.data_dir if self.data_dir is not None else self.dataset_name or BENCHMARK_HUB_ID)
+
+    def resolved(self) -> ShadowDataSource:
+        """Checks the description and fills in what follows from it: the benchmark's Hub id read as the benchmark, a
+        local `data_dir` as the name of an hf dataset. Raises ValueError naming the missing field."""
+        if self.dataset_type not in DATASET_TYPES:
+            raise ValueError(f"Unknown `dataset_type` {self.dataset_type!r}; allowed: {', '.join(DATASET_TYPES)}.")
+        if self.dataset_type == "hf" and self.dataset_name == BENCHMARK_HUB_ID:
+            logger.info("`dataset_name` is the public benchmark: reading it with dataset_type='benchmark'.")
+            return dataclasses.replace(self, dataset_type="benchmark").resolved()
+        if self.dataset_type == "custom" and self.data_dir is None:
+            raise ValueError(
+                "`data_dir` is required for dataset_type='custom' (a folder with objects/, masks/, shadows/)."
+            )
+        if self.dataset_type == "hf" and self.dataset_name is None:
+            if self.data_dir is None:
+                raise ValueError("`dataset_name` (a Hub id or a local path) is required for dataset_type='hf'.")
+            return dataclasses.replace(self, dataset_name=str(self.data_dir))
+        return self
+
+
+def as_data_source(
+    source: ShadowDataSource | DatasetType, data_dir: str | Path | None, dataset_name: str | None, fields: dict
+) -> ShadowDataSource:
+    """`source` itself, or a ShadowDataSource built from a dataset type (`source`, or `dataset_type=` among `fields`)
+    and the same keywords as its fields, so the functions that take a source keep their keyword interface."""
+    if isinstance(source, ShadowDataSource):
+        extra = [name for name, value in (("data_dir", data_dir), ("dataset_name", dataset_name)) if value is not None]
+        if extra or fields:
+            raise ValueError(
+                f"Pass either a ShadowDataSource or its fields, not both: got {', '.join(extra + sorted(fields))} too."
+            )
+        return source
+    fields = dict(fields)
+    source = fields.pop("dataset_type", source)  # `dataset_type=` is the keyword spelling of a type as `source`
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(ShadowDataSource)})
+    if unknown:
+        raise TypeError(
+            f"Unexpected argument(s) {', '.join(unknown)}; a data source takes the fields of ShadowDataSource."
+        )
+    return ShadowDataSource(source, data_dir=data_dir, dataset_name=dataset_name, **fields)
+
+
+def _scan(
+    source: ShadowDataSource, *, level: str, num_threads: int | None = None
+) -> tuple[_ImageSource | None, list[SampleRecord], VerificationReport]:
+    """Reads the structure and metadata of a resolved `source` and checks its images to `level`: the one scan."""
+    if source.dataset_type == "custom":
+        root = Path(source.data_dir)
+        report = _build_report(source.dataset_type, str(root), level)
+        image_source, records = _scan_custom(root, report)
+    elif source.dataset_type == "benchmark":
+        if source.data_dir is not None:
+            path = Path(source.data_dir)
+        else:
+            path = _download_benchmark(source.dataset_name or BENCHMARK_HUB_ID, source.cache_dir)
+        report = _build_report(source.dataset_type, str(path), level)
+        image_source, records = _scan_benchmark(path, report)
+    else:
+        report = _build_report(source.dataset_type, str(source.dataset_name), level)
+        image_source, records = _scan_hf(
+            str(source.dataset_name),
+            report,
+            dataset_config_name=source.dataset_config_name,
+            cache_dir=source.cache_dir,
+            split=source.split,
+            columns=source.columns,
+            object_id_column=source.object_id_column,
+        )
+    if image_source is not None:
+        _check_images(image_source, records, report, level, num_threads)
     if report.ok and not records:
         report.error("empty_dataset", report.source, "contains no samples.")
     report.num_samples = len(records)
-    return source, records, report
-
-
-def _resolve_source_arguments(
-    dataset_type: str, data_dir: str | Path | None, dataset_name: str | None
-) -> tuple[str, str | Path | None, str | None]:
-    if dataset_type not in DATASET_TYPES:
-        raise ValueError(f"Unknown `dataset_type` {dataset_type!r}; allowed: {', '.join(DATASET_TYPES)}.")
-    if dataset_type == "hf" and dataset_name == BENCHMARK_HUB_ID:
-        logger.info("`dataset_name` is the public benchmark: reading it with dataset_type='benchmark'.")
-        dataset_type = "benchmark"
-    if dataset_type == "custom" and data_dir is None:
-        raise ValueError("`data_dir` is required for dataset_type='custom' (a folder with objects/, masks/, shadows/).")
-    if dataset_type == "hf" and dataset_name is None:
-        if data_dir is None:
-            raise ValueError("`dataset_name` (a Hub id or a local path) is required for dataset_type='hf'.")
-        dataset_name = str(data_dir)
-    return dataset_type, data_dir, dataset_name
+    return image_source, records, report
 
 
 def warn_benchmark_training() -> None:
@@ -1464,135 +1529,81 @@ def warn_benchmark_training() -> None:
 
 
 def open_shadow_dataset(
-    dataset_type: DatasetType = "custom",
+    source: ShadowDataSource | DatasetType = "custom",
     data_dir: str | Path | None = None,
     dataset_name: str | None = None,
     image_size: int = DEFAULT_RESOLUTION,
     *,
     random_flip: bool = False,
-    dataset_config_name: str | None = None,
-    cache_dir: str | None = None,
-    split: str = "train",
-    image_column: str | None = None,
-    mask_column: str | None = None,
-    shadow_column: str | None = None,
-    theta_column: str | None = None,
-    phi_column: str | None = None,
-    size_column: str | None = None,
-    object_id_column: str | None = None,
     binarize_masks: bool = True,
     invert_shadow_maps: bool = False,
     verify: VerifyLevel = "quick",
     for_training: bool = False,
     num_threads: int | None = None,
+    **source_fields,
 ) -> ShadowDataset:
     """The whole dataset (no split) as a `ShadowDataset`, after checking it; raises `DatasetVerificationError` listing
-    every problem. `verify`: "metadata" (structure and metadata only), "quick" (+ image headers and sizes) or "full"
-    (+ decode every image and check its values: what `python dataset_loading.py verify` does)."""
+    every problem. `source`: a `ShadowDataSource`, or its `dataset_type` with the other fields as keywords.
+    `verify`: "metadata" (structure and metadata only), "quick" (+ image headers and sizes) or "full" (+ decode every
+    image and check its values: what `python dataset_loading.py verify` does). The result can go straight to
+    `create_dataloaders`, which then does not scan again."""
     check_image_size(image_size)
     if verify not in VERIFY_LEVELS:
         raise ValueError(f"Unknown `verify` {verify!r}; allowed: {', '.join(VERIFY_LEVELS)}.")
-    dataset_type, data_dir, dataset_name = _resolve_source_arguments(dataset_type, data_dir, dataset_name)
-    columns = {
-        "object": image_column,
-        "mask": mask_column,
-        "shadow": shadow_column,
-        "theta": theta_column,
-        "phi": phi_column,
-        "size": size_column,
-    }
-    source, records, report = _scan(
-        dataset_type,
-        data_dir,
-        dataset_name,
-        level=verify,
-        dataset_config_name=dataset_config_name,
-        cache_dir=cache_dir,
-        split=split,
-        columns=columns,
-        object_id_column=object_id_column,
-        num_threads=num_threads,
-    )
+    source = as_data_source(source, data_dir, dataset_name, source_fields).resolved()
+    image_source, records, report = _scan(source, level=verify, num_threads=num_threads)
     if not report.ok:
         raise DatasetVerificationError(report)
     if report.warnings:
         logger.warning("%s", report.format())
-    if dataset_type == "benchmark" and for_training:
+    if source.dataset_type == "benchmark" and for_training:
         warn_benchmark_training()
     return ShadowDataset(
-        source,
+        image_source,
         records,
         image_size,
         random_flip=random_flip,
         binarize_masks=binarize_masks,
         invert_shadow_maps=invert_shadow_maps,
-        dataset_type=dataset_type,
+        dataset_type=source.dataset_type,
         report=report,
     )
 
 
 def verify_dataset(
-    path: str | Path | None = None,
+    source: ShadowDataSource | str | Path | None = None,
     dataset_type: DatasetType | None = None,
     *,
-    data_dir: str | Path | None = None,
-    dataset_name: str | None = None,
     level: VerifyLevel = "full",
-    dataset_config_name: str | None = None,
-    cache_dir: str | None = None,
-    split: str = "train",
-    image_column: str | None = None,
-    mask_column: str | None = None,
-    shadow_column: str | None = None,
-    theta_column: str | None = None,
-    phi_column: str | None = None,
-    size_column: str | None = None,
-    object_id_column: str | None = None,
     num_threads: int | None = None,
     raise_on_error: bool = False,
+    **source_fields,
 ) -> VerificationReport:
-    """Every problem of a dataset at once. `path` (or `data_dir` / `dataset_name`, as create_dataloaders takes them):
-    a custom folder, a benchmark tar or folder, a `save_to_disk` folder or a Hub id; `dataset_type` is inferred when
-    None. `level="full"` decodes every image; "quick" reads headers only. Returns the report; with `raise_on_error`
-    raises `DatasetVerificationError` (listing every problem) when there is any error."""
-    if path is None:  # the same precedence as create_dataloaders
-        named = (dataset_name, data_dir) if dataset_type == "hf" else (data_dir, dataset_name)
-        path = next((value for value in named if value is not None), None)
-        if path is None and dataset_type == "benchmark":
-            path = BENCHMARK_HUB_ID
-    if path is None:
-        raise ValueError("`verify_dataset` needs `path` (or `data_dir` / `dataset_name`).")
-    dataset_type = dataset_type or infer_dataset_type(path)
-    if dataset_type not in DATASET_TYPES:
-        raise ValueError(f"Unknown `dataset_type` {dataset_type!r}; allowed: {', '.join(DATASET_TYPES)}.")
+    """Every problem of a dataset at once. `source`: a `ShadowDataSource`, or a path or Hub id (a custom folder, a
+    benchmark tar or folder, a `save_to_disk` folder) with the other fields as keywords, or None with `data_dir` /
+    `dataset_name` as create_dataloaders takes them; `dataset_type` is inferred when None. `level="full"` decodes
+    every image; "quick" reads headers only. Returns the report; with `raise_on_error` raises
+    `DatasetVerificationError` (listing every problem) when there is any error."""
     if level not in VERIFY_LEVELS:
         raise ValueError(f"Unknown `level` {level!r}; allowed: {', '.join(VERIFY_LEVELS)}.")
-    is_hub_benchmark = dataset_type == "benchmark" and str(path) == BENCHMARK_HUB_ID and not Path(path).exists()
-    data_dir = None if dataset_type == "hf" or is_hub_benchmark else path
-    columns = {
-        "object": image_column,
-        "mask": mask_column,
-        "shadow": shadow_column,
-        "theta": theta_column,
-        "phi": phi_column,
-        "size": size_column,
-    }
+    if isinstance(source, ShadowDataSource):
+        if dataset_type is not None:
+            raise ValueError("Pass either a ShadowDataSource or a `dataset_type`, not both.")
+        source = as_data_source(source, None, None, source_fields)
+    elif source is not None:
+        source = ShadowDataSource.from_path(source, dataset_type, **source_fields)
+    else:
+        data_dir, dataset_name = source_fields.pop("data_dir", None), source_fields.pop("dataset_name", None)
+        named = data_dir if data_dir is not None else dataset_name
+        if named is None and dataset_type != "benchmark":
+            raise ValueError("`verify_dataset` needs `source` (a path or Hub id), or `data_dir` / `dataset_name`.")
+        source = as_data_source(dataset_type or infer_dataset_type(named), data_dir, dataset_name, source_fields)
+    source = source.resolved()
     try:
-        _, _, report = _scan(
-            dataset_type,
-            data_dir,
-            str(path),
-            level=level,
-            dataset_config_name=dataset_config_name,
-            cache_dir=cache_dir,
-            split=split,
-            columns=columns,
-            object_id_column=object_id_column,
-            num_threads=num_threads,
-        )
+        _, _, report = _scan(source, level=level, num_threads=num_threads)
     except ValueError as exc:  # e.g. the Hub could not be reached
-        report = _build_report(dataset_type, str(path), level)
-        report.error("unreadable_dataset", str(path), str(exc))
+        report = _build_report(source.dataset_type, source.label, level)
+        report.error("unreadable_dataset", source.label, str(exc))
     if raise_on_error and not report.ok:
         raise DatasetVerificationError(report)
     return report
@@ -1664,20 +1675,6 @@ _CACHE_TENSORS = ("object_latents", "shadow_latents", "mask_latent")
 # Safe to share between datasets: every cache lives in its own folder named by its key.
 DEFAULT_LATENT_CACHE_DIR = Path(os.environ.get("SHADOW_LATENT_CACHE", Path.home() / ".cache" / "shadow_latents"))
 _CACHE_FLIPPED_TENSORS = ("object_latents_flipped", "shadow_latents_flipped")
-
-
-@dataclass
-class LatentCacheSpec:
-    """Asks `create_dataloaders` for cached latents: the VAE encodes every sample once into `cache_dir` (reused across
-    runs, rebuilt when the dataset, the VAE, the resolution or `dtype` changes). With `random_flip` both orientations
-    are encoded (the latent of a flipped image is not the flipped latent)."""
-
-    vae: Any
-    cache_dir: str | Path
-    dtype: torch.dtype = torch.float16  # storage dtype of the latents on disk
-    batch_size: int = 8  # VAE encode batch size while building
-    num_workers: int = 0  # image-loading workers while building
-    shard_size: int = 1024  # samples per safetensors shard
 
 
 def vae_identity(vae) -> str:
@@ -1846,9 +1843,18 @@ def _shard_is_complete(path: Path, key_hash: str, rows: int) -> bool:
     return metadata.get("key_hash") == key_hash and metadata.get("rows") == str(rows)
 
 
-def _write_cache(
-    dataset: ShadowDataset, vae, folder: Path, key: dict, key_hash: str, spec: LatentCacheSpec, with_flip: bool
-) -> None:
+@dataclass(frozen=True)
+class _CacheBuild:
+    """How `build_latent_cache` encodes: storage dtype, flipped copies, encode batch, loading workers, shard rows."""
+
+    dtype: torch.dtype
+    with_flip: bool
+    batch_size: int
+    num_workers: int
+    shard_size: int
+
+
+def _write_cache(dataset: ShadowDataset, vae, folder: Path, key: dict, key_hash: str, spec: _CacheBuild) -> None:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -1873,7 +1879,7 @@ def _write_cache(
             )
             parts: dict[str, list[torch.Tensor]] = {}
             for batch in loader:
-                for tensor_name, tensor in _encode_batch(vae, batch, with_flip, spec.dtype).items():
+                for tensor_name, tensor in _encode_batch(vae, batch, spec.with_flip, spec.dtype).items():
                     parts.setdefault(tensor_name, []).append(tensor)
             tensors = {tensor_name: torch.cat(chunks).contiguous() for tensor_name, chunks in parts.items()}
             latent_shape = list(tensors["object_latents"].shape[1:])
@@ -1888,13 +1894,13 @@ def _write_cache(
     manifest = {
         "key": key,
         "key_hash": key_hash,
-        "source": dataset.source.label,
+        "source": dataset.image_source.label,
         "num_samples": total,
         "shard_size": spec.shard_size,
         "shards": shards,
         "ids": dataset.ids,
         "latent_shape": latent_shape,
-        "tensors": list(_CACHE_TENSORS) + (list(_CACHE_FLIPPED_TENSORS) if with_flip else []),
+        "tensors": list(_CACHE_TENSORS) + (list(_CACHE_FLIPPED_TENSORS) if spec.with_flip else []),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     _atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=1))  # written last: marks completion
@@ -1903,7 +1909,7 @@ def _write_cache(
 def build_latent_cache(
     dataset: ShadowDataset,
     vae,
-    cache_dir: str | Path,
+    latent_cache_dir: str | Path = DEFAULT_LATENT_CACHE_DIR,
     *,
     dtype: torch.dtype = torch.float16,
     with_flip: bool = False,
@@ -1912,17 +1918,19 @@ def build_latent_cache(
     shard_size: int = 1024,
     accelerator=None,
 ) -> LatentCache:
-    """Encodes every sample of `dataset` with `vae` once and stores the latents in `cache_dir`, or reuses a cache with
-    the same key (dataset fingerprint + VAE identity + resolution + dtype + orientations). With an `accelerate`
-    Accelerator only the local main process encodes and writes; the others wait, then read."""
+    """Encodes every sample of `dataset` with `vae` once and stores the latents in `latent_cache_dir`, or reuses a cache
+    with the same key (dataset fingerprint + VAE identity + resolution + dtype + orientations). `with_flip` also encodes
+    the flipped images (the latent of a flipped image is not the flipped latent). With an `accelerate` Accelerator only
+    the local main process encodes and writes; the others wait, then read. The one latent-cache API:
+    `create_dataloaders(..., cache_latents=True)` calls it."""
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"`shard_size` must be a positive integer, got {shard_size!r}.")
     if dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"`dtype` must be torch.float16, torch.bfloat16 or torch.float32, got {dtype}.")
     if next(vae.parameters()).dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
         logger.warning("This VAE asks for float32 (force_upcast): encoding in float16 may overflow to NaN.")
-    spec = LatentCacheSpec(vae, cache_dir, dtype, batch_size, num_workers, shard_size)
-    cache_dir = Path(cache_dir)
+    spec = _CacheBuild(dtype, with_flip, batch_size, num_workers, shard_size)
+    cache_dir = Path(latent_cache_dir)
     key = latent_cache_key(dataset, vae, dtype, with_flip)
     key_hash = _key_hash(key)
     folder = cache_dir / f"latents-{dataset.image_size}px-{key_hash[:16]}"
@@ -1934,12 +1942,14 @@ def build_latent_cache(
             return cache
         if not writer:
             raise RuntimeError(
-                f"The main process did not leave a latent cache at {folder}. Is `cache_dir` on a disk that every "
+                f"The main process did not leave a latent cache at {folder}. Is `latent_cache_dir` on a disk that every "
                 "process sees?"
             )
-        reason = _explain_miss(cache_dir, key, dataset.source.label) if cache_dir.exists() else "no cache folder yet"
+        reason = (
+            _explain_miss(cache_dir, key, dataset.image_source.label) if cache_dir.exists() else "no cache folder yet"
+        )
         logger.info("Latent cache miss (%s): encoding %d samples into %s.", reason, len(dataset), folder)
-        _write_cache(dataset, vae, folder, key, key_hash, spec, with_flip)
+        _write_cache(dataset, vae, folder, key, key_hash, spec)
         cache = _open_cache(folder, key_hash, hit=False, reason=reason)
         if cache is None:
             raise RuntimeError(f"The latent cache at {folder} could not be read back after writing it.")
@@ -1953,8 +1963,8 @@ def build_latent_cache(
 
 class CachedLatentDataset(Dataset):
     """Cached latents + the light of each sample: `object_latents` [4,h,w], `shadow_latents` [4,h,w], `mask_latent`
-    [1,h,w], `theta`/`phi`/`size`, `id`, `track` (docs/design.md §8). With `random_flip` half the items read the latents of
-    the flipped images, with phi mirrored."""
+    [1,h,w], `light` [3], `theta`/`phi`/`size`, `id`, `track` (docs/design.md §8). With `random_flip` half the items
+    read the latents of the flipped images, with phi mirrored."""
 
     def __init__(self, cache: LatentCache, records: list[SampleRecord], random_flip: bool = False, flip_seed: int = 0):
         if len(records) != cache.num_samples or [r.id for r in records] != cache.manifest["ids"]:
@@ -1974,11 +1984,7 @@ class CachedLatentDataset(Dataset):
 
     def load_sample(self, index: int, flip: bool = False) -> dict:
         record = self.records[index]
-        sample = self.cache.read(index, flipped=flip)
-        sample.update(_light_tensors(record, flip))
-        sample["id"] = record.id
-        sample["track"] = record.track
-        return sample
+        return _with_light_and_id(self.cache.read(index, flipped=flip), record, flip)
 
     def __getitem__(self, index: int) -> dict:
         return self.load_sample(index, flip=self.random_flip and self.flips(index))
@@ -1990,84 +1996,71 @@ class CachedLatentDataset(Dataset):
 
 
 def create_dataloaders(
-    dataset_type: DatasetType = "custom",
+    source: ShadowDataSource | ShadowDataset | DatasetType = "custom",
     data_dir: str | Path | None = None,
     dataset_name: str | None = None,
     batch_size: int = 8,
     num_workers: int = 4,
-    image_size: int = DEFAULT_RESOLUTION,
+    image_size: int | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
     random_flip: bool = False,
     *,
     split_seed: int | None = None,
-    dataset_config_name: str | None = None,
-    cache_dir: str | None = None,
-    split: str = "train",
-    image_column: str | None = None,
-    mask_column: str | None = None,
-    shadow_column: str | None = None,
-    theta_column: str | None = None,
-    phi_column: str | None = None,
-    size_column: str | None = None,
-    object_id_column: str | None = None,
     binarize_masks: bool = True,
     invert_shadow_maps: bool = False,
     verify: VerifyLevel = "quick",
     for_training: bool = False,
     shuffle: bool | None = None,
-    latent_cache: LatentCacheSpec | None = None,
     cache_latents: bool = False,
     vae=None,
     latent_cache_dir: str | Path | None = None,
     accelerator=None,
     drop_last: bool = False,
     pin_memory: bool = False,
+    **source_fields,
 ) -> tuple[DataLoader, DataLoader | None]:
     """(train_loader, val_loader) over one dataset (see the module docstring for batches and sources).
 
-    The split is deterministic for `split_seed` (default: `seed`), by `object_id` when present; `val_fraction=0` gives
-    (all, None); `seed` also drives the shuffling and the flips. The
-    training loader is shuffled (`shuffle=None`) except for the benchmark, which is never split or shuffled: (its
-    samples in key order, None); pass `shuffle=False` to read any dataset in order (evaluation). `for_training=True`
-    (what the training script passes) warns loudly when that is the benchmark. `cache_dir` is the Hugging Face
-    download cache.
+    `source`: a `ShadowDataSource` (or its `dataset_type` with the other fields as keywords), opened and checked here;
+    or a `ShadowDataset` that `open_shadow_dataset` already opened and checked, which is used as it is (no second
+    scan; `image_size` must then be None or its own, and the reading options are its own).
 
-    Latent cache: `latent_cache=LatentCacheSpec(vae, cache_dir, ...)`, or the shorthand `cache_latents=True, vae=vae`
-    (+ `latent_cache_dir`, default DEFAULT_LATENT_CACHE_DIR). Both loaders then yield cached latents instead of images
-    (built once; with an `accelerator` only the local main process writes, the others wait and read). Raises
-    `DatasetVerificationError` listing every problem of the dataset.
+    The split is deterministic for `split_seed` (default: `seed`), by `object_id` when present; `val_fraction=0` gives
+    (all, None); `seed` also drives the shuffling and the flips. The training loader is shuffled (`shuffle=None`)
+    except for the benchmark, which is never split or shuffled: (its samples in key order, None); pass `shuffle=False`
+    to read any dataset in order (evaluation). `for_training=True` (what the training script passes) warns loudly when
+    that is the benchmark.
+
+    `cache_latents=True` with the `vae` (and `latent_cache_dir`, default DEFAULT_LATENT_CACHE_DIR): both loaders yield
+    cached latents instead of images (built once by `build_latent_cache`; with an `accelerator` only the local main
+    process writes, the others wait and read). Raises `DatasetVerificationError` listing every problem of the dataset.
     """
     for name, value, minimum in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
     if not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"`val_fraction` must be in [0, 1), got {val_fraction!r}.")
-    if cache_latents and latent_cache is None:
-        if vae is None:
-            raise ValueError("`cache_latents=True` needs the `vae` that encodes the latents.")
-        latent_cache = LatentCacheSpec(vae, latent_cache_dir or DEFAULT_LATENT_CACHE_DIR)
-    dataset = open_shadow_dataset(
-        dataset_type,
-        data_dir,
-        dataset_name,
-        image_size,
-        random_flip=random_flip,
-        dataset_config_name=dataset_config_name,
-        cache_dir=cache_dir,
-        split=split,
-        image_column=image_column,
-        mask_column=mask_column,
-        shadow_column=shadow_column,
-        theta_column=theta_column,
-        phi_column=phi_column,
-        size_column=size_column,
-        object_id_column=object_id_column,
-        binarize_masks=binarize_masks,
-        invert_shadow_maps=invert_shadow_maps,
-        verify=verify,
-        for_training=for_training,
-    )
+    if cache_latents and vae is None:
+        raise ValueError("`cache_latents=True` needs the `vae` that encodes the latents.")
+    if isinstance(source, ShadowDataset):
+        if image_size is not None and image_size != source.image_size:
+            raise ValueError(f"`image_size`={image_size} differs from the opened dataset's ({source.image_size}).")
+        if data_dir is not None or dataset_name is not None or source_fields:
+            raise ValueError("An opened ShadowDataset already names its data: pass no source fields with it.")
+        dataset = source.with_flips(random_flip)  # `for_training` warned (or not) when it was opened
+        image_size = dataset.image_size
+    else:
+        image_size = DEFAULT_RESOLUTION if image_size is None else image_size
+        dataset = open_shadow_dataset(
+            as_data_source(source, data_dir, dataset_name, source_fields),
+            image_size=image_size,
+            random_flip=random_flip,
+            binarize_masks=binarize_masks,
+            invert_shadow_maps=invert_shadow_maps,
+            verify=verify,
+            for_training=for_training,
+        )
     is_benchmark = dataset.dataset_type == "benchmark"
     if is_benchmark:
         if val_fraction:
@@ -2078,23 +2071,19 @@ def create_dataloaders(
             dataset.records, val_fraction, seed if split_seed is None else split_seed
         )
 
-    if latent_cache is not None:
+    if cache_latents:
         cache = build_latent_cache(
             dataset,
-            latent_cache.vae,
-            latent_cache.cache_dir,
-            dtype=latent_cache.dtype,
+            vae,
+            latent_cache_dir or DEFAULT_LATENT_CACHE_DIR,
             with_flip=random_flip,
-            batch_size=latent_cache.batch_size,
-            num_workers=latent_cache.num_workers,
-            shard_size=latent_cache.shard_size,
             accelerator=accelerator,
         )
         train_dataset: Dataset = CachedLatentDataset(cache, dataset.records, random_flip=random_flip, flip_seed=seed)
         val_dataset: Dataset = CachedLatentDataset(cache, dataset.records, random_flip=False)
     else:
-        dataset.flips = FlipSchedule(seed)
-        train_dataset, val_dataset = dataset, dataset.without_flip()
+        train_dataset = dataset.with_flips(random_flip, flip_seed=seed)
+        val_dataset = dataset.without_flip()
 
     generator = torch.Generator().manual_seed(seed)
     common = {
@@ -2120,14 +2109,14 @@ def create_dataloaders(
     groups = {record.object_id for record in dataset.records if record.object_id is not None}
     logger.info(
         "Data: %s (%s), %d samples at %dpx: %d train / %d validation%s%s.",
-        dataset.source.label,
+        dataset.image_source.label,
         dataset.dataset_type,
         len(dataset),
         image_size,
         len(train_indices),
         len(val_indices),
         f", split by object ({len(groups)} objects)" if groups and val_indices else "",
-        ", cached latents" if latent_cache is not None else "",
+        ", cached latents" if cache_latents else "",
     )
     return train_loader, val_loader
 
@@ -2145,8 +2134,10 @@ def _add_column_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="train")
 
 
-def _column_kwargs(args: argparse.Namespace) -> dict[str, str | None]:
-    return {option: getattr(args, option) for option in (*HF_COLUMN_OPTIONS.values(), "object_id_column")}
+def _source_fields(args: argparse.Namespace) -> dict:
+    """The ShadowDataSource fields that `_add_column_arguments` adds to a command."""
+    names = (*HF_COLUMN_OPTIONS.values(), "object_id_column", "dataset_config_name", "cache_dir", "split")
+    return {name: getattr(args, name) for name in names}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -2181,14 +2172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "verify":
         report = verify_dataset(
-            args.path,
-            args.dataset_type,
+            ShadowDataSource.from_path(args.path, args.dataset_type, **_source_fields(args)),
             level="quick" if args.quick else "full",
-            dataset_config_name=args.dataset_config_name,
-            cache_dir=args.cache_dir,
-            split=args.split,
             num_threads=args.num_threads,
-            **_column_kwargs(args),
         )
         print(report.format(max_warnings_per_kind=None if args.all_warnings else 10))
         return 0 if report.ok else 1
@@ -2196,17 +2182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from diffusers import AutoencoderKL
 
     try:
-        dataset = open_shadow_dataset(
-            args.dataset_type,
-            args.data_dir,
-            args.dataset_name,
-            args.resolution,
-            random_flip=args.random_flip,
-            dataset_config_name=args.dataset_config_name,
-            cache_dir=args.cache_dir,
-            split=args.split,
-            **_column_kwargs(args),
-        )
+        source = ShadowDataSource(args.dataset_type, args.data_dir, args.dataset_name, **_source_fields(args))
+        dataset = open_shadow_dataset(source, image_size=args.resolution, random_flip=args.random_flip)
     except (DatasetVerificationError, ValueError) as exc:
         print(exc, file=sys.stderr)
         return 1

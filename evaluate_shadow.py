@@ -514,7 +514,7 @@ class _Run:
         if missing:
             raise ValueError(
                 f"Evaluation needs image batches (docs/design.md §8); this one lacks {', '.join(missing)}. Cached-latent "
-                "batches carry no images: evaluate with a loader built without `latent_cache`."
+                "batches carry no images: evaluate with a loader built without `cache_latents`."
             )
         ids = [str(key) for key in batch["id"][:keep]]
         indices = list(range(start_index, start_index + keep))

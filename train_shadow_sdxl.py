@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import importlib
 import inspect
 import json
@@ -72,11 +73,19 @@ from diffusers.utils.torch_utils import is_compiled_module
 from tqdm.auto import tqdm
 
 import dataset_loading
+from hub_card import (
+    GRID_COLUMNS,
+    GRID_INFO_KEY,
+    public_args,
+    push_final_pipeline,
+    read_evaluation_metrics,
+    save_model_card,
+)
 from pipeline_shadow import (
-    LIGHT_KEYS,
-    LORA_FULLY_TRAINED_MODULES,
+    LORA_ADAPTER_WEIGHTS,
+    LORA_FULL_WEIGHTS,
+    LORA_INFO,
     LORA_SUBFOLDER,
-    LORA_TARGET_MODULES,
     TIMESTEP_SAMPLING_CHOICES,
     ShadowPipeline,
     ShadowUNet,
@@ -89,7 +98,6 @@ from pipeline_shadow import (
     rf_predict_x0,
     rf_velocity,
     sample_timesteps,
-    save_lora_state,
     shadow_to_vae_input,
 )
 
@@ -112,10 +120,6 @@ BEST_METRICS = {"single_step": "val_loss_single_step", "training_t": "val_loss"}
 TRAINING_LOG_FILE = "training.log"
 EMA_DIR = "unet_ema"  # in a checkpoint: the EMA weights (diffusion_pytorch_model.safetensors) and its counters
 EMA_STATE_FILE = "ema_state.json"
-MODEL_CARD_TAGS = ["shadow-generation", "diffusers", "rectified-flow", "sdxl"]
-SECRET_ARGS = ("hub_token",)  # never written to training_config.json, trackers or the model card
-GRID_COLUMNS = "object | single-step prediction | ground truth"  # a validation grid row
-GRID_INFO_KEY = "shadow_validation"  # the PNG text chunk of a validation grid: its step and each row's light
 HF_COLUMN_FLAGS = (*dataset_loading.HF_COLUMN_OPTIONS.values(), "object_id_column")
 LOG_FORMAT = "%(asctime)s - %(levelname)s - %(name)s - %(message)s"
 
@@ -405,18 +409,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def validate_args(args: argparse.Namespace) -> None:
+def validate_args(args: argparse.Namespace) -> dataset_loading.ShadowDataset:
     """Catches mistakes before any model loads. Raises ConfigurationError (a ValueError) naming the flag and what is
-    allowed, or listing every problem of the data."""
+    allowed, or listing every problem of the data. Returns the training data, opened and checked: the run's one scan
+    of it, which `build_data` splits into loaders."""
     try:
-        _check_args(args)
+        return _check_args(args)
     except ConfigurationError:
         raise
     except ValueError as error:
         raise ConfigurationError(str(error)) from error
 
 
-def _check_args(args: argparse.Namespace) -> None:
+def _check_args(args: argparse.Namespace) -> dataset_loading.ShadowDataset:
     if args.resolution <= 0 or args.resolution % 8:
         raise ValueError(f"`--resolution` (`--image_size`) must be a positive multiple of 8, got {args.resolution}.")
     positive = (
@@ -451,7 +456,7 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError("`--report_to wandb` needs wandb: pip install wandb (or use tensorboard).") from error
     _check_options(args)
     check_deepspeed_environment(args)
-    _validate_data_args(args)
+    dataset = _validate_data_args(args)
     _validate_output_dir(args.output_dir)
     resume_dir = resolve_resume_checkpoint(args)  # raises for a missing explicit checkpoint
     if resume_dir is not None:
@@ -460,6 +465,7 @@ def _check_args(args: argparse.Namespace) -> None:
         os.path.expanduser(args.pretrained_model_name_or_path)
     ):
         raise ValueError(f"`--pretrained_model_name_or_path` {args.pretrained_model_name_or_path!r} is not a folder.")
+    return dataset
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -617,7 +623,7 @@ def check_deepspeed_environment(args: argparse.Namespace, environ=None) -> None:
         )
 
 
-def _validate_data_args(args: argparse.Namespace) -> None:
+def _validate_data_args(args: argparse.Namespace) -> dataset_loading.ShadowDataset:
     if args.dataset_type == "benchmark":
         raise ValueError(
             "`--dataset_type benchmark` is the paper's TEST set (docs/design.md §4): never train on it. "
@@ -631,7 +637,9 @@ def _validate_data_args(args: argparse.Namespace) -> None:
         raise ValueError(f"`--data_dir` {args.train_data_dir!r} is not a folder.")
     # Every problem of the data at once (image headers, sizes, metadata), before any model loads.
     try:
-        dataset_loading.verify_dataset(**_dataset_kwargs(args), level="quick", raise_on_error=True)
+        return dataset_loading.open_shadow_dataset(
+            data_source(args), image_size=args.resolution, verify="quick", for_training=True
+        )
     except (OSError, KeyError) as error:
         raise ValueError(f"The training data cannot be read: {error}") from error
 
@@ -800,11 +808,6 @@ def training_log(args: argparse.Namespace, accelerator: Accelerator):
             handler.close()
 
 
-def public_args(args: argparse.Namespace) -> dict:
-    """The arguments without secrets (the Hub token): what the config file, the trackers and the model card show."""
-    return {k: v for k, v in vars(args).items() if k not in SECRET_ARGS}
-
-
 def write_training_config(args: argparse.Namespace, accelerator: Accelerator) -> None:
     if accelerator.is_main_process:
         config = {
@@ -926,6 +929,13 @@ def tracked_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Param
     return [(name, p) for name, p in unwrap_any(model).named_parameters() if p.requires_grad]
 
 
+# --use_lora: peft adapters on every transformer block's attention and feed-forward layers; conv_in (new zero input
+# channels) and the light projection (zero last layer) train fully beside them, since neither starts from an SDXL
+# weight that a low-rank delta could adapt (docs/design.md §3). Names inside the stock UNet.
+LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
+LORA_FULLY_TRAINED_MODULES = ("conv_in", "class_embedding")
+
+
 def add_lora(unet: ShadowUNet, args: argparse.Namespace) -> None:
     """peft LoRA on the attention (to_q/k/v/out) and feed-forward layers of every transformer block, as diffusers'
     LoRA examples do. conv_in and the light projection are trained fully (see `trainable_parameters`): their new
@@ -962,6 +972,42 @@ def merged_lora_unet(model: ShadowUNet) -> ShadowUNet:
         merged = ShadowUNet.from_config(model.config)
     merged.load_state_dict(state, strict=True, assign=True)
     return merged.eval()
+
+
+def save_lora_state(
+    unet: ShadowUNet,
+    folder: str | os.PathLike,
+    base_model: str | None = None,
+    default_processing_resolution: int | None = None,
+) -> Path:
+    """Writes the LoRA that `unet.unet.add_adapter` added in peft's format (adapter_config.json and
+    adapter_model.safetensors), the modules trained fully beside it (fully_trained_modules.safetensors) and
+    shadow_lora.json (base model, training resolution): what rebuilds the trained UNet on top of its converted base."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    inner = unet.unet
+    config = copy.copy(inner.peft_config["default"])
+    config.base_model_name_or_path = base_model
+    config.save_pretrained(str(folder))
+    adapter = get_peft_model_state_dict(inner)
+    save_file({k: v.detach().cpu().contiguous() for k, v in adapter.items()}, str(folder / LORA_ADAPTER_WEIGHTS))
+    full = {
+        k: v.detach().cpu().contiguous()
+        for k, v in inner.state_dict().items()
+        if k.split(".")[0] in LORA_FULLY_TRAINED_MODULES
+    }
+    save_file(full, str(folder / LORA_FULL_WEIGHTS))
+    info = {
+        "base_model": base_model,
+        "default_processing_resolution": default_processing_resolution,
+        "lora_target_modules": list(LORA_TARGET_MODULES),
+        "fully_trained_modules": list(LORA_FULLY_TRAINED_MODULES),
+    }
+    (folder / LORA_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    return folder
 
 
 def create_ema(model: torch.nn.Module, args: argparse.Namespace) -> EMAModel | None:
@@ -1109,27 +1155,25 @@ def load_unet_state(model: ShadowUNet, checkpoint_dir: Path, args: argparse.Name
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _dataset_kwargs(args: argparse.Namespace) -> dict:
-    """The arguments that name the data, shared by verify_dataset and create_dataloaders."""
-    columns = {option: getattr(args, option) for option in HF_COLUMN_FLAGS}
-    return {
-        "dataset_type": args.dataset_type,
-        "data_dir": args.train_data_dir,
-        "dataset_name": args.dataset_name,
-        "dataset_config_name": args.dataset_config_name,
-        "cache_dir": args.cache_dir,
-        **columns,
-    }
+def data_source(args: argparse.Namespace) -> dataset_loading.ShadowDataSource:
+    """The flags that name the training data (`--cache_dir` is the Hub download cache, as for the models)."""
+    return dataset_loading.ShadowDataSource(
+        dataset_type=args.dataset_type,
+        data_dir=args.train_data_dir,
+        dataset_name=args.dataset_name,
+        dataset_config_name=args.dataset_config_name,
+        cache_dir=args.cache_dir,
+        **{option: getattr(args, option) for option in HF_COLUMN_FLAGS},
+    )
 
 
-def build_data(args: argparse.Namespace, accelerator: Accelerator, vae: AutoencoderKL):
-    """(train_loader, val_loader) from dataset_loading; val_loader is None without a validation split. With
-    --cache_latents both yield cached latents (built once; only the local main process encodes)."""
+def build_data(args: argparse.Namespace, accelerator: Accelerator, vae: AutoencoderKL, dataset):
+    """(train_loader, val_loader) over the `dataset` that `validate_args` opened (no second scan); val_loader is None
+    without a validation split. With --cache_latents both yield cached latents (built once; only the local main
+    process encodes)."""
     kwargs = {
-        **_dataset_kwargs(args),
         "batch_size": args.train_batch_size,
         "num_workers": args.dataloader_num_workers,
-        "image_size": args.resolution,
         "val_fraction": args.val_fraction,
         "seed": args.seed,
         "split_seed": args.split_seed,
@@ -1138,10 +1182,7 @@ def build_data(args: argparse.Namespace, accelerator: Accelerator, vae: Autoenco
     }
     if args.cache_latents:
         kwargs.update(cache_latents=True, vae=vae, latent_cache_dir=args.latent_cache_dir, accelerator=accelerator)
-        train_loader, val_loader = dataset_loading.create_dataloaders(**kwargs)
-    else:
-        with accelerator.main_process_first():  # one process downloads a Hub dataset, the others reuse it
-            train_loader, val_loader = dataset_loading.create_dataloaders(**kwargs)
+    train_loader, val_loader = dataset_loading.create_dataloaders(dataset, **kwargs)
     if len(train_loader) == 0:
         raise ValueError("The training split is empty: add samples or lower `--val_fraction`.")
     if val_loader is None:
@@ -1150,8 +1191,8 @@ def build_data(args: argparse.Namespace, accelerator: Accelerator, vae: Autoenco
 
 
 def batch_light(batch: dict, device: torch.device) -> torch.Tensor:
-    """[B,3] raw (theta deg, phi deg, size), the UNet's light input."""
-    return torch.stack([torch.as_tensor(batch[key]) for key in LIGHT_KEYS], dim=1).to(device, torch.float32)
+    """[B,3] raw (theta deg, phi deg, size), the UNet's light input, as the data loader built it."""
+    return batch["light"].to(device, torch.float32)
 
 
 @torch.no_grad()
@@ -1676,284 +1717,13 @@ def _record_nan_step(args, state: TrainingState, outcome: StepOutcome) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# 10. Sharing: the model card in final/ and the upload (--push_to_hub)
-# --------------------------------------------------------------------------------------------------------------------
-
-PAPER_URL = "https://arxiv.org/abs/2412.11972"
-BENCHMARK_DATASET = "jasperai/controllable-shadow-generation-benchmark"
-CARD_METRICS = (("iou", "IoU ↑"), ("rmse", "RMSE ↓"), ("s_rmse", "s-RMSE ↓"), ("zncc", "ZNCC ↑"))
-LIGHT_TABLE = """| parameter | range | meaning |
-|---|---|---|
-| `theta` | [0, 90) degrees (0..45 in the training data of the paper) | polar angle of the light from straight up; larger = longer shadow, 0 = shadow right under the object |
-| `phi` | any degrees, wrapped into [0, 360) | azimuth; 0 = light on the image's right, so the shadow falls to the LEFT; 90 = light behind the object |
-| `size` | > 0 (2..8 in the training data of the paper) | side of the square area light on a sphere of radius 8 around the object; bigger = softer |
-| `intensity` | >= 0 | compositing only: the background is darkened by intensity x shadow map |"""
-LIGHT_DIAGRAM = """```
-                     phi = 90: light behind the object (shadow toward the camera)
-                                        |
-  phi = 180: light on the left  ----- object -----  phi = 0: light on the image's right
-  (shadow falls right)                  |           (shadow falls LEFT)
-                     phi = 270: light on the camera's side (shadow away from it)
-                                        |
-                                      camera
-```"""
-
-
-def read_evaluation_metrics(path: str | os.PathLike) -> dict:
-    """`settings` and `summary` ({track: {metric: {"mean", "std", "n"}, "num_images", "num_seeds"}}) of the
-    metrics.json that evaluate_shadow.py writes."""
-    metrics = json.loads(Path(path).read_text())
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("summary"), dict):
-        raise ValueError("not a metrics.json of evaluate_shadow.py (no `summary` table)")
-    return {"settings": metrics.get("settings", {}), "summary": metrics["summary"]}
-
-
-def latest_validation_grid(output_dir: str | os.PathLike) -> tuple[Path | None, dict]:
-    """The newest validation/step-N.png and what it shows ({"step", "columns", "rows": captions}), or (None, {})."""
-    found = []
-    for path in (Path(output_dir) / "validation").glob("step-*.png"):
-        match = re.fullmatch(r"step-(\d+)\.png", path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    if not found:
-        return None, {}
-    path = max(found)[1]
-    with PIL.Image.open(path) as image:
-        info = image.info.get(GRID_INFO_KEY)
-    return path, (json.loads(info) if info else {})
-
-
-def _is_hub_id(name: str) -> bool:
-    return not os.path.exists(os.path.expanduser(name)) and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None
-
-
-def _data_description(args: argparse.Namespace) -> str:
-    if args.dataset_type == "hf" and args.dataset_name:
-        source = (
-            f"the Hugging Face dataset [`{args.dataset_name}`](https://huggingface.co/datasets/{args.dataset_name})"
-        )
-    else:
-        source = f"a local dataset in the project's custom layout (`{Path(args.train_data_dir or '.').name}/`)"
-    return (
-        f"Trained on {source}, with {args.val_fraction:.0%} of the samples held out for validation. The public "
-        f"benchmark [`{BENCHMARK_DATASET}`](https://huggingface.co/datasets/{BENCHMARK_DATASET}) is a test set and "
-        "was not used for training."
-    )
-
-
-def _metrics_section(metrics_path: str | None) -> str:
-    if not metrics_path:
-        return (
-            "No evaluation was attached to this training run. Score the pipeline on the public benchmark with "
-            "`python evaluate_shadow.py --model <this repo> --dataset_type benchmark` and compare with the paper's "
-            "Table 2."
-        )
-    metrics = read_evaluation_metrics(metrics_path)
-    settings = metrics["settings"]
-    lines = [
-        f"Measured with `evaluate_shadow.py` on {settings.get('dataset', 'the evaluation data')}: "
-        f"{settings.get('num_inference_steps', 1)} inference step(s), {settings.get('num_seeds', '?')} seed(s) per "
-        f"image, resolution {settings.get('resolution', '?')}, {settings.get('hardware', 'hardware not recorded')}. "
-        "Mean ± std over images (each averaged over its seeds).",
-        "",
-        "| track | images | " + " | ".join(label for _, label in CARD_METRICS) + " |",
-        "|---|---|" + "---|" * len(CARD_METRICS),
-    ]
-    for track, entry in metrics["summary"].items():
-        cells = []
-        for name, _ in CARD_METRICS:
-            stats = entry.get(name) or {}
-            mean, std = stats.get("mean"), stats.get("std")
-            cells.append("n/a" if mean is None else f"{mean:.3f} ± {std:.3f}")
-        lines.append(f"| {track} | {entry.get('num_images', '?')} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _usage_section(args: argparse.Namespace, repo_id: str) -> str:
-    call = (
-        'cutout = Image.open("object.png")  # an RGBA cut-out: the mask is its alpha channel\n'
-        'out = pipe(cutout, theta=30.0, phi=45.0, size=4.0, background=Image.open("background.jpg"), intensity=0.8,\n'
-        "           generator=torch.Generator().manual_seed(0))\n"
-        'out.shadow_maps[0].save("shadow.png")  # mode "L", 255 = full shadow (intensity not applied)\n'
-        'out.images[0].save("composite.png")  # the object over the shadowed background'
-    )
-    text = (
-        "The pipeline's code (`pipeline_shadow.py`) ships beside the weights, so diffusers loads it with "
-        "`trust_remote_code=True`; one UNet step per image (`num_inference_steps=1`, the default).\n\n"
-        "```python\nimport torch\nfrom diffusers import DiffusionPipeline\nfrom PIL import Image\n\n"
-        f'pipe = DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True)\n'
-        'pipe = pipe.to("cuda" if torch.cuda.is_available() else "cpu")\n'
-        f"{call}\n```\n\n"
-        "Where `pipeline_shadow.py` (also in this repository) is importable, no flag is needed: "
-        f'`from pipeline_shadow import ShadowPipeline; ShadowPipeline.from_pretrained("{repo_id}")`.'
-    )
-    if args.use_lora:
-        text += (
-            "\n\nThe weights above are the LoRA merged into the base. The adapter itself is in `unet_lora/` (peft "
-            "format, plus the fully trained `conv_in` and light projection) and loads onto the converted base:\n\n"
-            "```python\nfrom pipeline_shadow import ShadowPipeline\n\n"
-            f'pipe = ShadowPipeline.from_sdxl("{args.pretrained_model_name_or_path}")\n'
-            f'pipe.load_lora_weights("{repo_id}")  # or a local .../unet_lora folder; fuse=True merges it\n```'
-        )
-    return text
-
-
-def _training_section(args: argparse.Namespace, state: TrainingState, num_processes: int) -> str:
-    total_batch = args.train_batch_size * num_processes * args.gradient_accumulation_steps
-    if args.use_lora:
-        alpha = args.lora_alpha or args.lora_rank
-        method = f"LoRA (rank {args.lora_rank}, alpha {alpha:g}) + fully trained conv_in and light projection"
-    else:
-        method = "full fine-tuning"
-    optimizer = "AdamW"
-    if args.use_8bit_adam:
-        optimizer = "8-bit AdamW (bitsandbytes)"
-    elif args.memory_lean:
-        optimizer = "8-bit AdamW with bf16 stochastic rounding (torchao)"
-    weights = "bf16 weights and gradients (`--memory_lean`)" if args.memory_lean else "fp32 weights"
-    rows = [
-        ("base model", f"`{args.pretrained_model_name_or_path}`"),
-        ("method", method),
-        ("objective", f"rectified flow, t sampling `{args.timestep_sampling}`"),
-        ("resolution", f"{args.resolution} px"),
-        ("optimizer steps", f"{state.global_step}"),
-        (
-            "batch",
-            f"{args.train_batch_size} per device x {num_processes} device(s) x "
-            f"{args.gradient_accumulation_steps} accumulated = {total_batch}",
-        ),
-        (
-            "optimizer",
-            f"{optimizer}, lr {args.learning_rate:g}, "
-            f"`{args.lr_scheduler}` with {args.lr_warmup_steps} warm-up steps, clipping {args.max_grad_norm:g}",
-        ),
-        ("precision", f"{weights}, `{args.mixed_precision or 'no'}` autocast"),
-        ("EMA", f"decay {args.ema_decay:g} (these weights are the EMA)" if args.use_ema else "no"),
-        ("seed", f"{args.seed}"),
-    ]
-    if state.best_val_loss is not None:
-        label = "single step, t = 1" if state.best_by == "single_step" else "training t"
-        rows.append((f"best validation loss ({label})", f"{state.best_val_loss:.6f} at step {state.best_step}"))
-    table = "\n".join(["| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
-    shown = {k: v for k, v in public_args(args).items() if not k.startswith("debug_")}
-    arguments = json.dumps(shown, indent=2, sort_keys=True, default=str)
-    return (
-        f"{_data_description(args)}\n\n{table}\n\n<details><summary>All training arguments</summary>\n\n"
-        f"```json\n{arguments}\n```\n\n</details>"
-    )
-
-
-def save_model_card(
-    args: argparse.Namespace, folder: Path, state: TrainingState, num_processes: int = 1, repo_id: str | None = None
-) -> Path:
-    """Writes folder/README.md (a Hugging Face model card: YAML front matter + markdown) and copies the latest
-    validation grid to folder/validation.png."""
-    from huggingface_hub import ModelCard, ModelCardData
-
-    repo_id = repo_id or args.hub_model_id or f"path/to/{Path(args.output_dir).name}/{folder.name}"
-    base = args.pretrained_model_name_or_path
-    card_data = ModelCardData(
-        license=args.hub_license,
-        library_name="diffusers",
-        pipeline_tag="image-to-image",
-        tags=list(MODEL_CARD_TAGS) + (["lora"] if args.use_lora else []),
-        base_model=base if _is_hub_id(base) else None,
-    )
-    grid, grid_info = latest_validation_grid(args.output_dir)
-    if grid is not None:
-        shutil.copyfile(grid, folder / "validation.png")
-        lights = "\n".join(f"{i + 1}. {caption}" for i, caption in enumerate(grid_info.get("rows", [])))
-        validation = (
-            f"![validation grid](validation.png)\n\nStep {grid_info.get('step', '?')}, one row per held-out sample: "
-            f"{GRID_COLUMNS} (single step from fixed noise).\n\n{lights}"
-        )
-    else:
-        validation = "No validation grid (the run had no validation split)."
-    body = f"""# Controllable shadow generation in one step (SDXL, rectified flow)
-
-Predicts the shadow map that a cut-out object casts under a light given by `theta`, `phi` and `size`, in ONE UNet
-step, and composites it onto a background. A reproduction of Tasar, Chadebec and Aubin, *Controllable Shadow Generation
-with Single-Step Diffusion Models from Synthetic Data* ([arXiv 2412.11972]({PAPER_URL})): SDXL's UNet without its text
-cross-attention, with the object latent and mask concatenated to the input and the light embedded like a timestep,
-fine-tuned with rectified flow from `{base}` by `train_shadow_sdxl.py`.
-
-## Light parameters
-
-{LIGHT_TABLE}
-
-The object stands on the ground plane, the camera looks at it from the front and slightly above; seen from above:
-
-{LIGHT_DIAGRAM}
-
-## How to use
-
-{_usage_section(args, repo_id)}
-
-## Training
-
-{_training_section(args, state, num_processes)}
-
-## Validation
-
-{validation}
-
-## Evaluation
-
-{_metrics_section(args.evaluation_metrics)}
-
-## Licence
-
-The weights are fine-tuned from `{base}` and are released under `{args.hub_license}` (weights fine-tuned from SDXL
-inherit its CreativeML Open RAIL++-M licence and its use restrictions). The code in `pipeline_shadow.py` is
-Apache-2.0. The training data is described above; check its own licence before redistributing derived work.
-"""
-    card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
-    path = folder / "README.md"
-    card.save(path)
-    return path
-
-
-def create_hub_repo(args: argparse.Namespace) -> str:
-    """Creates (or reuses) the Hub repository and returns its full id (namespace/name)."""
-    from huggingface_hub import create_repo
-
-    name = args.hub_model_id or Path(args.output_dir).resolve().name
-    return create_repo(name, exist_ok=True, token=args.hub_token, private=args.hub_private_repo).repo_id
-
-
-def upload_pipeline(folder: Path, repo_id: str, token: str | None = None) -> None:
-    """Uploads the final pipeline folder (weights, pipeline_shadow.py at the root and in unet/, README.md,
-    validation.png, unet_lora/ with --use_lora)."""
-    from huggingface_hub import upload_folder
-
-    upload_folder(repo_id=repo_id, folder_path=str(folder), token=token, commit_message="End of training")
-
-
-def push_final_pipeline(args: argparse.Namespace, folder: Path, state: TrainingState, num_processes: int) -> str:
-    try:
-        repo_id = create_hub_repo(args)
-        save_model_card(args, folder, state, num_processes, repo_id=repo_id)  # with the repository's full id
-        upload_pipeline(folder, repo_id, args.hub_token)
-    except Exception:
-        logger.error(
-            "Uploading %s to the Hub failed; the pipeline is saved there. Retry with: hf upload %s %s",
-            folder,
-            args.hub_model_id or Path(args.output_dir).resolve().name,
-            folder,
-        )
-        raise
-    logger.info("Uploaded %s to https://huggingface.co/%s", folder, repo_id)
-    return repo_id
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# 11. main
+# 10. main
 # --------------------------------------------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> TrainingState:
     args = parse_args(argv)
-    validate_args(args)
+    dataset = validate_args(args)
     # --memory_lean: bf16 weights under bf16 autocast (norms and softmax stay fp32, as in the default recipe).
     args.mixed_precision = resolve_mixed_precision("bf16" if args.memory_lean else args.mixed_precision)
     resume_dir = resolve_resume_checkpoint(args)
@@ -1961,16 +1731,16 @@ def main(argv: Sequence[str] | None = None) -> TrainingState:
     accelerator = build_accelerator(args)
     with training_log(args, accelerator):
         try:
-            return _run(args, accelerator, resume_dir)
+            return _run(args, accelerator, resume_dir, dataset)
         finally:
             accelerator.end_training()
 
 
-def _run(args, accelerator: Accelerator, resume_dir: Path | None) -> TrainingState:
+def _run(args, accelerator: Accelerator, resume_dir: Path | None, dataset) -> TrainingState:
     logger.info(accelerator.state, main_process_only=False)
     accelerate_set_seed(args.seed)  # model construction (the light projection's first layer) is reproducible too
     models = build_models(args, accelerator)
-    train_loader, val_loader = build_data(args, accelerator, models.vae)
+    train_loader, val_loader = build_data(args, accelerator, models.vae, dataset)
     if args.max_train_steps is None:
         batches_per_process = math.ceil(len(train_loader) / accelerator.num_processes)
         per_epoch = math.ceil(batches_per_process / args.gradient_accumulation_steps)

@@ -130,7 +130,7 @@ def one_step_latents(pipe: ShadowPipeline, batch: dict, generator: torch.Generat
     object_latents = encode_latents(pipe.vae, batch["object_image"])
     mask_latent = mask_to_latent(batch["mask"], tuple(object_latents.shape[-2:]))
     prepared = ObjectLatents(object_latents, mask_latent, boxes=[], sizes=[], objects=[], masks=[])
-    light = torch.stack([batch["theta"], batch["phi"], batch["size"]], dim=1).double()
+    light = batch["light"].double()  # [B,3] (theta, phi, size)
     return pipe.predict_latents(prepared, light, num_inference_steps=1, generator=generator)
 
 

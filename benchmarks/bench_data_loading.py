@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 from data_factory import make_custom_dataset  # noqa: E402
 
-from dataset_loading import LatentCacheSpec, create_dataloaders  # noqa: E402
+from dataset_loading import build_latent_cache, create_dataloaders, open_shadow_dataset  # noqa: E402
 from random_sdxl import random_vae  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -75,12 +75,13 @@ def main() -> None:
                     {"path": "images (PNG decode + resize)", "size": size, "workers": workers, "samples_s": rate}
                 )
                 print(rows[-1])
-            spec = LatentCacheSpec(vae, Path(tmp) / "cache", batch_size=args.batch_size)
+            cached = {"cache_latents": True, "vae": vae, "latent_cache_dir": Path(tmp) / "cache"}
             started = time.perf_counter()
-            create_dataloaders("custom", data_dir, num_workers=0, latent_cache=spec, **common)
+            dataset = open_shadow_dataset("custom", data_dir, image_size=size)
+            build_latent_cache(dataset, vae, cached["latent_cache_dir"], batch_size=args.batch_size)
             build_s = time.perf_counter() - started
             for workers in args.workers:
-                loader, _ = create_dataloaders("custom", data_dir, num_workers=workers, latent_cache=spec, **common)
+                loader, _ = create_dataloaders(dataset, num_workers=workers, **cached, **common)
                 rate = samples_per_second(loader, args.epochs)
                 rows.append({"path": "cached latents", "size": size, "workers": workers, "samples_s": rate})
                 print(rows[-1], f"(cache built in {build_s:.1f} s with the tiny VAE)")

@@ -48,8 +48,9 @@ def make_batches(vae, batch_size: int, resolution: int, device) -> tuple[dict, d
         "size": torch.full((batch_size,), 2.0),
         "id": [str(i) for i in range(batch_size)],
     }
+    images["light"] = torch.stack([images[k] for k in ("theta", "phi", "size")], 1)  # [B,3], as the loader builds it
     object_latents, mask_latent, shadow_latents = train.batch_latents(vae, images, device)
-    cached = {k: images[k] for k in ("theta", "phi", "size", "id")}
+    cached = {k: images[k] for k in ("light", "theta", "phi", "size", "id")}
     cached.update(object_latents=object_latents, mask_latent=mask_latent, shadow_latents=shadow_latents)
     return images, cached
 
@@ -84,7 +85,7 @@ def unet_flops(unet, batch: dict, device) -> int:
 def naive_loss(unet, batch: dict, device) -> torch.Tensor:
     x0 = batch["shadow_latents"]
     noise, t = torch.randn_like(x0), torch.rand(x0.shape[0], device=device)
-    light = torch.stack([batch[k] for k in ("theta", "phi", "size")], 1).to(device)
+    light = batch["light"].to(device)
     model_input = torch.cat([rf_interpolate(x0, noise, t), batch["mask_latent"], batch["object_latents"]], 1)
     velocity = unet(model_input, rf_model_timestep(t), light).sample
     return torch.nn.functional.mse_loss(velocity.float(), rf_velocity(x0, noise))

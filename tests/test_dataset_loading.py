@@ -33,18 +33,19 @@ import dataset_loading
 from dataset_loading import (
     CachedLatentDataset,
     DatasetVerificationError,
-    LatentCacheSpec,
     SampleLoadError,
     SampleRecord,
+    ShadowDataSource,
     build_latent_cache,
     create_dataloaders,
     infer_dataset_type,
     main,
+    mirror_phi,
     open_shadow_dataset,
     split_indices,
     verify_dataset,
 )
-from pipeline_shadow import encode_latents, mirror_phi, shadow_to_vae_input
+from pipeline_shadow import encode_latents, shadow_to_vae_input
 from random_sdxl import random_vae
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -77,12 +78,74 @@ def test_issue_snippet_shapes(tmp_path):
     assert -1.0 <= batch["object_image"].min() and batch["object_image"].max() <= 1.0
     for key in ("theta", "phi", "size"):
         assert batch[key].shape == (2,) and batch[key].dtype == torch.float32
+    # One light tensor for the UNet, column for column the scalars (docs/design.md §8).
+    assert batch["light"].shape == (2, 3) and batch["light"].dtype == torch.float32
+    assert torch.equal(batch["light"], torch.stack([batch["theta"], batch["phi"], batch["size"]], dim=1))
     assert all(isinstance(stem, str) and stem.startswith("sample_") for stem in batch["id"])
     assert batch["track"] == [None, None]
     assert val_loader is not None
     # White outside the mask (docs/design.md §8): the gray background of the synthetic renders is gone.
     outside = batch["mask"].expand_as(batch["object_image"]) == 0
     assert torch.all(batch["object_image"][outside] == 1.0)
+
+
+def test_flipped_light_is_mirrored_in_the_light_tensor(custom_root):
+    dataset = open_shadow_dataset("custom", custom_root, image_size=32)
+    plain, flipped = dataset.load_sample(2), dataset.load_sample(2, flip=True)
+    assert torch.equal(flipped["light"], torch.stack([flipped["theta"], flipped["phi"], flipped["size"]]))
+    assert flipped["light"][1].item() == mirror_phi(plain["light"][1].item())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# One source description, one scan
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_one_source_description_serves_open_verify_and_loaders(custom_root):
+    source = ShadowDataSource("custom", data_dir=custom_root)
+    by_keywords = open_shadow_dataset("custom", custom_root, image_size=32)
+    assert open_shadow_dataset(source, image_size=32).fingerprint() == by_keywords.fingerprint()
+    assert verify_dataset(source, level="quick").ok and verify_dataset(source).num_samples == 8
+    from_source, _ = create_dataloaders(source, num_workers=0, image_size=32, shuffle=False, val_fraction=0)
+    from_keywords, _ = create_dataloaders(
+        dataset_type="custom", data_dir=custom_root, num_workers=0, image_size=32, shuffle=False, val_fraction=0
+    )
+    for a, b in zip(from_source, from_keywords):
+        assert a["id"] == b["id"] and torch.equal(a["object_image"], b["object_image"])
+        assert torch.equal(a["light"], b["light"])
+
+
+def test_source_mistakes_name_the_argument(custom_root):
+    source = ShadowDataSource("custom", data_dir=custom_root)
+    with pytest.raises(ValueError, match="either a ShadowDataSource or its fields"):
+        open_shadow_dataset(source, split="test")
+    with pytest.raises(TypeError, match="image_colum"):
+        open_shadow_dataset("hf", dataset_name="x", image_colum="image")
+    with pytest.raises(ValueError, match="`data_dir` is required"):
+        verify_dataset(ShadowDataSource("custom"))
+    dataset = open_shadow_dataset(source, image_size=32)
+    with pytest.raises(ValueError, match=r"`image_size`=64 differs from the opened dataset's \(32\)"):
+        create_dataloaders(dataset, image_size=64, num_workers=0)
+    with pytest.raises(ValueError, match="pass no source fields"):
+        create_dataloaders(dataset, num_workers=0, split="test")
+
+
+def test_an_opened_dataset_goes_to_the_loaders_without_a_second_scan(custom_root):
+    """After the one scan, the loaders need only the image files: with metadata.json gone a new scan fails, the opened
+    dataset still loads, split and flips exactly as a fresh open would."""
+    dataset = open_shadow_dataset("custom", custom_root, image_size=32)
+    expected_train, expected_val = create_dataloaders(
+        "custom", custom_root, batch_size=4, num_workers=0, image_size=32, val_fraction=0.25, seed=3, random_flip=True
+    )
+    (custom_root / "metadata.json").unlink()
+    with pytest.raises(DatasetVerificationError):
+        open_shadow_dataset("custom", custom_root, image_size=32)
+    train, val = create_dataloaders(dataset, batch_size=4, num_workers=0, val_fraction=0.25, seed=3, random_flip=True)
+    for loader, expected in ((train, expected_train), (val, expected_val)):
+        for a, b in zip(loader, expected, strict=True):
+            assert a["id"] == b["id"] and torch.equal(a["shadow_map"], b["shadow_map"])
+            assert torch.equal(a["light"], b["light"])
+    assert dataset.random_flip is False  # the loaders flip a view, not the caller's dataset
 
 
 def test_light_values_follow_metadata(custom_root):
@@ -170,6 +233,12 @@ def test_binarize_masks_option(tmp_path):
 def _centroid_col(weights: torch.Tensor) -> float:
     columns = torch.arange(weights.shape[-1], dtype=torch.float32)
     return float((weights.sum(dim=-2) * columns).sum() / weights.sum())
+
+
+def test_mirror_phi():
+    # Flip: light on the right (0) goes to the left (180); 90 (behind the object) stays; the result is wrapped.
+    assert mirror_phi(0.0) == 180.0 and mirror_phi(90.0) == 90.0 and mirror_phi(30.0) == 150.0
+    assert mirror_phi(270.0) == 270.0 and mirror_phi(200.0) == 340.0
 
 
 def test_flip_mirrors_image_mask_shadow_and_phi(tmp_path):
@@ -724,18 +793,28 @@ def _CountingVAE(vae):
 
 def test_cache_miss_then_hit_and_cached_batches(custom_root, tiny_vae, tmp_path):
     vae = _CountingVAE(tiny_vae)
-    spec = LatentCacheSpec(vae, tmp_path / "cache", batch_size=4)
+    cached = {"cache_latents": True, "vae": vae, "latent_cache_dir": tmp_path / "cache"}
     train, val = create_dataloaders(
-        "custom", custom_root, batch_size=2, num_workers=0, image_size=32, latent_cache=spec, val_fraction=0.25
+        "custom", custom_root, batch_size=2, num_workers=0, image_size=32, **cached, val_fraction=0.25
     )
     assert vae.encoded_images == 2 * 8  # object images and shadow maps, each once
     batch = next(iter(train))
-    assert set(batch) == {"object_latents", "shadow_latents", "mask_latent", "theta", "phi", "size", "id", "track"}
+    assert set(batch) == {
+        "object_latents",
+        "shadow_latents",
+        "mask_latent",
+        "light",
+        "theta",
+        "phi",
+        "size",
+        "id",
+        "track",
+    }
     assert batch["object_latents"].shape == (2, 4, 4, 4) and batch["shadow_latents"].shape == (2, 4, 4, 4)
     assert batch["mask_latent"].shape == (2, 1, 4, 4) and batch["phi"].shape == (2,)
     assert val is not None and next(iter(val))["object_latents"].shape[1:] == (4, 4, 4)
 
-    create_dataloaders("custom", custom_root, num_workers=0, image_size=32, latent_cache=spec)
+    create_dataloaders("custom", custom_root, num_workers=0, image_size=32, **cached)
     assert vae.encoded_images == 2 * 8  # hit: nothing encoded again
     dataset = open_shadow_dataset("custom", custom_root, image_size=32)
     cache = build_latent_cache(dataset, tiny_vae, tmp_path / "cache")
@@ -848,18 +927,20 @@ def test_only_the_main_process_writes(custom_root, tiny_vae, tmp_path):
 
 
 def test_cached_loader_with_workers(custom_root, tiny_vae, tmp_path):
-    spec = LatentCacheSpec(tiny_vae, tmp_path / "cache")
     loader, _ = create_dataloaders(
-        "custom", custom_root, batch_size=4, num_workers=2, image_size=32, val_fraction=0, latent_cache=spec
-    )
+        "custom", custom_root, batch_size=4, num_workers=2, image_size=32, val_fraction=0, cache_latents=True,
+        vae=tiny_vae, latent_cache_dir=tmp_path / "cache",
+    )  # fmt: skip
     ids = sorted(sample_id for batch in loader for sample_id in batch["id"])
     assert ids == [f"sample_{i:03d}" for i in range(8)]
 
 
 def test_benchmark_tar_is_cacheable(tmp_path, tiny_vae):
     tar = make_benchmark_tar(tmp_path / "b.tar", n_per_track=1, size=16)
-    spec = LatentCacheSpec(tiny_vae, tmp_path / "cache")
-    loader, _ = create_dataloaders("benchmark", data_dir=tar, num_workers=0, image_size=16, latent_cache=spec)
+    loader, _ = create_dataloaders(
+        "benchmark", data_dir=tar, num_workers=0, image_size=16, cache_latents=True, vae=tiny_vae,
+        latent_cache_dir=tmp_path / "cache",
+    )  # fmt: skip
     batch = next(iter(loader))
     assert batch["track"] == ["horizontal", "vertical", "softness"] and batch["object_latents"].shape == (3, 4, 2, 2)
 

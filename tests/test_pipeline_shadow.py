@@ -20,6 +20,7 @@ import pipeline_shadow as ps
 from pipeline_shadow import ShadowPipeline, ShadowUNet
 
 REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "models" / "shadow-small"
 
 # ----- helpers ---------------------------------------------------------------------------------------------------
 
@@ -48,12 +49,10 @@ def _call(pipe, image, seed=0, **kwargs):
 # ----- shared interfaces -----------------------------------------------------------------------------------------
 
 
-def test_wrap_and_mirror_phi():
+def test_wrap_phi():
     assert ps.wrap_phi(370.0) == 10.0 and ps.wrap_phi(-10.0) == 350.0
     phis = torch.tensor([0.0, 10.0, 359.0, 360.0, -1.0])
     assert torch.equal(ps.wrap_phi(phis), torch.tensor([0.0, 10.0, 359.0, 0.0, 359.0], dtype=torch.float64))
-    # Flip: light on the right (0) goes to the left (180); 90 (behind the object) stays.
-    assert ps.mirror_phi(0.0) == 180.0 and ps.mirror_phi(90.0) == 90.0 and ps.mirror_phi(30.0) == 150.0
 
 
 def test_resize_and_pad_keeps_aspect_and_round_trips():
@@ -173,9 +172,55 @@ def test_conversion_drops_cross_attention_and_widens_conv_in(tiny_sdxl_dir, capl
     key = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight"
     assert torch.equal(unet.state_dict()[f"unet.{key}"], sdxl_state[key])
     # The config alone says how to rebuild it.
-    assert unet.config.unet_config["in_channels"] == 9 and unet.config.cross_attention is False
+    assert unet.config.unet_config["in_channels"] == 9 and "cross_attention" not in unet.config
     assert unet.config.unet_config["projection_class_embeddings_input_dim"] == 768
     assert "dropped" in caplog.text and "conv_in widened 4 -> 9" in caplog.text and "light embedding" in caplog.text
+
+
+def test_light_sinusoids_are_weightless(tiny_sdxl_dir):
+    unet = ShadowUNet.from_sdxl_unet(UNet2DConditionModel.from_pretrained(tiny_sdxl_dir, subfolder="unet"))
+    assert not list(unet.light_sinusoids.parameters()) and not list(unet.light_sinusoids.buffers())
+    assert not any(name.startswith("light_sinusoids") for name in unet.state_dict())
+
+
+def _shipped_module(monkeypatch):
+    """The code copy saved beside the shipped weights, imported under its own name (what trust_remote_code runs)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("shipped_pipeline_shadow", SHIPPED / "unet" / "pipeline_shadow.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shipped_unet_config_migrates_and_loads_bit_identically(caplog, monkeypatch):
+    """models/shadow-small/unet/config.json carries the retired `cross_attention: false`: the current ShadowUNet
+    drops it on load without a warning, takes every weight of the file, and predicts exactly what the code saved
+    beside those weights predicts."""
+    from safetensors.torch import load_file
+
+    assert json.loads((SHIPPED / "unet" / "config.json").read_text())["cross_attention"] is False
+    with caplog.at_level(logging.WARNING):
+        unet = ShadowUNet.from_pretrained(SHIPPED, subfolder="unet")
+    assert "not expected" not in caplog.text and "cross_attention" not in unet.config
+    weights = load_file(str(SHIPPED / "unet" / "diffusion_pytorch_model.safetensors"))
+    state = unet.state_dict()
+    assert state.keys() == weights.keys() and all(torch.equal(state[k], weights[k]) for k in weights)
+
+    shipped_unet = _shipped_module(monkeypatch).ShadowUNet.from_pretrained(SHIPPED, subfolder="unet")
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(2, 9, 16, 16, generator=generator)
+    timestep, light = torch.tensor([1000.0, 1000.0]), torch.tensor([[30.0, 0.0, 2.0], [10.0, 200.0, 6.0]])
+    with torch.no_grad():
+        assert torch.equal(unet(sample, timestep, light).sample, shipped_unet(sample, timestep, light).sample)
+
+
+def test_retired_config_key_with_an_unsupported_value_is_refused(tmp_path):
+    config = json.loads((SHIPPED / "unet" / "config.json").read_text())
+    assert "cross_attention" not in ps.migrate_shadow_unet_config(config)
+    with pytest.raises(ValueError, match="`cross_attention` must be False"):
+        ShadowUNet.from_config({**config, "cross_attention": True})
 
 
 def test_full_size_parameter_counts():

@@ -24,17 +24,17 @@ from training_fixtures import (  # noqa: F401 (autouse fixture)
 )
 
 import evaluate_shadow
+import hub_card
 import train_shadow_sdxl as train
 from pipeline_shadow import (
     LORA_ADAPTER_WEIGHTS,
     LORA_FULL_WEIGHTS,
-    LORA_FULLY_TRAINED_MODULES,
     LORA_INFO,
     LORA_SUBFOLDER,
-    LORA_TARGET_MODULES,
     ShadowPipeline,
     ShadowUNet,
 )
+from train_shadow_sdxl import LORA_FULLY_TRAINED_MODULES, LORA_TARGET_MODULES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOT_LOADABLE = "org/not-a-model-that-could-load"  # proves an error comes before any model loads
@@ -432,9 +432,9 @@ def test_push_to_hub_uploads_the_final_folder_with_its_model_card(monkeypatch, t
     from huggingface_hub import ModelCard
 
     uploads = []
-    monkeypatch.setattr(train, "create_hub_repo", lambda args: f"me/{args.hub_model_id}")
+    monkeypatch.setattr(hub_card, "create_hub_repo", lambda args: f"me/{args.hub_model_id}")
     monkeypatch.setattr(
-        train, "upload_pipeline", lambda folder, repo_id, token: uploads.append((Path(folder), repo_id, token))
+        hub_card, "upload_pipeline", lambda folder, repo_id, token: uploads.append((Path(folder), repo_id, token))
     )
     output_dir = tmp_path / "out"
     extra = [
@@ -457,7 +457,7 @@ def test_push_to_hub_uploads_the_final_folder_with_its_model_card(monkeypatch, t
 
     card = ModelCard.load(final / "README.md")  # the front matter parses
     assert card.data.license == "openrail++" and card.data.library_name == "diffusers"
-    assert set(train.MODEL_CARD_TAGS) <= set(card.data.tags) and card.data.base_model is None  # a local base
+    assert set(hub_card.MODEL_CARD_TAGS) <= set(card.data.tags) and card.data.base_model is None  # a local base
     text = card.text
     for section in (
         "## Light parameters",

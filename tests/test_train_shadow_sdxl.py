@@ -264,6 +264,16 @@ def test_single_step_training_validates_once_at_t_1(tiny_sdxl_dir, data_dir, tmp
     assert best["step"] == 2 and best["val_loss"] == best["val_loss_single_step"] > 0
 
 
+def test_a_training_run_scans_its_data_once(tiny_sdxl_dir, data_dir, tmp_path, monkeypatch):
+    """validate_args checks the data before any model loads and hands that dataset to the loaders: one scan."""
+    import dataset_loading
+
+    scanned, scan = [], dataset_loading._scan
+    monkeypatch.setattr(dataset_loading, "_scan", lambda *args, **kwargs: scanned.append(args) or scan(*args, **kwargs))
+    train.main(_argv(tiny_sdxl_dir, data_dir, tmp_path / "out", "--max_train_steps", 1))
+    assert len(scanned) == 1 and scanned[0][0].data_dir == str(data_dir)
+
+
 def test_rectified_flow_loss_is_the_velocity_mse():
     class Constant(torch.nn.Module):
         def forward(self, sample, timestep, light):
