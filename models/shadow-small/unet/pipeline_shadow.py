@@ -11,7 +11,7 @@ the renderer share (value ranges, white background, mask and shadow encoding, li
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import inspect
 import json
 import logging
@@ -52,12 +52,9 @@ MASK_CHANNELS = 1
 UNET_IN_CHANNELS = LATENT_CHANNELS + MASK_CHANNELS + LATENT_CHANNELS  # [z_t, z_m, z_o]
 LIGHT_EMBEDDING_DIM = 256  # per light parameter, as SDXL's timestep embedding
 
-# LoRA (train_shadow_sdxl.py --use_lora): peft adapters on every transformer block's attention and feed-forward
-# layers; conv_in (new zero input channels) and the light projection (zero last layer) train fully beside them, since
-# neither starts from an SDXL weight that a low-rank delta could adapt (docs/design.md §3). Names inside the stock UNet.
+# The LoRA folder that `train_shadow_sdxl.py --use_lora` writes (its `save_lora_state`; which modules it adapts is
+# the training script's choice) and `ShadowPipeline.load_lora_weights` reads.
 LORA_SUBFOLDER = "unet_lora"  # inside a saved pipeline folder
-LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
-LORA_FULLY_TRAINED_MODULES = ("conv_in", "class_embedding")
 LORA_ADAPTER_WEIGHTS = "adapter_model.safetensors"  # peft's own file name, beside its adapter_config.json
 LORA_FULL_WEIGHTS = "fully_trained_modules.safetensors"
 LORA_INFO = "shadow_lora.json"
@@ -79,11 +76,6 @@ def wrap_phi(phi):
     if isinstance(phi, np.ndarray):
         return np.mod(phi.astype(np.float64), 360.0)
     return float(phi) % 360.0
-
-
-def mirror_phi(phi):
-    """The azimuth of the light after a horizontal image flip: phi -> (180 - phi) mod 360 (docs/design.md §2)."""
-    return wrap_phi(180.0 - phi)
 
 
 def image_to_tensor(image, name: str = "object_image") -> torch.Tensor:
@@ -811,6 +803,22 @@ def shadow_unet_config(sdxl_unet_config: dict) -> dict:
     return config
 
 
+# Config keys that older ShadowUNet configs carry and the class no longer takes, with the one value they could hold.
+RETIRED_UNET_CONFIG_KEYS = {"cross_attention": False}
+
+
+def migrate_shadow_unet_config(config: dict) -> dict:
+    """A saved ShadowUNet config without the retired keys; raises ValueError if one holds a value never supported."""
+    config = dict(config)
+    for key, only_value in RETIRED_UNET_CONFIG_KEYS.items():
+        if key in config and config.pop(key) != only_value:
+            raise ValueError(
+                f"ShadowUNet config `{key}` must be {only_value!r} (the only value it ever supported; the key is "
+                "retired), got a different value: this config is not a shadow UNet's."
+            )
+    return config
+
+
 @dataclass
 class ShadowUNetOutput(BaseOutput):
     sample: torch.Tensor  # [B,4,h,w] predicted velocity v = noise - x0
@@ -828,12 +836,8 @@ class ShadowUNet(ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
 
     @register_to_config
-    def __init__(
-        self, unet_config: dict, light_embedding_dim: int = LIGHT_EMBEDDING_DIM, cross_attention: bool = False
-    ):
+    def __init__(self, unet_config: dict, light_embedding_dim: int = LIGHT_EMBEDDING_DIM):
         super().__init__()
-        if cross_attention:
-            raise ValueError("ShadowUNet has no text cross-attention: `cross_attention` must be False.")
         expected = light_embedding_dim * len(LIGHT_KEYS)
         if unet_config.get("projection_class_embeddings_input_dim") != expected:
             raise ValueError(
@@ -841,11 +845,17 @@ class ShadowUNet(ModelMixin, ConfigMixin):
             )
         self.unet = UNet2DConditionModel.from_config(unet_config)
         _strip_cross_attention(self.unet)
-        self.light_proj = Timesteps(
+        # Weightless: the fixed sinusoids of each light value; what learns is the projection in `unet.class_embedding`.
+        self.light_sinusoids = Timesteps(
             light_embedding_dim,
             flip_sin_to_cos=unet_config.get("flip_sin_to_cos", True),
             downscale_freq_shift=unet_config.get("freq_shift", 0),
         )
+
+    @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        """Migrates configs saved by older versions (e.g. the shipped models/shadow-small) on every load path."""
+        return super().extract_init_dict(migrate_shadow_unet_config(config_dict), **kwargs)
 
     @property
     def in_channels(self) -> int:
@@ -862,7 +872,7 @@ class ShadowUNet(ModelMixin, ConfigMixin):
             raise ValueError(f"`light` must be [B, 3] = (theta, phi, size), got {tuple(light.shape)}.")
         theta, phi, size = light.unbind(dim=1)
         phi = wrap_phi(phi).to(torch.float32)  # wrapped in float64 first, so phi and phi + 360 are bit-identical
-        parts = [self.light_proj(value.to(torch.float32)) for value in (theta, phi, size)]
+        parts = [self.light_sinusoids(value.to(torch.float32)) for value in (theta, phi, size)]
         return torch.cat(parts, dim=1)
 
     def forward(self, sample: torch.Tensor, timestep, light: torch.Tensor, return_dict: bool = True):
@@ -1382,7 +1392,7 @@ class ShadowPipeline(DiffusionPipeline):
     def _vae_dtype_context(self):
         """fp16 SDXL VAEs overflow: upcast to fp32 when the VAE config asks for it (diffusers' `force_upcast`)."""
         needs_upcast = self.vae.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False)
-        return _VaeUpcast(self.vae) if needs_upcast else _NullContext()
+        return _VaeUpcast(self.vae) if needs_upcast else contextlib.nullcontext()
 
     @torch.no_grad()
     def encode_object(
@@ -1633,14 +1643,6 @@ def _format_outputs(shadow_maps: list[torch.Tensor], images: list[torch.Tensor] 
     return shadow_batch[:, 0].numpy(), (image_batch.permute(0, 2, 3, 1).numpy() if image_batch is not None else None)
 
 
-class _NullContext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 class _VaeUpcast:
     def __init__(self, vae):
         self.vae = vae
@@ -1655,48 +1657,13 @@ class _VaeUpcast:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# 6. LoRA files: one writer (training) and one reader (training resume, `ShadowPipeline.load_lora_weights`).
+# 6. LoRA files: the reader of what `train_shadow_sdxl.py`'s `save_lora_state` writes (training resume and
+#    `ShadowPipeline.load_lora_weights`).
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def save_lora_state(
-    unet: ShadowUNet,
-    folder: str | os.PathLike,
-    base_model: str | None = None,
-    default_processing_resolution: int | None = None,
-) -> Path:
-    """Writes the LoRA that `unet.unet.add_adapter` added in peft's format (adapter_config.json and
-    adapter_model.safetensors), the modules trained fully beside it (fully_trained_modules.safetensors) and
-    shadow_lora.json (base model, training resolution): what rebuilds the trained UNet on top of its converted base."""
-    from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    inner = unet.unet
-    config = copy.copy(inner.peft_config["default"])
-    config.base_model_name_or_path = base_model
-    config.save_pretrained(str(folder))
-    adapter = get_peft_model_state_dict(inner)
-    save_file({k: v.detach().cpu().contiguous() for k, v in adapter.items()}, str(folder / LORA_ADAPTER_WEIGHTS))
-    full = {
-        k: v.detach().cpu().contiguous()
-        for k, v in inner.state_dict().items()
-        if k.split(".")[0] in LORA_FULLY_TRAINED_MODULES
-    }
-    save_file(full, str(folder / LORA_FULL_WEIGHTS))
-    info = {
-        "base_model": base_model,
-        "default_processing_resolution": default_processing_resolution,
-        "lora_target_modules": list(LORA_TARGET_MODULES),
-        "fully_trained_modules": list(LORA_FULLY_TRAINED_MODULES),
-    }
-    (folder / LORA_INFO).write_text(json.dumps(info, indent=2) + "\n")
-    return folder
-
-
 def load_lora_state(unet: ShadowUNet, folder: str | os.PathLike) -> None:
-    """Loads the adapter weights and the fully trained modules of a `save_lora_state` folder into `unet`, which must
+    """Loads the adapter weights and the fully trained modules of a LoRA folder into `unet`, which must
     already carry an adapter with the same configuration. Raises ValueError naming any weight that does not fit."""
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
