@@ -366,8 +366,8 @@ def camera_metadata(distance, elevation_deg, azimuth_deg, target, resolution: in
 # 3. Procedural objects: a JSON recipe drawn from an RNG, turned into one mesh by pure numpy code.
 # --------------------------------------------------------------------------------------------------------------------
 
-PRIMITIVES = ("box", "cylinder", "cone", "sphere", "torus", "prism")
-COMPOSITIONS = ("single", "stack", "leaning", "cluster", "table", "arch")
+SOLID_PRIMITIVES = ("box", "cylinder", "cone", "sphere", "torus", "prism")  # what the classic families draw from
+PRIMITIVES = (*SOLID_PRIMITIVES, "tube")  # tubes are placed by the thin-structure families (knots)
 _SEGMENTS = 32
 
 
@@ -391,6 +391,50 @@ def _frustum(radius_bottom: float, radius_top: float, height: float, segments: i
         faces.append(tuple(range(3 * n, 4 * n)))
         smooth.append(False)
     return np.concatenate([sides, *caps]), faces, smooth
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+
+
+def _tube(radius: float, path: np.ndarray, closed: bool, sides: int = _SEGMENTS // 2):
+    """A round tube of `radius` swept along the polyline `path` [N,3] (a closed loop if `closed`, else capped at both
+    ends). Frames are parallel-transported along the path, so the tube never twists; on a loop the leftover twist is
+    spread evenly over it, so the seam closes."""
+    n = len(path)
+    if closed:
+        tangents = _unit(np.roll(path, -1, axis=0) - np.roll(path, 1, axis=0))
+    else:
+        tangents = _unit(np.gradient(path, axis=0))
+    helper = np.array([0.0, 0.0, 1.0]) if abs(tangents[0, 2]) < 0.9 else np.array([1.0, 0.0, 0.0])
+    normals = [_unit(np.cross(tangents[0], helper))]
+    for tangent in tangents[1:]:
+        previous = normals[-1]
+        normals.append(_unit(previous - np.dot(previous, tangent) * tangent))
+    normals = np.array(normals)
+    if closed:  # rotate each frame by its share of the angle between the last frame carried round and the first
+        carried = _unit(normals[-1] - np.dot(normals[-1], tangents[0]) * tangents[0])
+        twist = math.atan2(np.dot(np.cross(carried, normals[0]), tangents[0]), np.dot(carried, normals[0]))
+        shares = twist * np.arange(n) / n
+        binormals = np.cross(tangents, normals)
+        normals = np.cos(shares)[:, None] * normals + np.sin(shares)[:, None] * binormals
+    binormals = np.cross(tangents, normals)
+    angles = 2.0 * np.pi * np.arange(sides) / sides
+    rings = path[:, None, :] + radius * (
+        np.cos(angles)[None, :, None] * normals[:, None, :] + np.sin(angles)[None, :, None] * binormals[:, None, :]
+    )
+    vertices = rings.reshape(-1, 3)
+    faces = []
+    for i in range(n if closed else n - 1):
+        a, b = i * sides, ((i + 1) % n) * sides
+        faces.extend((a + j, a + (j + 1) % sides, b + (j + 1) % sides, b + j) for j in range(sides))
+    smooth = [True] * len(faces)
+    if not closed:  # flat caps with their own vertices, facing back along the path at the start, along it at the end
+        vertices = np.concatenate([vertices, rings[0], rings[-1]])
+        start = n * sides
+        faces += [tuple(range(start, start + sides))[::-1], tuple(range(start + sides, start + 2 * sides))]
+        smooth += [False, False]
+    return vertices, faces, smooth
 
 
 def primitive_mesh(part: dict):
@@ -451,6 +495,9 @@ def primitive_mesh(part: dict):
         faces = [tuple(range(n))[::-1], tuple(range(n, 2 * n))]
         faces.extend((k, (k + 1) % n, n + (k + 1) % n, n + k) for k in range(n))
         return vertices, faces, [False] * len(faces)
+    if shape == "tube":  # a round tube along a polyline: radius, closed (1) or open (0), then x0, y0, z0, x1, ...
+        radius, closed, *path = dims
+        return _tube(radius, np.asarray(path, dtype=np.float64).reshape(-1, 3), bool(closed))
     raise ValueError(f"Unknown primitive {shape!r}; allowed: {', '.join(PRIMITIVES)}.")
 
 
@@ -486,7 +533,7 @@ def recipe_mesh(recipe: dict):
     return np.concatenate(all_vertices), all_faces, materials, smooth_flags
 
 
-def _random_primitive(rng: np.random.Generator, shapes=PRIMITIVES) -> dict:
+def _random_primitive(rng: np.random.Generator, shapes=SOLID_PRIMITIVES) -> dict:
     shape = str(rng.choice(shapes))
     if shape == "box":
         dims = rng.uniform(0.3, 1.5, size=3).tolist()
@@ -548,17 +595,337 @@ def _hsv_to_rgb(hue: float, saturation: float, value: float) -> list[float]:
     return [float(c) for c in value - value * saturation * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)]
 
 
-def procedural_recipe(rng: np.random.Generator) -> dict:
-    """A random object: primitives (boxes, cylinders, cones, ellipsoids, tori, extruded polygons) composed as a single
-    part, a stack, a leaning part, a cluster, a table or an arch, with 1-3 materials (plain, checker or noise)."""
-    composition = str(rng.choice(COMPOSITIONS, p=[0.2, 0.2, 0.15, 0.15, 0.15, 0.15]))
+# weights (so that seed S still makes the very same objects); the five thin-structure families are the shapes whose
+# shadows are not blobs: legs, poles, holes, slats and the gap under a span. docs/design.md §4.
+
+CLASSIC_FAMILIES = ("single", "stack", "leaning", "cluster", "table", "arch")
+THIN_FAMILIES = ("legged", "pole", "ring", "slats", "bridge")
+FAMILIES = CLASSIC_FAMILIES + THIN_FAMILIES
+DEFAULT_FAMILIES = CLASSIC_FAMILIES  # what a run without --families draws: the data the shipped model was trained on
+FAMILY_WEIGHTS = {
+    **dict(zip(CLASSIC_FAMILIES, (0.2, 0.2, 0.15, 0.15, 0.15, 0.15))),
+    **dict.fromkeys(THIN_FAMILIES, 0.15),
+}
+FAMILY_DESCRIPTIONS = {
+    "single": "one primitive (box, cylinder, cone, ellipsoid, torus, extruded polygon)",
+    "stack": "2-4 primitives stacked",
+    "leaning": "a rod leaning on a block",
+    "cluster": "2-4 primitives side by side",
+    "table": "a top on four legs or a pedestal",
+    "arch": "two pillars and a lintel",
+    "legged": "chairs, stools and tables on thin legs",
+    "pole": "a thin vertical pole (lamp post, sign, stand), with or without a base and a top",
+    "ring": "holes: standing and lying rings, torus knots, linked rings, a hoop on a stand",
+    "slats": "parallel thin bars with gaps: fences, combs, grilles, slatted benches",
+    "bridge": "a curved span with a gap under it: arches on piers, footbridges, gates, arcades",
+}
+
+
+def check_families(families, exclude=()) -> tuple[str, ...]:
+    """The selected families in FAMILIES order: `families` minus `exclude`. Without `families`: DEFAULT_FAMILIES, or
+    every family when some are excluded (`--exclude_families` alone = all but those)."""
+    chosen = tuple(families) if families is not None else (FAMILIES if exclude else DEFAULT_FAMILIES)
+    unknown = sorted((set(chosen) | set(exclude)) - set(FAMILIES))
+    if unknown:
+        raise ValueError(f"Unknown object family {unknown[0]!r}; allowed: {', '.join(FAMILIES)}.")
+    selected = tuple(name for name in FAMILIES if name in chosen and name not in exclude)
+    if not selected:
+        raise ValueError(f"No object family left: {', '.join(chosen)} minus {', '.join(exclude)}.")
+    return selected
+
+
+def draw_family(rng: np.random.Generator, families=DEFAULT_FAMILIES) -> str:
+    """The object's family: the first draw from its RNG, weighted by FAMILY_WEIGHTS among `families`."""
+    families = tuple(families)
+    weights = np.array([FAMILY_WEIGHTS[name] for name in families])
+    # The default keeps the original call bit for bit (same list, same p), hence no renormalisation there.
+    p = weights if families == DEFAULT_FAMILIES else weights / weights.sum()
+    return str(rng.choice(families, p=p))
+
+
+def _horizontal(part: dict, azimuth_deg: float = 0.0) -> dict:
+    """A part built along z laid along the x axis (then turned by `azimuth_deg` about z)."""
+    return dict(part, rotation_deg=[0.0, 90.0, float(azimuth_deg)])
+
+
+def _centred_at(part: dict, point) -> dict:
+    """Offsets a part so that its bounding-box centre is at `point` (x, y, z)."""
+    part = dict(part, offset=[0.0, 0.0, 0.0])
+    vertices, _, _ = part_vertices(part)
+    centre = (vertices.min(axis=0) + vertices.max(axis=0)) / 2
+    part["offset"] = [float(v) for v in np.asarray(point, dtype=np.float64) - centre]
+    return part
+
+
+def _bar(shape: str, half_width: float, length: float) -> dict:
+    """A thin box or cylinder `length` long along z."""
+    if shape == "box":
+        return {"shape": "box", "dims": [2 * half_width, 2 * half_width, length]}
+    return {"shape": "cylinder", "dims": [half_width, length]}
+
+
+def _legged_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
+    kind = str(rng.choice(["chair", "stool", "table"]))
+    leg_shape = str(rng.choice(["box", "cylinder"]))
+    parts = []
+    if kind == "stool":
+        height, seat_radius = float(rng.uniform(0.5, 0.9)), float(rng.uniform(0.18, 0.3))
+        leg_radius, splay = height * float(rng.uniform(0.015, 0.03)), float(rng.uniform(4.0, 12.0))
+        thickness = float(rng.uniform(0.04, 0.08))
+        parts.append(_set_down({"shape": "cylinder", "dims": [seat_radius, thickness]}, height - thickness))
+        count, start = int(rng.integers(3, 5)), float(rng.uniform(0, 360))
+        for k in range(count):
+            azimuth = start + 360.0 * k / count
+            outward = np.array([math.cos(math.radians(azimuth)), math.sin(math.radians(azimuth))])
+            leg = _bar(leg_shape, leg_radius, (height - thickness) / math.cos(math.radians(splay)) + 0.02)
+            leg["rotation_deg"] = [0.0, -splay, azimuth]  # the top leans in toward the seat's centre
+            parts.append(_set_down(leg, 0.0, 0.75 * seat_radius * outward))
+        if rng.uniform() < 0.5:  # a foot ring
+            ring_radius = 0.75 * seat_radius + (height - thickness) * 0.35 * math.tan(math.radians(splay))
+            parts.append(_set_down({"shape": "torus", "dims": [ring_radius, leg_radius * 0.8]}, 0.3 * height))
+        return kind, parts
+    if kind == "chair":
+        seat_height, width, depth = (float(v) for v in rng.uniform([0.4, 0.4, 0.4], [0.6, 0.6, 0.6]))
+        thickness, leg_radius = float(rng.uniform(0.03, 0.07)), float(rng.uniform(0.015, 0.035))
+    else:
+        seat_height, width, depth = (float(v) for v in rng.uniform([0.6, 1.0, 0.6], [1.0, 2.0, 1.2]))
+        thickness, leg_radius = float(rng.uniform(0.03, 0.08)), float(rng.uniform(0.015, 0.04))
+    parts.append(_set_down({"shape": "box", "dims": [width, depth, thickness]}, seat_height - thickness))
+    corners = [(sx * (width / 2 - leg_radius), sy * (depth / 2 - leg_radius)) for sx in (1, -1) for sy in (1, -1)]
+    for corner in corners:
+        parts.append(_set_down(_bar(leg_shape, leg_radius, seat_height - thickness + 0.01), 0.0, corner))
+    if rng.uniform() < 0.4:  # stretchers between the legs, low down
+        z = float(rng.uniform(0.1, 0.3)) * seat_height
+        for sy in (1, -1):
+            rail = _horizontal(_bar(leg_shape, leg_radius * 0.7, width - 2 * leg_radius))
+            parts.append(_set_down(rail, z, (0.0, sy * (depth / 2 - leg_radius))))
+    if kind == "chair":
+        back_height = float(rng.uniform(0.35, 0.7))
+        back_y = -depth / 2 + leg_radius  # the back on the -y side; the object's z rotation turns it anyway
+        style = str(rng.choice(["panel", "slats", "rails"]))
+        for sx in (1, -1):  # two back posts, continuing the back legs
+            parts.append(
+                _set_down(_bar(leg_shape, leg_radius, back_height), seat_height - 0.01, (sx * corners[0][0], back_y))
+            )
+        top_rail = {"shape": "box", "dims": [width, 2 * leg_radius, float(rng.uniform(0.04, 0.12))]}
+        parts.append(_set_down(top_rail, seat_height + back_height - top_rail["dims"][2], (0.0, back_y)))
+        if style == "panel":
+            panel = {"shape": "box", "dims": [width - 4 * leg_radius, 0.03, back_height * float(rng.uniform(0.3, 0.6))]}
+            parts.append(_set_down(panel, seat_height + 0.3 * back_height, (0.0, back_y)))
+        elif style == "slats":
+            count = int(rng.integers(2, 6))
+            for x in np.linspace(-width / 2, width / 2, count + 2)[1:-1]:
+                parts.append(
+                    _set_down(_bar("box", leg_radius * 0.8, back_height), seat_height - 0.01, (float(x), back_y))
+                )
+        else:
+            for z in np.linspace(seat_height, seat_height + back_height, int(rng.integers(2, 4)) + 2)[1:-1]:
+                rail = _horizontal(_bar(leg_shape, leg_radius * 0.8, width - 2 * leg_radius))
+                parts.append(_set_down(rail, float(z), (0.0, back_y)))
+    return kind, parts
+
+
+def _pole_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
+    height, radius = float(rng.uniform(1.5, 2.5)), float(rng.uniform(0.015, 0.05))
+    base = str(rng.choice(["none", "disc", "block", "tripod"]))
+    top = str(rng.choice(["none", "shade", "globe", "sign", "crossbar", "arm"]))
+    parts, base_height = [], 0.0
+    if base == "disc":
+        base_height = float(rng.uniform(0.02, 0.08))
+        parts.append(_set_down({"shape": "cylinder", "dims": [float(rng.uniform(0.15, 0.35)), base_height]}))
+    elif base == "block":
+        base_height = float(rng.uniform(0.05, 0.2))
+        side = float(rng.uniform(0.15, 0.4))
+        parts.append(_set_down({"shape": "box", "dims": [side, side, base_height]}))
+    elif base == "tripod":
+        reach, foot = float(rng.uniform(0.2, 0.4)), radius * 0.8
+        for k in range(3):
+            azimuth = 120.0 * k
+            leg = _bar("cylinder", foot, math.hypot(reach, 0.3 * height))
+            leg["rotation_deg"] = [0.0, -math.degrees(math.atan2(reach, 0.3 * height)), azimuth]
+            direction = np.array([math.cos(math.radians(azimuth)), math.sin(math.radians(azimuth))])
+            parts.append(_set_down(leg, 0.0, direction * reach / 2))
+    parts.append(_set_down(_bar("cylinder", radius, height), base_height - 0.005))
+    tip = base_height + height
+    if top == "shade":  # a lamp shade, open side down
+        shade_radius = float(rng.uniform(0.12, 0.3))
+        shade = {"shape": "cone", "dims": [shade_radius, shade_radius * float(rng.uniform(0.2, 0.6)), shade_radius]}
+        parts.append(_set_down(shade, tip - 0.5 * shade_radius))
+    elif top == "globe":
+        globe_radius = float(rng.uniform(0.08, 0.2))
+        parts.append(_set_down({"shape": "sphere", "dims": [globe_radius, 1.0]}, tip - 0.02))
+    elif top == "sign":
+        sign = {"shape": "box", "dims": [float(rng.uniform(0.3, 0.7)), 0.03, float(rng.uniform(0.2, 0.5))]}
+        parts.append(_set_down(sign, tip - sign["dims"][2] - 0.05))
+    elif top == "crossbar":
+        bar = _horizontal(_bar("cylinder", radius, float(rng.uniform(0.4, 1.0))))
+        parts.append(_set_down(bar, tip - float(rng.uniform(0.05, 0.3)) - radius))
+    elif top == "arm":  # a street lamp: an arm to one side, a small shade at its end
+        reach = float(rng.uniform(0.3, 0.7))
+        parts.append(_set_down(_horizontal(_bar("cylinder", radius * 0.8, reach)), tip - 2 * radius, (reach / 2, 0.0)))
+        shade = {"shape": "cone", "dims": [0.12, 0.04, 0.1]}
+        parts.append(_set_down(shade, tip - 0.12, (reach, 0.0)))
+    return f"{base}+{top}", parts
+
+
+def _torus_knot_path(p: int, q: int, major: float, minor: float, points: int = 96) -> np.ndarray:
+    t = 2.0 * np.pi * np.arange(points) / points
+    r = major + minor * np.cos(q * t)
+    return np.stack([r * np.cos(p * t), r * np.sin(p * t), minor * np.sin(q * t)], axis=1)
+
+
+def _ring_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
+    kind = str(rng.choice(["standing", "lying", "knot", "linked", "hoop"]))
+    major = float(rng.uniform(0.4, 0.9))
+    minor = major * float(rng.uniform(0.08, 0.25))
+    ring = {"shape": "torus", "dims": [major, minor]}
+    if kind == "standing":
+        return kind, [_set_down(dict(ring, rotation_deg=[90.0, 0.0, 0.0]))]
+    if kind == "lying":
+        return kind, [_set_down(ring)]
+    if kind == "knot":
+        p, q = (int(v) for v in [(2, 3), (3, 2), (2, 5), (3, 4)][int(rng.integers(4))])
+        path = _torus_knot_path(p, q, major, major * float(rng.uniform(0.3, 0.5)))
+        knot = {"shape": "tube", "dims": [major * float(rng.uniform(0.06, 0.12)), 1.0, *path.reshape(-1).tolist()]}
+        if rng.uniform() < 0.5:
+            knot["rotation_deg"] = [90.0, 0.0, 0.0]  # standing on its rim
+        return f"knot{p}{q}", [_set_down(knot)]
+    if kind == "linked":  # overlapping upright rings in a row, alternately raised and set a little back
+        count, pitch = int(rng.integers(2, 5)), 2.0 * major * float(rng.uniform(0.75, 1.05))
+        raise_by = major * float(rng.uniform(0.3, 0.8))
+        parts = []
+        for k in range(count):
+            link = dict(ring, rotation_deg=[90.0, 0.0, 0.0])
+            xy = ((k - (count - 1) / 2) * pitch, (k % 2) * 2.5 * minor)
+            parts.append(_set_down(link, (k % 2) * raise_by, xy))
+        return kind, parts
+    stand_height = float(rng.uniform(0.2, 0.8))  # hoop: a ring held up on a post
+    post = minor * 0.6
+    parts = [
+        _set_down({"shape": "cylinder", "dims": [float(rng.uniform(0.2, 0.4)), 0.04]}),
+        _set_down(_bar("cylinder", post, stand_height + 0.05), 0.03),
+        _set_down(dict(ring, rotation_deg=[90.0, 0.0, 0.0]), stand_height),
+    ]
+    return kind, parts
+
+
+def _slats_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
+    kind = str(rng.choice(["fence", "comb", "grille", "bench"]))
+    length = float(rng.uniform(1.2, 2.0))
+    count = int(rng.integers(5, 11)) if kind != "comb" else int(rng.integers(8, 17))
+    pitch = length / count
+    slat = pitch * float(rng.uniform(0.25, 0.55))  # the slat's width; the gap is the rest of the pitch
+    xs = (np.arange(count) - (count - 1) / 2) * pitch
+    parts = []
+    if kind == "fence":
+        height = float(rng.uniform(0.6, 1.2))
+        for x in xs:
+            parts.append(_set_down({"shape": "box", "dims": [slat, 0.04, height]}, 0.0, (float(x), 0.0)))
+        for z in (0.25 * height, 0.7 * height):
+            parts.append(_set_down({"shape": "box", "dims": [length, 0.05, 0.06]}, z, (0.0, 0.045)))
+    elif kind == "comb":  # standing on its teeth under a spine
+        tooth, spine = float(rng.uniform(0.4, 1.0)), float(rng.uniform(0.1, 0.3))
+        for x in xs:
+            parts.append(_set_down({"shape": "box", "dims": [slat, 0.05, tooth + 0.01]}, 0.0, (float(x), 0.0)))
+        parts.append(_set_down({"shape": "box", "dims": [length, 0.06, spine]}, tooth))
+    elif kind == "grille":  # a frame of bars standing upright on two feet
+        height, lift = float(rng.uniform(0.6, 1.4)), float(rng.uniform(0.05, 0.3))
+        frame = 0.05
+        for x in (-length / 2, length / 2):
+            parts.append(_set_down({"shape": "box", "dims": [frame, frame, height + lift]}, 0.0, (x, 0.0)))
+            parts.append(_set_down({"shape": "box", "dims": [0.06, 0.4, 0.04]}, 0.0, (x, 0.0)))
+        for z in (lift, lift + height - frame):
+            parts.append(_set_down({"shape": "box", "dims": [length + frame, frame, frame]}, z))
+        for x in xs:
+            parts.append(_set_down(_bar("cylinder", slat / 2, height), lift, (float(x), 0.0)))
+    else:  # bench: slats along x side by side in y, on two leg frames
+        depth, height = float(rng.uniform(0.35, 0.6)), float(rng.uniform(0.35, 0.55))
+        rows = int(rng.integers(4, 8))
+        row_pitch = depth / rows
+        for y in (np.arange(rows) - (rows - 1) / 2) * row_pitch:
+            board = {"shape": "box", "dims": [length, row_pitch * float(rng.uniform(0.4, 0.7)), 0.04]}
+            parts.append(_set_down(board, height - 0.04, (0.0, float(y))))
+        for x in (-0.4 * length, 0.4 * length):  # a batten across under the boards, on two legs
+            parts.append(_set_down({"shape": "box", "dims": [0.05, depth, 0.04]}, height - 0.075, (x, 0.0)))
+            for y in (-depth / 2 + 0.03, depth / 2 - 0.03):
+                parts.append(_set_down(_bar("box", 0.025, height - 0.07), 0.0, (x, y)))
+    return kind, parts
+
+
+def _arc_parts(radius: float, thickness: float, depth: float, spring_deg: float, centre, segments: int) -> list[dict]:
+    """A curved span: `segments` boxes (voussoirs) along the arc of `radius` about `centre` (x, z) in the xz plane,
+    from `spring_deg` to 180 - `spring_deg`."""
+    angles = np.radians(np.linspace(spring_deg, 180.0 - spring_deg, segments + 1))
+    parts = []
+    for a0, a1 in zip(angles[:-1], angles[1:]):
+        middle = (a0 + a1) / 2
+        length = 2 * (radius + thickness / 2) * math.sin((a1 - a0) / 2) * 1.08  # a little overlap closes the joints
+        stone = {
+            "shape": "box",
+            "dims": [length, depth, thickness],
+            "rotation_deg": [0.0, -math.degrees(middle) + 90.0, 0.0],
+        }
+        point = (centre[0] + radius * math.cos(middle), 0.0, centre[1] + radius * math.sin(middle))
+        parts.append(_centred_at(stone, point))
+    return parts
+
+
+def _bridge_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
+    kind = str(rng.choice(["arch", "footbridge", "gate", "arcade"]))
+    radius, thickness = float(rng.uniform(0.4, 0.8)), float(rng.uniform(0.06, 0.18))
+    depth, spring = float(rng.uniform(0.12, 0.5)), float(rng.choice([0.0, rng.uniform(10.0, 35.0)]))
+    pier = float(rng.uniform(0.0, 0.8)) if kind != "gate" else float(rng.uniform(0.6, 1.2))
+    segments = int(rng.integers(8, 15))
+    spans = int(rng.integers(2, 4)) if kind == "arcade" else 1
+    foot = radius * math.cos(math.radians(spring))  # half the span at the springing line
+    lift = pier - radius * math.sin(math.radians(spring))  # the arc's centre height
+    parts = []
+    for k in range(spans):
+        x = (k - (spans - 1) / 2) * 2 * foot
+        parts += _arc_parts(radius, thickness, depth, spring, (x, lift), segments)
+    for k in range(spans + 1) if pier > 0.02 else ():
+        x = (k - spans / 2) * 2 * foot
+        parts.append(_set_down({"shape": "box", "dims": [thickness * 1.2, depth, pier + 0.02]}, 0.0, (x, 0.0)))
+    if kind == "footbridge":  # a deck over the crown and a railing of thin posts
+        top = lift + radius + thickness / 2 + 0.03  # the deck's upper face, the deck resting on the crown
+        deck_length = 2 * foot * spans + 0.2
+        parts.append(_set_down({"shape": "box", "dims": [deck_length, depth, 0.04]}, top - 0.04))
+        for x in np.linspace(-deck_length / 2 + 0.05, deck_length / 2 - 0.05, int(rng.integers(4, 9))):
+            parts.append(_set_down(_bar("cylinder", 0.012, 0.3), top, (float(x), depth / 2 - 0.02)))
+        parts.append(_set_down(_horizontal(_bar("cylinder", 0.015, deck_length)), top + 0.28, (0.0, depth / 2 - 0.02)))
+    return kind, parts
+
+
+_THIN_BUILDERS = {
+    "legged": _legged_parts,
+    "pole": _pole_parts,
+    "ring": _ring_parts,
+    "slats": _slats_parts,
+    "bridge": _bridge_parts,
+}
+
+
+def _rest_on_ground(parts: list[dict]) -> list[dict]:
+    """The parts moved up or down together so that the object's lowest point is on z = 0."""
+    low = min(float(part_vertices(part)[0][:, 2].min()) for part in parts)
+    return [dict(part, offset=[part["offset"][0], part["offset"][1], part["offset"][2] - low]) for part in parts]
+
+
+def procedural_recipe(rng: np.random.Generator, families=DEFAULT_FAMILIES) -> dict:
+    """A random object of one of `families` (FAMILY_DESCRIPTIONS) built from primitives (boxes, cylinders, cones,
+    ellipsoids, tori, extruded polygons, tubes), with 1-3 materials (plain, checker or noise). `kind` names the
+    variant within the family (e.g. chair / stool / table of `legged`)."""
+    family = draw_family(rng, families)
     materials = [_random_material(rng) for _ in range(int(rng.integers(1, 4)))]
 
     def material_index() -> int:
         return int(rng.integers(len(materials)))
 
-    parts = []
-    if composition == "single":
+    parts, composition, kind = [], family, family
+    if family in _THIN_BUILDERS:
+        kind, parts = _THIN_BUILDERS[family](rng)
+        parts = _rest_on_ground(parts)
+    elif composition == "single":
         part = _random_primitive(rng)
         if part["shape"] == "torus" and rng.uniform() < 0.5:
             part["rotation_deg"] = [90.0, 0.0, 0.0]  # standing ring
@@ -614,7 +981,7 @@ def procedural_recipe(rng: np.random.Generator) -> dict:
         parts.append(_set_down(lintel, height - 0.01))
     for part in parts:
         part["material"] = material_index()
-    return {"composition": composition, "parts": parts, "materials": materials}
+    return {"family": family, "kind": kind, "parts": parts, "materials": materials}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -702,6 +1069,7 @@ class SampleSpec:
     render_seed: int
     drop_tilt_deg: list = field(default_factory=lambda: [0.0, 0.0])
     lights: list | None = None  # several lights at once: [[theta, phi, size, relative power], ...]; else the one above
+    family: str | None = None  # the procedural object's family (FAMILIES); None for a mesh
 
     def light_list(self) -> list[list[float]]:
         """[[theta, phi, size, relative power], ...]: the sample's lights (one, of power 1, unless a light set)."""
@@ -750,6 +1118,7 @@ class ObjectSource:
     object_id: str
     mesh_source: str
     mesh_path: str | None = None
+    family: str | None = None
 
 
 def object_sources(args) -> list[ObjectSource]:
@@ -768,12 +1137,27 @@ def object_sources(args) -> list[ObjectSource]:
             for path in meshes
         ]
     count = args.num_objects if args.num_objects is not None else (args.num_samples if args.mode == "random" else 1)
-    return [ObjectSource(f"proc_{k:06d}", PROCEDURAL_SOURCE) for k in range(count)]  # recipes are drawn by the workers
+    families = selected_families(args)
+    return [  # the recipes themselves are drawn by the workers; the family is their first, cheap draw
+        ObjectSource(f"proc_{k:06d}", PROCEDURAL_SOURCE, family=object_family(args.seed, k, families))
+        for k in range(count)
+    ]
 
 
-def object_recipe(seed: int, object_index: int) -> dict:
-    """The procedural object `object_index` of a dataset with `seed`."""
-    return procedural_recipe(sample_rng(seed, _STREAM_OBJECT, object_index))
+def selected_families(args) -> tuple[str, ...]:
+    """The families the procedural objects are drawn from (--families minus --exclude_families)."""
+    return check_families(getattr(args, "families", None), getattr(args, "exclude_families", None) or ())
+
+
+def object_family(seed: int, object_index: int, families=DEFAULT_FAMILIES) -> str:
+    """The family of procedural object `object_index` (the same draw that object_recipe starts with)."""
+    return draw_family(sample_rng(seed, _STREAM_OBJECT, object_index), families)
+
+
+def object_recipe(seed: int, object_index: int, families=DEFAULT_FAMILIES) -> dict:
+    """The procedural object `object_index` of a dataset with `seed`, drawn from `families` (the run's
+    `.render/config.json` records them; null = DEFAULT_FAMILIES)."""
+    return procedural_recipe(sample_rng(seed, _STREAM_OBJECT, object_index), families)
 
 
 def test_objects(num_objects: int, test_fraction: float, seed: int) -> set[int]:
@@ -819,6 +1203,7 @@ def plan_samples(args, objects: list[ObjectSource]) -> list[SampleSpec]:
             render_seed=render_seed,
             drop_tilt_deg=view["drop_tilt_deg"],
             lights=light_set,
+            family=source.family,
         )
 
     specs = []
@@ -970,8 +1355,9 @@ def sample_metadata(spec: SampleSpec, camera: dict, placement: dict, settings: d
         "size": spec.size,
         "track": spec.track,
         "object_id": spec.object_id,
-        "object_index": spec.object_index,  # procedural objects: object_recipe(seed, object_index) rebuilds it
+        "object_index": spec.object_index,  # procedural: object_recipe(seed, object_index, families) rebuilds it
         "mesh_source": spec.mesh_source,
+        "family": spec.family,
         "split": spec.split,
         "seed": settings["seed"],
         "index": spec.index,
@@ -1306,7 +1692,11 @@ class BlenderRenderer:
         """-> (object RGB uint8, mask bool, shadow float32, camera metadata, placement metadata)."""
         bpy, mathutils, s = self.bpy, self.mathutils, self.settings
         scene = self._reset(spec)
-        recipe = object_recipe(s["seed"], spec.object_index) if spec.mesh_path is None else None
+        recipe = None
+        if spec.mesh_path is None:
+            recipe = object_recipe(s["seed"], spec.object_index, s.get("families") or DEFAULT_FAMILIES)
+            if recipe["family"] != spec.family:  # the plan and the worker must draw the same object
+                raise RuntimeError(f"object {spec.object_index}: planned family {spec.family}, drew {recipe['family']}")
         obj = self._build_procedural(recipe) if recipe is not None else self._import_mesh(spec.mesh_path)
         if s["drop"]:
             self._drop(obj, spec.drop_tilt_deg)
@@ -1323,6 +1713,7 @@ class BlenderRenderer:
             "height": height,
             "bbox_min": low.tolist(),
             "bbox_max": high.tolist(),
+            "kind": recipe["kind"] if recipe is not None else None,  # the variant within the family
         }
 
         target = (0.0, 0.0, height / 2.0)
@@ -1642,6 +2033,24 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="objects to use (first N meshes, or N procedural ones; default: all meshes, "
         "--num_samples procedural objects with random lights, 1 with --lights/--tracks)",
     )
+    parser.add_argument(
+        "--families",
+        nargs="+",
+        default=None,
+        choices=FAMILIES,
+        metavar="FAMILY",
+        help=f"procedural objects: draw only these families ({', '.join(FAMILIES)}); "
+        f"default: {' '.join(DEFAULT_FAMILIES)} (the classic generator, seed for seed)",
+    )
+    parser.add_argument(
+        "--exclude_families",
+        nargs="+",
+        default=None,
+        choices=FAMILIES,
+        metavar="FAMILY",
+        help="procedural objects: leave these families out; alone, every family but these (e.g. a training set for a "
+        "family-held-out test)",
+    )
     parser.add_argument("--resolution", type=int, default=256, help="square image side in pixels (a multiple of 8)")
     parser.add_argument("--spp", type=int, default=32, help="Cycles samples per pixel")
     parser.add_argument(
@@ -1799,6 +2208,14 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error("`--tar` packs the benchmark format; add `--format benchmark`.")
     if args.ambient < 0 or args.light_power <= 0:
         parser.error("`--ambient` must be >= 0 and `--light_power` > 0.")
+    if args.meshes is not None and (args.families or args.exclude_families):
+        parser.error("`--families`/`--exclude_families` choose procedural objects; they do not apply to `--meshes`.")
+    try:
+        families = check_families(args.families, args.exclude_families or ())
+    except ValueError as error:
+        parser.error(f"`--families`/`--exclude_families`: {error}")
+    args.families = None if families == DEFAULT_FAMILIES else list(families)  # None: the classic generator
+    args.exclude_families = None
     if args.meshes is not None:
         mesh_dir = Path(args.meshes)
         if not mesh_dir.is_dir():
@@ -1841,6 +2258,7 @@ def _config(args, objects: list[ObjectSource]) -> dict:
         "objects": len(objects),
         "meshes": str(Path(args.meshes).resolve()) if args.meshes else PROCEDURAL_SOURCE,
         "mesh_list": mesh_list,
+        "families": args.families,  # null: DEFAULT_FAMILIES (older folders have no key, which reads the same)
         "test_fraction": args.test_fraction,
         "shadow_bits": args.shadow_bits,
         "ambient": args.ambient,
@@ -1895,6 +2313,7 @@ def render_dataset(args, layouts: dict, roots: dict) -> dict:
         **{name: getattr(args, name) for name in ("resolution", "spp", "denoise", "device", "threads", "seed")},
         **{name: getattr(args, name) for name in ("ambient", "light_power", "shadow_bits", "drop", "format")},
         "single_light_maps": args.single_light_maps,
+        "families": args.families,
         "log_level": "WARNING",
     }
     start = time.perf_counter()

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -59,3 +61,36 @@ def test_gpu_session_script_runs_every_part_tiny_on_cpu(tmp_path):
     assert "| 64² |" in (tmp_path / "inference.md").read_text()
     assert "| --memory_lean |" in (tmp_path / "memory_lean.md").read_text()
     assert "naive UNet-only loop" in (tmp_path / "training_high.md").read_text()
+
+
+def test_vae_ceiling_scores_each_folder_and_joins_the_model_scores(tmp_path, tiny_shadow_dir, capsys):
+    import torch
+    from data_factory import make_custom_dataset
+
+    import evaluate_shadow
+
+    vae_ceiling = _load("vae_ceiling")
+    data = make_custom_dataset(tmp_path / "test-things", n=4, size=64)
+    evaluate_shadow.main(["--model", str(tiny_shadow_dir), "--dataset_type", "custom", "--data_dir", str(data),
+                          "--num_seeds", "1", "--output_dir", str(tmp_path / "eval" / "test-things")])  # fmt: skip
+    argv = ["--vae", str(tiny_shadow_dir), "--data_dirs", str(data), "--eval_root", str(tmp_path / "eval"),
+            "--limit", "3", "--batch_size", "2", "--output_json", str(tmp_path / "ceiling.json"),
+            "--reference_dirs", str(data)]  # fmt: skip
+    (row,) = vae_ceiling.main(argv)
+    assert row["label"] == "test-things" and row["resolution"] == 64 and row["latent"] == "8x8" and row["images"] == 3
+    assert 0.0 <= row["vae_iou"]["mean"] <= 1.0 and 0.0 < row["grid_iou"]["mean"] <= 1.0
+    # against itself as the clean reference: the targets are exact, and the VAE's round trip scores the same
+    assert row["target_vs_reference_iou"]["mean"] == 1.0
+    assert row["vae_vs_reference_iou"] == row["vae_iou"]
+    with pytest.raises(ValueError, match="one folder per `--data_dirs`"):
+        vae_ceiling.main(
+            ["--vae", str(tiny_shadow_dir), "--data_dirs", str(data), str(data), "--reference_dirs", str(data)]
+        )
+    metrics = (tmp_path / "eval" / "test-things" / "metrics.json").read_text()
+    assert row["model"]["iou"] == __import__("json").loads(metrics)["summary"]["all"]["iou"]["mean"]
+    assert "| test-things | 64 | 8x8 | 3 |" in capsys.readouterr().out
+    # a map that is constant over the latent grid passes the grid unchanged; the object's pixels are cleared
+    flat, mask = torch.full((1, 1, 16, 16), 0.4), torch.zeros(1, 1, 16, 16)
+    mask[..., :4, :4] = 1.0
+    expected = flat * (1 - mask)
+    assert torch.allclose(vae_ceiling.grid_round_trip(flat, mask), expected)

@@ -8,6 +8,7 @@ few samples per pixel) and shared between tests through module-scoped fixtures.
 from __future__ import annotations
 
 import base64
+import hashlib
 import importlib.util
 import json
 import math
@@ -252,7 +253,7 @@ def test_shadow_region_bounds_the_shadow():
 
 
 def test_procedural_recipes_are_deterministic_valid_and_diverse():
-    compositions, shapes, patterns = set(), set(), set()
+    families, shapes, patterns = set(), set(), set()
     for k in range(60):
         recipe = rsd.procedural_recipe(rsd.sample_rng(0, 1, k))
         assert recipe == rsd.procedural_recipe(rsd.sample_rng(0, 1, k))
@@ -263,12 +264,183 @@ def test_procedural_recipes_are_deterministic_valid_and_diverse():
         assert all(len(set(face)) == len(face) >= 3 for face in faces)
         assert max(materials) < len(recipe["materials"])
         assert vertices[:, 2].min() > -1e-9  # built on the ground
-        compositions.add(recipe["composition"])
+        families.add(recipe["family"])
         shapes.update(part["shape"] for part in recipe["parts"])
         patterns.update(material["pattern"] for material in recipe["materials"])
-    assert compositions == set(rsd.COMPOSITIONS)
-    assert shapes == set(rsd.PRIMITIVES)
+    assert families == set(rsd.DEFAULT_FAMILIES)
+    assert shapes == set(rsd.SOLID_PRIMITIVES)
     assert patterns == {"plain", "checker", "noise"}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Object families: the classic generator unchanged, and the thin-structure families' shapes, seen as silhouettes.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_default_families_draw_the_original_objects():
+    """Seed 0's first 100 objects, as the generator drew them before families existed (the shipped model's data)."""
+    recipes = [rsd.object_recipe(0, k) for k in range(100)]
+    digest = hashlib.sha256(json.dumps(recipes, sort_keys=True).encode()).hexdigest()[:16]
+    assert digest == "c8310c76804b78cf"
+    assert {recipe["family"] for recipe in recipes} == set(rsd.CLASSIC_FAMILIES)
+
+
+def test_families_are_checked_and_drawn_only_from_the_selection():
+    assert rsd.check_families(None) == rsd.DEFAULT_FAMILIES
+    assert rsd.check_families(["ring", "pole"]) == ("pole", "ring")  # FAMILIES order, whatever the order given
+    assert rsd.check_families(rsd.FAMILIES, exclude=rsd.THIN_FAMILIES) == rsd.CLASSIC_FAMILIES
+    with pytest.raises(ValueError, match="Unknown object family 'chairs'.*allowed: single"):
+        rsd.check_families(["chairs"])
+    with pytest.raises(ValueError, match="No object family left"):
+        rsd.check_families(["pole"], exclude=["pole"])
+    drawn = {rsd.object_family(7, k, ("legged", "slats")) for k in range(40)}
+    assert drawn == {"legged", "slats"}
+    for k in range(10):  # the plan's cheap draw and the worker's recipe agree
+        assert rsd.object_recipe(7, k, ("legged", "slats"))["family"] == rsd.object_family(7, k, ("legged", "slats"))
+    args = _plan_args(num_objects=12, families=["ring", "bridge"])
+    specs = rsd.plan_samples(args, rsd.object_sources(args))
+    assert {spec.family for spec in specs} == {"ring", "bridge"}
+    assert [s.family for s in specs] == [s.family for s in rsd.plan_samples(args, rsd.object_sources(args))]
+
+
+def _signed_volume(vertices: np.ndarray, faces) -> float:
+    triangles = np.array([(face[0], face[i], face[i + 1]) for face in faces for i in range(1, len(face) - 1)])
+    a, b, c = vertices[triangles[:, 0]], vertices[triangles[:, 1]], vertices[triangles[:, 2]]
+    return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
+
+
+def silhouette(recipe: dict, view: str, pixels: int = 48, ground: bool = False):
+    """The object seen along `view` ('top': down z, 'front': along y, 'side': along x) with parallel rays:
+    (occupancy [rows, cols] bool, row 0 = the low end of the vertical axis, pixel size). `ground` adds an occupied row
+    under the object in the front and side views (the floor closes the gap under a span)."""
+    vertices, faces, _, _ = rsd.recipe_mesh(recipe)
+    axes = {"top": (0, 1), "front": (0, 2), "side": (1, 2)}[view]
+    points = vertices[:, axes]
+    low, high = points.min(axis=0), points.max(axis=0)
+    pixel = float((high - low).max()) / (pixels - 2)
+    shape = np.ceil((high - low) / pixel).astype(int) + 2  # (cols, rows) with a one-pixel margin
+    origin = low - pixel
+    occupancy = np.zeros((shape[1], shape[0]), dtype=bool)
+    for face in faces:  # each triangle fills the pixel centres inside it, looked for only within its bounding box
+        for a, b, c in ((points[face[0]], points[face[i]], points[face[i + 1]]) for i in range(1, len(face) - 1)):
+            area = (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+            if abs(area) < 1e-12:  # seen edge-on: covers nothing
+                continue
+            first = np.floor((np.minimum(np.minimum(a, b), c) - origin) / pixel).astype(int)
+            last = np.ceil((np.maximum(np.maximum(a, b), c) - origin) / pixel).astype(int)
+            cols, rows = np.meshgrid(np.arange(first[0], last[0]), np.arange(first[1], last[1]))
+            x, y = origin[0] + (cols + 0.5) * pixel, origin[1] + (rows + 0.5) * pixel
+            w0 = ((b[0] - x) * (c[1] - y) - (b[1] - y) * (c[0] - x)) * np.sign(area)
+            w1 = ((c[0] - x) * (a[1] - y) - (c[1] - y) * (a[0] - x)) * np.sign(area)
+            inside = (w0 >= 0) & (w1 >= 0) & (abs(area) - w0 - w1 >= 0)
+            occupancy[rows[inside], cols[inside]] = True
+    if ground and view != "top":
+        occupancy[0] = True  # the margin row just under z = 0
+    return occupancy, pixel
+
+
+def holes(occupancy: np.ndarray) -> int:
+    """Empty regions not connected (4-neighbours) to the picture's border."""
+    empty = ~occupancy
+    seen = np.zeros_like(empty)
+    count = 0
+    for start in zip(*np.nonzero(empty)):
+        if seen[start]:
+            continue
+        stack, border = [start], False
+        seen[start] = True
+        while stack:
+            r, c = stack.pop()
+            border |= r in (0, empty.shape[0] - 1) or c in (0, empty.shape[1] - 1)
+            for rr, cc in ((r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1)):
+                if 0 <= rr < empty.shape[0] and 0 <= cc < empty.shape[1] and empty[rr, cc] and not seen[rr, cc]:
+                    seen[rr, cc] = True
+                    stack.append((rr, cc))
+        count += not border
+    return count
+
+
+def runs(row: np.ndarray) -> list[int]:
+    """Lengths of the occupied runs along a row of pixels."""
+    edges = np.diff(np.concatenate([[0], row.astype(int), [0]]))
+    return list(np.nonzero(edges == -1)[0] - np.nonzero(edges == 1)[0])
+
+
+def _family_recipes(family: str, count: int = 12):
+    return [rsd.object_recipe(11, k, (family,)) for k in range(count)]
+
+
+def test_thin_families_are_valid_closed_meshes_on_the_ground():
+    for family in rsd.THIN_FAMILIES:
+        kinds = set()
+        for k, recipe in enumerate(_family_recipes(family, 30)):
+            assert recipe == rsd.object_recipe(11, k, (family,))
+            assert recipe["family"] == family
+            json.dumps(recipe)
+            vertices, faces, materials, smooth = rsd.recipe_mesh(recipe)
+            assert np.isfinite(vertices).all() and len(faces) == len(materials) == len(smooth)
+            assert all(len(set(face)) == len(face) >= 3 for face in faces)
+            assert abs(vertices[:, 2].min()) < 1e-9  # resting on the ground
+            for part in recipe["parts"]:  # every part closed with outward faces (Cycles' shading needs them)
+                assert _signed_volume(*rsd.part_vertices(part)[:2]) > 0, (family, recipe["kind"], part["shape"])
+            kinds.add(recipe["kind"].split("+")[0].rstrip("0123456789"))
+        assert len(kinds) >= 3, (family, kinds)  # variety inside the family
+
+
+def test_a_tube_is_round_and_a_closed_tube_has_no_seam():
+    angles = np.linspace(0.0, 2 * np.pi, 60, endpoint=False)
+    loop = np.stack([np.cos(angles), np.sin(angles), np.zeros(60)], axis=1)
+    vertices, faces, _ = rsd.primitive_mesh({"shape": "tube", "dims": [0.1, 1.0, *loop.ravel()]})
+    radial = np.linalg.norm(vertices[:, :2], axis=1)
+    distance_to_path = np.hypot(radial - 1.0, vertices[:, 2])
+    assert np.allclose(distance_to_path, 0.1, atol=2e-3)
+    # a torus' volume, less what a 16-sided cross-section cuts off the circle
+    assert _signed_volume(vertices, faces) == pytest.approx(2 * np.pi * np.pi * 0.01, rel=0.04)
+    edges = [np.linalg.norm(vertices[face[1]] - vertices[face[0]]) for face in faces]
+    assert max(edges) < 1.5 * min(edges)  # no twisted quad at the seam
+
+
+def test_rings_have_a_hole_a_ray_through_the_centre_misses():
+    for recipe in _family_recipes("ring", 10):
+        assert any(holes(silhouette(recipe, view, pixels=40)[0]) for view in ("top", "front", "side")), recipe["kind"]
+        if recipe["kind"] == "lying":  # the vertical ray through the ring's centre misses it
+            occupancy, _ = silhouette(recipe, "top")
+            assert not occupancy[occupancy.shape[0] // 2, occupancy.shape[1] // 2]
+
+
+def test_legged_objects_stand_on_thin_legs():
+    for recipe in _family_recipes("legged"):
+        widest_leg = []
+        for view in ("front", "side"):
+            occupancy, pixel = silhouette(recipe, view, pixels=64)
+            foot_row = occupancy[1 + max(1, int(0.05 * occupancy.shape[0]))]  # just above the ground
+            legs = runs(foot_row)
+            assert len(legs) >= 2, (recipe["kind"], view, legs)
+            widest_leg.append(max(legs) * pixel / (max(occupancy.shape) * pixel))
+            assert holes(silhouette(recipe, view, pixels=64, ground=True)[0]) >= 1  # light passes under the seat
+        # seen from one side at least, no leg (nor two legs one behind the other) is wider than a tenth of the object
+        assert min(widest_leg) <= 0.1, (recipe["kind"], widest_leg)
+        occupancy, _ = silhouette(recipe, "top")
+        assert occupancy[occupancy.shape[0] // 2, occupancy.shape[1] // 2]  # a seat or top over the middle
+
+
+def test_poles_are_thin_and_tall():
+    for recipe in _family_recipes("pole"):
+        for view in ("front", "side"):
+            occupancy, pixel = silhouette(recipe, view, pixels=96)
+            height = occupancy.shape[0] * pixel
+            middle = runs(occupancy[occupancy.shape[0] // 2])
+            assert len(middle) == 1 and middle[0] * pixel <= 0.06 * height, (recipe["kind"], view, middle)
+
+
+def test_slats_have_gaps_and_bridges_a_gap_under_the_span():
+    for recipe in _family_recipes("slats"):
+        gaps = max(holes(silhouette(recipe, view, pixels=64, ground=True)[0]) for view in ("top", "front", "side"))
+        assert gaps >= 3, (recipe["kind"], gaps)
+    for recipe in _family_recipes("bridge"):
+        front, _ = silhouette(recipe, "front", pixels=64)
+        assert holes(silhouette(recipe, "front", pixels=64, ground=True)[0]) >= 1, recipe["kind"]
+        assert not front[2, front.shape[1] // 2]  # a horizontal ray under the crown, just above the ground, misses
 
 
 def _plan_args(**overrides):
@@ -373,11 +545,19 @@ def test_cli_errors_name_the_argument(tmp_path, capsys):
         (["--num_samples", "2", "--format", "benchmark"], "needs `--tracks`"),
         (["--num_samples", "2", "--shard_index", "2", "--num_shards", "2"], "shard_index"),
         ([], "--num_samples"),
+        (["--num_samples", "2", "--families", "chairs"], "invalid choice: 'chairs'"),
+        (["--num_samples", "2", "--families", "pole", "--exclude_families", "pole"], "No object family left"),
+        (["--meshes", str(empty), "--num_samples", "2", "--families", "pole"], "do not apply to `--meshes`"),
     ]
     for extra, message in cases:
         with pytest.raises(SystemExit):
             rsd.parse_args(["--output_dir", str(tmp_path / "out"), *extra])
         assert message in capsys.readouterr().err, (extra, message)
+    # the classic families, named or not, are the same run (a folder rendered before families existed resumes)
+    for extra in ([], ["--families", *rsd.CLASSIC_FAMILIES], ["--exclude_families", *rsd.THIN_FAMILIES]):
+        assert rsd.parse_args(["--output_dir", str(tmp_path / "out"), "--num_samples", "2", *extra]).families is None
+    args = rsd.parse_args(["--output_dir", str(tmp_path / "out"), "--num_samples", "2", "--exclude_families", "arch"])
+    assert args.families == [f for f in rsd.FAMILIES if f != "arch"]
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     with pytest.raises(SystemExit):
@@ -642,6 +822,18 @@ def test_resume_skips_complete_samples_and_redoes_partial_ones(procedural_datase
     summary = json.loads((folder / ".render" / "summary.json").read_text())
     assert summary["rendered"] == 1 and summary["already_complete"] == 5 and summary["failed"] == 0
     assert tree_bytes(folder) == before
+
+
+def test_family_selection_renders_those_families_and_records_them(render_python, tmp_path):
+    families = ("ring", "slats")
+    run_renderer(render_python, "--output_dir", tmp_path, "--families", *families, "--num_objects", 4,
+                 "--num_samples", 4, "--resolution", 48, "--spp", 2, "--threads", 2, "--seed", 3)  # fmt: skip
+    assert json.loads((tmp_path / ".render" / "config.json").read_text())["families"] == list(families)
+    for key, entry in json.loads((tmp_path / "metadata.json").read_text()).items():
+        recipe = rsd.object_recipe(3, entry["object_index"], families)
+        assert entry["family"] == recipe["family"] == rsd.object_family(3, entry["object_index"], families)
+        assert entry["object"]["kind"] == recipe["kind"]
+        assert read_sample(tmp_path, key)[1].sum() > 0  # the object is in the picture
 
 
 def test_benchmark_tracks_load_as_the_benchmark(render_python, tmp_path):

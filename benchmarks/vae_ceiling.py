@@ -1,0 +1,251 @@
+"""The VAE's own round trip of TRUE shadow maps, per data folder: the ceiling of any shadow model that decodes through it.
+
+Each true map is encoded the way the training target is (2s - 1 on 3 channels, latent = posterior mean × scaling
+factor) and decoded the way the pipeline decodes (channel mean, cleared under the object), then scored against the
+map itself with evaluate_shadow.py's soft IoU and RMSE. A model that predicted the true latents exactly would score
+this; a lower ceiling than the target means the VAE, not the UNet, is what to change first.
+
+Beside it, the same maps through a plain grid of the latent's size (area down by 8, bilinear up, one value a cell):
+what the latent resolution alone keeps of thin legs, slats and holes, whatever the VAE. Folders may be at different
+resolutions (e.g. the same scenes at 128 and 256 px: 16 x 16 and 32 x 32 latents); each is scored at its own size
+unless `--resolution` is given; `--limit N` scores the first N images only (the same scenes in both). With `--eval_root`, the table also shows the model's one-step scores from
+`<eval_root>/<folder name>/metrics.json` (evaluate_shadow.py's output for that folder).
+
+    python benchmarks/vae_ceiling.py --vae models/shadow-small/vae --data_dirs data/families/test-* \
+        --eval_root work/families/eval --output_json vae_ceiling.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from diffusers import AutoencoderKL  # noqa: E402
+from machine_info import cpu_description  # noqa: E402
+
+from dataset_loading import create_dataloaders, infer_dataset_type  # noqa: E402
+from evaluate_shadow import ALL_TRACK, rmse, soft_iou  # noqa: E402
+from pipeline_shadow import clear_under_object, decode_shadow, encode_latents, shadow_to_vae_input  # noqa: E402
+
+VAE_FACTOR = 8  # SDXL's latent layout: one latent cell per 8 x 8 pixels
+
+
+def vae_round_trip(vae: AutoencoderKL, shadow_map: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B,1,H,W] true maps -> the same maps encoded and decoded as the pipeline would, cleared under the object."""
+    latents = encode_latents(vae, shadow_to_vae_input(shadow_map))
+    return clear_under_object(decode_shadow(vae, latents), mask)
+
+
+def grid_round_trip(shadow_map: torch.Tensor, mask: torch.Tensor, factor: int = VAE_FACTOR) -> torch.Tensor:
+    """[B,1,H,W] -> area-averaged onto the latent grid and bilinearly upsampled back: one number a latent cell."""
+    coarse = F.interpolate(shadow_map, scale_factor=1 / factor, mode="area")
+    return clear_under_object(F.interpolate(coarse, size=shadow_map.shape[-2:], mode="bilinear"), mask)
+
+
+def native_resolution(data_dir: Path) -> int:
+    """The side of the first shadow map in a custom or benchmark folder."""
+    found = sorted((data_dir / "shadows").glob("*.png")) or sorted(data_dir.glob("*.shadow.png"))
+    if not found:
+        raise ValueError(f"`--data_dirs {data_dir}` holds no shadow map (shadows/*.png or *.shadow.png).")
+    with Image.open(found[0]) as image:
+        return max(image.size)
+
+
+def folder_label(data_dir: Path) -> str:
+    """The folder's object family from its metadata (the renderer records it), else its name."""
+    metadata = data_dir / "metadata.json"
+    if metadata.is_file():
+        families = {entry.get("family") for entry in json.loads(metadata.read_text()).values()}
+        if len(families) == 1 and None not in families:
+            return families.pop()
+    return data_dir.name
+
+
+def _loader(data_dir: Path, resolution: int, batch_size: int):
+    loader, _ = create_dataloaders(
+        dataset_type=infer_dataset_type(data_dir),
+        data_dir=data_dir,
+        batch_size=batch_size,
+        num_workers=0,
+        image_size=resolution,
+        val_fraction=0.0,
+        shuffle=False,
+    )
+    return loader
+
+
+def _scores(values) -> list[float]:
+    return np.atleast_1d(values).tolist()
+
+
+def score_folder(
+    vae: AutoencoderKL,
+    data_dir: Path,
+    resolution: int | None,
+    batch_size: int,
+    limit: int | None = None,
+    reference_dir: Path | None = None,
+) -> dict:
+    """Round-trip scores of one folder's true maps. With `reference_dir` (the same scenes rendered cleaner, e.g. at
+    256 spp), also how far this folder's maps are from those (`target_vs_reference`: the best a perfect model scores
+    against these targets) and how close the VAE's round trip comes to them (`vae_vs_reference`)."""
+    resolution = resolution or native_resolution(data_dir)
+    batches = _loader(data_dir, resolution, batch_size)
+    references = _loader(reference_dir, resolution, batch_size) if reference_dir is not None else None
+    names = ["vae_iou", "vae_rmse", "grid_iou", "shadow_fraction"]
+    names += ["target_vs_reference_iou", "vae_vs_reference_iou"] if references is not None else []
+    scores = {name: [] for name in names}
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for batch, reference in zip(batches, references if references is not None else itertools.repeat(None)):
+            keep = batch_size if limit is None else min(batch_size, limit - len(scores["vae_iou"]))
+            if keep <= 0:
+                break
+            truth, mask = batch["shadow_map"][:keep], batch["mask"][:keep]
+            decoded, grid = vae_round_trip(vae, truth, mask), grid_round_trip(truth, mask)
+            scores["vae_iou"] += _scores(soft_iou(decoded, truth))
+            scores["vae_rmse"] += _scores(rmse(decoded, truth))
+            scores["grid_iou"] += _scores(soft_iou(grid, truth))
+            scores["shadow_fraction"] += (truth > 0.05).float().mean(dim=(1, 2, 3)).tolist()
+            if reference is not None:
+                if list(reference["id"][:keep]) != list(batch["id"][:keep]):
+                    raise ValueError(
+                        f"`--reference_dirs {reference_dir}` does not hold the same samples as {data_dir}."
+                    )
+                clean = reference["shadow_map"][:keep]
+                scores["target_vs_reference_iou"] += _scores(soft_iou(truth, clean))
+                scores["vae_vs_reference_iou"] += _scores(soft_iou(decoded, clean))
+    row = {"folder": str(data_dir), "label": folder_label(data_dir), "resolution": resolution}
+    row["reference"] = str(reference_dir) if reference_dir is not None else None
+    row["latent"] = f"{resolution // VAE_FACTOR}x{resolution // VAE_FACTOR}"
+    row["images"] = len(scores["vae_iou"])
+    for name, values in scores.items():
+        row[name] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
+    row["seconds_per_image"] = (time.perf_counter() - start) / max(1, row["images"])
+    return row
+
+
+def model_scores(eval_dir: Path) -> dict | None:
+    """One-step soft IoU and direction figures from evaluate_shadow.py's metrics.json for that folder, if present."""
+    path = eval_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    summary, control = metrics["summary"], metrics["control"]
+    track = ALL_TRACK if ALL_TRACK in summary else next(iter(summary))
+    return {
+        "iou": summary[track]["iou"]["mean"],
+        "iou_std": summary[track]["iou"]["std"],
+        "direction_median_deg": control[track]["direction_abs_error_median_deg"],
+        "wrong_side_rate": control[track]["wrong_side_rate"],
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    with_reference = any(row.get("reference") for row in rows)
+    header = "| family | px | latent | images | model 1-step soft IoU | median dir. error | wrong side "
+    header += "| VAE round trip soft IoU | VAE RMSE | grid x8 soft IoU |"
+    header += " target vs clean | VAE round trip vs clean |" if with_reference else ""
+    lines = [header, "|---" * (header.count("|") - 1) + "|"]
+    for row in rows:
+        model = row.get("model")
+        model_cells = (
+            [
+                f"{model['iou']:.3f} ± {model['iou_std']:.3f}",
+                f"{model['direction_median_deg']:.1f}°" if model["direction_median_deg"] is not None else "n/a",
+                f"{100 * model['wrong_side_rate']:.0f} %" if model["wrong_side_rate"] is not None else "n/a",
+            ]
+            if model
+            else ["", "", ""]
+        )
+        lines.append(
+            "| "
+            + " | ".join(
+                [row["label"], str(row["resolution"]), row["latent"], str(row["images"]), *model_cells]
+                + [
+                    f"{row['vae_iou']['mean']:.3f} ± {row['vae_iou']['std']:.3f}",
+                    f"{row['vae_rmse']['mean']:.4f}",
+                    f"{row['grid_iou']['mean']:.3f}",
+                ]
+                + (
+                    [
+                        f"{row['target_vs_reference_iou']['mean']:.3f}" if row.get("reference") else "",
+                        f"{row['vae_vs_reference_iou']['mean']:.3f}" if row.get("reference") else "",
+                    ]
+                    if with_reference
+                    else []
+                )
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vae", required=True, help="an AutoencoderKL folder, or a shadow pipeline folder (its vae/)")
+    parser.add_argument("--data_dirs", nargs="+", required=True, help="custom or benchmark folders, one row each")
+    parser.add_argument(
+        "--resolution", type=int, default=None, help="score every folder at this size (default: its own)"
+    )
+    parser.add_argument("--eval_root", default=None, help="evaluate_shadow.py outputs, one per folder, by folder name")
+    parser.add_argument(
+        "--reference_dirs",
+        nargs="+",
+        default=None,
+        help="one per --data_dirs: the same scenes rendered cleaner (e.g. 256 spp), to measure the targets' noise",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images of each folder (in key order)")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--output_json", default=None)
+    return parser.parse_args(argv)
+
+
+def load_vae(name_or_path: str) -> AutoencoderKL:
+    path = Path(name_or_path)
+    if (path / "vae" / "config.json").is_file():  # a whole pipeline folder
+        path = path / "vae"
+    if not (path / "config.json").is_file():
+        raise ValueError(f"`--vae {name_or_path}` is neither an AutoencoderKL folder nor a pipeline folder with vae/.")
+    return AutoencoderKL.from_pretrained(path).eval()
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    vae = load_vae(args.vae)
+    if args.reference_dirs is not None and len(args.reference_dirs) != len(args.data_dirs):
+        raise ValueError(
+            f"`--reference_dirs` needs one folder per `--data_dirs` ({len(args.data_dirs)}), got {len(args.reference_dirs)}."
+        )
+    references = [Path(p) for p in args.reference_dirs] if args.reference_dirs else [None] * len(args.data_dirs)
+    rows = []
+    for data_dir, reference_dir in zip(map(Path, args.data_dirs), references):
+        row = score_folder(vae, data_dir, args.resolution, args.batch_size, args.limit, reference_dir)
+        if args.eval_root:
+            row["model"] = model_scores(Path(args.eval_root) / data_dir.name)
+        rows.append(row)
+    machine = f"{cpu_description()}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    print(markdown(rows))
+    print(f"\nVAE: {args.vae}. Machine: {machine}.")
+    if args.output_json:
+        Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output_json).write_text(json.dumps({"vae": args.vae, "machine": machine, "rows": rows}, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The family-held-out test split: objects of whole procedural FAMILIES that never occur in training (not only unseen
+# objects of seen families), rendered clean -- 256 Cycles samples per pixel, no denoiser -- then scored per family:
+# the model's one-step predictions (evaluate_shadow.py) and the VAE's own round trip of the true maps
+# (benchmarks/vae_ceiling.py), the ceiling any model using that VAE can reach.
+# Run from the repository root after `make setup render-setup`.
+#
+#   bash recipes/family_split.sh                                   # render + evaluate, 8 objects x 3 lights a family
+#   STAGES="render noise evaluate" bash recipes/family_split.sh     # + the target-noise control (32 spp twins)
+#   STAGES="render" OBJECTS=40 TRACK_OBJECTS=10 bash recipes/family_split.sh
+#   STAGES="train-data" TRAIN_SAMPLES=30000 bash recipes/family_split.sh   # a training set WITHOUT the test families
+set -euo pipefail
+DATA=${DATA:-data/families}
+WORK=${WORK:-work/families}
+MODEL=${MODEL:-models/shadow-small}
+STAGES=${STAGES:-render evaluate}
+TEST_FAMILIES=${TEST_FAMILIES:-legged pole ring slats bridge}  # held out; `classic` below is the seen-family control
+OBJECTS=${OBJECTS:-8}             # objects per family
+LIGHTS=${LIGHTS:-3}               # random lights per object (theta 0..45, phi 0..359, size 2..8)
+SPP=${SPP:-256}                   # clean targets: 256 spp, no denoising
+RESOLUTION=${RESOLUTION:-128}     # the embedded default's resolution
+HIRES=${HIRES:-256}               # the first HIRES_SAMPLES samples again at this size (same objects, lights, views)
+HIRES_SAMPLES=${HIRES_SAMPLES:-4}
+NOISE_FAMILIES=${NOISE_FAMILIES:-legged classic}  # noise stage: these test folders again at NOISE_SPP (the same scenes)
+NOISE_SPP=${NOISE_SPP:-32}         # the spp of recipes/small_model.sh, i.e. of the shipped model's data and test split
+TRACK_OBJECTS=${TRACK_OBJECTS:-0}  # > 0: also the benchmark's three track designs for this many objects a family
+TRAIN_SAMPLES=${TRAIN_SAMPLES:-0}  # train-data stage: samples of the other families, 3 lights per object
+SEED=${SEED:-1000}                # test objects; the training data uses seed 0, as recipes/small_model.sh
+R="nice -n 19 ${RENDER_PYTHON:-.venv-render/bin/python} render_shadow_dataset.py"
+P=${PYTHON:-.venv/bin/python}
+WORKERS=${WORKERS:-1}
+THREADS=${THREADS:-$(nproc)}
+COMMON=(--spp "$SPP" --workers "$WORKERS" --threads "$THREADS" --seed "$SEED" --log_level WARNING)
+
+family_flags() {  # `classic`: the generator's default families (what the shipped model was trained on)
+    if [ "$1" = classic ]; then echo ""; else echo "--families $1"; fi
+}
+
+has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
+
+if has_stage render; then
+    for family in $TEST_FAMILIES classic; do
+        # shellcheck disable=SC2046
+        $R --output_dir "$DATA/test-$family" $(family_flags "$family") --num_objects "$OBJECTS" \
+            --num_samples $((OBJECTS * LIGHTS)) --resolution "$RESOLUTION" "${COMMON[@]}"
+        if [ "$HIRES_SAMPLES" -gt 0 ]; then  # sample i is a function of (seed, i): the same scene, twice the pixels
+            # shellcheck disable=SC2046
+            $R --output_dir "$DATA/test-$family-$HIRES" $(family_flags "$family") --num_objects "$OBJECTS" \
+                --num_samples "$HIRES_SAMPLES" --resolution "$HIRES" "${COMMON[@]}"
+        fi
+        if [ "$TRACK_OBJECTS" -gt 0 ]; then
+            # shellcheck disable=SC2046
+            $R --output_dir "$DATA/tracks-$family" $(family_flags "$family") --tracks --num_objects "$TRACK_OBJECTS" \
+                --resolution "$RESOLUTION" --format benchmark "${COMMON[@]}"
+        fi
+    done
+fi
+
+if has_stage noise; then  # how much a 32 spp target differs from the clean one, and what that costs a model's score
+    for family in $NOISE_FAMILIES; do
+        # shellcheck disable=SC2046
+        $R --output_dir "$DATA/test-$family-${NOISE_SPP}spp" $(family_flags "$family") --num_objects "$OBJECTS" \
+            --num_samples $((OBJECTS * LIGHTS)) --resolution "$RESOLUTION" "${COMMON[@]}" --spp "$NOISE_SPP"
+    done
+fi
+
+if has_stage train-data; then  # every family but the held-out ones, split by object for validation
+    # shellcheck disable=SC2086
+    $R --output_dir "$DATA/train" --exclude_families $TEST_FAMILIES --num_samples "$TRAIN_SAMPLES" \
+        --num_objects $((TRAIN_SAMPLES / 3)) --resolution "$RESOLUTION" --spp 32 --test_fraction 0.05 \
+        --workers "$WORKERS" --threads "$THREADS" --seed 0 --log_level WARNING
+fi
+
+if has_stage evaluate; then
+    folders=() hires=()
+    for family in $TEST_FAMILIES classic; do
+        folders+=("$DATA/test-$family")
+        $P evaluate_shadow.py --model "$MODEL" --dataset_type custom --data_dir "$DATA/test-$family" --num_seeds 3 \
+            --resolution "$RESOLUTION" --output_dir "$WORK/eval/test-$family"
+        if [ "$TRACK_OBJECTS" -gt 0 ]; then
+            $P evaluate_shadow.py --model "$MODEL" --dataset_type benchmark --data_dir "$DATA/tracks-$family" \
+                --num_seeds 3 --resolution "$RESOLUTION" --output_dir "$WORK/eval/tracks-$family"
+        fi
+        if [ "$HIRES_SAMPLES" -gt 0 ]; then hires+=("$DATA/test-$family-$HIRES"); fi
+    done
+    # The VAE's round trip of the true maps at the model's resolution, beside the model's one-step scores.
+    $P benchmarks/vae_ceiling.py --vae "$MODEL/vae" --data_dirs "${folders[@]}" --eval_root "$WORK/eval" \
+        --output_json "$WORK/vae_ceiling.json"
+    noisy=() clean=()
+    for family in $NOISE_FAMILIES; do
+        if [ -d "$DATA/test-$family-${NOISE_SPP}spp" ]; then
+            noisy+=("$DATA/test-$family-${NOISE_SPP}spp") clean+=("$DATA/test-$family")
+            $P evaluate_shadow.py --model "$MODEL" --dataset_type custom --data_dir "$DATA/test-$family-${NOISE_SPP}spp" \
+                --num_seeds 3 --resolution "$RESOLUTION" --output_dir "$WORK/eval/test-$family-${NOISE_SPP}spp"
+        fi
+    done
+    if [ ${#noisy[@]} -gt 0 ]; then  # the noisy twins scored against their own maps and against the clean ones
+        $P benchmarks/vae_ceiling.py --vae "$MODEL/vae" --data_dirs "${noisy[@]}" --reference_dirs "${clean[@]}" \
+            --eval_root "$WORK/eval" --output_json "$WORK/vae_ceiling_noise.json"
+    fi
+    if [ "$HIRES_SAMPLES" -gt 0 ]; then  # the same first scenes at both resolutions: 16x16 vs 32x32 latents
+        $P benchmarks/vae_ceiling.py --vae "$MODEL/vae" --data_dirs "${folders[@]}" "${hires[@]}" \
+            --limit "$HIRES_SAMPLES" --output_json "$WORK/vae_ceiling_${RESOLUTION}_vs_${HIRES}.json"
+    fi
+fi
