@@ -1,0 +1,590 @@
+# Copyright 2026 The controllable-shadow-generation authors. Licensed under the Apache License, Version 2.0.
+"""A light-control page: move the light, watch the shadow follow (Gradio).
+
+    python app.py                                    # the embedded default, models/shadow-small (CPU is enough)
+    python app.py --model PATH_OR_HUB_ID [--port 7860] [--device cuda]
+
+Upload an RGBA cut-out (the mask is its alpha channel) or an image plus a mask, then move the sliders: theta (polar
+angle, 0..45), phi (azimuth, 0..360, periodic), size (area-light side, 2..8: bigger = softer) and intensity. The
+object is encoded ONCE per upload (`ShadowPipeline.encode_object`); every slider move runs only the UNet and the
+VAE decoder on the stored `ObjectLatents`, and only the latest slider value is computed when the slider moves faster
+than the model (`trigger_mode="always_last"`). Outputs: the composite, the raw shadow map and a black shadow layer
+with alpha, each downloadable as a PNG at the input's size (grown by the padding, when some is asked for), and a
+picture of where the light stands.
+
+The same file runs as a Hugging Face Space: see space/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import html
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# Before gradio is imported: it reads these once. No telemetry or version check from the page server.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+import PIL.Image  # noqa: E402
+import PIL.ImageDraw  # noqa: E402
+import PIL.ImageFont  # noqa: E402
+import PIL.ImageOps  # noqa: E402
+import torch  # noqa: E402
+
+from generate_shadows import Light, pad_canvas  # noqa: E402
+from pipeline_shadow import (  # noqa: E402
+    ObjectLatents,
+    ShadowPipeline,
+    composite,
+    gray_to_tensor,
+    image_to_tensor,
+    shadow_layer,
+    shadow_map_to_pil,
+    wrap_phi,
+)
+
+logger = logging.getLogger("app")
+REPO = Path(__file__).resolve().parent
+DEFAULT_MODEL = REPO / "models" / "shadow-small"
+EXAMPLES_DIR = REPO / "examples"
+
+# The page's light ranges: the paper's training grid (DESIGN.md §2, §4). phi covers a full turn; 360 = 0.
+THETA_RANGE = (0.0, 45.0)
+PHI_RANGE = (0.0, 360.0)
+SIZE_RANGE = (2.0, 8.0)
+INTENSITY_RANGE = (0.0, 1.0)
+DEFAULT_LIGHT = Light(theta=30.0, phi=0.0, size=2.0)
+DEFAULT_INTENSITY = 0.8
+PADDING_MAX = 1.0  # fraction of each side added around the object
+# Far above any processing resolution: a bigger upload costs seconds of resizing per slider move and memory for
+# nothing (the model sees the image at its training resolution), so the page asks for a smaller one instead.
+MAX_IMAGE_SIDE = 4096
+OUTPUT_KINDS = ("composite", "shadow", "layer")
+
+
+class PageError(ValueError):
+    """A problem with what the user gave the page, worded for a person; shown on the page as is."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 1. The model: loaded once at start-up; a failure becomes a message on the page, not a dead server.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    pipe: ShadowPipeline | None
+    error: str | None = None  # why `pipe` is None, for the page
+
+    @property
+    def device(self) -> str:
+        return str(self.pipe.device) if self.pipe is not None else "none"
+
+
+def display_name(model: str | os.PathLike) -> str:
+    """A model folder inside the repository by its relative path (what a user typed), anything else as given."""
+    try:
+        return str(Path(model).resolve().relative_to(REPO))
+    except ValueError:
+        return str(model)
+
+
+def load_model(model: str | os.PathLike = DEFAULT_MODEL, device: str | None = None) -> LoadedModel:
+    """Loads a trained shadow pipeline (folder or Hub id) on `device` (default: cuda when available, bf16 there).
+    Never raises: a model that fails to load comes back with `error` set, so the page can say so."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        pipe = ShadowPipeline.from_pretrained(model, torch_dtype=dtype).to(device)
+    except Exception as error:  # any failure (missing folder, bad config, offline Hub, wrong files) -> a message
+        logger.exception("Could not load the model %s", model)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return LoadedModel(
+            name=display_name(model),
+            pipe=None,
+            error=(
+                f"The model `{model}` could not be loaded ({reason}). Start the page with `python app.py --model "
+                "PATH_OR_HUB_ID` pointing to a trained shadow pipeline folder (with model_index.json, unet/, vae/, "
+                "scheduler/) or a Hub id."
+            ),
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedModel(name=display_name(model), pipe=pipe)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 2. Reading what the user uploaded. Each check says what was wrong and what to do.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def open_image(path: str | os.PathLike, what: str, max_side: int = MAX_IMAGE_SIDE) -> PIL.Image.Image:
+    """Opens an uploaded file (EXIF orientation applied) after checking its size from the header alone, so a huge
+    image is refused before its pixels are decoded."""
+    try:
+        image = PIL.Image.open(path)
+    except PIL.Image.DecompressionBombError as error:
+        raise PageError(
+            f"The {what} is far too large to open ({error}). Upload one of at most {max_side} px."
+        ) from error
+    except (OSError, PIL.UnidentifiedImageError) as error:
+        raise PageError(f"The {what} ({Path(path).name}) is not an image this page can read: {error}.") from error
+    width, height = image.size
+    if max(width, height) > max_side:
+        raise PageError(
+            f"The {what} is {width} x {height} px; this page takes images of at most {max_side} px on the long side. "
+            f"Downscale it first (the model works at its training resolution anyway)."
+        )
+    return PIL.ImageOps.exif_transpose(image)
+
+
+def read_cutout(image, mask=None, max_side: int = MAX_IMAGE_SIDE) -> tuple[torch.Tensor, torch.Tensor]:
+    """The object to light: an RGBA cut-out (mask = alpha) or an image plus a mask (PIL images or file paths) ->
+    ([3,H,W] RGB in [0, 1], [1,H,W] mask in [0, 1]). Raises PageError for a missing, empty or full mask."""
+    if isinstance(image, (str, os.PathLike)):
+        image = open_image(image, "image", max_side)
+    if isinstance(mask, (str, os.PathLike)):
+        mask = open_image(mask, "mask", max_side)
+    if max(image.size) > max_side:
+        raise PageError(f"The image is {image.width} x {image.height} px; this page takes at most {max_side} px.")
+    rgba = image_to_tensor(image, "image")
+    if mask is not None:
+        mask_t = gray_to_tensor(mask, "mask")
+        if mask_t.shape[-2:] != rgba.shape[-2:]:
+            raise PageError(
+                f"The mask is {mask_t.shape[-1]} x {mask_t.shape[-2]} px but the image is {rgba.shape[-1]} x "
+                f"{rgba.shape[-2]} px; they must be the same size."
+            )
+    elif rgba.shape[0] == 4:
+        mask_t = rgba[3:4]
+    else:
+        raise PageError(
+            "This image has no transparency, so the page cannot tell the object from its background. Upload an RGBA "
+            "cut-out (a PNG whose background is transparent) or add a mask (white = object) under "
+            "'Mask, background, padding'."
+        )
+    object_pixels = (mask_t >= 0.5).float().mean().item()  # binarised at 0.5 as the model sees it (DESIGN.md §8)
+    if object_pixels == 0.0:
+        raise PageError(
+            "The mask is empty: no pixel belongs to the object (alpha or mask >= 50 %). Upload a cut-out whose "
+            "object is opaque, or a mask that is white on the object."
+        )
+    if object_pixels == 1.0:
+        raise PageError(
+            "The mask covers the whole image, so there is no ground left for a shadow (an image without a "
+            "transparent background?). Upload a cut-out with a transparent background, or a mask that is white on "
+            "the object only."
+        )
+    return rgba[:3], mask_t
+
+
+@dataclass
+class PreparedObject:
+    """One uploaded object, encoded once: every slider move reuses `latents`."""
+
+    latents: ObjectLatents
+    rgb: torch.Tensor  # [3,H,W] in [0, 1]: the (padded) canvas the outputs are made at
+    mask: torch.Tensor  # [1,H,W]
+    stem: str  # names the downloads
+    output_dir: Path  # this object's PNGs (one set at a time)
+
+
+def prepare_object(
+    pipe: ShadowPipeline,
+    image,
+    mask=None,
+    padding: float = 0.0,
+    stem: str = "cutout",
+    max_side: int = MAX_IMAGE_SIDE,
+) -> PreparedObject:
+    """Reads, pads (`padding` x each side, so long shadows are not cut) and encodes the object once."""
+    if not 0.0 <= padding <= PADDING_MAX:
+        raise PageError(f"Padding must lie in [0, {PADDING_MAX:g}] (a fraction of each side), got {padding:g}.")
+    rgb, mask_t = pad_canvas(*read_cutout(image, mask, max_side), padding)
+    latents = pipe.encode_object(rgb[None], mask_t[None])
+    return PreparedObject(latents, rgb, mask_t, stem, Path(tempfile.mkdtemp(prefix="shadow-app-")))
+
+
+def read_background(image, max_side: int = MAX_IMAGE_SIDE) -> torch.Tensor | None:
+    """Optional background (PIL or path) -> [3,H,W] in [0, 1]; None -> None (white)."""
+    if image is None:
+        return None
+    if isinstance(image, (str, os.PathLike)):
+        image = open_image(image, "background", max_side)
+    return image_to_tensor(image, "background")[:3]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 3. A slider move: UNet + decoder on the stored latents, then compositing.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rendering:
+    shadow_map: torch.Tensor  # [1,H,W] in [0, 1], the model's raw map at the canvas size
+    composite: PIL.Image.Image  # RGB
+    shadow: PIL.Image.Image  # L, 255 = full shadow
+    layer: PIL.Image.Image  # RGBA, black, alpha = intensity x shadow
+    seconds: float  # server time of the move: UNet + decoder + compositing
+
+
+def render_light(
+    pipe: ShadowPipeline,
+    prepared: PreparedObject,
+    light: Light,
+    intensity: float = DEFAULT_INTENSITY,
+    background: torch.Tensor | None = None,
+    seed: int = 0,
+) -> Rendering:
+    """The shadow of `prepared` under `light`, without re-encoding the object. The starting noise is the same
+    (`seed`) for every move, so the shadow changes only because the light does."""
+    start = time.perf_counter()
+    shadow_map = pipe(
+        object_latents=prepared.latents,
+        theta=light.theta,
+        phi=light.phi,
+        size=light.size,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="pt",
+    ).shadow_maps[0]  # [1,H,W]
+    canvas = background if background is not None else torch.ones_like(prepared.rgb)  # white by default
+    result = composite(prepared.rgb, prepared.mask, shadow_map, canvas, intensity)  # [3,H,W]
+    composite_image = PIL.Image.fromarray((result.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8))
+    return Rendering(
+        shadow_map=shadow_map,
+        composite=composite_image,
+        shadow=shadow_map_to_pil(shadow_map),
+        layer=shadow_layer(shadow_map, intensity),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def save_rendering(rendering: Rendering, prepared: PreparedObject, light: Light) -> dict[str, Path]:
+    """Writes the three PNGs (named by object and light) into the object's folder, replacing the previous set: the
+    page server copies each returned file into its own cache, so only the newest set is needed here."""
+    for old in prepared.output_dir.glob("*.png"):
+        old.unlink()
+    paths = {}
+    for kind in OUTPUT_KINDS:
+        paths[kind] = prepared.output_dir / f"{prepared.stem}_{light.tag}_{kind}.png"
+        getattr(rendering, kind).save(paths[kind], compress_level=1)  # fast: these are rewritten on every move
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 4. Where the light stands: a view from above (phi) and from the side (theta), sized by the light's size.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _font(size: int):
+    try:
+        return PIL.ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return PIL.ImageFont.load_default()
+
+
+def light_dial(light: Light, size: int = 180) -> PIL.Image.Image:
+    """Two small panels. Left, from above: the object at the centre, the camera below it (on the -y side, as in the
+    renders), the light at azimuth phi (0 = image right, counter-clockwise) and at a radius growing with theta, the
+    shadow pointing away from it. Right, from the side: the light at theta from straight up and its rays past the
+    object onto the ground. The light's square grows with its size (bigger = softer shadow)."""
+    width, height = 2 * size, size
+    image = PIL.Image.new("RGB", (width, height), (250, 250, 247))
+    draw = PIL.ImageDraw.Draw(image)
+    font = _font(max(9, size // 15))
+    ink, faint, sun, shade = (40, 40, 40), (200, 200, 195), (245, 170, 20), (90, 90, 90)
+    theta, phi = math.radians(light.theta), math.radians(wrap_phi(light.phi))
+    light_half = 2 + light.size * size / 120  # the light's square, in pixels
+
+    # From above: rings at theta = 15, 30, 45 degrees; radius proportional to theta (90 degrees = the panel's edge).
+    cx, cy, radius = size / 2, size / 2 + 4, size * 0.40
+    for ring_deg in (15, 30, 45):
+        r = radius * ring_deg / 45
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), outline=faint)
+    draw.text((cx + radius * 0.71 + 2, cy - radius * 0.71 - 10), "45°", fill=shade, font=font)
+    r = radius * light.theta / 45
+    lx, ly = cx + r * math.cos(phi), cy - r * math.sin(phi)  # y up on the page
+    if light.theta > 0:  # the shadow falls away from the light
+        sx, sy = cx - 0.9 * r * math.cos(phi), cy + 0.9 * r * math.sin(phi)
+        draw.line((cx, cy, sx, sy), fill=shade, width=max(3, size // 30))
+    draw.rectangle((cx - 5, cy - 5, cx + 5, cy + 5), fill=ink)
+    draw.polygon([(cx, cy + radius + 2), (cx - 6, cy + radius + 12), (cx + 6, cy + radius + 12)], fill=ink)
+    draw.text((cx + 9, cy + radius + 2), "camera", fill=ink, font=font)
+    draw.rectangle((lx - light_half, ly - light_half, lx + light_half, ly + light_half), fill=sun, outline=ink)
+    draw.text((4, 2), f"from above: phi {wrap_phi(light.phi):g}°", fill=ink, font=font)
+
+    # From the side, in the light's vertical plane: the ground, the object (a post), the light on a quarter circle at
+    # theta from straight up, drawn on the image side the light is on (left when phi points left) so both panels agree.
+    ox, ground, post = size + size / 2, size - 22, size * 0.22
+    arc = size * 0.62
+    side = -1.0 if math.cos(phi) < -1e-9 else 1.0
+    draw.line((size + 8, ground, width - 8, ground), fill=ink, width=2)
+    draw.arc((ox - arc, ground - arc, ox + arc, ground + arc), 270 - 45, 270 + 45, fill=faint, width=2)
+    lx2, ly2 = ox + side * arc * math.sin(theta), ground - arc * math.cos(theta)
+    shadow_end = ox - side * post * math.tan(theta)  # the ray over the post's top reaches the ground here
+    draw.line((ox, ground, shadow_end, ground), fill=shade, width=max(4, size // 25))
+    draw.line((lx2, ly2, ox, ground - post), fill=sun, width=1)
+    draw.line((ox, ground - post, shadow_end, ground), fill=sun, width=1)
+    draw.rectangle((ox - 3, ground - post, ox + 3, ground), fill=ink)
+    draw.rectangle((lx2 - light_half, ly2 - light_half, lx2 + light_half, ly2 + light_half), fill=sun, outline=ink)
+    draw.text((size + 4, 2), f"from the side: theta {light.theta:g}°", fill=ink, font=font)
+    draw.text((size + 4, height - 16), f"light size {light.size:g} (bigger = softer)", fill=ink, font=font)
+    draw.line((size, 0, size, height), fill=faint)
+    return image
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 5. The page.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def page_message(text: str) -> gr.Error:
+    """An error toast on the page. Gradio renders the message as HTML: escape it, so a file name or an exception's
+    text can never inject markup."""
+    return gr.Error(html.escape(text, quote=False), print_exception=False)
+
+
+def _human_errors(action: str):
+    """Event handlers show a person's message on the page: PageError as written, anything unexpected as one line
+    (the stack trace goes to the server log only)."""
+
+    def decorate(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            try:
+                return function(*args, **kwargs)
+            except gr.Error:
+                raise
+            except PageError as error:
+                raise page_message(str(error)) from error
+            except Exception as error:
+                logger.exception("Unexpected error while %s", action)
+                raise page_message(
+                    f"Something went wrong while {action}: {type(error).__name__}: {error}. The details are in the "
+                    "server log."
+                ) from error
+
+        return wrapper
+
+    return decorate
+
+
+def _status(light: Light, intensity: float, rendering: Rendering, device: str) -> str:
+    return (
+        f"theta {light.theta:g}°, phi {wrap_phi(light.phi):g}°, size {light.size:g}, intensity {intensity:g} · "
+        f"{rendering.seconds * 1000:.0f} ms on {device} (UNet + decoder; the object was encoded once)"
+    )
+
+
+@dataclass
+class LightControls:
+    """The sliders of one light. The page has one; a multi-light page (issue #21) would build one group per light
+    with `light_controls()` and pass their values to the pipeline together."""
+
+    theta: gr.Slider
+    phi: gr.Slider
+    size: gr.Slider
+
+    @property
+    def sliders(self) -> list[gr.Slider]:
+        return [self.theta, self.phi, self.size]
+
+
+def light_controls(light: Light = DEFAULT_LIGHT) -> LightControls:
+    return LightControls(
+        theta=gr.Slider(*THETA_RANGE, value=light.theta, step=1, label="theta (°): 0 = light straight above"),
+        phi=gr.Slider(*PHI_RANGE, value=light.phi, step=1, label="phi (°): 0 = light on the right; 360 = 0"),
+        size=gr.Slider(*SIZE_RANGE, value=light.size, step=0.5, label="size: the light's side, bigger = softer"),
+    )
+
+
+def build_demo(model: LoadedModel, seed: int = 0, max_side: int = MAX_IMAGE_SIDE) -> gr.Blocks:
+    """The page for `model` (which may have failed to load: the page then says why and refuses uploads)."""
+
+    def require_model() -> ShadowPipeline:
+        if model.pipe is None:
+            raise page_message(model.error)
+        return model.pipe
+
+    def forget_object():
+        """First step of every new upload: the old object must not be re-lit while the new one loads or fails."""
+        return None, None, None, None, ""
+
+    @_human_errors("reading the upload")
+    def load_object(image_path, mask_path, padding, background_path, theta, phi, size, intensity):
+        if image_path is None:
+            return None, None, None, None, ""
+        pipe = require_model()
+        prepared = prepare_object(pipe, image_path, mask_path, padding, Path(image_path).stem, max_side)
+        return (prepared, *relight(prepared, background_path, theta, phi, size, intensity))
+
+    @_human_errors("moving the light")
+    def relight(prepared, background_path, theta, phi, size, intensity):
+        light = Light(float(theta), float(phi), float(size))
+        if prepared is None:
+            return None, None, None, light_dial(light), "Upload a cut-out (or pick an example) to see its shadow."
+        rendering = render_light(
+            require_model(), prepared, light, float(intensity), read_background(background_path, max_side), seed
+        )
+        paths = save_rendering(rendering, prepared, light)
+        return (
+            *(str(paths[kind]) for kind in OUTPUT_KINDS),
+            light_dial(light),
+            _status(light, intensity, rendering, model.device),
+        )
+
+    with gr.Blocks(title="Controllable shadows: move the light", analytics_enabled=False) as demo:
+        gr.Markdown(
+            "## Move the light, watch the shadow\n"
+            "Upload a cut-out (PNG with a transparent background) or pick an example, then drag the sliders. The "
+            "object is encoded once; each move runs one diffusion step. "
+            f"Model: `{model.name}` on {model.device}."
+        )
+        if model.error:
+            gr.Markdown(f"**The model is not available.** {model.error}", elem_id="model-error")
+        prepared_state = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=1):
+                cutout = gr.Image(
+                    label="Cut-out (RGBA) or image",
+                    type="filepath",
+                    image_mode=None,  # keep the alpha channel (and an RGB image without one) as uploaded
+                    sources=["upload", "clipboard"],
+                    elem_id="cutout",
+                )
+                with gr.Accordion("Mask, background, padding", open=False):
+                    mask = gr.Image(
+                        label="Mask (white = object), for an image without transparency",
+                        type="filepath",
+                        image_mode=None,
+                        sources=["upload", "clipboard"],
+                        elem_id="mask",
+                    )
+                    background = gr.Image(
+                        label="Background (default: white)",
+                        type="filepath",
+                        image_mode=None,
+                        sources=["upload", "clipboard"],
+                        elem_id="background",
+                    )
+                    padding = gr.Slider(
+                        0.0,
+                        PADDING_MAX,
+                        value=0.0,
+                        step=0.05,
+                        label="Padding: canvas added on each side (fraction), so long shadows are not cut",
+                        elem_id="padding",
+                    )
+                examples = sorted(str(path) for path in EXAMPLES_DIR.glob("*.png"))
+                if examples:
+                    gr.Examples(examples=[[path] for path in examples], inputs=[cutout], label="Examples")
+            with gr.Column(scale=1):
+                dial = gr.Image(
+                    value=light_dial(DEFAULT_LIGHT),
+                    label="Where the light stands",
+                    show_label=False,
+                    interactive=False,
+                    format="png",
+                    buttons=[],
+                    elem_id="dial",
+                )
+                # Issue #21 (several lights): an "add light" control goes here, building more light_controls().
+                lights = light_controls()
+                intensity = gr.Slider(
+                    *INTENSITY_RANGE, value=DEFAULT_INTENSITY, step=0.05, label="intensity (compositing only)"
+                )
+                status = gr.Markdown("Upload a cut-out (or pick an example) to see its shadow.", elem_id="status")
+        with gr.Row():
+            composite_out = gr.Image(
+                label="Composite", interactive=False, format="png", buttons=["download"], elem_id="composite"
+            )
+            shadow_out = gr.Image(
+                label="Shadow map (255 = full shadow)",
+                interactive=False,
+                format="png",
+                buttons=["download"],
+                elem_id="shadow",
+            )
+            layer_out = gr.Image(
+                label="Shadow layer (black, alpha) for image editors",
+                interactive=False,
+                format="png",
+                image_mode="RGBA",
+                buttons=["download"],
+                elem_id="layer",
+            )
+
+        light_inputs = [background, *lights.sliders, intensity]
+        rendered = [composite_out, shadow_out, layer_out, dial, status]
+        for trigger in (cutout.change, mask.change, padding.release):
+            trigger(forget_object, outputs=[prepared_state, composite_out, shadow_out, layer_out, status]).then(
+                load_object,
+                inputs=[cutout, mask, padding, *light_inputs],
+                outputs=[prepared_state, *rendered],
+                show_progress="minimal",
+            )
+        # Only the latest slider value is computed when the slider moves faster than the model: while one move is
+        # being computed, later ones replace each other and only the last runs next. No queue of stale frames.
+        gr.on(
+            triggers=[*(slider.input for slider in lights.sliders), intensity.input, background.change],
+            fn=relight,
+            inputs=[prepared_state, *light_inputs],
+            outputs=rendered,
+            trigger_mode="always_last",
+            show_progress="hidden",
+        )
+    return demo
+
+
+def launch_kwargs() -> dict:
+    """launch() settings shared by `main` and the tests: system fonts (nothing fetched from a font CDN, so the page
+    also works offline) and no server-side rendering (it would need Node)."""
+    theme = gr.themes.Default(
+        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+    )
+    return {"theme": theme, "ssr_mode": False, "max_file_size": "50mb"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--model",
+        "--pretrained_model_name_or_path",
+        dest="model",
+        default=os.environ.get("SHADOW_MODEL", str(DEFAULT_MODEL)),
+        help="A trained shadow pipeline folder or Hub id (default: $SHADOW_MODEL, else the embedded "
+        "models/shadow-small).",
+    )
+    parser.add_argument("--device", default=None, help="Default: cuda when available, else cpu.")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), help="Address to serve.")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--seed", type=int, default=0, help="Starting noise, the same for every slider move.")
+    parser.add_argument("--max_side", type=int, default=MAX_IMAGE_SIDE, help="Largest accepted image side, px.")
+    args = parser.parse_args(argv)
+    if args.max_side < 8:
+        parser.error(f"--max_side must be >= 8 px, got {args.max_side}.")
+    return args
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    args = parse_args(argv)
+    model = load_model(args.model, args.device)
+    if model.error:
+        logger.error("%s The page starts anyway and shows this message.", model.error)
+    demo = build_demo(model, seed=args.seed, max_side=args.max_side)
+    demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, **launch_kwargs())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
