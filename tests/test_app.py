@@ -1,0 +1,273 @@
+"""The light-control page's functions (app.py), without a browser: reading uploads, the encode-once slider path, the
+light dial, the error messages, the page's wiring and the Space folder. tests/test_app_browser.py drives the page."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+gr = pytest.importorskip("gradio", reason="gradio is in requirements-app.txt (make setup installs it)")
+
+import app  # noqa: E402
+from generate_shadows import Light  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((REPO / "examples").glob("*.png"))
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    model = app.load_model(app.DEFAULT_MODEL, "cpu")
+    assert model.error is None, model.error
+    return model
+
+
+@pytest.fixture(scope="module")
+def cube(shipped):
+    """The cube example, encoded once (as the page does per upload)."""
+    return app.prepare_object(shipped.pipe, _cube(), stem="cube")
+
+
+def _rgba(size=(40, 32), box=(10, 8, 30, 24), alpha=255) -> PIL.Image.Image:
+    """A cut-out: a red box with `alpha` on a transparent canvas."""
+    array = np.zeros((size[1], size[0], 4), dtype=np.uint8)
+    array[..., :3] = 255
+    left, top, right, bottom = box
+    array[top:bottom, left:right] = (200, 30, 30, alpha)
+    return PIL.Image.fromarray(array, "RGBA")
+
+
+def _cube() -> PIL.Image.Image:
+    return PIL.Image.open(REPO / "examples" / "cube.png")
+
+
+# ----- examples ------------------------------------------------------------------------------------------------------
+
+
+def test_the_examples_are_small_rgba_cutouts_with_a_real_mask():
+    assert len(EXAMPLES) >= 3
+    for path in EXAMPLES:
+        assert path.stat().st_size < 100 * 1024, path
+        with PIL.Image.open(path) as image:
+            assert image.mode == "RGBA"
+            alpha = np.asarray(image.getchannel("A"))
+        assert 0.01 < (alpha >= 128).mean() < 0.5, path  # an object on a transparent ground, not a full frame
+    assert "render_shadow_dataset.py" in (REPO / "examples" / "README.md").read_text()
+
+
+# ----- reading what the user uploaded ----------------------------------------------------------------------------------
+
+
+def test_read_cutout_takes_the_mask_from_alpha_or_from_a_separate_mask():
+    rgb, mask = app.read_cutout(_rgba())
+    assert rgb.shape == (3, 32, 40) and mask.shape == (1, 32, 40)
+    assert mask[0, 8:24, 10:30].min() == 1.0 and mask.sum() == 16 * 20
+    separate = PIL.Image.fromarray((np.asarray(_rgba().getchannel("A"))), "L")
+    rgb2, mask2 = app.read_cutout(_rgba().convert("RGB"), separate)
+    assert torch.equal(mask2, mask) and torch.allclose(rgb2, rgb)
+
+
+@pytest.mark.parametrize(
+    ("image", "mask", "message"),
+    [
+        (_rgba().convert("RGB"), None, "has no transparency"),
+        (_rgba(alpha=0), None, "The mask is empty"),
+        (_rgba(alpha=100), None, "The mask is empty"),  # below 50 %: the model would see no object
+        (_rgba(box=(0, 0, 40, 32)), None, "covers the whole image"),
+        (_rgba().convert("RGB"), PIL.Image.new("L", (20, 20), 255), "must be the same size"),
+    ],
+)
+def test_read_cutout_says_what_is_wrong(image, mask, message):
+    with pytest.raises(app.PageError, match=message):
+        app.read_cutout(image, mask)
+
+
+def test_a_huge_image_is_refused_from_its_header(tmp_path):
+    path = tmp_path / "wide.png"
+    _rgba(size=(64, 8), box=(2, 2, 6, 6)).save(path)
+    with pytest.raises(app.PageError, match=r"64 x 8 px; this page takes images of at most 32 px"):
+        app.read_cutout(str(path), max_side=32)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(app.PageError, match=r"broken.png\) is not an image"):
+        app.read_cutout(str(tmp_path / "broken.png"))
+
+
+# ----- the encode-once slider path -------------------------------------------------------------------------------------
+
+
+def test_a_slider_move_reuses_the_encoded_object_and_matches_the_full_pipeline(shipped, cube, monkeypatch):
+    pipe, prepared = shipped.pipe, cube
+    monkeypatch.setattr(pipe, "_encode", lambda *args, **kwargs: pytest.fail("a slider move re-encoded the object"))
+    rendering = app.render_light(pipe, prepared, Light(30.0, 45.0, 4.0), intensity=0.5, seed=3)
+    monkeypatch.undo()
+    full = pipe(_cube(), theta=30.0, phi=45.0, size=4.0, generator=torch.Generator().manual_seed(3), output_type="pt")
+    assert torch.allclose(rendering.shadow_map, full.shadow_maps[0], atol=1e-5)
+    assert rendering.shadow.size == rendering.layer.size == rendering.composite.size == _cube().size
+    assert rendering.seconds > 0
+
+
+def test_the_outputs_are_the_map_its_black_layer_and_a_composite(shipped, cube):
+    background = torch.zeros(3, 32, 32)
+    background[1] = 1.0  # green, smaller than the canvas: cover-resized
+    rendering = app.render_light(shipped.pipe, cube, app.DEFAULT_LIGHT, intensity=0.5, background=background)
+    shadow = np.asarray(rendering.shadow, dtype=np.float32)
+    layer = np.asarray(rendering.layer)
+    assert rendering.layer.mode == "RGBA" and layer[..., :3].max() == 0
+    assert np.abs(layer[..., 3] - np.round(0.5 * shadow)).max() <= 1  # alpha = intensity x shadow
+    mask = np.asarray(_cube().getchannel("A")) >= 128
+    assert shadow[mask].max() == 0 and shadow.max() > 100  # a real shadow, none on the object
+    composite = np.asarray(rendering.composite, dtype=np.float32)
+    darkest = np.unravel_index(np.where(mask, 0, shadow).argmax(), shadow.shape)
+    assert composite[darkest][1] < 255 * (1 - 0.5 * shadow[darkest] / 255) + 2  # the green ground is darkened
+    assert composite[0, 0, 1] > 250 and composite[0, 0, 0] < 5  # unshadowed ground: the background
+
+
+def test_padding_grows_the_canvas_so_long_shadows_fit(shipped):
+    prepared = app.prepare_object(shipped.pipe, _cube(), padding=0.25)
+    assert prepared.rgb.shape[-2:] == (384, 384)  # 256 + 2 x 64
+    rendering = app.render_light(shipped.pipe, prepared, Light(45.0, 0.0, 2.0))
+    assert rendering.shadow.size == (384, 384)
+    with pytest.raises(app.PageError, match=r"Padding must lie in \[0, 1\]"):
+        app.prepare_object(shipped.pipe, _cube(), padding=2.0)
+
+
+def test_phi_wraps_and_turning_it_moves_the_shadow_across_the_object(shipped, cube):
+    maps = {
+        phi: app.render_light(shipped.pipe, cube, Light(30.0, phi, 2.0)).shadow_map[0].numpy() for phi in (0, 180, 360)
+    }
+    assert np.array_equal(maps[0], maps[360])
+    columns = np.arange(maps[0].shape[1])
+    object_x = (np.asarray(_cube().getchannel("A")) >= 128).nonzero()[1].mean()
+    centroid = {phi: (m.sum(0) * columns).sum() / m.sum() for phi, m in maps.items()}
+    assert centroid[0] < object_x < centroid[180]  # light on the right: shadow on the left, and the other way round
+
+
+def test_save_rendering_names_the_files_and_keeps_one_set(shipped, cube):
+    rendering = app.render_light(shipped.pipe, cube, app.DEFAULT_LIGHT)
+    for phi in (0.0, 90.0):
+        paths = app.save_rendering(rendering, cube, Light(30.0, phi, 2.0))
+    assert sorted(p.name for p in cube.output_dir.iterdir()) == sorted(
+        f"cube_t30_p90_s2_{kind}.png" for kind in app.OUTPUT_KINDS
+    )
+    with PIL.Image.open(paths["layer"]) as layer:
+        assert layer.mode == "RGBA" and layer.size == (256, 256)
+
+
+# ----- the light dial ---------------------------------------------------------------------------------------------------
+
+
+def _sun_centre(dial: PIL.Image.Image, panel: int) -> tuple[float, float]:
+    """Centre of the light's (orange) square in the left (0) or right (1) panel, in panel pixels, y down."""
+    array = np.asarray(dial, dtype=np.int32)
+    width = array.shape[1] // 2
+    half = array[:, panel * width : (panel + 1) * width]
+    sun = (half[..., 0] > 230) & (half[..., 1] > 150) & (half[..., 1] < 190) & (half[..., 2] < 60)
+    ys, xs = sun.nonzero()
+    return xs.mean(), ys.mean()
+
+
+def test_the_dial_puts_the_light_where_the_angles_say():
+    size = 180
+    centre = (size / 2, size / 2 + 4)
+    right = _sun_centre(app.light_dial(Light(30.0, 0.0, 2.0), size), 0)
+    up = _sun_centre(app.light_dial(Light(30.0, 90.0, 2.0), size), 0)
+    left = _sun_centre(app.light_dial(Light(30.0, 540.0, 2.0), size), 0)  # phi wraps: 540 = 180
+    overhead = _sun_centre(app.light_dial(Light(0.0, 0.0, 2.0), size), 0)
+    assert right[0] > centre[0] + 30 and abs(right[1] - centre[1]) < 3
+    assert up[1] < centre[1] - 30 and abs(up[0] - centre[0]) < 3  # phi 90: behind the object, away from the camera
+    assert left[0] < centre[0] - 30
+    assert np.hypot(overhead[0] - centre[0], overhead[1] - centre[1]) < 3
+    low, high = (_sun_centre(app.light_dial(Light(t, 0.0, 2.0), size), 1) for t in (10.0, 45.0))
+    assert high[0] > low[0] and high[1] > low[1]  # from the side: larger theta = the light further from overhead
+    mirrored = _sun_centre(app.light_dial(Light(45.0, 180.0, 2.0), size), 1)
+    assert mirrored[0] < size / 2 - 30 and abs(mirrored[1] - high[1]) < 1  # a light on the left is drawn on the left
+    small, big = (np.asarray(app.light_dial(Light(30.0, 0.0, s), size)) for s in (2.0, 8.0))
+    orange = [((a[..., 0] > 230) & (a[..., 2] < 60)).sum() for a in (small, big)]
+    assert orange[1] > orange[0]  # a bigger light is drawn bigger
+    assert app.light_dial(app.DEFAULT_LIGHT, size).size == (2 * size, size)
+
+
+# ----- the model and the messages -----------------------------------------------------------------------------------------
+
+
+def test_a_model_that_fails_to_load_becomes_a_message_not_a_crash(tmp_path):
+    model = app.load_model(tmp_path / "no-such-model", "cpu")
+    assert model.pipe is None and "could not be loaded" in model.error and "no-such-model" in model.error
+    assert "--model" in model.error
+    demo = app.build_demo(model)  # the page still builds, and says why
+    assert any("The model is not available" in str(b.value) for b in demo.blocks.values() if isinstance(b, gr.Markdown))
+
+
+def test_handlers_turn_errors_into_one_line_messages():
+    @app._human_errors("testing")
+    def refuse():
+        raise app.PageError("The mask is empty <b>.")
+
+    @app._human_errors("testing")
+    def crash():
+        raise KeyError("boom")
+
+    with pytest.raises(gr.Error, match="The mask is empty &lt;b&gt;."):
+        refuse()
+    with pytest.raises(gr.Error, match="Something went wrong while testing: KeyError: 'boom'. The details"):
+        crash()
+
+
+def test_the_sliders_only_relight_and_only_the_latest_value_is_computed(shipped):
+    demo = app.build_demo(shipped)
+    sliders = {b.label.split(" ")[0].rstrip(":"): i for i, b in demo.blocks.items() if isinstance(b, gr.Slider)}
+    (theta, phi, size) = (demo.blocks[sliders[name]] for name in ("theta", "phi", "size"))
+    assert (theta.minimum, theta.maximum, phi.minimum, phi.maximum, size.minimum, size.maximum) == (0, 45, 0, 360, 2, 8)
+    moves = {(sliders[name], "input") for name in ("theta", "phi", "size", "intensity")}  # every move, while dragging
+    (relight,) = [d for d in demo.config["dependencies"] if (sliders["phi"], "input") in map(tuple, d["targets"])]
+    assert moves <= set(map(tuple, relight["targets"]))
+    assert relight["trigger_mode"] == "always_last" and relight["show_progress"] == "hidden"
+    (cutout,) = [i for i, b in demo.blocks.items() if isinstance(b, gr.Image) and b.elem_id == "cutout"]
+    assert cutout not in relight["inputs"]  # the slider path never sees (or re-encodes) the upload
+
+
+def test_parse_args_speaks_the_project_vocabulary():
+    assert app.parse_args(["--pretrained_model_name_or_path", "x"]).model == "x"
+    assert app.parse_args([]).model == str(app.DEFAULT_MODEL) and app.parse_args([]).host == "127.0.0.1"
+    with pytest.raises(SystemExit):
+        app.parse_args(["--max_side", "0"])
+
+
+# ----- benchmark and Space -----------------------------------------------------------------------------------------------
+
+
+def test_the_app_benchmark_runs_and_times_both_paths(capsys):
+    spec = importlib.util.spec_from_file_location("bench_app", REPO / "benchmarks" / "bench_app.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--moves", "2", "--objects", "1"])
+    assert result["moves"] == 2 and result["objects"] == 1 and result["resolution"] == 128
+    assert result["live"]["median_ms"] > 0 and result["full"]["median_ms"] > 0
+    assert "| baseline: re-encode the object on every move |" in capsys.readouterr().out
+
+
+def test_the_space_card_and_folder_run_the_page_on_their_own(tmp_path):
+    card = (REPO / "space" / "README.md").read_text()
+    front = re.match(r"---\n(.*?)\n---\n", card, re.S).group(1)
+    fields = dict(line.split(": ", 1) for line in front.splitlines() if ": " in line)
+    assert fields["sdk"] == "gradio" and fields["app_file"] == "app.py"
+    assert fields["sdk_version"].split(".")[0] == gr.__version__.split(".")[0]
+    space = tmp_path / "space"
+    subprocess.run(["make", "-s", "space", f"SPACE_DIR={space}"], cwd=REPO, check=True, timeout=60)
+    assert (space / "README.md").read_text() == card
+    assert (space / "models" / "shadow-small" / "model_index.json").is_file() and (space / "examples").is_dir()
+    check = "import app; m = app.load_model(); assert m.error is None, m.error; app.build_demo(m); print('ok')"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    result = subprocess.run(
+        [sys.executable, "-c", check], cwd=space, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
