@@ -1,4 +1,5 @@
-# Two commands on a fresh machine: `make demo` (the main job on the embedded default) and `make test`.
+# Two commands on a fresh machine: `make demo` (the main job on the embedded default) and `make test`;
+# `make app` serves the light-control page (app.py) on the embedded default.
 # Both create .venv, install torch first (a bare `torch` pulled in by another package could drag a multi-GB
 # CUDA build), then the project's requirements.
 PYTHON ?= python3
@@ -12,12 +13,15 @@ RENDER_VENV ?= .venv-render
 RENDER_PY := $(RENDER_VENV)/bin/python
 RENDER_STAMP := $(RENDER_VENV)/.installed
 
-.PHONY: demo test lint setup render-setup clean-venv sync-copies
+# Where `make space` assembles the Hugging Face Space (app, model, examples, space/README.md as the Space card).
+SPACE_DIR ?= build/space
 
-$(STAMP): requirements.txt requirements-dev.txt
+.PHONY: demo test lint setup render-setup clean-venv sync-copies app space
+
+$(STAMP): requirements.txt requirements-dev.txt requirements-app.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt -r requirements-app.txt
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -36,6 +40,18 @@ demo: $(STAMP) $(RENDER_STAMP)
 test: $(STAMP) $(RENDER_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+app: $(STAMP)
+	$(PY) app.py
+
+# A folder that runs as a Space on its own; upload it with
+#   huggingface-cli upload --repo-type space YOUR_NAME/SPACE_NAME build/space .
+space:
+	rm -rf $(SPACE_DIR) && mkdir -p $(SPACE_DIR)/models
+	cp app.py generate_shadows.py pipeline_shadow.py LICENSE $(SPACE_DIR)/
+	cp -r models/shadow-small $(SPACE_DIR)/models/
+	cp -r examples $(SPACE_DIR)/
+	cp space/README.md space/requirements.txt $(SPACE_DIR)/
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
