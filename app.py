@@ -23,6 +23,7 @@ import html
 import logging
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -57,7 +58,7 @@ REPO = Path(__file__).resolve().parent
 DEFAULT_MODEL = REPO / "models" / "shadow-small"
 EXAMPLES_DIR = REPO / "examples"
 
-# The page's light ranges: the paper's training grid (DESIGN.md §2, §4). phi covers a full turn; 360 = 0.
+# The page's light ranges: the paper's training grid (docs/design.md §2, §4). phi covers a full turn; 360 = 0.
 THETA_RANGE = (0.0, 45.0)
 PHI_RANGE = (0.0, 360.0)
 SIZE_RANGE = (2.0, 8.0)
@@ -172,7 +173,7 @@ def read_cutout(image, mask=None, max_side: int = MAX_IMAGE_SIDE) -> tuple[torch
             "cut-out (a PNG whose background is transparent) or add a mask (white = object) under "
             "'Mask, background, padding'."
         )
-    object_pixels = (mask_t >= 0.5).float().mean().item()  # binarised at 0.5 as the model sees it (DESIGN.md §8)
+    object_pixels = (mask_t >= 0.5).float().mean().item()  # binarised at 0.5 as the model sees it (docs/design.md §8)
     if object_pixels == 0.0:
         raise PageError(
             "The mask is empty: no pixel belongs to the object (alpha or mask >= 50 %). Upload a cut-out whose "
@@ -415,8 +416,11 @@ def build_demo(model: LoadedModel, seed: int = 0, max_side: int = MAX_IMAGE_SIDE
             raise page_message(model.error)
         return model.pipe
 
-    def forget_object():
-        """First step of every new upload: the old object must not be re-lit while the new one loads or fails."""
+    def forget_object(prepared):
+        """First step of every new upload: the old object must not be re-lit while the new one loads or fails. Its
+        PNGs can go (the page server has its own copies of what it showed)."""
+        if prepared is not None:
+            shutil.rmtree(prepared.output_dir, ignore_errors=True)
         return None, None, None, None, ""
 
     @_human_errors("reading the upload")
@@ -526,7 +530,11 @@ def build_demo(model: LoadedModel, seed: int = 0, max_side: int = MAX_IMAGE_SIDE
         light_inputs = [background, *lights.sliders, intensity]
         rendered = [composite_out, shadow_out, layer_out, dial, status]
         for trigger in (cutout.change, mask.change, padding.release):
-            trigger(forget_object, outputs=[prepared_state, composite_out, shadow_out, layer_out, status]).then(
+            trigger(
+                forget_object,
+                inputs=[prepared_state],
+                outputs=[prepared_state, composite_out, shadow_out, layer_out, status],
+            ).then(
                 load_object,
                 inputs=[cutout, mask, padding, *light_inputs],
                 outputs=[prepared_state, *rendered],
@@ -554,6 +562,12 @@ def launch_kwargs() -> dict:
     return {"theme": theme, "ssr_mode": False, "max_file_size": "50mb"}
 
 
+def default_threads() -> int:
+    """All cores but one: the page server (event loop, PNG encoding) needs one too, and on a busy 2-core machine two
+    torch threads that wait on each other are many times slower than one (benchmarks/bench_app.py)."""
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -567,17 +581,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="Default: cuda when available, else cpu.")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), help="Address to serve.")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: all cores but one, which is left to the page server; 1 on 2 cores).",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Starting noise, the same for every slider move.")
     parser.add_argument("--max_side", type=int, default=MAX_IMAGE_SIDE, help="Largest accepted image side, px.")
     args = parser.parse_args(argv)
     if args.max_side < 8:
         parser.error(f"--max_side must be >= 8 px, got {args.max_side}.")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}.")
     return args
 
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     args = parse_args(argv)
+    torch.set_num_threads(args.threads or default_threads())
     model = load_model(args.model, args.device)
     if model.error:
         logger.error("%s The page starts anyway and shows this message.", model.error)
