@@ -7,7 +7,7 @@ Both run in the same loop, interleaved move by move, on the shipped example cut-
 (default: the model's processing resolution), over a sweep of phi, so machine load hits both alike. Gradio's own
 serialisation and the HTTP round trip are not included (the browser test drives those).
 
-    python benchmarks/bench_app.py                       # the embedded default, 2 CPU threads
+    python benchmarks/bench_app.py                       # the embedded default, 1 and 2 torch threads
     python benchmarks/bench_app.py --model PATH --device cuda --moves 50
 """
 
@@ -37,7 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(app.DEFAULT_MODEL), help="Shadow pipeline folder or Hub id.")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the project machine has 2 cores).")
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=[1, 2], help="torch CPU thread counts to compare (interleaved)."
+    )
     parser.add_argument("--moves", type=int, default=24, help="Timed slider moves per object and path.")
     parser.add_argument(
         "--input_size", type=int, default=None, help="Cut-out side in px (default: the model's resolution)."
@@ -46,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--theta", type=float, default=30.0)
     parser.add_argument("--size", type=float, default=2.0)
     args = parser.parse_args(argv)
-    if args.moves < 1 or args.threads < 1:
+    if args.moves < 1 or min(args.threads) < 1:
         parser.error("--moves and --threads must be >= 1.")
     return args
 
@@ -60,9 +62,26 @@ def _ms(seconds: list[float]) -> dict:
     }
 
 
+def _timed(function, *args) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process, all threads) of one call."""
+    start, start_cpu = time.perf_counter(), time.process_time()
+    function(*args)
+    return time.perf_counter() - start, time.process_time() - start_cpu
+
+
+def live_move(pipe, prepared: app.PreparedObject, cutout, light: Light) -> None:
+    """What the page does on a slider move: the stored latents, no encoding."""
+    app.save_rendering(app.render_light(pipe, prepared, light), prepared, light)
+
+
+def full_move(pipe, prepared: app.PreparedObject, cutout, light: Light) -> None:
+    """The baseline: read, pad and re-encode the object on every move, then the same."""
+    fresh = app.prepare_object(pipe, cutout, stem=prepared.stem)
+    app.save_rendering(app.render_light(pipe, fresh, light), fresh, light)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
     model = app.load_model(args.model, args.device)
     if model.error:
         raise SystemExit(model.error)
@@ -73,60 +92,53 @@ def main(argv=None) -> dict:
         for path in sorted(app.EXAMPLES_DIR.glob("*.png"))[: args.objects]
     }
     load_before = os.getloadavg()[0]
-    live, full, model_only, live_cpu, full_cpu = [], [], [], [], []
+    samples = {(threads, path): ([], []) for threads in args.threads for path in ("live", "full")}  # (wall, cpu)
     for stem, cutout in cutouts.items():
         prepared = app.prepare_object(pipe, cutout, stem=stem)
         app.render_light(pipe, prepared, app.DEFAULT_LIGHT)  # warm-up (first-call allocations)
         for move in range(args.moves):
             light = Light(args.theta, 360.0 * move / args.moves, args.size)
-            start, start_cpu = time.perf_counter(), time.process_time()
-            rendering = app.render_light(pipe, prepared, light)
-            app.save_rendering(rendering, prepared, light)
-            live.append(time.perf_counter() - start)
-            live_cpu.append(time.process_time() - start_cpu)
-            model_only.append(rendering.seconds)
-
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fresh = app.prepare_object(pipe, cutout, stem=stem)  # the baseline re-encodes on every move
-            app.save_rendering(app.render_light(pipe, fresh, light), fresh, light)
-            full.append(time.perf_counter() - start)
-            full_cpu.append(time.process_time() - start_cpu)
+            for threads in args.threads:  # interleaved, so machine load hits every variant alike
+                torch.set_num_threads(threads)
+                for path, function in (("live", live_move), ("full", full_move)):
+                    wall, cpu = _timed(function, pipe, prepared, cutout, light)
+                    samples[threads, path][0].append(wall)
+                    samples[threads, path][1].append(cpu)
     load_after = os.getloadavg()[0]
 
+    rows = [
+        {"threads": threads, "path": path, **_ms(walls), "cpu_median_ms": statistics.median(cpus) * 1000}
+        for (threads, path), (walls, cpus) in samples.items()
+    ]
     result = {
         "model": model.name,
         "device": args.device,
         "resolution": pipe.default_resolution,
         "input_size": side,
         "objects": len(cutouts),
-        "moves": len(live),
-        "live": _ms(live),
-        "render_only": _ms(model_only),
-        "full": _ms(full),
-        "live_cpu": _ms(live_cpu),
-        "full_cpu": _ms(full_cpu),
+        "moves": len(cutouts) * args.moves,
+        "rows": rows,
         "load_average": (load_before, load_after),
         "machine": cpu_description(),
-        "torch": f"{torch.__version__}, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
     }
-    speedup = result["full"]["median_ms"] / result["live"]["median_ms"]
     print(
         f"Light-control page, server time per slider move: {result['model']} ({result['resolution']} px) on "
-        f"{args.device}; {len(cutouts)} example cut-outs at {side} px x {args.moves} moves (phi sweep), interleaved.\n"
-        f"Machine: {result['machine']}; torch {result['torch']}; {platform.platform()}; 1-min load average "
-        f"{load_before:.1f} before, {load_after:.1f} after.\n"
+        f"{args.device}; {len(cutouts)} example cut-outs at {side} px x {args.moves} moves (phi sweep), every "
+        f"variant interleaved move by move.\nMachine: {result['machine']}; torch {result['torch']}; "
+        f"{platform.platform()}; 1-min load average {load_before:.1f} before, {load_after:.1f} after.\n"
     )
-    print("| path | median ms | p90 ms | mean ms | CPU time ms (median, all threads) |")
-    print("|---|---|---|---|---|")
-    for label, key, cpu_key in (
-        ("live: UNet + decoder on stored latents, compositing, 3 PNGs", "live", "live_cpu"),
-        ("  of which UNet + decoder + compositing", "render_only", None),
-        ("baseline: re-encode the object on every move", "full", "full_cpu"),
-    ):
-        row = result[key]
-        cpu = f"{result[cpu_key]['median_ms']:.0f}" if cpu_key else ""
-        print(f"| {label} | {row['median_ms']:.0f} | {row['p90_ms']:.0f} | {row['mean_ms']:.0f} | {cpu} |")
-    print(f"\nlive is {speedup:.1f}x faster than re-encoding (medians).")
+    labels = {
+        "live": "live: UNet + decoder on the stored latents, compositing, 3 PNGs",
+        "full": "baseline: re-encode the object on every move, then the same",
+    }
+    print("| path | torch threads | median ms | p90 ms | mean ms | CPU time ms (median, all threads) |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {labels[row['path']]} | {row['threads']} | {row['median_ms']:.0f} | {row['p90_ms']:.0f} | "
+            f"{row['mean_ms']:.0f} | {row['cpu_median_ms']:.0f} |"
+        )
     return result
 
 

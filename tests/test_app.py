@@ -238,8 +238,10 @@ def test_the_sliders_only_relight_and_only_the_latest_value_is_computed(shipped)
 def test_parse_args_speaks_the_project_vocabulary():
     assert app.parse_args(["--pretrained_model_name_or_path", "x"]).model == "x"
     assert app.parse_args([]).model == str(app.DEFAULT_MODEL) and app.parse_args([]).host == "127.0.0.1"
-    with pytest.raises(SystemExit):
-        app.parse_args(["--max_side", "0"])
+    for wrong in (["--max_side", "0"], ["--threads", "0"]):
+        with pytest.raises(SystemExit):
+            app.parse_args(wrong)
+    assert 1 <= app.default_threads() == max(1, os.cpu_count() - 1)
 
 
 # ----- benchmark and Space -----------------------------------------------------------------------------------------------
@@ -249,10 +251,11 @@ def test_the_app_benchmark_runs_and_times_both_paths(capsys):
     spec = importlib.util.spec_from_file_location("bench_app", REPO / "benchmarks" / "bench_app.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    result = bench.main(["--moves", "2", "--objects", "1"])
+    result = bench.main(["--moves", "2", "--objects", "1", "--threads", "1"])
     assert result["moves"] == 2 and result["objects"] == 1 and result["resolution"] == 128
-    assert result["live"]["median_ms"] > 0 and result["full"]["median_ms"] > 0
-    assert "| baseline: re-encode the object on every move |" in capsys.readouterr().out
+    assert [(row["threads"], row["path"]) for row in result["rows"]] == [(1, "live"), (1, "full")]
+    assert all(row["median_ms"] > 0 and row["cpu_median_ms"] > 0 for row in result["rows"])
+    assert "| baseline: re-encode the object on every move, then the same | 1 |" in capsys.readouterr().out
 
 
 def test_the_space_card_and_folder_run_the_page_on_their_own(tmp_path):
