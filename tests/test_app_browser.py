@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import socket
 import time
@@ -217,7 +218,8 @@ def test_the_downloaded_layer_is_black_with_the_shadow_as_alpha(cube_page):
         "the layer PNG to download",
     )
     (layer_path,) = files
-    assert layer_path.name.startswith("cube_t30_p") and "_s8_" in layer_path.name, (layer_path.name, status)
+    theta, phi, size = re.match(r"theta ([\d.]+)°, phi ([\d.]+)°, size ([\d.]+),", status).groups()
+    assert layer_path.name == f"cube_t{theta}_p{phi}_s{size}_layer.png"  # named by the object and the light shown
     with PIL.Image.open(layer_path) as layer:
         assert layer.mode == "RGBA" and layer.size == PIL.Image.open(CUBE).size
         pixels = np.asarray(layer).astype(np.float32)
