@@ -41,8 +41,9 @@ import PIL.ImageFont  # noqa: E402
 import PIL.ImageOps  # noqa: E402
 import torch  # noqa: E402
 
-from generate_shadows import Light, pad_canvas  # noqa: E402
+from generate_shadows import pad_canvas  # noqa: E402
 from pipeline_shadow import (  # noqa: E402
+    Light,
     ObjectLatents,
     ShadowPipeline,
     composite,
@@ -269,6 +270,11 @@ def render_light(
     )
 
 
+def light_tag(light: Light) -> str:
+    """Names a light in file names, as generate_shadows.py's sweeps do: t<theta>_p<phi>_s<size>."""
+    return f"t{light.theta:g}_p{wrap_phi(light.phi):g}_s{light.size:g}"
+
+
 def save_rendering(rendering: Rendering, prepared: PreparedObject, light: Light) -> dict[str, Path]:
     """Writes the three PNGs (named by object and light) into the object's folder, replacing the previous set: the
     page server copies each returned file into its own cache, so only the newest set is needed here."""
@@ -276,7 +282,7 @@ def save_rendering(rendering: Rendering, prepared: PreparedObject, light: Light)
         old.unlink()
     paths = {}
     for kind in OUTPUT_KINDS:
-        paths[kind] = prepared.output_dir / f"{prepared.stem}_{light.tag}_{kind}.png"
+        paths[kind] = prepared.output_dir / f"{prepared.stem}_{light_tag(light)}_{kind}.png"
         getattr(rendering, kind).save(paths[kind], compress_level=1)  # fast: these are rewritten on every move
     return paths
 
@@ -388,8 +394,8 @@ def _status(light: Light, intensity: float, rendering: Rendering, device: str) -
 
 @dataclass
 class LightControls:
-    """The sliders of one light. The page has one; a multi-light page (issue #21) would build one group per light
-    with `light_controls()` and pass their values to the pipeline together."""
+    """The sliders of one light. The page has one; an "add light" control would build one more group per light with
+    `light_controls()` and pass all of them as `pipe(..., lights=[Light(...), ...])` in `render_light`."""
 
     theta: gr.Slider
     phi: gr.Slider

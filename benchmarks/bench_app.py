@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from machine_info import cpu_description  # noqa: E402
 
 import app  # noqa: E402
-from generate_shadows import Light  # noqa: E402
+from pipeline_shadow import Light  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -18,7 +18,7 @@ import torch
 gr = pytest.importorskip("gradio", reason="gradio is in requirements-app.txt (make setup installs it)")
 
 import app  # noqa: E402
-from generate_shadows import Light  # noqa: E402
+from pipeline_shadow import Light  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples").glob("*.png"))
