@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +28,39 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, UNet2DConditionModel
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.attention import BasicTransformerBlock
-from diffusers.models.embeddings import Timesteps
-from diffusers.models.modeling_utils import ModelMixin
-from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
+
+# diffusers and transformers probe the optional quantization backends with `importlib.util.find_spec` and then
+# import the installed ones eagerly (diffusers.quantizers.auto, transformers.quantizers.auto). The published torchao
+# wheels print "Failed to load ..._C_mxfp8...so" (CUDA / cp310 extensions), torch pytree deprecation warnings and
+# "Unable to import `torchao` Tensor objects" on that import: on every command, even `--help`. This pipeline never loads
+# a quantized checkpoint, so diffusers is imported with those backends hidden from the probe (`find_spec` answers None
+# for a name mapped to None in sys.modules); they stay importable for the code paths that need them (`--memory_lean`
+# imports torchao, `--use_8bit_adam` bitsandbytes). No effect when diffusers was imported before. docs/design.md §7.
+EAGERLY_IMPORTED_BACKENDS = ("torchao", "bitsandbytes")
+
+
+@contextlib.contextmanager
+def _eager_backends_hidden():
+    hidden = (
+        [] if "diffusers.quantizers" in sys.modules else [n for n in EAGERLY_IMPORTED_BACKENDS if n not in sys.modules]
+    )
+    for name in hidden:
+        sys.modules[name] = None
+    try:
+        yield
+    finally:
+        for name in hidden:
+            sys.modules.pop(name, None)
+
+
+with _eager_backends_hidden():
+    from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, UNet2DConditionModel  # noqa: E402
+    from diffusers.configuration_utils import ConfigMixin, register_to_config  # noqa: E402
+    from diffusers.models.attention import BasicTransformerBlock  # noqa: E402
+    from diffusers.models.embeddings import Timesteps  # noqa: E402
+    from diffusers.models.modeling_utils import ModelMixin  # noqa: E402
+    from diffusers.utils import BaseOutput  # noqa: E402
+    from diffusers.utils.torch_utils import randn_tensor  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -11,6 +11,10 @@ architecture (random weights, no download) for GPU memory and speed measurements
 
 from __future__ import annotations
 
+import pipeline_shadow  # noqa: F401  (first: it imports diffusers without the eager torchao import, see there)
+
+# isort: split
+
 import argparse
 import json
 from pathlib import Path

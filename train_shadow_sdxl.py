@@ -32,6 +32,10 @@ Resume with `--resume_from_checkpoint latest` (or a checkpoint path, or the `lat
 
 from __future__ import annotations
 
+import pipeline_shadow  # noqa: F401  (first: it imports diffusers without the eager torchao import, see there)
+
+# isort: split
+
 import argparse
 import contextlib
 import copy

@@ -24,6 +24,10 @@ last.
 
 from __future__ import annotations
 
+import pipeline_shadow  # noqa: F401  (first: it imports diffusers without the eager torchao import, see there)
+
+# isort: split
+
 import argparse
 import json
 import logging

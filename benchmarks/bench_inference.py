@@ -22,6 +22,7 @@ import PIL.Image
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pipeline_shadow  # noqa: E402, F401, I001  (first: it imports diffusers without the eager torchao import)
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler  # noqa: E402
 
 from pipeline_shadow import (  # noqa: E402
