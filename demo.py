@@ -12,7 +12,7 @@ repository's own renders; if the folder is missing, a tiny random SDXL-format mo
 machinery but not shadows). The renders use a different seed than the model's training data, so the held-out
 objects of the contact sheet were never seen in training. On a GPU, accelerate uses it.
 
-    python demo.py [--output_dir demo_output] [--train_steps 100] [--num_samples 64]
+    python demo.py [--output_dir demo_output] [--max_train_steps 100] [--num_samples 64]
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--resolution", type=int, default=128, help="Render and training resolution (the shipped model's)."
     )
-    parser.add_argument("--train_steps", type=int, default=100)
+    parser.add_argument("--max_train_steps", "--train_steps", dest="max_train_steps", type=int, default=100)
     parser.add_argument(
         "--learning_rate", type=float, default=1e-4, help="Fine-tuning lr (small models take more than SDXL)."
     )
@@ -93,18 +93,18 @@ def base_model(work_dir: Path) -> Path:
 
 def train(args, base: Path, data_dir: Path, run_dir: Path) -> Path:
     device_flags = [] if torch.cuda.is_available() else ["--cpu"]
-    steps = str(args.train_steps)
+    steps = str(args.max_train_steps)
     run(
         [sys.executable, "-m", "accelerate.commands.launch", *device_flags, "--num_processes", "1",
          "train_shadow_sdxl.py", "--pretrained_model_name_or_path", str(base), "--dataset_type", "custom",
-         "--data_dir", str(data_dir), "--image_size", str(args.resolution), "--batch_size", "8",
-         "--max_iterations", steps, "--save_every", steps, "--eval_every", steps, "--log_every", "20",
-         "--learning_rate", str(args.learning_rate), "--lr_warmup_steps", "10", "--timestep_sampling", "shifted",
-         "--num_workers", "0", "--random_flip", "--seed", str(args.seed), "--report_to", "none",
+         "--train_data_dir", str(data_dir), "--resolution", str(args.resolution), "--train_batch_size", "8",
+         "--max_train_steps", steps, "--checkpointing_steps", steps, "--validation_steps", steps,
+         "--logging_steps", "20", "--learning_rate", str(args.learning_rate), "--lr_warmup_steps", "10",
+         "--timestep_sampling", "shifted", "--dataloader_num_workers", "0", "--random_flip", "--seed", str(args.seed), "--report_to", "none",
          "--cache_latents", "--latent_cache_dir", str(run_dir / "latents"), "--output_dir", str(run_dir)],
         "Fine-tuning",
     )  # fmt: skip
-    return run_dir / "final"
+    return run_dir  # the final pipeline sits at the root of --output_dir (diffusers layout)
 
 
 def held_out_objects(test_dir: Path, limit: int = 4) -> list[tuple[str, torch.Tensor, torch.Tensor]]:

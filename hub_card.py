@@ -26,6 +26,9 @@ MODEL_CARD_TAGS = ["shadow-generation", "diffusers", "rectified-flow", "sdxl"]
 SECRET_ARGS = ("hub_token",)  # never written to training_config.json, trackers or the model card
 GRID_COLUMNS = "object | single-step prediction | ground truth"  # a validation grid row
 GRID_INFO_KEY = "shadow_validation"  # the PNG text chunk of a validation grid: its step and each row's light
+# The final pipeline sits at the root of --output_dir beside the training state: the upload leaves that out.
+HUB_IGNORE_PATTERNS = ["checkpoint-*", "latest", "latest/*", "best/*", "logs/*", "validation/*", ".*", "*/.*"]
+HUB_IGNORE_PATTERNS += ["training.log", "training_config.json"]
 
 PAPER_URL = "https://arxiv.org/abs/2412.11972"
 BENCHMARK_DATASET = "jasperai/controllable-shadow-generation-benchmark"
@@ -198,7 +201,7 @@ def save_model_card(
     validation grid to folder/validation.png."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    repo_id = repo_id or args.hub_model_id or f"path/to/{Path(args.output_dir).name}/{folder.name}"
+    repo_id = repo_id or args.hub_model_id or f"path/to/{Path(args.output_dir).resolve().name}"
     base = args.pretrained_model_name_or_path
     card_data = ModelCardData(
         license=args.hub_license,
@@ -261,33 +264,61 @@ Apache-2.0. The training data is described above; check its own licence before r
     return path
 
 
+class HubRepositoryError(ValueError):
+    """The Hub repository for --push_to_hub cannot be created or reached (raised at start-up, before training)."""
+
+
+def hub_repo_name(args: argparse.Namespace) -> str:
+    """--hub_model_id, else the run folder's own name (`runs/shadow-512` -> `shadow-512`), as in diffusers."""
+    return args.hub_model_id or Path(args.output_dir).resolve().name
+
+
 def create_hub_repo(args: argparse.Namespace) -> str:
-    """Creates (or reuses) the Hub repository and returns its full id (namespace/name)."""
+    """Creates (or reuses) the Hub repository and returns its full id (namespace/name). The training script calls it
+    at start-up, before any model loads, so a bad token, a name taken by someone else or no network fails in seconds,
+    not after the run. Raises HubRepositoryError naming --hub_model_id / --hub_token."""
     from huggingface_hub import create_repo
 
-    name = args.hub_model_id or Path(args.output_dir).resolve().name
-    return create_repo(name, exist_ok=True, token=args.hub_token, private=args.hub_private_repo).repo_id
+    name = hub_repo_name(args)
+    try:
+        return create_repo(name, exist_ok=True, token=args.hub_token, private=args.hub_private_repo).repo_id
+    except Exception as error:  # offline mode, HTTP 401/403/409, a malformed name, no network: all stop the run here
+        raise HubRepositoryError(
+            f"`--push_to_hub`: cannot create or reach the Hub repository {name!r} ({type(error).__name__}: {error}). "
+            "Check `--hub_model_id` (default: the --output_dir folder's name), `--hub_token` or `hf auth login`, and "
+            "the network (HF_HUB_OFFLINE must be unset); or train without --push_to_hub and upload later with "
+            "`hf upload`."
+        ) from error
 
 
 def upload_pipeline(folder: Path, repo_id: str, token: str | None = None) -> None:
-    """Uploads the final pipeline folder (weights, pipeline_shadow.py at the root and in unet/, README.md,
-    validation.png, unet_lora/ with --use_lora)."""
+    """Uploads the final pipeline at the root of the run folder (weights, pipeline_shadow.py at the root and in unet/,
+    README.md, validation.png, unet_lora/ with --use_lora), without checkpoints, best/, logs or training state."""
     from huggingface_hub import upload_folder
 
-    upload_folder(repo_id=repo_id, folder_path=str(folder), token=token, commit_message="End of training")
+    upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        token=token,
+        commit_message="End of training",
+        ignore_patterns=HUB_IGNORE_PATTERNS,
+    )
 
 
-def push_final_pipeline(args: argparse.Namespace, folder: Path, state: TrainingState, num_processes: int) -> str:
+def push_final_pipeline(
+    args: argparse.Namespace, folder: Path, state: TrainingState, num_processes: int, repo_id: str
+) -> str:
+    """Rewrites the card with the repository's full id (made by `create_hub_repo` at start-up) and uploads."""
     try:
-        repo_id = create_hub_repo(args)
-        save_model_card(args, folder, state, num_processes, repo_id=repo_id)  # with the repository's full id
+        save_model_card(args, folder, state, num_processes, repo_id=repo_id)
         upload_pipeline(folder, repo_id, args.hub_token)
     except Exception:
         logger.error(
-            "Uploading %s to the Hub failed; the pipeline is saved there. Retry with: hf upload %s %s",
+            "Uploading %s to the Hub failed; the pipeline is saved there. Retry with: hf upload %s %s . --exclude %s",
             folder,
-            args.hub_model_id or Path(args.output_dir).resolve().name,
+            repo_id,
             folder,
+            " ".join(f"'{pattern}'" for pattern in HUB_IGNORE_PATTERNS),
         )
         raise
     logger.info("Uploaded %s to https://huggingface.co/%s", folder, repo_id)

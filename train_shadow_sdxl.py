@@ -8,8 +8,11 @@
 
 The flag names follow diffusers' training examples (`--resolution`, `--train_batch_size`, ...); the names of the
 project's training guide (`--image_size`, `--batch_size`, ...) are aliases. Everything lands in `--output_dir`
-(default ./checkpoints):
+(default ./shadow-sdxl-model), laid out like diffusers' training examples (docs/design.md §8):
 
+    model_index.json, unet/, vae/, scheduler/, pipeline_shadow.py, README.md (model card), validation.png
+                           the FINAL pipeline at the root, written at the end of training: load the folder itself,
+                           `ShadowPipeline.from_pretrained(output_dir)`; `--push_to_hub` uploads these files only
     training_config.json   every argument of the run, with the seed and precision actually used
     training.log           every log line (plain text)
     logs/                  tensorboard (or wandb with --report_to wandb)
@@ -18,14 +21,13 @@ project's training guide (`--image_size`, `--batch_size`, ...) are aliases. Ever
                            + training_state.json (step, seed, best validation loss, NaN counters)
     latest -> checkpoint-N a symlink to the newest complete checkpoint, replaced atomically
     best/                  the full ShadowPipeline with the lowest validation loss so far
-    final/                 the full ShadowPipeline at the end of training, with a model card (README.md) and the
-                           last validation grid; `--push_to_hub` uploads this folder
 
 With `--use_lora` a checkpoint holds unet_lora/ (the adapter and the fully trained conv_in and light projection)
-instead of unet/, and best/ and final/ hold the merged pipeline plus the adapter in unet_lora/. With `--use_ema` a
-checkpoint also holds unet_ema/ (the EMA weights and counters), and validation, best/ and final/ use the EMA weights.
+instead of unet/, and best/ and the final pipeline hold the merged weights plus the adapter in unet_lora/. With
+`--use_ema` a checkpoint also holds unet_ema/ (the EMA weights and counters), and validation, best/ and the final
+pipeline use the EMA weights.
 With `--memory_lean` (full fine-tuning on a 24 GB card) the UNet is trained in bf16 with torchao's 8-bit AdamW and
-stochastic rounding, and unet/, best/ and final/ hold bf16 weights.
+stochastic rounding, and checkpoints, best/ and the final pipeline hold bf16 weights.
 
 Resume with `--resume_from_checkpoint latest` (or a checkpoint path, or the `latest` link itself).
 """
@@ -77,6 +79,7 @@ from diffusers.utils.torch_utils import is_compiled_module
 from tqdm.auto import tqdm
 
 import dataset_loading
+import hub_card
 from hub_card import (
     GRID_COLUMNS,
     GRID_INFO_KEY,
@@ -116,7 +119,11 @@ TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bflo
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 LATEST_LINK = "latest"
 BEST_DIR = "best"
-FINAL_DIR = "final"
+# What the final pipeline puts at the root of --output_dir (save_pretrained's files, the model card, the grid); the
+# rest of the folder is training state and logs that --push_to_hub leaves out.
+FINAL_PIPELINE_ENTRIES = ("model_index.json", "unet", "vae", "scheduler", "pipeline_shadow.py", LORA_SUBFOLDER)
+MODEL_CARD_FILES = ("README.md", "validation.png")
+DEFAULT_OUTPUT_DIR = "shadow-sdxl-model"  # also the default Hub repository name: a run's name, not "checkpoints"
 TRAINING_STATE_FILE = "training_state.json"
 TRAINING_CONFIG_FILE = "training_config.json"
 # --best_by -> the validation result that picks best/ (both are computed on the same samples and noise).
@@ -151,7 +158,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--pretrained_model_name_or_path",
         default=DEFAULT_PRETRAINED_MODEL,
         help="An SDXL base in the diffusers layout (Hub id or folder), converted with ShadowPipeline.from_sdxl; or a "
-        "saved shadow pipeline (e.g. a previous run's final/ or best/) to continue training from.",
+        "saved shadow pipeline (e.g. a previous run's --output_dir or its best/) to continue training from.",
     )
     model.add_argument(
         "--pretrained_vae_model_name_or_path",
@@ -225,7 +232,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
 
     training = parser.add_argument_group("training")
-    training.add_argument("--output_dir", default="./checkpoints", help="Checkpoints, logs and saved pipelines.")
+    training.add_argument(
+        "--output_dir",
+        default=DEFAULT_OUTPUT_DIR,
+        help="The run folder: the final pipeline at its root (load the folder itself), checkpoint-N/, latest, best/, "
+        "logs. Its own name is the default --hub_model_id.",
+    )
     training.add_argument(
         "--seed", type=int, default=None, help="Seed for reproducible training (drawn and recorded if not given)."
     )
@@ -325,7 +337,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="Full fine-tuning in 6 bytes per parameter instead of 16 (for a 24 GB card): the UNet's weights and "
         "gradients in bf16, torchao's AdamW8bit (8-bit moments) with bf16 stochastic rounding of every update, so "
         "updates far below a weight's bf16 spacing (lr 1e-5) still move it on average; bf16 autocast. Needs torchao "
-        "(pip install torchao). Checkpoints, best/ and final/ hold bf16 weights.",
+        "(pip install torchao). Checkpoints, best/ and the final pipeline hold bf16 weights.",
     )
 
     memory = parser.add_argument_group("LoRA, EMA and attention")
@@ -333,14 +345,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--use_lora",
         action="store_true",
         help="Train peft LoRA adapters on the attention and feed-forward layers; conv_in and the light projection "
-        "train fully. best/ and final/ hold the merged pipeline and the adapter (unet_lora/).",
+        "train fully. best/ and the final pipeline hold the merged weights and the adapter (unet_lora/).",
     )
     memory.add_argument("--lora_rank", type=int, default=4, help="Rank of the LoRA updates (diffusers' default).")
     memory.add_argument("--lora_alpha", type=float, default=None, help="LoRA scaling numerator (default: the rank).")
     memory.add_argument(
         "--use_ema",
         action="store_true",
-        help="Keep an exponential moving average of the trained weights; validation, best/ and final/ use it.",
+        help="Keep an exponential moving average of the trained weights; validation, best/ and the final pipeline "
+        "use it.",
     )
     memory.add_argument("--ema_decay", type=float, default=0.9999, help="EMA decay (warmed up as (1+n)/(10+n)).")
     memory.add_argument(
@@ -357,10 +370,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
     hub = parser.add_argument_group("sharing")
     hub.add_argument(
-        "--push_to_hub", action="store_true", help="Upload final/ (pipeline, code, model card) to the Hugging Face Hub."
+        "--push_to_hub",
+        action="store_true",
+        help="Upload the final pipeline (weights, code, model card; no checkpoints, best/ or logs) to the Hugging Face "
+        "Hub at the end. The repository is created (or checked) at start-up, so a bad token or name fails before "
+        "training.",
     )
     hub.add_argument(
-        "--hub_model_id", default=None, help="The Hub repository, e.g. you/shadow-sdxl (default: --output_dir's name)."
+        "--hub_model_id",
+        default=None,
+        help="The Hub repository, e.g. you/shadow-sdxl (default: the --output_dir folder's own name).",
     )
     hub.add_argument("--hub_token", default=None, help="Hub token (default: the one `hf auth login` stored).")
     hub.add_argument("--hub_private_repo", action="store_true", help="Create the Hub repository as private.")
@@ -402,8 +421,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     logs.add_argument(
         "--checkpoints_total_limit",
         type=int,
-        default=3,
-        help="Keep at most this many checkpoint-N folders (the oldest are removed; 0 = keep all).",
+        default=None,
+        help="Keep at most this many checkpoint-N folders (default: keep all, as in diffusers). The oldest are removed "
+        "only AFTER a new checkpoint is completely saved (diffusers prunes before saving), so a crash while saving "
+        "never leaves fewer than the limit; the one `latest` points to is never removed.",
     )
     logs.add_argument("--report_to", default="tensorboard", choices=REPORT_TO_CHOICES, help="Experiment tracker.")
     logs.add_argument("--logging_dir", default="logs", help="Tracker folder, relative to --output_dir.")
@@ -560,7 +581,7 @@ def _check_resume_compatible(args: argparse.Namespace, resume_dir: Path) -> None
         raise ValueError(
             f"`--resume_from_checkpoint` {str(resume_dir)!r} was saved {'with' if recorded else 'without'} "
             f"`--memory_lean`, this run is {'with' if args.memory_lean else 'without'} it: their optimizer states "
-            "differ. Resume with the same setting, or start a new run from a saved pipeline (best/ or final/) with "
+            "differ. Resume with the same setting, or start a new run from a saved pipeline (the run folder or its best/) with "
             "--pretrained_model_name_or_path (fresh optimizer state)."
         )
 
@@ -1543,15 +1564,16 @@ def save_checkpoint(accelerator: Accelerator, args, state: TrainingState) -> Pat
     return final_path
 
 
-def save_pipeline(accelerator: Accelerator, args, models: Models, unet, folder: str, ema=None) -> Path:
+def save_pipeline(accelerator: Accelerator, args, models: Models, unet, folder: str | None, ema=None) -> Path:
     """The full ShadowPipeline with the training resolution as its processing resolution (main process only), with
     the EMA weights when there is an EMA. With --use_lora: the merged pipeline, plus the adapter in unet_lora/.
+    `folder` is a subfolder of --output_dir (best/), or None for the final pipeline at the root of --output_dir.
     Written beside the target and swapped in, so an interrupted save never destroys the previous copy."""
     output_dir = Path(args.output_dir)
-    target, temporary, old = output_dir / folder, output_dir / f".{folder}.tmp", output_dir / f".{folder}.old"
-    for path in (temporary, old):
-        if path.exists():
-            shutil.rmtree(path)
+    name = folder or "final-pipeline"
+    temporary = output_dir / f".{name}.tmp"
+    if temporary.exists():
+        shutil.rmtree(temporary)
     model = unwrap(accelerator, unet)
     with ema_weights(ema, model):
         pipe = ShadowPipeline(
@@ -1568,12 +1590,41 @@ def save_pipeline(accelerator: Accelerator, args, models: Models, unet, folder: 
                 base_model=args.pretrained_model_name_or_path,
                 default_processing_resolution=args.resolution,
             )
+    if folder is None:
+        return install_pipeline_at_root(temporary, output_dir)
+    target, old = output_dir / folder, output_dir / f".{folder}.old"
+    if old.exists():
+        shutil.rmtree(old)
     if target.exists():
         os.replace(target, old)
     os.replace(temporary, target)
     if old.exists():
         shutil.rmtree(old)
     return target
+
+
+def install_pipeline_at_root(saved: Path, output_dir: Path) -> Path:
+    """Moves a saved pipeline's files from `saved` to the root of `output_dir`, beside checkpoint-N/ and best/ (the
+    diffusers layout, so `from_pretrained(output_dir)` loads it). model_index.json goes first out and last in: an
+    interrupted swap leaves no model_index.json, never one that describes half-replaced weights. Pipeline files of a
+    previous final pipeline that this one lacks (e.g. unet_lora/, the old model card) are removed."""
+    index = output_dir / FINAL_PIPELINE_ENTRIES[0]
+    if index.exists():
+        index.unlink()
+    for name in (*FINAL_PIPELINE_ENTRIES[1:], *MODEL_CARD_FILES):
+        source, target = saved / name, output_dir / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        if source.exists():
+            os.replace(source, target)
+    os.replace(saved / FINAL_PIPELINE_ENTRIES[0], index)
+    leftovers = sorted(p.name for p in saved.iterdir())
+    if leftovers:
+        raise RuntimeError(f"save_pretrained wrote files the final pipeline does not install: {leftovers}")
+    saved.rmdir()
+    return output_dir
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -1725,6 +1776,15 @@ def _record_nan_step(args, state: TrainingState, outcome: StepOutcome) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def start_hub_repo(args: argparse.Namespace) -> str:
+    """--push_to_hub: the repository is created (or checked) before any model loads; a failure is a configuration
+    error of the run (exit status 2), not something to discover after hours of training."""
+    try:
+        return hub_card.create_hub_repo(args)
+    except hub_card.HubRepositoryError as error:
+        raise ConfigurationError(str(error)) from error
+
+
 def main(argv: Sequence[str] | None = None) -> TrainingState:
     args = parse_args(argv)
     dataset = validate_args(args)
@@ -1742,6 +1802,7 @@ def main(argv: Sequence[str] | None = None) -> TrainingState:
 
 def _run(args, accelerator: Accelerator, resume_dir: Path | None, dataset) -> TrainingState:
     logger.info(accelerator.state, main_process_only=False)
+    repo_id = start_hub_repo(args) if args.push_to_hub and accelerator.is_main_process else None
     accelerate_set_seed(args.seed)  # model construction (the light projection's first layer) is reproducible too
     models = build_models(args, accelerator)
     train_loader, val_loader = build_data(args, accelerator, models.vae, dataset)
@@ -1797,11 +1858,11 @@ def _run(args, accelerator: Accelerator, resume_dir: Path | None, dataset) -> Tr
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        path = save_pipeline(accelerator, args, models, unet, FINAL_DIR, ema)
+        path = save_pipeline(accelerator, args, models, unet, None, ema)
         logger.info("Saved the final pipeline to %s (processing resolution %d)", path, args.resolution)
         save_model_card(args, path, state, num_processes=accelerator.num_processes)
         if args.push_to_hub:
-            push_final_pipeline(args, path, state, accelerator.num_processes)
+            push_final_pipeline(args, path, state, accelerator.num_processes, repo_id)
     accelerator.wait_for_everyone()
     return state
 

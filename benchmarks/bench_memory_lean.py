@@ -87,7 +87,7 @@ def convergence(args, workdir: Path) -> list[dict]:
         seconds = time.perf_counter() - began
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
-        final = load_file(str(output_dir / "final" / "unet" / "diffusion_pytorch_model.safetensors"))
+        final = load_file(str(output_dir / "unet" / "diffusion_pytorch_model.safetensors"))
         dtype = next(iter(final.values())).dtype
         moved = sum(int((final[k] != start[k].to(dtype)).sum()) for k in start)
         rows.append(

@@ -238,7 +238,7 @@ def test_weights_move_at_lr_1e5_in_the_training_loop(monkeypatch, tiny_sdxl_dir,
 
     set_seed(0)
     start = {k: v.to(torch.bfloat16) for k, v in ShadowPipeline.from_sdxl(tiny_sdxl_dir).unet.state_dict().items()}
-    lean, plain = load_file(str(lean_dir / "final" / UNET_WEIGHTS)), load_file(str(plain_dir / "final" / UNET_WEIGHTS))
+    lean, plain = load_file(str(lean_dir / UNET_WEIGHTS)), load_file(str(plain_dir / UNET_WEIGHTS))
     assert {v.dtype for v in lean.values()} == {torch.bfloat16} and lean.keys() == start.keys()
 
     def changed(weights: dict) -> float:
@@ -247,11 +247,11 @@ def test_weights_move_at_lr_1e5_in_the_training_loop(monkeypatch, tiny_sdxl_dir,
     assert changed(lean) > 0.2 and changed(plain) < 0.1 and changed(lean) > 3 * changed(plain)
     assert state.memory_lean and len(state.losses) == 12 and all(math.isfinite(loss) for loss in state.losses)
 
-    card = (lean_dir / "final" / "README.md").read_text()
+    card = (lean_dir / "README.md").read_text()
     assert "8-bit AdamW with bf16 stochastic rounding (torchao)" in card and "bf16 weights and gradients" in card
     config = json.loads((lean_dir / train.TRAINING_CONFIG_FILE).read_text())
     assert config["memory_lean"] and config["mixed_precision"] == "bf16"  # bf16 autocast, whatever the config says
-    pipe = ShadowPipeline.from_pretrained(lean_dir / "final")
+    pipe = ShadowPipeline.from_pretrained(lean_dir)
     maps = pipe(torch.ones(4, 32, 32), theta=30, phi=45, size=4, output_type="pt").shadow_maps
     assert maps.shape == (1, 1, 32, 32) and torch.isfinite(maps).all()
 
@@ -266,7 +266,7 @@ def test_resume_continues_exactly(tiny_sdxl_dir, data_dir, tmp_path):
     straight, _, resumed = straight_and_resumed(argv, tmp_path, 4, 2, *common)
 
     assert resumed.losses == straight.losses[2:]
-    for folder in ("checkpoint-4", "final"):
+    for folder in ("checkpoint-4", "."):  # "." = the final pipeline at the root
         a = load_file(str(tmp_path / "straight" / folder / UNET_WEIGHTS))
         b = load_file(str(tmp_path / "resumed" / folder / UNET_WEIGHTS))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), folder

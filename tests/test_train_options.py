@@ -166,7 +166,7 @@ def test_lora_run_saves_adapter_and_merged_pipeline_that_agree(tiny_sdxl_dir, da
     extra = ["--use_lora", "--lora_rank", 4, "--max_train_steps", 3, "--checkpointing_steps", 3]
     train.main(_argv(tiny_sdxl_dir, data_dir, output_dir, *extra))
 
-    final, adapter = output_dir / "final", output_dir / "final" / LORA_SUBFOLDER
+    final, adapter = output_dir, output_dir / LORA_SUBFOLDER
     assert {"adapter_config.json", LORA_ADAPTER_WEIGHTS, LORA_FULL_WEIGHTS, LORA_INFO} <= {
         p.name for p in adapter.iterdir()
     }
@@ -196,7 +196,7 @@ def test_lora_run_saves_adapter_and_merged_pipeline_that_agree(tiny_sdxl_dir, da
     # The adapter on a freshly converted base, unmerged (peft layers) and fused, gives the merged pipeline's output.
     expected = _shadow_maps(merged)
     assert not torch.allclose(_shadow_maps(base), expected, atol=1e-4)
-    with_adapter = ShadowPipeline.from_sdxl(tiny_sdxl_dir).load_lora_weights(final)  # finds final/unet_lora
+    with_adapter = ShadowPipeline.from_sdxl(tiny_sdxl_dir).load_lora_weights(final)  # finds <output_dir>/unet_lora
     assert with_adapter.config.default_processing_resolution == 32
     torch.testing.assert_close(_shadow_maps(with_adapter), expected, atol=1e-5, rtol=0)
     fused = ShadowPipeline.from_sdxl(tiny_sdxl_dir).load_lora_weights(adapter, fuse=True)
@@ -220,7 +220,7 @@ def test_lora_run_saves_adapter_and_merged_pipeline_that_agree(tiny_sdxl_dir, da
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_ema_differs_from_raw_weights_and_resumes_exactly(tiny_sdxl_dir, data_dir, tmp_path, mode):
     """4 steps straight == 2 steps + resume to 4, bit for bit: the raw weights, the EMA weights and its counters.
-    The EMA is what validation, best/ and final/ use."""
+    The EMA is what validation, best/ and the final pipeline use."""
     common = ["--use_ema", "--ema_decay", 0.9, "--offload_ema", "--checkpointing_steps", 2, "--validation_steps", 2]
     if mode == "lora":
         common += ["--use_lora", "--foreach_ema"]
@@ -237,17 +237,17 @@ def test_ema_differs_from_raw_weights_and_resumes_exactly(tiny_sdxl_dir, data_di
             _weights(tmp_path / "straight" / "checkpoint-4", name),
             _weights(tmp_path / "resumed" / "checkpoint-4", name),
         )
-    _assert_same(_weights(tmp_path / "straight" / "final"), _weights(tmp_path / "resumed" / "final"))
+    _assert_same(_weights(tmp_path / "straight"), _weights(tmp_path / "resumed"))
     counters = json.loads((tmp_path / "resumed" / "checkpoint-4" / train.EMA_DIR / train.EMA_STATE_FILE).read_text())
     assert counters["optimization_step"] == 4 and counters["decay"] == 0.9
 
     checkpoint = tmp_path / "straight" / "checkpoint-4"
     ema = _weights(checkpoint, ema_file)
-    if mode == "full":  # unet_ema/ is a loadable ShadowUNet, and final/ holds exactly its weights
+    if mode == "full":  # unet_ema/ is a loadable ShadowUNet, and the final pipeline holds exactly its weights
         raw = _weights(checkpoint)
         assert ema.keys() == raw.keys() and any(not torch.equal(ema[k], raw[k]) for k in raw)
         _assert_same(ShadowUNet.from_pretrained(checkpoint, subfolder=train.EMA_DIR).state_dict(), ema)
-        _assert_same(_weights(tmp_path / "straight" / "final"), ema)
+        _assert_same(_weights(tmp_path / "straight"), ema)
         # A checkpoint without LoRA does not resume a LoRA run (and says why).
         reset_accelerate()
         with pytest.raises(ValueError, match="saved without --use_lora"):
@@ -287,8 +287,8 @@ def test_lora_and_ema_with_two_processes(tiny_sdxl_dir, data_dir, tmp_path):
         checkpoint = output_dir / f"checkpoint-{step}"
         assert {"unet_lora", train.EMA_DIR, "random_states_1.pkl"} <= {p.name for p in checkpoint.iterdir()}
         assert json.loads((checkpoint / train.EMA_DIR / train.EMA_STATE_FILE).read_text())["optimization_step"] == step
-    assert (output_dir / "final" / LORA_SUBFOLDER / LORA_ADAPTER_WEIGHTS).is_file()
-    ShadowPipeline.from_sdxl(tiny_sdxl_dir).load_lora_weights(output_dir / "final")
+    assert (output_dir / LORA_SUBFOLDER / LORA_ADAPTER_WEIGHTS).is_file()
+    ShadowPipeline.from_sdxl(tiny_sdxl_dir).load_lora_weights(output_dir)
 
 
 # ----- DeepSpeed ------------------------------------------------------------------------------------------------
@@ -426,10 +426,13 @@ def _metrics_json(path: Path) -> Path:
     return path
 
 
-def test_push_to_hub_uploads_the_final_folder_with_its_model_card(monkeypatch, tiny_sdxl_dir, data_dir, tmp_path):
+def test_push_to_hub_uploads_the_final_pipeline_at_the_root_with_its_model_card(
+    monkeypatch, tiny_sdxl_dir, data_dir, tmp_path
+):
     """No network here: the two Hub calls are replaced by recorders; what would be uploaded is checked on disk."""
     from diffusers import DiffusionPipeline
     from huggingface_hub import ModelCard
+    from huggingface_hub.utils import filter_repo_objects
 
     uploads = []
     monkeypatch.setattr(hub_card, "create_hub_repo", lambda args: f"me/{args.hub_model_id}")
@@ -443,7 +446,7 @@ def test_push_to_hub_uploads_the_final_folder_with_its_model_card(monkeypatch, t
     ]  # fmt: skip
     train.main(_argv(tiny_sdxl_dir, data_dir, output_dir, *extra))
 
-    final = output_dir / "final"
+    final = output_dir  # the final pipeline sits at the root of the run folder
     assert uploads == [(final, "me/shadows", "hf_secret_token")]
     assert "No evaluation was attached" in (final / "README.md").read_text()
     # The README's recipe for adding an evaluation afterwards: the same command, resumed, with the metrics.
@@ -451,7 +454,13 @@ def test_push_to_hub_uploads_the_final_folder_with_its_model_card(monkeypatch, t
     metrics = ["--resume_from_checkpoint", "latest", "--evaluation_metrics", _metrics_json(tmp_path / "metrics.json")]
     train.main(_argv(tiny_sdxl_dir, data_dir, output_dir, *extra, *metrics))
     assert len(uploads) == 2 and "Already at step 2 of 2" in (output_dir / "training.log").read_text()
-    files = {str(p.relative_to(final)) for p in final.rglob("*") if p.is_file()}
+    every_file = [str(p.relative_to(final)) for p in final.rglob("*") if p.is_file()]
+    files = set(
+        filter_repo_objects(every_file, ignore_patterns=hub_card.HUB_IGNORE_PATTERNS)
+    )  # what upload_folder sends
+    assert any(f.startswith("checkpoint-2/") for f in every_file) and (final / "best").is_dir()
+    assert not [f for f in files if f.split("/")[0] in ("best", "logs", "validation", "latest") or "checkpoint" in f]
+    assert not [f for f in files if f.startswith(".") or f in ("training.log", "training_config.json")]
     expected = {"model_index.json", "pipeline_shadow.py", "unet/pipeline_shadow.py", "unet/config.json", "README.md"}
     assert expected | {"validation.png", "vae/config.json", "scheduler/scheduler_config.json"} <= files
 
@@ -484,8 +493,7 @@ def test_push_to_hub_uploads_the_final_folder_with_its_model_card(monkeypatch, t
 def test_model_card_without_validation_or_metrics_says_so(tmp_path):
     args = train.parse_args(["--output_dir", str(tmp_path), "--pretrained_model_name_or_path", "someone/sdxl-base"])
     args.seed = 1
-    folder = tmp_path / "final"
-    folder.mkdir()
+    folder = tmp_path
     path = train.save_model_card(args, folder, train.TrainingState(global_step=7))
     card = path.read_text()
     assert "base_model: someone/sdxl-base" in card and "No validation grid" in card

@@ -312,7 +312,7 @@ def test_resume_continues_exactly(tiny_sdxl_dir, data_dir, tmp_path, data_flags)
 
     assert resumed.global_step == straight.global_step == 6
     assert resumed.losses == straight.losses[3:]  # same data order, noise and t: identical losses step by step
-    _assert_same_weights(_unet_weights(tmp_path / "straight" / "final"), _unet_weights(tmp_path / "resumed" / "final"))
+    _assert_same_weights(_unet_weights(tmp_path / "straight"), _unet_weights(tmp_path / "resumed"))
     straight_state = train.read_training_state(tmp_path / "straight" / "checkpoint-6")
     resumed_state = train.read_training_state(tmp_path / "resumed" / "checkpoint-6")
     assert straight_state == resumed_state  # includes the best validation loss and its step
@@ -353,7 +353,7 @@ def test_persistent_non_finite_loss_stops_cleanly(tiny_sdxl_dir, data_dir, tmp_p
 
     log = (output_dir / "training.log").read_text()
     assert "Stopping: 3 optimizer steps in a row" in log and "the last at step 4" in log
-    assert not (output_dir / "final").exists()  # no final pipeline from a stopped run
+    assert not (output_dir / "model_index.json").exists()  # no final pipeline from a stopped run
     latest = (output_dir / "latest").resolve()
     assert latest.name == "checkpoint-3" and train.read_training_state(latest)["global_step"] == 3
     _assert_same_weights(_unet_weights(latest), _unet_weights(output_dir / "checkpoint-2"))
@@ -367,9 +367,9 @@ def test_continues_from_a_saved_shadow_pipeline(tiny_shadow_dir, data_dir, tmp_p
     train.main(_argv(tiny_shadow_dir, data_dir, output_dir, *extra))
 
     assert "Continuing from the shadow pipeline" in (output_dir / "training.log").read_text()
-    start, final = _unet_weights(tiny_shadow_dir), _unet_weights(output_dir / "final")
+    start, final = _unet_weights(tiny_shadow_dir), _unet_weights(output_dir)
     assert start.keys() == final.keys() and any(not torch.equal(start[k], final[k]) for k in start)
-    assert ShadowPipeline.from_pretrained(output_dir / "final").config.default_processing_resolution == 32
+    assert ShadowPipeline.from_pretrained(output_dir).config.default_processing_resolution == 32
 
 
 def test_litmus_overfits_in_the_single_step_regime(tiny_sdxl_dir, data_dir, tmp_path):
@@ -421,8 +421,8 @@ def test_guide_command_end_to_end_through_accelerate_launch(tiny_sdxl_dir, data_
     assert best["step"] == min(logged, key=logged.get)
     assert best["val_loss_single_step"] == pytest.approx(logged[best["step"]], abs=1e-6) and best["val_loss"] > 0
 
-    for folder in ("best", "final"):
-        pipe = ShadowPipeline.from_pretrained(output_dir / folder)
+    for folder in (output_dir / "best", output_dir):  # best/ and the final pipeline at the root
+        pipe = ShadowPipeline.from_pretrained(folder)
         assert pipe.config.default_processing_resolution == 64 and pipe.default_resolution == 64
     object_image = PIL.Image.new("RGBA", (80, 48))  # W x H, not square
     object_image.paste((200, 60, 40, 255), (30, 10, 50, 40))
@@ -451,4 +451,4 @@ def test_two_processes_write_each_checkpoint_once(tiny_sdxl_dir, data_dir, tmp_p
     assert log.count("validation loss") == 1 and log.count("Saved the final pipeline") == 1
     assert os.readlink(output_dir / "latest") == "checkpoint-2"
     assert not [p for p in output_dir.iterdir() if p.name.startswith(".")]
-    _assert_same_weights(_unet_weights(output_dir / "checkpoint-2"), _unet_weights(output_dir / "final"))
+    _assert_same_weights(_unet_weights(output_dir / "checkpoint-2"), _unet_weights(output_dir))
