@@ -1,5 +1,6 @@
 # Two commands on a fresh machine: `make demo` (the main job on the embedded default) and `make test`;
 # `make app` serves the light-control page (app.py) on the embedded default.
+# `make setup` only builds .venv (then `source .venv/bin/activate`, or call .venv/bin/python).
 # Both create .venv, install torch first (a bare `torch` pulled in by another package could drag a multi-GB
 # CUDA build), then the project's requirements.
 PYTHON ?= python3
@@ -18,10 +19,13 @@ SPACE_DIR ?= build/space
 
 .PHONY: demo test lint setup render-setup clean-venv sync-copies app space
 
-$(STAMP): requirements.txt requirements-dev.txt requirements-app.txt
+# The project itself goes in last, editable and without dependencies (they are installed just above, torch first), so
+# `pipeline_shadow` and the scripts' modules import from any directory with this venv's python.
+$(STAMP): requirements.txt requirements-dev.txt requirements-app.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt -r requirements-app.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 setup: $(STAMP)

@@ -1298,12 +1298,43 @@ class FlipSchedule:
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Tells the loader's dataset (through Subset wrappers) which epoch it serves, for reproducible flips."""
-    dataset = loader.dataset
+    """Tells the loader's dataset (through Subset wrappers) which epoch it serves, for reproducible flips; an
+    `EpochDataLoader` also starts its next pass at that epoch. The training script calls it (its loaders are
+    accelerate's copies, which do not advance by themselves); a plain loop does not need to."""
+    if isinstance(loader, EpochDataLoader):
+        loader.next_epoch = int(epoch)
+    _set_flip_epoch(loader.dataset, epoch)
+
+
+def _set_flip_epoch(dataset, epoch: int) -> None:
     while isinstance(dataset, Subset):
         dataset = dataset.dataset
     if hasattr(dataset, "flips"):
         dataset.flips.set_epoch(epoch)
+
+
+def epoch_shuffle_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's shuffle order: a pure function of (seed, epoch), not of how many passes ran before."""
+    return int.from_bytes(hashlib.blake2b(f"shuffle:{seed}:{epoch}".encode(), digest_size=8).digest(), "little") >> 1
+
+
+class EpochDataLoader(DataLoader):
+    """A DataLoader whose every new pass (`iter(loader)`, i.e. each `for batch in loader`) is the next epoch, as
+    users of PyTorch's loaders expect from `shuffle=True`: the flips and the shuffle order change from epoch to epoch,
+    and both stay a pure function of (seed, epoch, index), so a resumed run replays them exactly. `next_epoch` is the
+    epoch of the next pass; `set_epoch(loader, n)` sets it explicitly (what the training script does)."""
+
+    def __init__(self, *args, seed: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seed = seed
+        self.next_epoch = 0
+
+    def __iter__(self):
+        epoch, self.next_epoch = self.next_epoch, self.next_epoch + 1
+        _set_flip_epoch(self.dataset, epoch)
+        if self.generator is not None:  # the RandomSampler draws this epoch's order from it
+            self.generator.manual_seed(epoch_shuffle_seed(self.seed, epoch))
+        return super().__iter__()
 
 
 class ShadowDataset(Dataset):
@@ -2096,25 +2127,27 @@ def create_dataloaders(
         common["persistent_workers"] = True
     if shuffle and is_benchmark:
         raise ValueError("The benchmark is read in order for evaluation: `shuffle=True` is not allowed for it.")
-    train_loader = DataLoader(
+    train_loader = EpochDataLoader(
         train_dataset if is_benchmark else Subset(train_dataset, train_indices),
         shuffle=(not is_benchmark) if shuffle is None else shuffle,
         drop_last=drop_last and not is_benchmark,
         generator=generator,
+        seed=seed,
         **common,
     )
     val_loader = None
     if val_indices:
         val_loader = DataLoader(Subset(val_dataset, val_indices), shuffle=False, **common)
     groups = {record.object_id for record in dataset.records if record.object_id is not None}
+    # Without a validation split the one loader serves every sample (evaluation, caching): say so, not "N train".
+    split = f"{len(train_indices)} train / {len(val_indices)} validation" if val_indices else "one loader, no split"
     logger.info(
-        "Data: %s (%s), %d samples at %dpx: %d train / %d validation%s%s.",
+        "Data: %s (%s), %d samples at %dpx: %s%s%s.",
         dataset.image_source.label,
         dataset.dataset_type,
         len(dataset),
         image_size,
-        len(train_indices),
-        len(val_indices),
+        split,
         f", split by object ({len(groups)} objects)" if groups and val_indices else "",
         ", cached latents" if cache_latents else "",
     )
@@ -2154,7 +2187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cache_parser = commands.add_parser("cache", help="Build (or check) the latent cache that training will reuse.")
     cache_parser.add_argument("--dataset_type", choices=DATASET_TYPES, default="custom")
-    cache_parser.add_argument("--data_dir", "--train_data_dir", dest="data_dir", default=None)
+    cache_parser.add_argument("--train_data_dir", "--data_dir", dest="data_dir", default=None)
     cache_parser.add_argument("--dataset_name", default=None)
     cache_parser.add_argument("--pretrained_model_name_or_path", required=True, help="SDXL base (its vae/ is used)")
     cache_parser.add_argument("--vae_subfolder", default="vae")
@@ -2164,8 +2197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache_parser.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
     cache_parser.add_argument("--vae_dtype", choices=("float16", "bfloat16", "float32"), default="float32")
     cache_parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    cache_parser.add_argument("--batch_size", type=int, default=8)
-    cache_parser.add_argument("--num_workers", type=int, default=4)
+    cache_parser.add_argument("--encode_batch_size", dest="batch_size", type=int, default=8, help="images per VAE call")
+    cache_parser.add_argument("--dataloader_num_workers", "--num_workers", dest="num_workers", type=int, default=4)
     _add_column_arguments(cache_parser)
 
     args = parser.parse_args(argv)

@@ -1,9 +1,9 @@
 # Copyright 2026 The controllable-shadow-generation authors. Licensed under the Apache License, Version 2.0.
 """Scores a trained ShadowPipeline the way the paper does (Table 2), and checks how well the light controls the shadow.
 
-    python evaluate_shadow.py --model PATH_OR_REPO --dataset_type benchmark \\
+    python evaluate_shadow.py --pretrained_model_name_or_path PATH_OR_REPO --dataset_type benchmark \\
         [--data_dir benchmark.tar | --dataset_name jasperai/controllable-shadow-generation-benchmark] \\
-        [--num_seeds 10] [--num_inference_steps 1] [--resolution 1024] [--batch_size 8] [--limit N] [--output_dir eval/]
+        [--num_seeds 10] [--num_inference_steps 1] [--resolution 1024] [--eval_batch_size 8] [--limit N] [--output_dir eval/]
 
 Every image is predicted once per seed; soft IoU, RMSE, s-RMSE and ZNCC are computed over the whole image against the
 ground truth (docs/design.md §8), averaged over seeds, then reported per benchmark track as mean ± std over images, beside
@@ -56,6 +56,7 @@ from pipeline_shadow import (
     Light,
     ObjectLatents,
     ShadowPipeline,
+    check_resolution,
     compose_light_maps,
     estimate_object_height,
     gray_to_tensor,
@@ -350,7 +351,8 @@ class EvaluationResults:
 def generator_seed(seed: int, index: int, seed_index: int) -> int:
     """The noise seed of image `index` (its position in the data, in order) under seed number `seed_index`: derived
     from (seed, index, seed_index) alone, so results do not depend on the batch size or on resuming."""
-    return int(np.random.SeedSequence([seed, index, seed_index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    # Shifted as a Python int (a numpy uint64 >> int is a TypeError with numpy 1.x): 63 bits, a valid torch seed.
+    return int(np.random.SeedSequence([seed, index, seed_index]).generate_state(1, dtype=np.uint64)[0]) >> 1
 
 
 def _to_builtin(value):
@@ -1142,11 +1144,17 @@ def write_contact_sheet(samples: dict[str, dict], path: str | Path, tile: int = 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="A trained shadow pipeline folder or Hub id.")
+    parser.add_argument(
+        "--pretrained_model_name_or_path",
+        "--model",
+        dest="model",
+        required=True,
+        help="A trained shadow pipeline: a training run's --output_dir (or its best/), a folder or a Hub id.",
+    )
     parser.add_argument("--dataset_type", choices=DATASET_TYPES, default="benchmark")
     parser.add_argument(
-        "--data_dir",
         "--train_data_dir",
+        "--data_dir",
         dest="data_dir",
         default=None,
         help="Local data: the custom layout, or a benchmark tar/folder.",
@@ -1170,8 +1178,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="Processing resolution (default: the model's training resolution).",
     )
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--eval_batch_size", type=int, default=8, help="Images per pipeline call.")
+    parser.add_argument(
+        "--dataloader_num_workers", "--num_workers", dest="num_workers", type=int, default=2, help="Loader processes."
+    )
     parser.add_argument("--limit", type=int, default=None, help="Evaluate only the first N images.")
     parser.add_argument("--seed", type=int, default=0, help="Base seed; image i, seed k uses a seed derived from both.")
     parser.add_argument("--output_dir", default="eval")
@@ -1187,16 +1197,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.dataset_type in ("custom",) and args.data_dir is None:
-        parser.error("`--dataset_type custom` needs `--data_dir`.")
+        parser.error("`--dataset_type custom` needs `--train_data_dir` (`--data_dir`).")
     if args.dataset_type == "hf" and args.dataset_name is None and args.data_dir is None:
-        parser.error("`--dataset_type hf` needs `--dataset_name` (or `--data_dir`).")
+        parser.error("`--dataset_type hf` needs `--dataset_name` (or `--train_data_dir`).")
     if args.dataset_type == "benchmark" and args.data_dir is None and args.dataset_name is None:
         args.dataset_name = DEFAULT_BENCHMARK_DATASET
-    for name in ("num_seeds", "num_inference_steps", "batch_size"):
+    for name in ("num_seeds", "num_inference_steps", "eval_batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"`--{name}` must be >= 1, got {getattr(args, name)}.")
-    if args.resolution is not None and (args.resolution < 8 or args.resolution % 8):
-        parser.error(f"`--resolution` must be a positive multiple of 8, got {args.resolution}.")
+    if args.resolution is not None:
+        try:
+            check_resolution(args.resolution, "--resolution")
+        except ValueError as error:
+            parser.error(str(error))
     return args
 
 
@@ -1243,7 +1256,7 @@ def evaluation_loader(args: argparse.Namespace, resolution: int) -> DataLoader:
         dataset_type=args.dataset_type,
         data_dir=args.data_dir,
         dataset_name=args.dataset_name,
-        batch_size=args.batch_size,
+        batch_size=args.eval_batch_size,
         num_workers=args.num_workers,
         image_size=resolution,
         val_fraction=0.0,
@@ -1276,9 +1289,19 @@ def main(argv: Sequence[str] | None = None) -> EvaluationResults:
         "resolution": resolution,
         "dtype": str(dtype).removeprefix("torch."),
         "hardware": hardware_description(device),
-        "batch_size": args.batch_size,
+        "batch_size": args.eval_batch_size,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
+    count = len(loader.dataset) if args.limit is None else min(args.limit, len(loader.dataset))
+    logger.info(
+        "Evaluating %s on %d test images of %s x %d seeds, %d step(s) at %d px.",
+        args.model,
+        count,
+        settings["dataset"],
+        args.num_seeds,
+        args.num_inference_steps,
+        resolution,
+    )
     results = evaluate(
         pipe,
         loader,

@@ -1,8 +1,8 @@
 # Copyright 2026 The controllable-shadow-generation authors. Licensed under the Apache License, Version 2.0.
 """Generate shadows for cut-out objects with a trained ShadowPipeline.
 
-    python generate_shadows.py --model PATH_OR_REPO --input cutouts/ --theta 30 --phi 0 90 180 --size 2 \
-        --background beach.jpg --pad 0.25 --output_dir shadows_out
+    python generate_shadows.py --pretrained_model_name_or_path PATH_OR_REPO --input cutouts/ \\
+        --theta 30 --phi 0 90 180 --size 2 --background beach.jpg --pad 0.25 --output_dir shadows_out
 
 For each input (an RGBA cut-out, or an RGB image plus `--mask`) and each light, writes
 `<stem>_<light>_shadow.png` (the raw map, 255 = full shadow), `<stem>_<light>_layer.png` (black with alpha =
@@ -11,8 +11,8 @@ sweep (every combination) and a `contact_sheet.png` (rows: inputs; columns: ligh
 
 Several lights at once (one shadow, physically composed; README "Several lights"), instead of a sweep:
 
-    python generate_shadows.py --model PATH --input cutouts/ --light 30,0,2 --light 20,150,6,0.5 --output_dir out
-    python generate_shadows.py --model PATH --input cutouts/ --environment sky.png --max_lights 3 --output_dir out
+    python generate_shadows.py --pretrained_model_name_or_path PATH --input cutouts/ --light 30,0,2 --light 20,150,6,0.5 --output_dir out
+    python generate_shadows.py --pretrained_model_name_or_path PATH --input cutouts/ --environment sky.png --max_lights 3 --output_dir out
 
 write `<stem>_lights_*.png` (or `<stem>_env_<map>_*.png`) and `<stem>_lights.json` (the lights, their relative
 powers, and the unshadowed `ambient` fraction); `--save_light_maps` adds each light's own map.
@@ -38,6 +38,7 @@ from pipeline_shadow import (
     MASK_FILL,
     Light,
     ShadowPipeline,
+    check_resolution,
     composite,
     gray_to_tensor,
     image_to_tensor,
@@ -86,7 +87,13 @@ def _light_spec(text: str) -> Light:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="A trained shadow pipeline folder or Hub id.")
+    parser.add_argument(
+        "--pretrained_model_name_or_path",
+        "--model",
+        dest="model",
+        required=True,
+        help="A trained shadow pipeline: a training run's --output_dir (or its best/), a folder or a Hub id.",
+    )
     parser.add_argument(
         "--input", required=True, help="An image or a folder of images (RGBA cut-outs, or RGB + --mask)."
     )
@@ -134,6 +141,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--device", default=None, help="Default: cuda when available, else cpu.")
     args = parser.parse_args(argv)
+    if args.resolution is not None:
+        try:
+            check_resolution(args.resolution, "--resolution")
+        except ValueError as error:
+            parser.error(str(error))
     sweep = [f"--{name}" for name in ("theta", "phi", "size") if getattr(args, name) is not None]
     several = [flag for flag, value in (("--light", args.light), ("--environment", args.environment)) if value]
     if len(several) > 1:

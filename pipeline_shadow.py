@@ -1214,7 +1214,8 @@ def _check_pipeline_folder(name_or_path: str | os.PathLike) -> None:
     folder = Path(name_or_path)
     if not folder.is_dir() or (folder / PIPELINE_FILE).is_file():
         return
-    below = find_pipeline_folders(folder)
+    # An old run's final/ is what its user means; then best/; then whatever else lies below.
+    below = sorted(find_pipeline_folders(folder), key=lambda p: (p.name != "final", p.name != "best", str(p)))
     if below:
         listing = ", ".join(str(p) for p in below)
         raise ValueError(

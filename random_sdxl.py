@@ -182,7 +182,13 @@ def main():
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--size", choices=SIZES, default="tiny")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vae", default=None, help="A trained AutoencoderKL folder for vae/ (default: random).")
+    parser.add_argument(
+        "--pretrained_vae_model_name_or_path",
+        "--vae",
+        dest="vae",
+        default=None,
+        help="A trained AutoencoderKL folder for vae/ (default: random).",
+    )
     args = parser.parse_args()
     print(save_random_sdxl(args.output_dir, args.size, args.seed, args.vae))
 

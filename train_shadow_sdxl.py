@@ -96,6 +96,7 @@ from pipeline_shadow import (
     TIMESTEP_SAMPLING_CHOICES,
     ShadowPipeline,
     ShadowUNet,
+    check_resolution,
     decode_shadow,
     encode_latents,
     load_lora_state,
@@ -447,8 +448,7 @@ def validate_args(args: argparse.Namespace) -> dataset_loading.ShadowDataset:
 
 
 def _check_args(args: argparse.Namespace) -> dataset_loading.ShadowDataset:
-    if args.resolution <= 0 or args.resolution % 8:
-        raise ValueError(f"`--resolution` (`--image_size`) must be a positive multiple of 8, got {args.resolution}.")
+    check_resolution(args.resolution, "--resolution")
     positive = (
         "train_batch_size",
         "gradient_accumulation_steps",

@@ -55,12 +55,12 @@ logger = logging.getLogger("train_vae")
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", "--train_data_dir", dest="data_dir", required=True)
+    parser.add_argument("--train_data_dir", "--data_dir", dest="data_dir", required=True)
     parser.add_argument("--resolution", "--image_size", dest="resolution", type=int, default=128)
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--pretrained_vae_model_name_or_path", default=None, help="Start from a VAE (else random).")
     parser.add_argument("--max_train_steps", type=int, default=3000)
-    parser.add_argument("--batch_size", "--train_batch_size", dest="batch_size", type=int, default=8)
+    parser.add_argument("--train_batch_size", "--batch_size", dest="batch_size", type=int, default=8)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--kl_weight", type=float, default=1e-6)
     parser.add_argument(
@@ -81,7 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="With --decoder_only: a trained shadow pipeline (folder) whose one-step predictions the decoder learns to "
         "map to the true shadow maps. It must use the same VAE encoder.",
     )
-    parser.add_argument("--num_workers", "--dataloader_num_workers", dest="num_workers", type=int, default=0)
+    parser.add_argument("--dataloader_num_workers", "--num_workers", dest="num_workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.resolution % 8:

@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--source_size", type=int, default=1024, help="side of the PNGs on disk")
     parser.add_argument("--num_samples", type=int, default=48)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--train_batch_size", "--batch_size", dest="batch_size", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args()

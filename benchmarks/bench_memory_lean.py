@@ -200,10 +200,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--num_samples", type=int, default=16)
     parser.add_argument("--convergence_resolution", type=int, default=32)
     parser.add_argument("--convergence_batch_size", type=int, default=4)
-    parser.add_argument("--log_every", type=int, default=25, help="Window of the loss table.")
+    parser.add_argument(
+        "--logging_steps", "--log_every", dest="log_every", type=int, default=25, help="Window of the loss table."
+    )
     parser.add_argument("--step_size", choices=["tiny", "small", "full"], default=None, help="Also time the step.")
     parser.add_argument("--resolution", type=int, default=1024, help="Of the step-cost part.")
-    parser.add_argument("--batch_size", type=int, default=2, help="Of the step-cost part.")
+    parser.add_argument(
+        "--train_batch_size", "--batch_size", dest="batch_size", type=int, default=2, help="Of the step-cost part."
+    )
     parser.add_argument("--gradient_checkpointing", action="store_true", help="Of the step-cost part.")
     parser.add_argument("--timing_steps", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -95,7 +95,7 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=["tiny", "small", "full"], default="full")
     parser.add_argument("--resolution", type=int, default=512)
-    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--train_batch_size", "--batch_size", dest="batch_size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--gradient_checkpointing", action="store_true")
     parser.add_argument("--compile", action="store_true", help="Also time the step with torch.compile(UNet).")

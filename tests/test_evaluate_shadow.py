@@ -390,7 +390,7 @@ def test_write_reports(tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--dataset_type", "custom"], "needs `--data_dir`"),
+        (["--dataset_type", "custom"], "needs `--train_data_dir`"),
         (["--dataset_type", "hf"], "needs `--dataset_name`"),
         (["--num_seeds", "0"], "num_seeds"),
         (["--resolution", "100"], "multiple of 8"),
@@ -428,7 +428,7 @@ def test_cli_end_to_end_on_a_tiny_benchmark_tar_and_resume(tiny_shadow_dir, tmp_
     def run(limit=None, resolution=64):
         argv = [
             "--model", str(tiny_shadow_dir), "--dataset_type", "benchmark", "--data_dir", str(tar_path),
-            "--num_seeds", "2", "--resolution", str(resolution), "--batch_size", "4", "--num_workers", "0",
+            "--num_seeds", "2", "--resolution", str(resolution), "--eval_batch_size", "4", "--num_workers", "0",
             "--output_dir", str(output_dir), "--no_progress",
         ]  # fmt: skip
         return ev.main(argv + (["--limit", str(limit)] if limit else []))
@@ -463,7 +463,7 @@ def test_cli_reads_custom_data_whole_and_in_order(tiny_shadow_dir, tmp_path):
         "--num_seeds",
         "1",
     ]
-    argv += ["--batch_size", "2", "--num_workers", "0", "--no_progress", "--output_dir", str(tmp_path / "eval")]
+    argv += ["--eval_batch_size", "2", "--num_workers", "0", "--no_progress", "--output_dir", str(tmp_path / "eval")]
     results = ev.main(argv)
     ids = [record["id"] for record in results.records]
     assert len(ids) == 5 and ids == sorted(ids)  # not the training loader's shuffled order

@@ -122,7 +122,8 @@ def test_guide_commands_parse_to_diffusers_names():
 
 def test_defaults_follow_the_paper_recipe():
     args = train.parse_args([])
-    assert args.output_dir == "./checkpoints" and args.mixed_precision is None
+    assert args.output_dir == "shadow-sdxl-model" and args.mixed_precision is None  # a run name: the Hub repo name
+    assert args.checkpoints_total_limit is None  # keep all, as in diffusers
     assert args.pretrained_model_name_or_path == "stabilityai/stable-diffusion-xl-base-1.0"
     assert (args.learning_rate, args.lr_scheduler, args.lr_warmup_steps) == (1e-5, "constant_with_warmup", 1000)
     assert (args.max_grad_norm, args.vae_precision, args.report_to) == (1.0, "fp32", "tensorboard")
@@ -153,7 +154,7 @@ def test_unknown_choices_are_refused(argv, message, capsys):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--resolution", "60"], r"`--resolution` \(`--image_size`\) must be a positive multiple of 8, got 60"),
+        (["--resolution", "60"], r"`--resolution` must be a positive multiple of 8, got 60"),
         (["--data_dir", None], r"needs `--data_dir` .*no data given"),
         (["--dataset_type", "benchmark"], "TEST set"),
         (["--data_dir", "EMPTY"], "objects"),  # dataset_loading's verification lists what is missing
@@ -207,7 +208,7 @@ def test_command_line_mistake_is_one_line_and_exit_status_2(data_dir):
     command = [sys.executable, str(SCRIPT), "--data_dir", str(data_dir), "--image_size", "500"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "error: `--resolution` (`--image_size`) must be a positive multiple of 8, got 500." in result.stderr
+    assert "error: `--resolution` must be a positive multiple of 8, got 500." in result.stderr
 
 
 # ----- checkpoint bookkeeping -----------------------------------------------------------------------------------
