@@ -360,7 +360,7 @@ def test_every_script_help_and_the_demo_import_print_nothing_on_stderr():
 
 def _readme_snippet() -> str:
     text = (REPO / "README.md").read_text()
-    match = re.search(r"<!-- readme-snippet: main -->\s*```python\n(.*?)```", text, re.S)
+    match = re.search(r"<!-- readme-snippet: main[^>]*-->\s*```python\n(.*?)```", text, re.S)
     assert match, "README.md lost its `<!-- readme-snippet: main -->` marker"
     return match.group(1)
 
@@ -394,7 +394,7 @@ def test_readme_snippet_runs_from_outside_the_repository(tmp_path):
     cutout = PIL.Image.new("RGBA", (96, 80))
     cutout.paste((200, 60, 40, 255), (30, 20, 60, 70))
     cutout.save(tmp_path / "cutout.png")
-    PIL.Image.new("RGB", (96, 80), (210, 200, 190)).save(tmp_path / "background.jpg")
+    PIL.Image.new("RGB", (96, 80), (210, 200, 190)).save(tmp_path / "beach.jpg")
     result = subprocess.run(
         [sys.executable, "-c", snippet], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
