@@ -671,6 +671,13 @@ def _validate_data_args(args: argparse.Namespace) -> dataset_loading.ShadowDatas
 
 def _validate_output_dir(output_dir: str) -> None:
     path = Path(output_dir)
+    # The final pipeline and its model card (README.md) land at the root: never over a folder that is not a run's.
+    is_run = any((path / name).exists() for name in (TRAINING_CONFIG_FILE, "model_index.json", LATEST_LINK))
+    if (path / "README.md").is_file() and not is_run:
+        raise ValueError(
+            f"`--output_dir` {output_dir!r} holds a README.md but is not a training run's folder: the final pipeline "
+            "and its model card are written at the root of --output_dir. Pick a new folder (e.g. shadow-sdxl-model)."
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):

@@ -64,8 +64,8 @@ pipe = ShadowPipeline.from_pretrained('$WORK/run2/best', vae=AutoencoderKL.from_
 pipe.unet.to(torch.float16)
 pipe.save_pretrained('models/shadow-small')
 "
-$P evaluate_shadow.py --pretrained_model_name_or_path models/shadow-small --dataset_type custom --train_data_dir "$DATA/test" --num_seeds 3 \
+$P evaluate_shadow.py --pretrained_model_name_or_path models/shadow-small --dataset_type custom --data_dir "$DATA/test" --num_seeds 3 \
     --resolution 128 --output_dir "$WORK/eval-shipped-test" --overwrite
-$P evaluate_shadow.py --pretrained_model_name_or_path models/shadow-small --dataset_type benchmark --train_data_dir "$DATA-tracks" --num_seeds 3 \
+$P evaluate_shadow.py --pretrained_model_name_or_path models/shadow-small --dataset_type benchmark --data_dir "$DATA-tracks" --num_seeds 3 \
     --resolution 128 --output_dir "$WORK/eval-shipped-tracks" --overwrite
 du -sh models/shadow-small

@@ -148,6 +148,14 @@ def test_checkpoints_total_limit_default_keeps_every_checkpoint(tmp_path):
     assert [p.name for p in train.rotate_checkpoints(tmp_path, 2)] == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
 
 
+def test_output_dir_must_not_be_a_folder_with_its_own_readme(tmp_path):
+    (tmp_path / "README.md").write_text("# my project")  # e.g. `--output_dir .` in a repository
+    with pytest.raises(ValueError, match=r"holds a README.md but is not a training run's folder"):
+        train._validate_output_dir(str(tmp_path))
+    (tmp_path / train.TRAINING_CONFIG_FILE).write_text("{}")  # a run folder: its card is rewritten, fine
+    train._validate_output_dir(str(tmp_path))
+
+
 def test_the_default_hub_repository_is_the_run_folders_own_name(tmp_path):
     assert (
         train.hub_repo_name(train.parse_args(["--output_dir", str(tmp_path / "runs" / "shadow-512")])) == "shadow-512"
