@@ -309,7 +309,7 @@ def test_one_resolution_rule_for_the_pipeline_and_every_script(value, tiny_pipel
 
 def test_a_plain_epoch_loop_flips_each_sample_both_ways_with_the_mirrored_phi(data_dir):
     """The seed guide's loop: no set_epoch call. Over a few epochs one sample is seen in both orientations, each with
-    phi mirrored as DESIGN.md §2 says; the order reshuffles too, and both replay exactly for the same seed."""
+    phi mirrored as docs/design.md §2 says; the order reshuffles too, and both replay exactly for the same seed."""
 
     def passes(epochs):
         loader, _ = dataset_loading.create_dataloaders(
