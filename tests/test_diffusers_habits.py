@@ -352,8 +352,10 @@ def _clean_env() -> dict:
 
 
 def test_every_script_help_and_the_demo_import_print_nothing_on_stderr():
-    """Each in its own process, all at once (the noise came from import-time side effects)."""
-    commands = {script: [sys.executable, str(REPO / script), "--help"] for script in SCRIPTS}
+    """Each in its own process, all at once (the noise came from import-time side effects). The benchmarks import
+    the same modules first (their vocabulary is checked above); leaving them out here saves ~25 s of CPU."""
+    scripts = [script for script in SCRIPTS if not script.startswith("benchmarks/")]
+    commands = {script: [sys.executable, str(REPO / script), "--help"] for script in scripts}
     commands["import demo"] = [sys.executable, "-c", "import demo"]
     running = {
         name: subprocess.Popen(cmd, cwd=REPO, env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
