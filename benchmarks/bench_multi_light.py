@@ -234,7 +234,9 @@ def main(argv=None) -> None:
     check.add_argument("--data", type=Path, required=True)
     sheet = commands.add_parser("sheet", help="the README's contact sheet")
     sheet.add_argument("--data", type=Path, required=True)
-    sheet.add_argument("--model", default=str(REPO_ROOT / "models" / "shadow-small"))
+    sheet.add_argument(
+        "--pretrained_model_name_or_path", "--model", dest="model", default=str(REPO_ROOT / "models" / "shadow-small")
+    )
     sheet.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "images" / "multi_light_contact_sheet.png")
     sheet.add_argument("--object_index", type=int, default=0)
     args = parser.parse_args(argv)

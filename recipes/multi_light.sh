@@ -24,7 +24,7 @@ nice -n 19 $R render_shadow_dataset.py --output_dir "$DATA" --num_objects 12 --s
 $P benchmarks/bench_multi_light.py composition --data "$DATA" --output_json "$DATA-composition.json"
 
 # 3. The model: composed predictions against the renderer, and each light alone on the same objects (3 seeds).
-$P evaluate_shadow.py --model "$MODEL" --light_sets_dir "$DATA" --num_seeds 3 --output_dir "$DATA-eval"
+$P evaluate_shadow.py --pretrained_model_name_or_path "$MODEL" --light_sets_dir "$DATA" --num_seeds 3 --output_dir "$DATA-eval"
 
 # 4. The contact sheet: object 0 under each light set, renderer above, model below.
-$P benchmarks/bench_multi_light.py sheet --data "$DATA" --model "$MODEL" --out docs/images/multi_light_contact_sheet.png
+$P benchmarks/bench_multi_light.py sheet --data "$DATA" --pretrained_model_name_or_path "$MODEL" --out docs/images/multi_light_contact_sheet.png

@@ -48,6 +48,8 @@ SCRIPTS = {
     "benchmarks/bench_training.py": "main",
     "benchmarks/bench_memory_lean.py": "main",
     "benchmarks/bench_data_loading.py": "main",
+    "benchmarks/bench_multi_light.py": "main",
+    "benchmarks/bench_render.py": "main",
 }
 # The seed guide's spellings -> the diffusers name that must come first wherever the concept appears.
 DIFFUSERS_NAMES = {
