@@ -141,7 +141,7 @@ def test_replica_loads_per_track_at_the_model_resolution(replica):
 def test_replica_evaluates_per_track(replica, tiny_shadow_dir, tmp_path):
     output_dir = tmp_path / "eval"
     argv = ["--model", str(tiny_shadow_dir), "--dataset_type", "benchmark", "--data_dir", str(replica),
-            "--num_seeds", "1", "--batch_size", "6", "--num_workers", "0", "--output_dir", str(output_dir),
+            "--num_seeds", "1", "--eval_batch_size", "6", "--num_workers", "0", "--output_dir", str(output_dir),
             "--no_progress"]  # fmt: skip
     results = ev.main(argv)  # at the model's own resolution (64 px): every 1024^2 PNG is brought down to it
     assert results.settings["resolution"] == 64 and len(results.records) == NUM_SAMPLES
