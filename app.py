@@ -577,8 +577,8 @@ def default_threads() -> int:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--model",
         "--pretrained_model_name_or_path",
+        "--model",
         dest="model",
         default=os.environ.get("SHADOW_MODEL", str(DEFAULT_MODEL)),
         help="A trained shadow pipeline folder or Hub id (default: $SHADOW_MODEL, else the embedded "

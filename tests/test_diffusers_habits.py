@@ -20,8 +20,10 @@ from safetensors.torch import load_file
 from training_fixtures import fresh_accelerate_state, reset_accelerate, tiny_run_argv  # noqa: F401
 
 import dataset_loading
+import hub_card
 import train_shadow_sdxl as train
-from pipeline_shadow import ShadowPipeline, check_resolution, mirror_phi
+from dataset_loading import mirror_phi
+from pipeline_shadow import ShadowPipeline, check_resolution
 
 REPO = Path(__file__).resolve().parents[1]
 UNET_WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"
@@ -43,6 +45,7 @@ SCRIPTS = {
     "render_shadow_dataset.py": "parse_args",
     "train_vae.py": "parse_args",
     "demo.py": "parse_args",
+    "app.py": "parse_args",
     "random_sdxl.py": "main",
     "benchmarks/bench_inference.py": "main",
     "benchmarks/bench_training.py": "main",
@@ -160,10 +163,11 @@ def test_output_dir_must_not_be_a_folder_with_its_own_readme(tmp_path):
 
 def test_the_default_hub_repository_is_the_run_folders_own_name(tmp_path):
     assert (
-        train.hub_repo_name(train.parse_args(["--output_dir", str(tmp_path / "runs" / "shadow-512")])) == "shadow-512"
+        hub_card.hub_repo_name(train.parse_args(["--output_dir", str(tmp_path / "runs" / "shadow-512")]))
+        == "shadow-512"
     )
-    assert train.hub_repo_name(train.parse_args([])) == train.DEFAULT_OUTPUT_DIR != "checkpoints"
-    assert train.hub_repo_name(train.parse_args(["--hub_model_id", "me/x"])) == "me/x"
+    assert hub_card.hub_repo_name(train.parse_args([])) == train.DEFAULT_OUTPUT_DIR != "checkpoints"
+    assert hub_card.hub_repo_name(train.parse_args(["--hub_model_id", "me/x"])) == "me/x"
 
 
 def test_push_to_hub_fails_at_start_up_before_any_model_loads(tiny_sdxl_dir, data_dir, tmp_path, monkeypatch):
