@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +28,39 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, UNet2DConditionModel
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.attention import BasicTransformerBlock
-from diffusers.models.embeddings import Timesteps
-from diffusers.models.modeling_utils import ModelMixin
-from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
+
+# diffusers and transformers probe the optional quantization backends with `importlib.util.find_spec` and then
+# import the installed ones eagerly (diffusers.quantizers.auto, transformers.quantizers.auto). The published torchao
+# wheels print "Failed to load ..._C_mxfp8...so" (CUDA / cp310 extensions), torch pytree deprecation warnings and
+# "Unable to import `torchao` Tensor objects" on that import: on every command, even `--help`. This pipeline never loads
+# a quantized checkpoint, so diffusers is imported with those backends hidden from the probe (`find_spec` answers None
+# for a name mapped to None in sys.modules); they stay importable for the code paths that need them (`--memory_lean`
+# imports torchao, `--use_8bit_adam` bitsandbytes). No effect when diffusers was imported before. docs/design.md §7.
+EAGERLY_IMPORTED_BACKENDS = ("torchao", "bitsandbytes")
+
+
+@contextlib.contextmanager
+def _eager_backends_hidden():
+    hidden = (
+        [] if "diffusers.quantizers" in sys.modules else [n for n in EAGERLY_IMPORTED_BACKENDS if n not in sys.modules]
+    )
+    for name in hidden:
+        sys.modules[name] = None
+    try:
+        yield
+    finally:
+        for name in hidden:
+            sys.modules.pop(name, None)
+
+
+with _eager_backends_hidden():
+    from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, UNet2DConditionModel  # noqa: E402
+    from diffusers.configuration_utils import ConfigMixin, register_to_config  # noqa: E402
+    from diffusers.models.attention import BasicTransformerBlock  # noqa: E402
+    from diffusers.models.embeddings import Timesteps  # noqa: E402
+    from diffusers.models.modeling_utils import ModelMixin  # noqa: E402
+    from diffusers.utils import BaseOutput, replace_example_docstring  # noqa: E402
+    from diffusers.utils.torch_utils import randn_tensor  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +93,17 @@ SHADOW_FILL = 0.0
 
 TimestepSampling = Literal["uniform", "logit_normal", "shifted", "single_step"]
 TIMESTEP_SAMPLING_CHOICES = ("uniform", "logit_normal", "shifted", "single_step")
+
+
+VAE_SCALE_FACTOR = 8  # SDXL's VAE downsamples by 8: every processing side must be a multiple of it
+
+
+def check_resolution(value, name: str = "resolution") -> int:
+    """The one rule for a processing size, shared by `check_inputs` (`height`, `width`), `encode_object` and every
+    script's `--resolution`: a positive integer multiple of 8 (the VAE factor). Raises ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0 or value % VAE_SCALE_FACTOR:
+        raise ValueError(f"`{name}` must be a positive multiple of {VAE_SCALE_FACTOR}, got {value!r}.")
+    return int(value)
 
 
 def wrap_phi(phi):
@@ -1139,6 +1177,60 @@ def _split_images(images, name: str) -> list:
     return [images]
 
 
+# The keywords `ShadowPipeline.from_pretrained` passes on: to every file download, and to each model's loader.
+HUB_LOAD_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "proxies")
+MODEL_LOAD_KWARGS = ("variant", "use_safetensors", "low_cpu_mem_usage")
+PIPELINE_FILE = "model_index.json"
+
+
+def _resolve_dtype_kwarg(torch_dtype, dtype):
+    if torch_dtype is not None and dtype is not None and torch_dtype != dtype:
+        raise ValueError(f"Got both `torch_dtype={torch_dtype}` and `dtype={dtype}`; pass one.")
+    return dtype if dtype is not None else torch_dtype
+
+
+def _dtype_kwargs(dtype) -> dict:
+    """diffusers >= 0.42 names it `dtype` and warns on `torch_dtype`; older versions know only `torch_dtype`."""
+    if dtype is None:
+        return {}
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype": dtype}
+
+
+def find_pipeline_folders(folder: str | os.PathLike, max_depth: int = 2) -> list[Path]:
+    """Folders up to `max_depth` levels below `folder` that hold a saved pipeline (a model_index.json), sorted."""
+    folder = Path(folder)
+    found = []
+    for depth in range(1, max_depth + 1):
+        found += [p.parent for p in folder.glob("/".join(["*"] * depth) + f"/{PIPELINE_FILE}")]
+    return sorted(found)
+
+
+def _check_pipeline_folder(name_or_path: str | os.PathLike) -> None:
+    """A local folder without model_index.json: name the pipeline folders below it (a training run's `best/`, an
+    old run's `final/`; a checkpoint-N/ holds training state, not a pipeline) instead of diffusers' bare
+    "no file named model_index.json"."""
+    folder = Path(name_or_path)
+    if not folder.is_dir() or (folder / PIPELINE_FILE).is_file():
+        return
+    # An old run's final/ is what its user means; then best/; then whatever else lies below.
+    below = sorted(find_pipeline_folders(folder), key=lambda p: (p.name != "final", p.name != "best", str(p)))
+    if below:
+        listing = ", ".join(str(p) for p in below)
+        raise ValueError(
+            f"{folder} holds no pipeline ({PIPELINE_FILE}), but a pipeline lies below it: load {below[0]} instead "
+            f"(found: {listing})."
+        )
+    checkpoints = sorted(p.name for p in folder.glob("checkpoint-*") if p.is_dir())
+    if checkpoints or (folder / "unet").is_dir():
+        raise ValueError(
+            f"{folder} holds no pipeline ({PIPELINE_FILE}): a training checkpoint (checkpoint-N/, unet/ only) is "
+            "training state for --resume_from_checkpoint. Load the run's folder (its final pipeline) or best/; a "
+            "stopped run has only best/ if validation ran."
+        )
+
+
 class ShadowPipeline(DiffusionPipeline):
     r"""Predicts the shadow map an object casts under a light (theta, phi, size) in ONE rectified-flow step, and
     composites it onto a background.
@@ -1156,7 +1248,12 @@ class ShadowPipeline(DiffusionPipeline):
 
     def __init__(
         self,
-        unet: ShadowUNet,
+        # Annotated with the base class on purpose: `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)`
+        # executes this file twice under one module name (the root copy for the pipeline, `unet/`'s copy for the
+        # component), so the pipeline's `ShadowUNet` and the loaded UNet's class are two objects and diffusers' type
+        # check would log "Expected types for unet: ... ShadowUNet ..., got ... ShadowUNet". Both derive from
+        # diffusers' own ModelMixin, which is one object in the process.
+        unet: ModelMixin,
         vae: AutoencoderKL,
         scheduler: FlowMatchEulerDiscreteScheduler,
         default_processing_resolution: int | None = None,
@@ -1181,7 +1278,7 @@ class ShadowPipeline(DiffusionPipeline):
         """An untrained shadow pipeline from any SDXL checkpoint in the diffusers layout (Hub id or folder): loads
         only `unet/` and `vae/` (never a text encoder), converts the UNet (see `ShadowUNet.from_sdxl_unet`) and adds a
         flow-matching scheduler. `vae` may be a loaded AutoencoderKL or a path/Hub id (e.g. an fp16-safe SDXL VAE)."""
-        load_kwargs = {"revision": revision, "variant": variant, "torch_dtype": torch_dtype, **kwargs}
+        load_kwargs = {"revision": revision, "variant": variant, **_dtype_kwargs(torch_dtype), **kwargs}
         sdxl_unet = UNet2DConditionModel.from_pretrained(pretrained_model_name_or_path, subfolder="unet", **load_kwargs)
         unet = ShadowUNet.from_sdxl_unet(sdxl_unet)
         del sdxl_unet
@@ -1196,38 +1293,44 @@ class ShadowPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> ShadowPipeline:
         """Loads a saved shadow pipeline (folder or Hub id) with this class's own code, so no `trust_remote_code` is
         needed when the project is importable. (`DiffusionPipeline.from_pretrained(..., trust_remote_code=True)`
-        loads the same folder with the copy of this file saved beside the weights.)"""
-        component_kwargs = {
-            k: kwargs.pop(k)
-            for k in ("cache_dir", "force_download", "local_files_only", "token", "revision", "proxies")
-            if k in kwargs
-        }
-        torch_dtype = kwargs.pop("torch_dtype", None)
-        variant = kwargs.pop("variant", None)
-        config = cls.load_config(pretrained_model_name_or_path, **component_kwargs)
+        loads the same folder with the copy of this file saved beside the weights.)
+
+        Takes the keywords of any diffusers pipeline: `torch_dtype` (or `dtype`), `variant`, `revision`,
+        `cache_dir`, `local_files_only`, `token`, `force_download`, `proxies`, `use_safetensors`,
+        `low_cpu_mem_usage`, `device_map` (a device such as "cpu" or "cuda"; diffusers' multi-GPU "balanced" is
+        refused: one GPU holds this model) and component overrides (`unet=`, `vae=`, `scheduler=`).
+        `trust_remote_code` is accepted and not needed."""
+        _check_pipeline_folder(pretrained_model_name_or_path)
+        kwargs.pop("trust_remote_code", None)  # this class IS the code
+        hub_kwargs = {k: kwargs.pop(k) for k in HUB_LOAD_KWARGS if k in kwargs}
+        dtype = _resolve_dtype_kwarg(kwargs.pop("torch_dtype", None), kwargs.pop("dtype", None))
+        device_map = kwargs.pop("device_map", None)
+        if device_map == "balanced" or isinstance(device_map, dict):
+            raise ValueError(
+                f"`device_map={device_map!r}` splits a pipeline over several GPUs; the shadow pipeline fits one. Pass a "
+                'device ("cuda", "cpu") or use `pipe.to(device)` / `pipe.enable_model_cpu_offload()`.'
+            )
+        model_kwargs = {k: kwargs.pop(k) for k in MODEL_LOAD_KWARGS if k in kwargs}
+        model_kwargs.update(_dtype_kwargs(dtype), **hub_kwargs)
+        if device_map is not None:
+            model_kwargs["device_map"] = str(device_map)
+        config = cls.load_config(pretrained_model_name_or_path, **hub_kwargs)
         components = {name: kwargs.pop(name) for name in ("unet", "vae", "scheduler") if name in kwargs}
-        if "unet" not in components:
-            components["unet"] = ShadowUNet.from_pretrained(
-                pretrained_model_name_or_path,
-                subfolder="unet",
-                torch_dtype=torch_dtype,
-                variant=variant,
-                **component_kwargs,
+        if kwargs:
+            raise ValueError(
+                f"Unexpected arguments for ShadowPipeline.from_pretrained: {', '.join(sorted(kwargs))}. Accepted: "
+                f"{', '.join(('torch_dtype', 'dtype', 'device_map', *MODEL_LOAD_KWARGS, *HUB_LOAD_KWARGS))}, "
+                "unet, vae, scheduler."
             )
-        if "vae" not in components:
-            components["vae"] = AutoencoderKL.from_pretrained(
-                pretrained_model_name_or_path,
-                subfolder="vae",
-                torch_dtype=torch_dtype,
-                variant=variant,
-                **component_kwargs,
-            )
+        for name, model_class in (("unet", ShadowUNet), ("vae", AutoencoderKL)):
+            if name not in components:
+                components[name] = model_class.from_pretrained(
+                    pretrained_model_name_or_path, subfolder=name, **model_kwargs
+                )
         if "scheduler" not in components:
             components["scheduler"] = FlowMatchEulerDiscreteScheduler.from_pretrained(
-                pretrained_model_name_or_path, subfolder="scheduler", **component_kwargs
+                pretrained_model_name_or_path, subfolder="scheduler", **hub_kwargs
             )
-        if kwargs:
-            raise ValueError(f"Unexpected arguments for ShadowPipeline.from_pretrained: {', '.join(sorted(kwargs))}.")
         resolution = config.get("default_processing_resolution")
         return cls(**components, default_processing_resolution=resolution)
 
@@ -1346,8 +1449,8 @@ class ShadowPipeline(DiffusionPipeline):
                 "`num_inference_steps`=%d: the model is trained for ONE step; more rarely helps.", num_inference_steps
             )
         for name, value in (("height", height), ("width", width)):
-            if value is not None and (not isinstance(value, int) or value <= 0 or value % 8):
-                raise ValueError(f"`{name}` must be a positive multiple of 8, got {value!r}.")
+            if value is not None:
+                check_resolution(value, name)
         theta, _, size = lights
         for t, z in zip(theta, size):
             check_light(t, z)
@@ -1400,6 +1503,9 @@ class ShadowPipeline(DiffusionPipeline):
     ) -> ObjectLatents:
         """Resizes (aspect kept, padded), whitens the background and encodes the objects once. Pass the result as
         `object_latents=` to `__call__` to re-light the same objects without re-encoding them."""
+        for name, value in (("height", height), ("width", width)):
+            if value is not None:
+                check_resolution(value, name)
         objects, masks = self._prepare_images(object_image, mask)
         return self._encode(objects, masks, height, width)
 
@@ -1478,6 +1584,7 @@ class ShadowPipeline(DiffusionPipeline):
         return latents
 
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         object_image=None,
@@ -1700,6 +1807,3 @@ def _lora_folder(name_or_path: str | os.PathLike, subfolder: str | None, **kwarg
     hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
     local = snapshot_download(str(name_or_path), allow_patterns=[f"{subfolder}/*"], **hub_kwargs)
     return Path(local) / subfolder
-
-
-ShadowPipeline.__call__.__doc__ = (ShadowPipeline.__call__.__doc__ or "") + EXAMPLE_DOC_STRING
