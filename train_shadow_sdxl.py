@@ -132,6 +132,10 @@ class NonFiniteLossError(RuntimeError):
     """Raised when the loss or the gradients stay non-finite for `--max_nan_steps` optimizer steps in a row."""
 
 
+class BadSampleError(RuntimeError):
+    """A training sample failed to load mid-run (without --skip_bad_samples): the run saved a checkpoint and stopped."""
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # 1. Arguments
 # --------------------------------------------------------------------------------------------------------------------
@@ -280,6 +284,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         default=5,
         help="Stop after this many optimizer steps in a row with a non-finite loss or gradient (each is skipped).",
+    )
+    training.add_argument(
+        "--skip_bad_samples",
+        action="store_true",
+        help="Skip a sample that fails to load mid-run (e.g. a truncated PNG) with a counted, logged warning. "
+        "Default: save a checkpoint and stop, naming the file.",
     )
     training.add_argument(
         "--resume_from_checkpoint",
@@ -1179,6 +1189,7 @@ def build_data(args: argparse.Namespace, accelerator: Accelerator, vae: Autoenco
         "split_seed": args.split_seed,
         "random_flip": args.random_flip,
         "for_training": True,
+        "skip_bad_samples": args.skip_bad_samples,
     }
     if args.cache_latents:
         kwargs.update(cache_latents=True, vae=vae, latent_cache_dir=args.latent_cache_dir, accelerator=accelerator)
@@ -1385,6 +1396,8 @@ def validate(args, accelerator: Accelerator, unet, vae, val_loader, step: int) -
     per_sample, per_sample_one_step, rows, captions, index = [], [], [], [], 0
     try:
         for batch in val_loader:
+            if not report_skipped_samples(batch, None, "validation"):
+                continue  # every sample of the batch was skipped (--skip_bad_samples)
             object_latents, mask_latent, shadow_latents = batch_latents(vae, batch, device)
             light = batch_light(batch, device)
             noises, ts = [], []
@@ -1508,6 +1521,7 @@ class TrainingState:
     memory_lean: bool = False  # bf16 weights and 8-bit AdamW state: resumable only with --memory_lean
     split_seed: int = 0  # the validation split: a resumed run must keep it
     best_by: str = "training_t"  # the loss best_val_loss holds (checkpoints before --best_by: the training-t one)
+    skipped_samples: int = 0  # samples --skip_bad_samples left out, over the whole run
     losses: list = field(default_factory=list)  # per optimizer step of this process's run (not saved)
 
     def to_json(self) -> dict:
@@ -1589,6 +1603,14 @@ def run_validation(args, accelerator, models, unet, val_loader, state: TrainingS
     losses = {key: result[key] for key in BEST_METRICS.values()}
     accelerator.log(losses, step=state.global_step)
     score = losses[BEST_METRICS[args.best_by]]
+    if not math.isfinite(score):  # never a "best" model: NaN compares false with every later loss
+        logger.error(
+            "step %d: validation loss is %s: best/ is NOT updated. Check the validation data (`python "
+            "dataset_loading.py verify`) and the NaN guard's warnings.",
+            state.global_step,
+            score,
+        )
+        return
     improved = state.best_val_loss is None or score < state.best_val_loss
     logger.info(
         "step %d: validation loss %.6f (training t), %.6f (single step, t = 1)%s",
@@ -1630,7 +1652,9 @@ def train(
         loader = train_loader
         if epoch == first_epoch and resume_batches:
             loader = accelerator.skip_first_batches(train_loader, resume_batches)
-        for batch in loader:
+        for batch in _batches(loader, args, accelerator, state):
+            if not report_skipped_samples(batch, state, f"step {state.global_step + 1}"):
+                continue  # every sample of this micro-batch was skipped (--skip_bad_samples)
             step = state.global_step + 1  # the optimizer step this micro-batch contributes to
             with accelerator.accumulate(unet):
                 seed = micro_batch_seed(state.seed, step, micro_step, accelerator.process_index)
@@ -1688,6 +1712,62 @@ def train(
     return state
 
 
+def _last_checkpoint_note(output_dir: str) -> str:
+    checkpoints = list_checkpoints(output_dir)
+    if not checkpoints:
+        return f"no checkpoint was saved yet in {output_dir} (--checkpointing_steps), so a rerun starts afresh."
+    return f"the last checkpoint, {checkpoints[-1]}, is intact."
+
+
+def report_skipped_samples(batch: dict, state: TrainingState | None, where: str) -> bool:
+    """Counts and logs the samples --skip_bad_samples left out of `batch`; False when none is left in it."""
+    skipped = batch.get(dataset_loading.SKIPPED_KEY, [])
+    if state is not None:
+        state.skipped_samples += len(skipped)
+    for reason in skipped:
+        logger.warning(
+            "%s: skipped a sample that failed to load (--skip_bad_samples%s): %s",
+            where,
+            f", {state.skipped_samples} skipped so far" if state is not None else "",
+            reason,
+        )
+    return bool(batch.get("id")) or not skipped
+
+
+def _sample_error_message(error: Exception) -> str:
+    """The SampleLoadError's own message: a DataLoader worker re-raises it with the worker's traceback around it."""
+    text = str(error).strip()
+    if "Traceback" in text:
+        text = text.splitlines()[-1]
+        text = text.split("SampleLoadError: ", 1)[-1]
+    return text
+
+
+def _batches(loader, args, accelerator: Accelerator, state: TrainingState):
+    """The loader's batches; a sample that fails to load (without --skip_bad_samples) saves a checkpoint of the last
+    completed step and stops the run with the file named, so hours of training are not lost to one bad file."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except dataset_loading.SampleLoadError as error:
+            reason = _sample_error_message(error)
+            saved = None
+            if state.global_step > 0:
+                saved = save_checkpoint(accelerator, args, state)
+            message = (
+                f"Stopping at step {state.global_step}: a training sample failed to load. {reason} "
+                + (f"Saved {saved}; " if saved else "No optimizer step was completed, so nothing was saved; ")
+                + "fix or remove the file and resume with --resume_from_checkpoint latest, or pass "
+                "--skip_bad_samples to leave such samples out (counted and logged)."
+            )
+            logger.error(message)
+            raise BadSampleError(message) from None
+        yield batch
+
+
 def _record_nan_step(args, state: TrainingState, outcome: StepOutcome) -> None:
     state.nan_steps_total += 1
     state.consecutive_nan_steps += 1
@@ -1708,7 +1788,7 @@ def _record_nan_step(args, state: TrainingState, outcome: StepOutcome) -> None:
         message = (
             f"Stopping: {state.consecutive_nan_steps} optimizer steps in a row had a non-finite loss or gradient "
             f"(--max_nan_steps {args.max_nan_steps}), the last at step {state.global_step}. The weights were not "
-            f"updated by those steps; the last checkpoint in {args.output_dir} is intact. Try a lower "
+            f"updated by those steps; {_last_checkpoint_note(args.output_dir)} Try a lower "
             "--learning_rate, --mixed_precision bf16 instead of fp16, --vae_precision fp32, or check the logged "
             "sample ids for broken data."
         )
@@ -1812,5 +1892,5 @@ if __name__ == "__main__":
     except ConfigurationError as error:
         print(f"train_shadow_sdxl.py: error: {error}", file=sys.stderr)
         sys.exit(2)
-    except NonFiniteLossError:
+    except (NonFiniteLossError, BadSampleError):
         sys.exit(1)  # already logged, with the reason, to the console and training.log
