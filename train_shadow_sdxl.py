@@ -794,8 +794,8 @@ def resolve_resume_checkpoint(args: argparse.Namespace, check=None) -> Path | No
         for candidate in candidates:
             problems = check(candidate)
             if not problems:
-                for path, reasons in broken:
-                    logger.warning(
+                for path, reasons in broken:  # before the Accelerator exists: the plain logger (stderr)
+                    logging.getLogger(__name__).warning(
                         "%s is broken (%s): resuming from %s instead, the newest intact checkpoint.",
                         path,
                         "; ".join(reasons),
@@ -881,17 +881,18 @@ def _torch_file_problem(path: Path, root: Path, load: bool) -> str | None:
         return f"{where} is empty or truncated ({path.stat().st_size:,} bytes; {error})"
     if load:
         try:
-            _load_plain(path)
+            _load_plain(path, mmap=True)
         except Exception as error:  # torch raises UnpicklingError / RuntimeError for anything beyond plain data
             return f"{where} holds more than plain tensors and numbers, so it is not loaded ({type(error).__name__})"
     return None
 
 
-def _load_plain(path: Path):
-    """torch.load(weights_only=True) with accelerate's allow-list of numpy array types (its RNG states hold them)."""
+def _load_plain(path: Path, mmap: bool = False):
+    """torch.load(weights_only=True) with accelerate's allow-list of numpy array types (its RNG states hold them).
+    `mmap=True` maps the tensors instead of reading them: a check of a large optimizer state reads only its pickle."""
     from accelerate.utils.other import load
 
-    return load(str(path), map_location="cpu", weights_only=True)
+    return load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def _relative_to(path: Path, root: Path) -> str:
@@ -951,7 +952,7 @@ def checkpoint_problems(path: str | Path, args: argparse.Namespace) -> list[str]
                 f"it holds DeepSpeed state ({DEEPSPEED_STATE_DIR}/), which DeepSpeed loads with pickle and which can "
                 "run code: resume it only if you made it, with --allow_unsafe_checkpoint"
             )
-    elif problem := _torch_file_problem(path / "optimizer.bin", path, load=False):
+    elif problem := _torch_file_problem(path / "optimizer.bin", path, load=True):
         problems.append(problem)
     rng_files = sorted(path.glob("random_states_*.pkl"))
     if not rng_files:
@@ -1853,7 +1854,7 @@ def _removed_on_failure(accelerator: Accelerator, temporary: Path, what: str, ou
     with a message naming the place and the space needed, in training.log too."""
     try:
         yield
-    except (OSError, RuntimeError) as error:
+    except Exception as error:  # OSError, torch's RuntimeError, safetensors' SafetensorError: the partial folder goes
         needed = _estimated_bytes(accelerator, output_dir) if accelerator.is_main_process else 0
         if accelerator.is_main_process:
             shutil.rmtree(temporary, ignore_errors=True)
@@ -2164,10 +2165,13 @@ def _run(args, accelerator: Accelerator, resume_dir: Path | None, dataset) -> Tr
     )
     if resume_dir is not None:
         logger.info("Resuming from %s", resume_dir)
-        with safe_state_view(resume_dir) as view:
-            # weights_only=True for every file accelerate reads (optimizer, RNG, scaler): no code runs on resume
-            accelerator.load_state(str(view), load_kwargs={"weights_only": True})
-        load_scheduler_state(lr_scheduler, resume_dir)
+        try:
+            with safe_state_view(resume_dir) as view:
+                # weights_only=True for every file accelerate reads (optimizer, RNG, scaler): no code runs on resume
+                accelerator.load_state(str(view), load_kwargs={"weights_only": True})
+            load_scheduler_state(lr_scheduler, resume_dir)
+        except Exception as error:  # checked beforehand; what still fails (e.g. another optimizer) is named here
+            raise ConfigurationError(f"Resuming from {resume_dir} failed: {type(error).__name__}: {error}") from error
         recorded = read_training_state(resume_dir)
         known = {k: v for k, v in recorded.items() if k in TrainingState.__dataclass_fields__ and k != "losses"}
         state = TrainingState(**{**known, "seed": args.seed, "resolution": args.resolution})
