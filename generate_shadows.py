@@ -169,6 +169,8 @@ def list_images(path: Path, flag: str) -> list[Path]:
         return files
     if path.is_file():
         return [path]
+    if path.exists():  # a FIFO or a device: reading it could block forever
+        raise FileNotFoundError(f"{flag} {path} is not a regular file or a folder.")
     raise FileNotFoundError(f"{flag} {path} does not exist.")
 
 

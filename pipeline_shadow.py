@@ -1071,6 +1071,7 @@ class ShadowUNet(ModelMixin, ConfigMixin):
 def _cover_resize(background: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
     """Scales [B,3,H,W] to cover `size_hw` and centre-crops it (never squashes the background)."""
     height, width = background.shape[-2:]
+    check_image_extent(height, width, "`background`")  # a 0x0 background has no scale to cover anything with
     if (height, width) == tuple(size_hw):
         return background
     scale = max(size_hw[0] / height, size_hw[1] / width)
@@ -1472,7 +1473,7 @@ class ShadowPipeline(DiffusionPipeline):
         """Raises ValueError naming the argument and what is allowed; `objects`/`masks` are already split lists."""
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"`output_type` must be one of 'pil', 'np', 'pt', got {output_type!r}.")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
         if num_inference_steps > 50:
             logger.warning(
@@ -1707,6 +1708,16 @@ class ShadowPipeline(DiffusionPipeline):
         if light_lists is not None:
             heights = self._object_heights(object_height, masks, batch_size)
             coefficients = [light_coefficients(group, h) for group, h in zip(light_lists, heights)]
+        backgrounds = None
+        if background is not None:  # read and checked before the model runs, not after
+            backgrounds = [image_to_tensor(b, "background")[:3] for b in _split_images(background, "background")]
+            if len(backgrounds) not in (1, batch_size):
+                raise ValueError(
+                    f"`background` has {len(backgrounds)} images; give one or one per object ({batch_size})."
+                )
+            for b in backgrounds:
+                check_image_extent(*b.shape[-2:], "`background`")
+            backgrounds = backgrounds * batch_size if len(backgrounds) == 1 else backgrounds
 
         # 2. Encode the objects (resize with the aspect kept, pad, white background)
         prepared = object_latents if object_latents is not None else self._encode(objects, masks, height, width)
@@ -1735,13 +1746,7 @@ class ShadowPipeline(DiffusionPipeline):
 
         # 5. Composite when a background is given
         images = None
-        if background is not None:
-            backgrounds = [image_to_tensor(b, "background")[:3] for b in _split_images(background, "background")]
-            if len(backgrounds) not in (1, batch_size):
-                raise ValueError(
-                    f"`background` has {len(backgrounds)} images; give one or one per object ({batch_size})."
-                )
-            backgrounds = backgrounds * batch_size if len(backgrounds) == 1 else backgrounds
+        if backgrounds is not None:
             images = [
                 composite_tensors(o[None], m[None], s[None], b[None], intensities[i])[0]
                 for i, (o, m, s, b) in enumerate(zip(prepared.objects, prepared.masks, shadow_maps, backgrounds))

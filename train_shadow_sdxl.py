@@ -478,6 +478,9 @@ def _check_args(args: argparse.Namespace) -> tuple[dataset_loading.ShadowDataset
             raise ValueError(f"`--{name}` must be >= 0, got {getattr(args, name)}.")
     if not 0.0 <= args.val_fraction < 1.0:
         raise ValueError(f"`--val_fraction` must lie in [0, 1), got {args.val_fraction}.")
+    for name, value in vars(args).items():  # NaN passes every `<` / `>` check below: refused once, for every flag
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"`--{name}` must be a finite number, got {value}.")
     if args.learning_rate <= 0 or args.max_grad_norm < 0:
         raise ValueError("`--learning_rate` must be > 0 and `--max_grad_norm` >= 0.")
     if args.timestep_sampling == "logit_normal" and args.logit_std <= 0:
@@ -932,8 +935,8 @@ def checkpoint_problems(path: str | Path, args: argparse.Namespace) -> list[str]
     else:
         state = json.loads(state_file.read_text())
         step = state.get("global_step") if isinstance(state, dict) else None
-        if not isinstance(step, int) or isinstance(step, bool):
-            problems.append(f"{TRAINING_STATE_FILE} has no integer `global_step`")
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            problems.append(f"{TRAINING_STATE_FILE} has no integer `global_step` >= 0")
         elif (match := CHECKPOINT_PATTERN.match(path.name)) and int(match.group(1)) != step:
             problems.append(f"{TRAINING_STATE_FILE} records step {step}, the folder name says {match.group(1)}")
     expected, other = (LORA_SUBFOLDER, "unet") if args.use_lora else ("unet", LORA_SUBFOLDER)
@@ -2174,6 +2177,11 @@ def _run(args, accelerator: Accelerator, resume_dir: Path | None, dataset) -> Tr
             raise ConfigurationError(f"Resuming from {resume_dir} failed: {type(error).__name__}: {error}") from error
         recorded = read_training_state(resume_dir)
         known = {k: v for k, v in recorded.items() if k in TrainingState.__dataclass_fields__ and k != "losses"}
+        if known.get("best_val_loss") is not None and not math.isfinite(known["best_val_loss"]):
+            logger.warning(
+                "The checkpoint's best validation loss is %s: best/ is chosen afresh.", known["best_val_loss"]
+            )
+            known["best_val_loss"] = known["best_step"] = None
         state = TrainingState(**{**known, "seed": args.seed, "resolution": args.resolution})
         if state.best_by != args.best_by:
             logger.warning(

@@ -80,7 +80,7 @@ CORRUPTIONS = {
     ),
     "training state without a step": (
         lambda c: (c / train.TRAINING_STATE_FILE).write_text('{"seed": 0}'),
-        r"training_state.json has no integer `global_step`",
+        r"training_state.json has no integer `global_step` >= 0",
     ),
     "removed unet": (lambda c: shutil.rmtree(c / "unet"), r"unet/ \(the model weights\) is missing"),
     "pickle payload in the RNG state": (
@@ -253,3 +253,62 @@ def test_nan_stop_message_does_not_claim_a_checkpoint_that_does_not_exist(tiny_s
     with pytest.raises(train.NonFiniteLossError) as raised:
         train.main(argv)
     assert "is intact" not in str(raised.value) and "no checkpoint was saved yet" in str(raised.value)
+
+
+# ----- a sample that fails to decode mid-run ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def truncated_mid_run(data_dir, tmp_path, monkeypatch):
+    """A private copy of the data whose file for the 5th sample read (epoch 2's first batch: 4 samples, batch 2) gets
+    truncated on disk just before that read (a disk fault hours in): the start-up check passed, only decoding can
+    find it. -> (data dir, truncated files)."""
+    import dataset_loading
+
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    real_load, reads, truncated = dataset_loading.ShadowDataset.load_sample, [], []
+
+    def load_sample(self, index, flip=False):
+        reads.append(index)
+        if len(reads) == 5:
+            path = self.source.refs[index]["object"]
+            _truncate(path)
+            truncated.append(path.name)
+        return real_load(self, index, flip)
+
+    monkeypatch.setattr(dataset_loading.ShadowDataset, "load_sample", load_sample)
+    return data, truncated
+
+
+def test_bad_sample_mid_run_saves_a_checkpoint_and_stops_naming_the_file(tiny_sdxl_dir, truncated_mid_run, tmp_path):
+    data, truncated = truncated_mid_run
+    output_dir = tmp_path / "out"
+    argv = tiny_run_argv(tiny_sdxl_dir, data, output_dir, "--max_train_steps", 4, "--checkpointing_steps", 100,
+                         "--val_fraction", 0)  # fmt: skip
+    with pytest.raises(train.BadSampleError) as raised:
+        train.main(argv)
+    message = str(raised.value)
+    assert f"objects/{truncated[0]}" in message and "unreadable or truncated image" in message
+    assert "Stopping at step 2" in message and f"Saved {output_dir / 'checkpoint-2'}" in message
+    assert "--skip_bad_samples" in message and message in (output_dir / "training.log").read_text()
+    assert train.checkpoint_problems(output_dir / "checkpoint-2", train.parse_args(argv)) == []
+
+
+def test_skip_bad_samples_counts_and_logs_each_skip(tiny_sdxl_dir, truncated_mid_run, tmp_path):
+    data, truncated = truncated_mid_run
+    output_dir = tmp_path / "out"
+    state = train.main(tiny_run_argv(tiny_sdxl_dir, data, output_dir, "--max_train_steps", 4, "--val_fraction", 0,
+                                     "--skip_bad_samples"))  # fmt: skip
+    assert state.global_step == 4 and state.skipped_samples >= 1
+    log = (output_dir / "training.log").read_text()
+    skips = [line for line in log.splitlines() if "skipped a sample that failed to load" in line]
+    assert len(skips) == state.skipped_samples and f"objects/{truncated[0]}" in skips[0]
+    assert f"{state.skipped_samples} skipped so far" in skips[-1]
+
+
+@pytest.mark.parametrize("flag", ["--learning_rate", "--max_grad_norm", "--adam_epsilon", "--ema_decay"])
+def test_non_finite_float_flags_are_refused(data_dir, tmp_path, flag):
+    argv = ["--pretrained_model_name_or_path", "org/x", "--data_dir", str(data_dir), "--output_dir", str(tmp_path)]
+    with pytest.raises(train.ConfigurationError, match=f"`{flag}` must be a finite number, got nan"):
+        train.validate_args(train.parse_args([*argv, flag, "nan"]))

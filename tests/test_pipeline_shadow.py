@@ -619,3 +619,26 @@ def test_every_pil_mode_is_read_or_refused_with_its_mode(tmp_path):
     for mode in ("CMYK", "YCbCr", "HSV", "LAB", "P", "1", "L"):  # colour / palette / bilevel objects convert properly
         converted = ps.image_to_tensor(rgb.convert(mode))
         assert converted.shape == (3, 64, 64) and converted.std() > 0.02, mode  # not blank
+
+
+def test_trust_remote_code_in_process_leaves_nothing_in_the_users_cache(tiny_pipeline, tmp_path):
+    """conftest points HF_HOME / HF_MODULES_CACHE at a throw-away folder before diffusers is imported: the module copy
+    trust_remote_code makes goes there, not into ~/.cache/huggingface."""
+    from conftest import TEST_CACHE_HOME
+    from diffusers import DiffusionPipeline
+    from diffusers.utils.constants import HF_MODULES_CACHE
+
+    assert Path(HF_MODULES_CACHE).is_relative_to(TEST_CACHE_HOME)
+    tiny_pipeline.save_pretrained(tmp_path / "pipe")
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "pipe", trust_remote_code=True)
+    assert type(pipe).__module__.startswith("diffusers_modules")
+    assert list(Path(HF_MODULES_CACHE).rglob("pipeline_shadow.py"))  # the copy landed in the test cache
+
+
+def test_background_and_step_count_are_checked_before_the_model_runs(tiny_pipeline):
+    with pytest.raises(ValueError, match=r"`background` is 0x0 \(W x H\)"):
+        tiny_pipeline(_rgba_object(), background=torch.zeros(3, 0, 0))
+    with pytest.raises(ValueError, match=r"`background` is 0x0"):
+        ps.composite(torch.ones(3, 16, 16), torch.ones(1, 16, 16), torch.zeros(1, 16, 16), torch.zeros(3, 0, 0))
+    with pytest.raises(ValueError, match="`num_inference_steps` must be an integer >= 1"):
+        tiny_pipeline(_rgba_object(), num_inference_steps=True)
