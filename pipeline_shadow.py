@@ -227,7 +227,8 @@ def image_to_tensor(image, name: str = "object_image") -> torch.Tensor:
             image = np.repeat(image[:, :, None], 3, axis=2)
         if image.ndim != 3 or image.shape[2] not in (3, 4):
             raise ValueError(f"`{name}` as a numpy array must be HxWx3 or HxWx4, got shape {tuple(image.shape)}.")
-        array = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+        scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(image.dtype, 1.0)  # else float [0, 1]
+        array = image.astype(np.float32) / scale
         tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
     elif isinstance(image, torch.Tensor):
         if image.ndim != 3 or image.shape[0] not in (3, 4):

@@ -123,4 +123,9 @@ def test_decompression_bomb_and_fifo_are_reported_per_file(tiny_shadow_dir, tmp_
     assert code == 1
     assert "bomb.png is not a readable image (DecompressionBombError" in caplog.text
     assert "pipe.png is not a regular file" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="generate_shadows"):
+        assert generate_shadows.main(["--model", str(tiny_shadow_dir), "--input", str(fifo), "--output_dir",
+                                      str(output)]) == 2  # fmt: skip
+    assert "pipe.png is not a regular file or a folder" in caplog.text
     assert (output / "vase_t30_p0_s2_shadow.png").is_file() and (output / "pole_t30_p0_s2_shadow.png").is_file()

@@ -616,6 +616,8 @@ def test_every_pil_mode_is_read_or_refused_with_its_mode(tmp_path):
             ps.gray_to_tensor(image, "mask")
     with pytest.raises(ValueError, match="`object_image` has image mode La, which cannot be read as RGB"):
         ps.image_to_tensor(refused["La"][0])
+    sixteen_rgb = np.repeat(sixteen[:, :, None], 3, axis=2)  # a 16-bit numpy object image keeps its scale too
+    assert torch.allclose(ps.image_to_tensor(sixteen_rgb)[1], torch.from_numpy(ramp), atol=1e-4)
     for mode in ("CMYK", "YCbCr", "HSV", "LAB", "P", "1", "L"):  # colour / palette / bilevel objects convert properly
         converted = ps.image_to_tensor(rgb.convert(mode))
         assert converted.shape == (3, 64, 64) and converted.std() > 0.02, mode  # not blank
