@@ -118,7 +118,7 @@ FINAL_DIR = "final"
 TRAINING_STATE_FILE = "training_state.json"
 # The lr schedule's state, written by this script with torch.save and read back with torch.load(weights_only=True):
 # plain numbers only, never code. Checkpoints from before it hold the same dict in accelerate's custom_checkpoint_0.pkl,
-# which accelerate itself would unpickle with weights_only=False; it is read here the safe way instead (docs/design.md §8).
+# which accelerate itself would unpickle with weights_only=False; it is read here the safe way instead (docs/design.md §9).
 SCHEDULER_STATE_FILE = "lr_scheduler.pt"
 LEGACY_SCHEDULER_STATE_FILE = "custom_checkpoint_0.pkl"
 CUSTOM_STATE_PATTERN = re.compile(r"^custom_checkpoint_\d+\.pkl$")
@@ -926,7 +926,7 @@ def _weights_problems(folder: Path, root: Path, use_lora: bool) -> list[str]:
 
 def checkpoint_problems(path: str | Path, args: argparse.Namespace) -> list[str]:
     """Everything that would make resuming from `path` fail or run foreign code, each saying which file and what is
-    wrong; [] for an intact checkpoint. Cheap: headers and directories, not the weights (docs/design.md §8)."""
+    wrong; [] for an intact checkpoint. Cheap: headers and directories, not the weights (docs/design.md §9)."""
     path = Path(path)
     problems = []
     state_file = path / TRAINING_STATE_FILE
@@ -2151,7 +2151,7 @@ def _run(args, accelerator: Accelerator, resume_dir: Path | None, dataset) -> Tr
     ema = create_ema(models.unet, args)  # before prepare: an fp32 copy even where DeepSpeed casts the module
     unet, optimizer, train_loader = accelerator.prepare(models.unet, optimizer, train_loader)
     # The lr schedule is saved by the hooks (lr_scheduler.pt), not registered with accelerate, whose load_state would
-    # unpickle it with weights_only=False (docs/design.md §8).
+    # unpickle it with weights_only=False (docs/design.md §9).
     register_checkpoint_hooks(accelerator, args, unet, ema, lr_scheduler)
     if accelerator.is_main_process:
         tracker_config = {
