@@ -145,6 +145,12 @@ def check_image_extent(height: int, width: int, name: str) -> None:
         )
 
 
+def _check_not_empty(height: int, width: int, name: str) -> None:
+    """A background is only resized, never encoded: any size will do but none."""
+    if min(height, width) < 1:
+        raise ValueError(f"{name} is {width}x{height} (W x H): it must have at least one pixel.")
+
+
 def _check_finite(tensor: torch.Tensor, name: str) -> None:
     if tensor.numel() and not bool(torch.isfinite(tensor).all()):
         count = int((~torch.isfinite(tensor)).sum())
@@ -1072,7 +1078,7 @@ class ShadowUNet(ModelMixin, ConfigMixin):
 def _cover_resize(background: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
     """Scales [B,3,H,W] to cover `size_hw` and centre-crops it (never squashes the background)."""
     height, width = background.shape[-2:]
-    check_image_extent(height, width, "`background`")  # a 0x0 background has no scale to cover anything with
+    _check_not_empty(height, width, "`background`")  # a 0x0 background has no scale to cover anything with
     if (height, width) == tuple(size_hw):
         return background
     scale = max(size_hw[0] / height, size_hw[1] / width)
@@ -1717,7 +1723,7 @@ class ShadowPipeline(DiffusionPipeline):
                     f"`background` has {len(backgrounds)} images; give one or one per object ({batch_size})."
                 )
             for b in backgrounds:
-                check_image_extent(*b.shape[-2:], "`background`")
+                _check_not_empty(*b.shape[-2:], "`background`")
             backgrounds = backgrounds * batch_size if len(backgrounds) == 1 else backgrounds
 
         # 2. Encode the objects (resize with the aspect kept, pad, white background)

@@ -638,7 +638,7 @@ def test_trust_remote_code_in_process_leaves_nothing_in_the_users_cache(tiny_pip
 
 
 def test_background_and_step_count_are_checked_before_the_model_runs(tiny_pipeline):
-    with pytest.raises(ValueError, match=r"`background` is 0x0 \(W x H\)"):
+    with pytest.raises(ValueError, match=r"`background` is 0x0 \(W x H\): it must have at least one pixel"):
         tiny_pipeline(_rgba_object(), background=torch.zeros(3, 0, 0))
     with pytest.raises(ValueError, match=r"`background` is 0x0"):
         ps.composite(torch.ones(3, 16, 16), torch.ones(1, 16, 16), torch.zeros(1, 16, 16), torch.zeros(3, 0, 0))
