@@ -74,6 +74,9 @@ def combined_setting(tag: str, label: str, lights: list[Light], ambient: float =
     return LightSetting(tag, label, {"lights": lights, "ambient": ambient}, record)
 
 
+SINGLE_LIGHT_DEFAULTS = {"theta": 30.0, "phi": 0.0, "size": 2.0}  # the one light when no light flag is given
+
+
 def _light_spec(text: str) -> Light:
     try:
         values = [float(v) for v in text.split(",")]
@@ -155,7 +158,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     try:  # the pipeline's own rules, so a bad value fails before the model loads
         if args.resolution is not None:
             check_processing_size(args.resolution, "--resolution")
-        check_light(args.theta, args.phi, args.size)
+        check_light(*(getattr(args, key) or [SINGLE_LIGHT_DEFAULTS[key]] for key in ("theta", "phi", "size")))
+        for index, light in enumerate(args.light or []):
+            check_light(light.theta, light.phi, light.size, prefix=f"--light[{index}].")
     except ValueError as error:
         parser.error(str(error).replace("`theta`", "--theta").replace("`size`", "--size").replace("`phi`", "--phi"))
     return args
@@ -299,7 +304,7 @@ def light_settings(args: argparse.Namespace) -> list[LightSetting]:
         record = combined_setting(f"env_{Path(args.environment).stem}", label, found.lights, found.ambient)
         record.record["environment"] = str(args.environment)
         return [record]
-    return sweep_settings(args.theta or [30.0], args.phi or [0.0], args.size or [2.0])
+    return sweep_settings(*(getattr(args, key) or [SINGLE_LIGHT_DEFAULTS[key]] for key in ("theta", "phi", "size")))
 
 
 def generate(args: argparse.Namespace) -> int:

@@ -129,3 +129,11 @@ def test_decompression_bomb_and_fifo_are_reported_per_file(tiny_shadow_dir, tmp_
                                       str(output)]) == 2  # fmt: skip
     assert "pipe.png is not a regular file or a folder" in caplog.text
     assert (output / "vase_t30_p0_s2_shadow.png").is_file() and (output / "pole_t30_p0_s2_shadow.png").is_file()
+
+
+def test_light_flags_are_checked_before_the_model_loads(tiny_shadow_dir, tmp_path, capsys):
+    base = ["--model", str(tiny_shadow_dir), "--input", str(tmp_path), "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit):
+        generate_shadows.parse_args([*base, "--light", "30,0,2", "--light", "95,0,2"])
+    assert "`--light[1].theta` must lie in [0, 90)" in capsys.readouterr().err
+    assert generate_shadows.parse_args(base).theta is None  # no flag: the default light, no sweep
