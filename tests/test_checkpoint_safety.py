@@ -107,7 +107,7 @@ def test_each_corruption_is_named_and_latest_falls_back(tiny_sdxl_dir, data_dir,
     with pytest.raises(train.ConfigurationError, match=message):
         train.validate_args(explicit)
     with caplog.at_level(logging.WARNING):
-        chosen = train.validate_args(_args(tiny_sdxl_dir, data_dir, run_dir))  # `latest` -> checkpoint-3 is broken
+        chosen = train.check_run(_args(tiny_sdxl_dir, data_dir, run_dir))[1]  # `latest`: checkpoint-3 is broken
     assert chosen == (run_dir / "checkpoint-2").resolve()
     assert "checkpoint-3 is broken" in caplog.text and "resuming from checkpoint-2 instead" in caplog.text
     assert not (run_dir / "MARKER").exists()  # checking never unpickles code either
@@ -272,7 +272,7 @@ def truncated_mid_run(data_dir, tmp_path, monkeypatch):
     def load_sample(self, index, flip=False):
         reads.append(index)
         if len(reads) == 5:
-            path = self.source.refs[index]["object"]
+            path = self.image_source.refs[index]["object"]
             _truncate(path)
             truncated.append(path.name)
         return real_load(self, index, flip)
