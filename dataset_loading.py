@@ -66,13 +66,17 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from pipeline_shadow import (
     DEFAULT_RESOLUTION,
+    GRAY_MODES,
     LIGHT_KEYS,
+    MIN_IMAGE_SIDE,
     SHADOW_FILL,
     THETA_MAX_DEG,
+    check_image_extent,
     encode_latents,
     gray_to_tensor,
     image_to_tensor,
     mask_to_latent,
+    not_gray_reason,
     preprocess_object,
     resize_and_pad,
     shadow_to_vae_input,
@@ -138,7 +142,6 @@ HF_COLUMN_OPTIONS = {
 }
 HF_ID_COLUMNS = ("id", "key", "__key__", "file_name", "name")
 
-GRAY_CHANNEL_TOLERANCE = 2  # in 1/255 steps: RGB channels this close count as gray (JPEG noise)
 SOFT_MASK_TOLERANCE = 1.0 / 255.0
 INVERTED_SHADOW_MEAN = 0.5  # a shadow map (1 = full shadow) whose mean exceeds this most likely has 0 = shadow
 
@@ -326,7 +329,16 @@ class _ImageSource:
         raise NotImplementedError
 
 
+def _require_regular_file(path: Path, where: str) -> None:
+    """A FIFO or a device named as an image would block the read forever (or never end): refused before opening."""
+    if not path.is_file():
+        kind = "does not exist" if not path.exists() and not path.is_symlink() else "is not a regular file"
+        raise _UnreadableImage(where, f"{kind} (a FIFO, device or broken link cannot be read as an image)")
+
+
 def _open_pil(opener, where: str, load: bool = True) -> PIL.Image.Image:
+    if isinstance(opener, (str, Path)):
+        _require_regular_file(Path(opener), where)
     try:
         image = PIL.Image.open(opener)
         if load:
@@ -350,6 +362,7 @@ class _FileSource(_ImageSource):
 
     def header(self, index: int, role: str) -> tuple[tuple[int, int], str]:
         where = self.where(index, role)
+        _require_regular_file(self.refs[index][role], where)
         try:
             with PIL.Image.open(self.refs[index][role]) as image:
                 return image.size, image.mode
@@ -496,6 +509,9 @@ def _read_custom_metadata(root: Path, report: VerificationReport) -> dict[str, t
         )
         return None
     path = json_path if json_path.exists() else jsonl_path
+    if not path.is_file():
+        report.error("invalid_json", path.name, "is not a regular file (a FIFO or device would block the read).")
+        return None
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -566,6 +582,13 @@ def _list_images(folder: Path, folder_name: str, report: VerificationReport) -> 
     ignored: list[str] = []
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.is_dir():
+            continue
+        if path.suffix.lower() in IMAGE_EXTENSIONS and not path.is_file():
+            report.error(
+                "not_a_file",
+                f"{folder_name}/{path.name}",
+                "is not a regular file (a FIFO, device or broken link): reading it could block forever.",
+            )
             continue
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             ignored.append(path.name)
@@ -821,6 +844,9 @@ def _scan_benchmark(path: Path, report: VerificationReport) -> tuple[_ImageSourc
         return None, []
     if path.is_file():
         tars = [path]
+    elif not path.is_dir():
+        report.error("not_a_file", str(path), "is not a regular file or a folder (a FIFO or device would block).")
+        return None, []
     else:
         tars = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(TAR_SUFFIXES))
     from_tar = bool(tars)
@@ -1049,37 +1075,12 @@ def _scan_hf(
 # 4. Image checks (headers for `quick`, decoded pixels for `full`)
 # --------------------------------------------------------------------------------------------------------------------
 
-_GRAY_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
-_ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+_MAP_MODES = (*GRAY_MODES, "RGB", "P", "LA", "La", "PA", "RGBA", "RGBa")  # modes a mask / shadow map may have
 
 
 def _not_gray_reason(image: PIL.Image.Image | np.ndarray) -> str | None:
-    """Why a mask / shadow map is not a gray image, or None. RGB with equal channels counts as gray."""
-    if isinstance(image, np.ndarray):
-        if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
-            return None
-        if image.ndim == 3 and image.shape[2] == 3:
-            spread = float(np.max(image.max(axis=2).astype(np.float64) - image.min(axis=2)))
-            scale = 1.0 if image.dtype == np.uint8 else 255.0
-            return None if spread * scale <= GRAY_CHANNEL_TOLERANCE else "is colored (its RGB channels differ)"
-        return f"has shape {image.shape}, not a gray image (HxW)"
-    mode = image.mode
-    if mode in _GRAY_MODES:
-        return None
-    if mode not in ("RGB", "P", *_ALPHA_MODES):
-        return f"has image mode {mode}, which is not a gray image"
-    rgba = np.asarray(image.convert("RGBA"))
-    if mode != "RGB" and int(rgba[..., 3].min()) < 255:
-        return (
-            f"has transparency (alpha down to {int(rgba[..., 3].min())}/255); save it as an opaque gray image "
-            "(the value, not the alpha, is read)"
-        )
-    if mode in ("LA", "La"):
-        return None
-    spread = int((rgba[..., :3].max(axis=2).astype(np.int16) - rgba[..., :3].min(axis=2)).max())
-    if spread > GRAY_CHANNEL_TOLERANCE:
-        return f"is colored (its RGB channels differ by up to {spread}/255); it must be a gray image"
-    return None
+    """Why a mask / shadow map is not a gray image; the rule lives with the image readers (pipeline_shadow)."""
+    return not_gray_reason(image)
 
 
 def _image_size(image: PIL.Image.Image | np.ndarray) -> tuple[int, int]:
@@ -1091,6 +1092,24 @@ def _size_mismatch(sizes: dict[str, tuple[int, int]], wheres: dict[str, str], sa
         return None
     listed = ", ".join(f"{wheres[role]} is {w}x{h}" for role, (w, h) in sizes.items())
     return Problem("size_mismatch", wheres["object"], f"sample '{sample_id}': {listed} (W x H); all three must match.")
+
+
+def _too_small(size: tuple[int, int], where: str) -> Problem | None:
+    width, height = size
+    try:
+        check_image_extent(height, width, "the image")
+    except ValueError as exc:
+        return Problem("too_small", where, f"{exc} (MIN_IMAGE_SIDE = {MIN_IMAGE_SIDE}).")
+    return None
+
+
+def _map_problems(source: _ImageSource, index: int, role: str, where: str) -> list[tuple[str, Problem]]:
+    try:
+        image = source.open(index, role)
+    except _UnreadableImage as exc:
+        return [("error", Problem("unreadable_image", exc.where, f"{exc.reason}."))]
+    reason = _not_gray_reason(image)
+    return [] if reason is None else [("error", Problem("not_gray", where, f"{reason}."))]
 
 
 def _check_sample(source: _ImageSource, record: SampleRecord, index: int, level: str) -> list[tuple[str, Problem]]:
@@ -1107,12 +1126,18 @@ def _check_sample(source: _ImageSource, record: SampleRecord, index: int, level:
             if header is None:
                 return problems
             sizes[role], mode = header
-            if role != "object" and mode not in _GRAY_MODES + ("RGB", "P") + _ALPHA_MODES:
+            if role != "object" and mode not in _MAP_MODES:
                 problems.append(
                     ("error", Problem("not_gray", wheres[role], f"has image mode {mode}, not a gray image."))
                 )
+            elif role != "object" and mode not in GRAY_MODES:
+                # Coloured or transparent maps only show in the pixels; decoding just these maps (not the gray
+                # ones) keeps the start-up check cheap and applies the same rule as `full`.
+                problems.extend(_map_problems(source, index, role, wheres[role]))
         if len(sizes) == len(ROLES) and (mismatch := _size_mismatch(sizes, wheres, record.id)):
             problems.append(("error", mismatch))
+        if "object" in sizes and (small := _too_small(sizes["object"], wheres["object"])):
+            problems.append(("error", small))
         return problems
     try:
         images = source.open_all(index)
@@ -1127,6 +1152,8 @@ def _check_sample(source: _ImageSource, record: SampleRecord, index: int, level:
             return problems
     if mismatch := _size_mismatch({role: _image_size(images[role]) for role in ROLES}, wheres, record.id):
         problems.append(("error", mismatch))
+    if small := _too_small(_image_size(images["object"]), wheres["object"]):
+        problems.append(("error", small))
     try:
         image_to_tensor(images["object"])
     except (ValueError, OSError) as exc:
@@ -1234,6 +1261,7 @@ def preprocess_sample(
     if len(set(sizes.values())) > 1:
         listed = ", ".join(f"`{name}` is {w}x{h}" for name, (h, w) in sizes.items())
         raise ValueError(f"The images of one sample must have the same size: {listed} (W x H).")
+    check_image_extent(*rgb.shape[-2:], "`object_image`")
     target = (image_size, image_size)
     object_tensor, mask_tensor, _ = preprocess_object(rgb, mask_tensor, target, binarize=binarize_masks)
     sample = {"object_image": object_tensor, "mask": mask_tensor}
@@ -1245,13 +1273,22 @@ def preprocess_sample(
     return sample
 
 
+SKIPPED_KEY = "skipped"  # a batch's list of "why" messages for the samples `skip_bad_samples` left out
+
+
 def collate_samples(samples: list[dict]) -> dict:
     """Stacks tensors ([B,...]: `light` [B,3], theta/phi/size [B]) and keeps `id` and `track` as lists (track may
-    hold None)."""
-    batch = {}
-    for key in samples[0]:
+    hold None). Samples that `skip_bad_samples` replaced by a marker are left out and listed under `skipped` (only
+    present when there are any), so the training loop counts and logs them in the main process; a batch may then be
+    empty (`id` = [])."""
+    skipped = [sample[SKIPPED_KEY] for sample in samples if SKIPPED_KEY in sample]
+    samples = [sample for sample in samples if SKIPPED_KEY not in sample]
+    batch: dict = {"id": []} if not samples else {}
+    for key in samples[0] if samples else ():
         values = [sample[key] for sample in samples]
         batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    if skipped:
+        batch[SKIPPED_KEY] = skipped
     return batch
 
 
@@ -1354,8 +1391,10 @@ class ShadowDataset(Dataset):
         dataset_type: str = "custom",
         report: VerificationReport | None = None,
         flip_seed: int = 0,
+        skip_bad_samples: bool = False,
     ):
         check_image_size(image_size)
+        self.skip_bad_samples = skip_bad_samples  # opt-in: a sample that fails to load becomes a `skipped` marker
         self.image_source = image_source
         self.records = list(records)
         self.image_size = image_size
@@ -1400,7 +1439,12 @@ class ShadowDataset(Dataset):
         return _with_light_and_id(sample, record, flip)
 
     def __getitem__(self, index: int) -> dict:
-        return self.load_sample(index, flip=self.random_flip and self.flips(index))
+        try:
+            return self.load_sample(index, flip=self.random_flip and self.flips(index))
+        except SampleLoadError as exc:
+            if not self.skip_bad_samples:
+                raise
+            return {SKIPPED_KEY: str(exc)}
 
     def without_flip(self) -> ShadowDataset:
         return self.with_flips(False)
@@ -2049,6 +2093,7 @@ def create_dataloaders(
     accelerator=None,
     drop_last: bool = False,
     pin_memory: bool = False,
+    skip_bad_samples: bool = False,
     **source_fields,
 ) -> tuple[DataLoader, DataLoader | None]:
     """(train_loader, val_loader) over one dataset (see the module docstring for batches and sources).
@@ -2066,6 +2111,9 @@ def create_dataloaders(
     `cache_latents=True` with the `vae` (and `latent_cache_dir`, default DEFAULT_LATENT_CACHE_DIR): both loaders yield
     cached latents instead of images (built once by `build_latent_cache`; with an `accelerator` only the local main
     process writes, the others wait and read). Raises `DatasetVerificationError` listing every problem of the dataset.
+
+    A sample that passed the checks but fails to load later (e.g. a truncated PNG) raises `SampleLoadError` naming its
+    files; with `skip_bad_samples=True` it is left out of its batch instead and listed in the batch's `skipped`.
     """
     for name, value, minimum in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -2115,6 +2163,8 @@ def create_dataloaders(
     else:
         train_dataset = dataset.with_flips(random_flip, flip_seed=seed)
         val_dataset = dataset.without_flip()
+        for loader_dataset in (train_dataset, val_dataset):  # opt-in: a failed sample becomes a `skipped` marker
+            loader_dataset.skip_bad_samples = skip_bad_samples
 
     generator = torch.Generator().manual_seed(seed)
     common = {

@@ -38,6 +38,7 @@ from pipeline_shadow import (
     MASK_FILL,
     Light,
     ShadowPipeline,
+    check_light,
     check_resolution,
     composite,
     gray_to_tensor,
@@ -71,6 +72,9 @@ def sweep_settings(thetas, phis, sizes) -> list[LightSetting]:
 def combined_setting(tag: str, label: str, lights: list[Light], ambient: float = 0.0) -> LightSetting:
     record = {"lights": [light.as_dict() for light in lights], "ambient": ambient}
     return LightSetting(tag, label, {"lights": lights, "ambient": ambient}, record)
+
+
+SINGLE_LIGHT_DEFAULTS = {"theta": 30.0, "phi": 0.0, "size": 2.0}  # the one light when no light flag is given
 
 
 def _light_spec(text: str) -> Light:
@@ -141,11 +145,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--device", default=None, help="Default: cuda when available, else cpu.")
     args = parser.parse_args(argv)
-    if args.resolution is not None:
-        try:
-            check_resolution(args.resolution, "--resolution")
-        except ValueError as error:
-            parser.error(str(error))
     sweep = [f"--{name}" for name in ("theta", "phi", "size") if getattr(args, name) is not None]
     several = [flag for flag, value in (("--light", args.light), ("--environment", args.environment)) if value]
     if len(several) > 1:
@@ -162,6 +161,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--pad must be >= 0, got {args.pad}.")
     if args.intensity < 0:
         parser.error(f"--intensity must be >= 0, got {args.intensity}.")
+    try:  # the pipeline's own rules, so a bad value fails before the model loads
+        if args.resolution is not None:
+            check_resolution(args.resolution, "--resolution")
+        check_light(*(getattr(args, key) or [SINGLE_LIGHT_DEFAULTS[key]] for key in ("theta", "phi", "size")))
+        for index, light in enumerate(args.light or []):
+            check_light(light.theta, light.phi, light.size, prefix=f"--light[{index}].")
+    except ValueError as error:
+        parser.error(str(error).replace("`theta`", "--theta").replace("`size`", "--size").replace("`phi`", "--phi"))
     return args
 
 
@@ -173,6 +180,8 @@ def list_images(path: Path, flag: str) -> list[Path]:
         return files
     if path.is_file():
         return [path]
+    if path.exists():  # a FIFO or a device: reading it could block forever
+        raise FileNotFoundError(f"{flag} {path} is not a regular file or a folder.")
     raise FileNotFoundError(f"{flag} {path} does not exist.")
 
 
@@ -189,22 +198,66 @@ def find_mask(image_path: Path, mask_arg: str | None) -> Path | None:
     raise FileNotFoundError(f"No mask for {image_path.name} in --mask {mask_path} (expected {image_path.stem}.png).")
 
 
+# What PIL raises for a file it cannot decode: bad or truncated data, an unknown format, an image over PIL's pixel limit
+# (a decompression bomb). Each is reported for its file; the other inputs are still written.
+UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError)
+
+
+def open_image(path: Path, flag: str) -> PIL.Image.Image:
+    """The decoded image at `path`; a ValueError naming the flag and the file when it is not a readable image (a
+    non-regular file such as a FIFO is refused before opening, so a read never blocks)."""
+    if not path.is_file():
+        raise ValueError(f"{flag} {path} is not a regular file.")
+    try:
+        with PIL.Image.open(path) as image:
+            image.load()
+            return image
+    except UNREADABLE_IMAGE_ERRORS as error:
+        raise ValueError(f"{flag} {path} is not a readable image ({type(error).__name__}: {error}).") from None
+
+
+def load_background(path: str | None) -> torch.Tensor | None:
+    if path is None:
+        return None
+    return image_to_tensor(open_image(Path(path), "--background"), f"--background {path}")[:3]
+
+
+def load_pipeline(model: str, dtype: torch.dtype, device: str) -> ShadowPipeline:
+    """ShadowPipeline.from_pretrained with errors that say which --model failed and why, instead of a raw OSError
+    about connecting to the Hub for a local path that does not exist."""
+    path = Path(model).expanduser()
+    looks_local = path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1
+    if looks_local and not path.is_dir():
+        raise FileNotFoundError(
+            f"--model {model} is not a folder (a trained shadow pipeline folder or a Hub id `owner/name`)."
+        )
+    try:
+        return ShadowPipeline.from_pretrained(model, torch_dtype=dtype).to(device)
+    except (OSError, ValueError, KeyError) as error:
+        where = "folder" if looks_local else "Hub id (offline or not found?)"
+        raise ValueError(f"Cannot load --model {model} as a shadow pipeline {where}: {error}") from None
+
+
+def prepare_output_dir(path: str) -> Path:
+    output_dir = Path(path)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--output_dir {output_dir} exists and is not a folder.")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--output_dir {output_dir} cannot be created: {error}") from None
+    return output_dir
+
+
 def load_cutout(image_path: Path, mask_path: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
     """-> ([3,H,W] RGB in [0,1], [1,H,W] mask). Errors name the file."""
-    try:
-        with PIL.Image.open(image_path) as image:
-            rgb = image_to_tensor(image, str(image_path))
-        if mask_path is not None:
-            with PIL.Image.open(mask_path) as mask_image:
-                mask = gray_to_tensor(mask_image, str(mask_path))
-        elif rgb.shape[0] == 4:
-            mask = rgb[3:4]
-        else:
-            raise ValueError(f"{image_path} is RGB without an alpha channel: give an RGBA cut-out or --mask.")
-    except (OSError, PIL.UnidentifiedImageError) as error:
-        raise ValueError(
-            f"Cannot read {image_path if mask_path is None else f'{image_path} / {mask_path}'}: {error}"
-        ) from error
+    rgb = image_to_tensor(open_image(image_path, "--input"), str(image_path))
+    if mask_path is not None:
+        mask = gray_to_tensor(open_image(mask_path, "--mask"), str(mask_path))
+    elif rgb.shape[0] == 4:
+        mask = rgb[3:4]
+    else:
+        raise ValueError(f"{image_path} is RGB without an alpha channel: give an RGBA cut-out or --mask.")
     if mask.shape[-2:] != rgb.shape[-2:]:
         raise ValueError(f"{mask_path} is {tuple(mask.shape[-2:])} (H, W) but {image_path} is {tuple(rgb.shape[-2:])}.")
     return rgb[:3], mask
@@ -257,7 +310,7 @@ def light_settings(args: argparse.Namespace) -> list[LightSetting]:
         record = combined_setting(f"env_{Path(args.environment).stem}", label, found.lights, found.ambient)
         record.record["environment"] = str(args.environment)
         return [record]
-    return sweep_settings(args.theta or [30.0], args.phi or [0.0], args.size or [2.0])
+    return sweep_settings(*(getattr(args, key) or [SINGLE_LIGHT_DEFAULTS[key]] for key in ("theta", "phi", "size")))
 
 
 def generate(args: argparse.Namespace) -> int:
@@ -266,21 +319,20 @@ def generate(args: argparse.Namespace) -> int:
     lights = light_settings(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    pipe = ShadowPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
+    output_dir = prepare_output_dir(args.output_dir)
+    background = load_background(args.background)
+    pipe = load_pipeline(args.model, dtype, device)
     pipe.set_progress_bar_config(disable=True)
-    background = image_to_tensor(PIL.Image.open(args.background), "--background")[:3] if args.background else None
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
 
     sheet_rows, sheet_labels, failures = [], [], []
     for image_path in tqdm(inputs, desc="inputs", unit="image"):
         try:
             rgb, mask = pad_canvas(*load_cutout(image_path, find_mask(image_path, args.mask)), args.pad)
+            prepared = pipe.encode_object(rgb[None], mask[None], height=args.resolution, width=args.resolution)
         except (ValueError, FileNotFoundError) as error:
-            failures.append(str(error))
-            logger.error("%s", error)
+            failures.append(f"{image_path}: {error}" if str(image_path) not in str(error) else str(error))
+            logger.error("%s", failures[-1])
             continue
-        prepared = pipe.encode_object(rgb[None], mask[None], height=args.resolution, width=args.resolution)
         canvas = background if background is not None else torch.ones_like(rgb)  # white by default
         row = []
         for light in lights:  # the object is encoded once; only the UNet and the decoder re-run per light

@@ -73,6 +73,14 @@ MODULE_NAME = "pipeline_shadow"
 DEFAULT_RESOLUTION = 1024
 LIGHT_KEYS = ("theta", "phi", "size")  # the order of the UNet's `light` input columns
 THETA_MAX_DEG = 90.0  # theta must lie in [0, 90): at 90 degrees the light is on the horizon
+# Outside the paper's training grid (TRAINED_THETA_MAX_DEG, TRAINED_SIZE_RANGE below) a light is warned about.
+# Beyond this the "area light" of side `size` on a sphere of radius 8 is no longer a light above the object: refused.
+LIGHT_SIZE_MAX = 100.0
+# The smallest processing side: 8 (the VAE) x 4 (SDXL's three UNet levels halve the latent twice), so that the deepest
+# UNet level still has one latent pixel. A side must also be a multiple of 8.
+MIN_PROCESSING_SIZE = 32
+# The smallest input image side: one latent pixel. Smaller images (e.g. 1x1) carry no object to speak of.
+MIN_IMAGE_SIDE = 8
 NUM_TRAIN_TIMESTEPS = 1000  # SDXL's time embedding was trained on 0..1000 (docs/design.md §3)
 LATENT_CHANNELS = 4
 MASK_CHANNELS = 1
@@ -100,9 +108,18 @@ VAE_SCALE_FACTOR = 8  # SDXL's VAE downsamples by 8: every processing side must 
 
 def check_resolution(value, name: str = "resolution") -> int:
     """The one rule for a processing size, shared by `check_inputs` (`height`, `width`), `encode_object` and every
-    script's `--resolution`: a positive integer multiple of 8 (the VAE factor). Raises ValueError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0 or value % VAE_SCALE_FACTOR:
-        raise ValueError(f"`{name}` must be a positive multiple of {VAE_SCALE_FACTOR}, got {value!r}.")
+    script's `--resolution`: an integer multiple of 8 (the VAE factor) and at least MIN_PROCESSING_SIZE (8 for the VAE
+    x 4 for the UNet's down levels). Raises ValueError naming `name`."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or value < MIN_PROCESSING_SIZE
+        or value % VAE_SCALE_FACTOR
+    ):
+        raise ValueError(
+            f"`{name}` must be a positive multiple of {VAE_SCALE_FACTOR} and >= {MIN_PROCESSING_SIZE} (8 for the VAE "
+            f"x 4 for the UNet's levels), got {value!r}."
+        )
     return int(value)
 
 
@@ -116,19 +133,146 @@ def wrap_phi(phi):
     return float(phi) % 360.0
 
 
+def light_problems(theta, phi, size, prefix: str = "") -> tuple[list[str], list[str]]:
+    """(errors, warnings) for light values (numbers or sequences of numbers): errors outside the physical range
+    (non-finite, theta outside [0, 90), size <= 0 or > LIGHT_SIZE_MAX), warnings outside the paper's training grid
+    (theta 0..TRAINED_THETA_MAX_DEG, size in TRAINED_SIZE_RANGE), where the model extrapolates. One rule for the
+    single-light arguments, `lights=`, the UNet and the scripts; `prefix` names the light (e.g. "lights[1].")."""
+    errors, warnings_ = [], []
+    columns = {
+        name: np.atleast_1d(np.asarray(value, dtype=np.float64)) for name, value in zip(LIGHT_KEYS, (theta, phi, size))
+    }
+    for name, values in columns.items():
+        if not np.isfinite(values).all():
+            errors.append(f"`{prefix}{name}` must be a finite number, got {values[~np.isfinite(values)][0]!r}.")
+    finite = {name: values[np.isfinite(values)] for name, values in columns.items()}
+    bad_theta = finite["theta"][(finite["theta"] < 0.0) | (finite["theta"] >= THETA_MAX_DEG)]
+    if bad_theta.size:
+        errors.append(
+            f"`{prefix}theta` must lie in [0, {THETA_MAX_DEG:g}) degrees (0 = light straight above), got "
+            f"{bad_theta[0]:g}."
+        )
+    bad_size = finite["size"][(finite["size"] <= 0.0) | (finite["size"] > LIGHT_SIZE_MAX)]
+    if bad_size.size:
+        errors.append(f"`{prefix}size` (area-light side) must be > 0 and <= {LIGHT_SIZE_MAX:g}, got {bad_size[0]:g}.")
+    for name, (low, high) in (("theta", (0.0, TRAINED_THETA_MAX_DEG)), ("size", TRAINED_SIZE_RANGE)):
+        odd = finite[name][(finite[name] < low) | (finite[name] > high)]
+        if odd.size and not errors:
+            warnings_.append(
+                f"`{prefix}{name}` = {odd[0]:g} is outside the training range [{low:g}, {high:g}]: the model "
+                "extrapolates."
+            )
+    return errors, warnings_
+
+
+def check_light(theta, phi, size, prefix: str = "", warn: bool = True) -> None:
+    """Raises ValueError for a light outside the physical range and logs a warning outside the trained one."""
+    errors, warnings_ = light_problems(theta, phi, size, prefix)
+    if errors:
+        raise ValueError(" ".join(errors))
+    for message in warnings_ if warn else ():
+        logger.warning(message)
+
+
+def check_image_extent(height: int, width: int, name: str) -> None:
+    """Refuses an image smaller than one latent pixel (MIN_IMAGE_SIDE) on a side, e.g. 0x0 or 1x1."""
+    if min(height, width) < MIN_IMAGE_SIDE:
+        raise ValueError(
+            f"{name} is {width}x{height} (W x H): every side must be at least {MIN_IMAGE_SIDE} pixels (one latent "
+            "pixel)."
+        )
+
+
+def _check_not_empty(height: int, width: int, name: str) -> None:
+    """A background is only resized, never encoded: any size will do but none."""
+    if min(height, width) < 1:
+        raise ValueError(f"{name} is {width}x{height} (W x H): it must have at least one pixel.")
+
+
+def _check_finite(tensor: torch.Tensor, name: str) -> None:
+    if tensor.numel() and not bool(torch.isfinite(tensor).all()):
+        count = int((~torch.isfinite(tensor)).sum())
+        raise ValueError(f"`{name}` has {count} non-finite values (NaN or Inf); pixel values must be finite.")
+
+
+# PIL modes read as gray without conversion; the high-precision ones keep their bit depth (16-bit PNG, float TIFF).
+HIGH_PRECISION_GRAY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+GRAY_MODES = ("1", "L", *HIGH_PRECISION_GRAY_MODES)
+GRAY_CHANNEL_TOLERANCE = 2  # in 1/255 steps: RGB channels this close count as gray (JPEG noise)
+_ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+
+
+def _convert(image: PIL.Image.Image, mode: str, name: str) -> PIL.Image.Image:
+    try:
+        return image.convert(mode)
+    except ValueError as error:  # e.g. premultiplied La / RGBa, which PIL cannot convert
+        raise ValueError(f"`{name}` has image mode {image.mode}, which cannot be read as {mode}: {error}.") from None
+
+
+def _gray_array(image: PIL.Image.Image) -> np.ndarray:
+    """A gray-mode PIL image -> HxW float32 in its own scale: 8-bit / 255, 16- and 32-bit integer / 65535, float as is
+    (range-checked by the caller)."""
+    if image.mode == "F":
+        return np.asarray(image, dtype=np.float32)
+    if image.mode in ("1", "L"):
+        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    return np.asarray(image, dtype=np.float32) / 65535.0
+
+
+def not_gray_reason(image: PIL.Image.Image | np.ndarray) -> str | None:
+    """Why a mask / shadow map is not a gray image (coloured, transparent, an odd mode), or None. RGB with equal
+    channels counts as gray. One rule for the data checks, the loader and the pipeline."""
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+            return None
+        if image.ndim == 3 and image.shape[2] == 3:
+            spread = float(np.max(image.max(axis=2).astype(np.float64) - image.min(axis=2)))
+            scale = 1.0 if image.dtype == np.uint8 else 255.0
+            return None if spread * scale <= GRAY_CHANNEL_TOLERANCE else "is colored (its RGB channels differ)"
+        return f"has shape {image.shape}, not a gray image (HxW)"
+    mode = image.mode
+    if mode in GRAY_MODES:
+        return None
+    if mode not in ("RGB", "P", *_ALPHA_MODES):
+        return f"has image mode {mode}, which is not a gray image (save it as L, or I;16 for 16 bits)"
+    if mode in ("La", "RGBa"):
+        return f"has premultiplied-alpha mode {mode}, which is not a gray image"
+    rgba = np.asarray(image.convert("RGBA"))
+    if mode != "RGB" and int(rgba[..., 3].min()) < 255:
+        return (
+            f"has transparency (alpha down to {int(rgba[..., 3].min())}/255); save it as an opaque gray image "
+            "(the value, not the alpha, is read)"
+        )
+    if mode == "LA":
+        return None
+    spread = int((rgba[..., :3].max(axis=2).astype(np.int16) - rgba[..., :3].min(axis=2)).max())
+    if spread > GRAY_CHANNEL_TOLERANCE:
+        return f"is colored (its RGB channels differ by up to {spread}/255); it must be a gray image"
+    return None
+
+
 def image_to_tensor(image, name: str = "object_image") -> torch.Tensor:
     """One image (PIL, numpy uint8 HWC / float HWC in [0, 1], or a torch [C,H,W] float in [0, 1]) -> [C,H,W] float32
     in [0, 1] with C = 3 (RGB) or 4 (RGBA; the alpha channel is kept so the caller can use it as the mask)."""
     if isinstance(image, PIL.Image.Image):
-        has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-        array = np.asarray(image.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32) / 255.0
-        return torch.from_numpy(array.copy()).permute(2, 0, 1)
+        if image.mode in HIGH_PRECISION_GRAY_MODES:  # 16/32-bit or float gray: PIL's RGB conversion would clip it
+            gray = _gray_array(image)
+            array = np.repeat(gray[:, :, None], 3, axis=2)
+        else:
+            has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+            array = np.asarray(_convert(image, "RGBA" if has_alpha else "RGB", name), dtype=np.float32) / 255.0
+        tensor = torch.from_numpy(np.array(array, dtype=np.float32)).permute(2, 0, 1)
+        _check_finite(tensor, name)
+        if tensor.numel() and (tensor.min() < 0.0 or tensor.max() > 1.0):
+            raise ValueError(f"`{name}` values must lie in [0, 1], got [{tensor.min():.3g}, {tensor.max():.3g}].")
+        return tensor
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)
         if image.ndim != 3 or image.shape[2] not in (3, 4):
             raise ValueError(f"`{name}` as a numpy array must be HxWx3 or HxWx4, got shape {tuple(image.shape)}.")
-        array = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+        scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(image.dtype, 1.0)  # else float [0, 1]
+        array = image.astype(np.float32) / scale
         tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
     elif isinstance(image, torch.Tensor):
         if image.ndim != 3 or image.shape[0] not in (3, 4):
@@ -138,6 +282,7 @@ def image_to_tensor(image, name: str = "object_image") -> torch.Tensor:
         tensor = image.detach().to("cpu", torch.float32)
     else:
         raise ValueError(f"`{name}` must be a PIL image, a numpy array or a torch tensor, got {type(image).__name__}.")
+    _check_finite(tensor, name)
     if tensor.numel() and (tensor.min() < 0.0 or tensor.max() > 1.0):
         raise ValueError(f"`{name}` float values must lie in [0, 1], got [{tensor.min():.3g}, {tensor.max():.3g}].")
     return tensor
@@ -147,13 +292,14 @@ def gray_to_tensor(image, name: str = "mask") -> torch.Tensor:
     """A gray map (mask or shadow map: PIL, numpy HW/HW1 uint8 or float in [0, 1], torch [H,W]/[1,H,W]) -> [1,H,W]
     float32 in [0, 1]. 16-bit PNGs (mode I;16) keep their precision."""
     if isinstance(image, PIL.Image.Image):
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            array = np.asarray(image, dtype=np.float32) / 65535.0
-        elif image.mode == "F":
-            array = np.asarray(image, dtype=np.float32)
-        else:
-            array = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-        tensor = torch.from_numpy(array.copy())[None]
+        reason = not_gray_reason(image)
+        if reason is not None:
+            raise ValueError(f"`{name}` {reason}.")
+        if image.mode in GRAY_MODES:
+            array = _gray_array(image)
+        else:  # RGB / P / opaque alpha modes whose channels are equal (checked above)
+            array = np.asarray(_convert(image, "L", name), dtype=np.float32) / 255.0
+        tensor = torch.from_numpy(np.array(array, dtype=np.float32))[None]  # a writable copy
     elif isinstance(image, np.ndarray):
         array = image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image
         if array.ndim != 2:
@@ -170,6 +316,7 @@ def gray_to_tensor(image, name: str = "mask") -> torch.Tensor:
             raise ValueError(f"`{name}` as a tensor must be [H,W], [1,H,W] or [B,1,H,W], got {tuple(image.shape)}.")
     else:
         raise ValueError(f"`{name}` must be a PIL image, a numpy array or a torch tensor, got {type(image).__name__}.")
+    _check_finite(tensor, name)
     if tensor.numel() and (tensor.min() < 0.0 or tensor.max() > 1.0):
         raise ValueError(f"`{name}` values must lie in [0, 1], got [{tensor.min():.3g}, {tensor.max():.3g}].")
     return tensor
@@ -908,6 +1055,8 @@ class ShadowUNet(ModelMixin, ConfigMixin):
         sinusoid's highest frequencies; [0,1]-normalised inputs would make all lights look alike (docs/design.md §3)."""
         if light.ndim != 2 or light.shape[1] != len(LIGHT_KEYS):
             raise ValueError(f"`light` must be [B, 3] = (theta, phi, size), got {tuple(light.shape)}.")
+        # Refused here too, so that no entry point (pipeline, training, a user's own loop) embeds an absurd light.
+        check_light(*light.detach().to("cpu", torch.float64).numpy().T, warn=False)  # one tiny [B,3] copy
         theta, phi, size = light.unbind(dim=1)
         phi = wrap_phi(phi).to(torch.float32)  # wrapped in float64 first, so phi and phi + 360 are bit-identical
         parts = [self.light_sinusoids(value.to(torch.float32)) for value in (theta, phi, size)]
@@ -967,6 +1116,7 @@ class ShadowUNet(ModelMixin, ConfigMixin):
 def _cover_resize(background: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
     """Scales [B,3,H,W] to cover `size_hw` and centre-crops it (never squashes the background)."""
     height, width = background.shape[-2:]
+    _check_not_empty(height, width, "`background`")  # a 0x0 background has no scale to cover anything with
     if (height, width) == tuple(size_hw):
         return background
     scale = max(size_hw[0] / height, size_hw[1] / width)
@@ -1113,15 +1263,6 @@ def _as_list(value, name: str, batch_size: int) -> list[float]:
     return [float(v) for v in values]
 
 
-def check_light(theta: float, size: float, prefix: str = "") -> None:
-    """The per-light value checks of every light input (the single-light arguments and `lights=`); `prefix` names
-    the light in the message (e.g. "lights[1].")."""
-    if not 0.0 <= theta < THETA_MAX_DEG:
-        raise ValueError(f"`{prefix}theta` must lie in [0, {THETA_MAX_DEG:g}) degrees, got {theta:g}.")
-    if size <= 0:
-        raise ValueError(f"`{prefix}size` (area-light side) must be > 0, got {size:g}.")
-
-
 def _is_one_light(value) -> bool:
     return isinstance(value, (Light, dict)) or (
         isinstance(value, (list, tuple)) and all(isinstance(v, (int, float, np.integer, np.floating)) for v in value)
@@ -1154,7 +1295,7 @@ def check_lights(lights, batch_size: int) -> list[list[Light]]:
         for k, value in enumerate(group):
             name = f"lights[{k}]" if shared else f"lights[{b}][{k}]"
             light = Light.from_any(value, name)
-            check_light(light.theta, light.size, f"{name}.")
+            check_light(light.theta, light.phi, light.size, prefix=f"{name}.")
             if light.power < 0:
                 raise ValueError(f"`{name}.power` (relative total power) must be >= 0, got {light.power:g}.")
             image_lights.append(light)
@@ -1442,20 +1583,35 @@ class ShadowPipeline(DiffusionPipeline):
         """Raises ValueError naming the argument and what is allowed; `objects`/`masks` are already split lists."""
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"`output_type` must be one of 'pil', 'np', 'pt', got {output_type!r}.")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
         if num_inference_steps > 50:
             logger.warning(
                 "`num_inference_steps`=%d: the model is trained for ONE step; more rarely helps.", num_inference_steps
             )
+        check_light(*lights)
+        if any(i < 0 for i in intensity):
+            raise ValueError(f"`intensity` must be >= 0, got {intensity}.")
+        self.check_object_inputs(objects, masks, height, width)
+        if output_type in ("np", "pt") and len({tuple(o.shape[-2:]) for o in objects}) > 1:
+            raise ValueError(
+                "Images of different sizes cannot be stacked for `output_type` 'np'/'pt'; use output_type='pil' "
+                "or call the pipeline once per image."
+            )
+        if background is not None and not isinstance(
+            background, (PIL.Image.Image, np.ndarray, torch.Tensor, list, tuple)
+        ):
+            raise ValueError(
+                f"`background` must be an image (PIL, numpy, tensor) or a list of them, got {type(background).__name__}."
+            )
+
+    def check_object_inputs(self, objects, masks, height, width) -> None:
+        """The image checks that `encode_object` and `__call__` share: a mask for every object, of its size, images
+        at least MIN_IMAGE_SIDE on a side, a processing size the VAE and the UNet can take; an empty mask (or a fully
+        transparent cut-out) is legal but gives an empty map, so it is warned about."""
         for name, value in (("height", height), ("width", width)):
             if value is not None:
                 check_resolution(value, name)
-        theta, _, size = lights
-        for t, z in zip(theta, size):
-            check_light(t, z)
-        if any(i < 0 for i in intensity):
-            raise ValueError(f"`intensity` must be >= 0, got {intensity}.")
         if len(masks) != len(objects):
             raise ValueError(f"`mask` has {len(masks)} entries but `object_image` has {len(objects)}.")
         for index, (obj, mask) in enumerate(zip(objects, masks)):
@@ -1468,17 +1624,13 @@ class ShadowPipeline(DiffusionPipeline):
                 raise ValueError(
                     f"`object_image`[{index}] is {tuple(obj.shape[-2:])} (H, W) but its `mask` is {tuple(mask.shape[-2:])}."
                 )
-        if output_type in ("np", "pt") and len({tuple(o.shape[-2:]) for o in objects}) > 1:
-            raise ValueError(
-                "Images of different sizes cannot be stacked for `output_type` 'np'/'pt'; use output_type='pil' "
-                "or call the pipeline once per image."
-            )
-        if background is not None and not isinstance(
-            background, (PIL.Image.Image, np.ndarray, torch.Tensor, list, tuple)
-        ):
-            raise ValueError(
-                f"`background` must be an image (PIL, numpy, tensor) or a list of them, got {type(background).__name__}."
-            )
+            check_image_extent(*obj.shape[-2:], f"`object_image`[{index}]")
+            if not bool((mask >= 0.5).any()):
+                logger.warning(
+                    "`mask`[%d] is empty (no pixel >= 0.5; a fully transparent cut-out gives this too): there is no "
+                    "object, so the shadow map will be (nearly) empty.",
+                    index,
+                )
 
     def _prepare_images(self, object_image, mask) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
         objects = [image_to_tensor(image, "object_image") for image in _split_images(object_image, "object_image")]
@@ -1503,10 +1655,8 @@ class ShadowPipeline(DiffusionPipeline):
     ) -> ObjectLatents:
         """Resizes (aspect kept, padded), whitens the background and encodes the objects once. Pass the result as
         `object_latents=` to `__call__` to re-light the same objects without re-encoding them."""
-        for name, value in (("height", height), ("width", width)):
-            if value is not None:
-                check_resolution(value, name)
         objects, masks = self._prepare_images(object_image, mask)
+        self.check_object_inputs(objects, masks, height, width)
         return self._encode(objects, masks, height, width)
 
     @torch.no_grad()
@@ -1669,6 +1819,16 @@ class ShadowPipeline(DiffusionPipeline):
         if light_lists is not None:
             heights = self._object_heights(object_height, masks, batch_size)
             coefficients = [light_coefficients(group, h) for group, h in zip(light_lists, heights)]
+        backgrounds = None
+        if background is not None:  # read and checked before the model runs, not after
+            backgrounds = [image_to_tensor(b, "background")[:3] for b in _split_images(background, "background")]
+            if len(backgrounds) not in (1, batch_size):
+                raise ValueError(
+                    f"`background` has {len(backgrounds)} images; give one or one per object ({batch_size})."
+                )
+            for b in backgrounds:
+                _check_not_empty(*b.shape[-2:], "`background`")
+            backgrounds = backgrounds * batch_size if len(backgrounds) == 1 else backgrounds
 
         # 2. Encode the objects (resize with the aspect kept, pad, white background)
         prepared = object_latents if object_latents is not None else self._encode(objects, masks, height, width)
@@ -1697,13 +1857,7 @@ class ShadowPipeline(DiffusionPipeline):
 
         # 5. Composite when a background is given
         images = None
-        if background is not None:
-            backgrounds = [image_to_tensor(b, "background")[:3] for b in _split_images(background, "background")]
-            if len(backgrounds) not in (1, batch_size):
-                raise ValueError(
-                    f"`background` has {len(backgrounds)} images; give one or one per object ({batch_size})."
-                )
-            backgrounds = backgrounds * batch_size if len(backgrounds) == 1 else backgrounds
+        if backgrounds is not None:
             images = [
                 composite_tensors(o[None], m[None], s[None], b[None], intensities[i])[0]
                 for i, (o, m, s, b) in enumerate(zip(prepared.objects, prepared.masks, shadow_maps, backgrounds))

@@ -41,6 +41,7 @@ import pipeline_shadow  # noqa: F401  (first: it imports diffusers without the e
 import argparse
 import contextlib
 import copy
+import errno
 import importlib
 import inspect
 import json
@@ -52,6 +53,7 @@ import re
 import shutil
 import sys
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +128,13 @@ FINAL_PIPELINE_ENTRIES = ("model_index.json", "unet", "vae", "scheduler", "pipel
 MODEL_CARD_FILES = ("README.md", "validation.png")
 DEFAULT_OUTPUT_DIR = "shadow-sdxl-model"  # also the default Hub repository name: a run's name, not "checkpoints"
 TRAINING_STATE_FILE = "training_state.json"
+# The lr schedule's state, written by this script with torch.save and read back with torch.load(weights_only=True):
+# plain numbers only, never code. Checkpoints from before it hold the same dict in accelerate's custom_checkpoint_0.pkl,
+# which accelerate itself would unpickle with weights_only=False; it is read here the safe way instead (docs/design.md §9).
+SCHEDULER_STATE_FILE = "lr_scheduler.pt"
+LEGACY_SCHEDULER_STATE_FILE = "custom_checkpoint_0.pkl"
+CUSTOM_STATE_PATTERN = re.compile(r"^custom_checkpoint_\d+\.pkl$")
+DEEPSPEED_STATE_DIR = "pytorch_model"  # accelerate's DeepSpeed checkpoint id; DeepSpeed unpickles what it holds
 TRAINING_CONFIG_FILE = "training_config.json"
 # --best_by -> the validation result that picks best/ (both are computed on the same samples and noise).
 BEST_METRICS = {"single_step": "val_loss_single_step", "training_t": "val_loss"}
@@ -142,6 +151,14 @@ class ConfigurationError(ValueError):
 
 class NonFiniteLossError(RuntimeError):
     """Raised when the loss or the gradients stay non-finite for `--max_nan_steps` optimizer steps in a row."""
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint or pipeline could not be written (e.g. the disk is full); the partial folder was removed."""
+
+
+class BadSampleError(RuntimeError):
+    """A training sample failed to load mid-run (without --skip_bad_samples): the run saved a checkpoint and stopped."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -299,6 +316,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="Stop after this many optimizer steps in a row with a non-finite loss or gradient (each is skipped).",
     )
     training.add_argument(
+        "--allow_unsafe_checkpoint",
+        action="store_true",
+        help="Resume from a DeepSpeed checkpoint, whose state DeepSpeed unpickles (it can run code): only for "
+        "checkpoints you made yourself. Other checkpoints are always loaded without unpickling code.",
+    )
+    training.add_argument(
+        "--skip_bad_samples",
+        action="store_true",
+        help="Skip a sample that fails to load mid-run (e.g. a truncated PNG) with a counted, logged warning. "
+        "Default: save a checkpoint and stop, naming the file.",
+    )
+    training.add_argument(
         "--resume_from_checkpoint",
         "--resume_from",
         dest="resume_from_checkpoint",
@@ -439,6 +468,12 @@ def validate_args(args: argparse.Namespace) -> dataset_loading.ShadowDataset:
     """Catches mistakes before any model loads. Raises ConfigurationError (a ValueError) naming the flag and what is
     allowed, or listing every problem of the data. Returns the training data, opened and checked: the run's one scan
     of it, which `build_data` splits into loaders."""
+    return check_run(args)[0]
+
+
+def check_run(args: argparse.Namespace) -> tuple[dataset_loading.ShadowDataset, Path | None]:
+    """`validate_args`, also returning the checkpoint to resume from: None, or one that `checkpoint_problems` found
+    intact (for `latest`, the newest intact one)."""
     try:
         return _check_args(args)
     except ConfigurationError:
@@ -447,7 +482,7 @@ def validate_args(args: argparse.Namespace) -> dataset_loading.ShadowDataset:
         raise ConfigurationError(str(error)) from error
 
 
-def _check_args(args: argparse.Namespace) -> dataset_loading.ShadowDataset:
+def _check_args(args: argparse.Namespace) -> tuple[dataset_loading.ShadowDataset, Path | None]:
     check_resolution(args.resolution, "--resolution")
     positive = (
         "train_batch_size",
@@ -468,6 +503,9 @@ def _check_args(args: argparse.Namespace) -> dataset_loading.ShadowDataset:
             raise ValueError(f"`--{name}` must be >= 0, got {getattr(args, name)}.")
     if not 0.0 <= args.val_fraction < 1.0:
         raise ValueError(f"`--val_fraction` must lie in [0, 1), got {args.val_fraction}.")
+    for name, value in vars(args).items():  # NaN passes every `<` / `>` check below: refused once, for every flag
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"`--{name}` must be a finite number, got {value}.")
     if args.learning_rate <= 0 or args.max_grad_norm < 0:
         raise ValueError("`--learning_rate` must be > 0 and `--max_grad_norm` >= 0.")
     if args.timestep_sampling == "logit_normal" and args.logit_std <= 0:
@@ -483,14 +521,15 @@ def _check_args(args: argparse.Namespace) -> dataset_loading.ShadowDataset:
     check_deepspeed_environment(args)
     dataset = _validate_data_args(args)
     _validate_output_dir(args.output_dir)
-    resume_dir = resolve_resume_checkpoint(args)  # raises for a missing explicit checkpoint
+    # raises for a missing or broken explicit checkpoint; `latest` falls back to the newest intact one
+    resume_dir = resolve_resume_checkpoint(args, check=lambda path: checkpoint_problems(path, args))
     if resume_dir is not None:
         _check_resume_compatible(args, resume_dir)
     if args.pretrained_model_name_or_path.startswith(("/", "./", "../", "~")) and not os.path.isdir(
         os.path.expanduser(args.pretrained_model_name_or_path)
     ):
         raise ValueError(f"`--pretrained_model_name_or_path` {args.pretrained_model_name_or_path!r} is not a folder.")
-    return dataset
+    return dataset, resume_dir
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -730,15 +769,50 @@ def rotate_checkpoints(output_dir: str | Path, total_limit: int | None) -> list[
     excess = len(checkpoints) - total_limit
     removed = removable[: max(0, excess)]
     for path in removed:
-        shutil.rmtree(path)
+        # Renamed out of the checkpoint-N namespace first (atomic), so a kill during the slow delete never leaves a
+        # half-deleted folder that looks loadable; the next run's start-up removes the leftover.
+        doomed = path.with_name(f".{path.name}.deleting")
+        os.replace(path, doomed)
+        shutil.rmtree(doomed)
     return removed
 
 
-def resolve_resume_checkpoint(args: argparse.Namespace) -> Path | None:
+def clean_leftovers(output_dir: str | Path) -> list[str]:
+    """Removes what a killed run left in --output_dir (main process, at start-up): partial `.checkpoint-N.tmp` and
+    `.checkpoint-N.deleting` folders, `.latest.tmp-<pid>` links, partial `.best.tmp` / `.final-pipeline.tmp` (and older `.final.tmp`) pipelines; a
+    `.best.old` whose swap was interrupted (no best/) is put back. -> what was done, for the log."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    done = []
+    for path in sorted(output_dir.iterdir()):
+        name = path.name
+        if re.match(r"^\.checkpoint-\d+\.(tmp|deleting)$", name) or re.match(
+            r"^\.(best|final|final-pipeline)\.tmp$", name
+        ):
+            shutil.rmtree(path, ignore_errors=True)
+            done.append(f"removed {name}")
+        elif name.startswith(f".{LATEST_LINK}.tmp-") and (path.is_symlink() or path.is_file()):
+            path.unlink()
+            done.append(f"removed {name}")
+        elif (match := re.match(r"^\.(best|final)\.old$", name)) and path.is_dir():
+            target = output_dir / match.group(1)
+            if target.exists():
+                shutil.rmtree(path, ignore_errors=True)
+                done.append(f"removed {name}")
+            else:
+                os.replace(path, target)
+                done.append(f"restored {target.name}/ from {name} (its replacement was interrupted)")
+    return done
+
+
+def resolve_resume_checkpoint(args: argparse.Namespace, check=None) -> Path | None:
     """--resume_from_checkpoint -> a checkpoint folder (symlinks resolved), or None to start fresh.
 
     "latest" means the `latest` link in --output_dir, else the newest checkpoint-N there, else a fresh start (as in
-    diffusers). An explicit path must exist, as given or relative to --output_dir.
+    diffusers). An explicit path must exist, as given or relative to --output_dir. With `check` (a checkpoint ->
+    list of problems, see `checkpoint_problems`): "latest" falls back, with a warning, to the newest intact checkpoint
+    when the newest is broken, and raises when none is intact; an explicit path that is broken raises.
     """
     value = args.resume_from_checkpoint
     if not value:
@@ -746,10 +820,33 @@ def resolve_resume_checkpoint(args: argparse.Namespace) -> Path | None:
     output_dir = Path(args.output_dir)
     if value == LATEST_LINK:
         link = output_dir / LATEST_LINK
+        candidates = [p.resolve() for p in reversed(list_checkpoints(output_dir))]
         if link.is_symlink() and link.resolve().is_dir():
-            return link.resolve()
-        checkpoints = [p for p in list_checkpoints(output_dir) if (p / TRAINING_STATE_FILE).is_file()]
-        return checkpoints[-1].resolve() if checkpoints else None
+            candidates = [link.resolve(), *[p for p in candidates if p != link.resolve()]]
+        elif check is None:
+            candidates = [p for p in candidates if (p / TRAINING_STATE_FILE).is_file()]
+        if check is None:
+            return candidates[0] if candidates else None
+        broken = []
+        for candidate in candidates:
+            problems = check(candidate)
+            if not problems:
+                for path, reasons in broken:  # before the Accelerator exists: the plain logger (stderr)
+                    logging.getLogger(__name__).warning(
+                        "%s is broken (%s): resuming from %s instead, the newest intact checkpoint.",
+                        path,
+                        "; ".join(reasons),
+                        candidate.name,
+                    )
+                return candidate
+            broken.append((candidate, problems))
+        if broken:
+            listed = "\n".join(f"  {path}: {'; '.join(reasons)}" for path, reasons in broken)
+            raise ValueError(
+                f"`--resume_from_checkpoint latest`: no intact checkpoint in {output_dir}:\n{listed}\nRemove them "
+                "to start afresh, or pass an intact checkpoint."
+            )
+        return None
     path = Path(value).expanduser()
     if not path.exists() and (output_dir / value).exists():
         path = output_dir / value
@@ -759,11 +856,191 @@ def resolve_resume_checkpoint(args: argparse.Namespace) -> Path | None:
             f"{str(output_dir)!r}). Use `latest` to start fresh when there is no checkpoint yet."
         )
     path = path.resolve()
-    if not (path / TRAINING_STATE_FILE).is_file():
+    if check is None and not (path / TRAINING_STATE_FILE).is_file():
         raise ValueError(
             f"`--resume_from_checkpoint` {value!r} is not a checkpoint of this script (no {TRAINING_STATE_FILE})."
         )
+    problems = check(path) if check is not None else []
+    if problems:
+        raise ValueError(
+            f"`--resume_from_checkpoint` {value!r} ({path}) cannot be resumed: {'; '.join(problems)}. Pass another "
+            "checkpoint, or `latest` to take the newest intact one."
+        )
     return path
+
+
+# ----- what makes a checkpoint resumable: checked before anything is loaded --------------------------------------
+
+
+def _safetensors_problem(path: Path, root: Path) -> str | None:
+    """Why a .safetensors file cannot be complete (missing, empty, a header or data shorter than it declares), read
+    from its header alone: no tensor is loaded."""
+    where = _relative_to(path, root)
+    if not path.is_file():
+        return f"{where} is missing"
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            header_length = int.from_bytes(handle.read(8), "little")
+            if size < 8 or 8 + header_length > size:
+                return f"{where} is empty or truncated ({size} bytes)"
+            header = json.loads(handle.read(header_length))
+    except (OSError, ValueError) as error:
+        return f"{where} is not a safetensors file ({type(error).__name__}: {error})"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    expected = 8 + header_length + max(ends, default=0)
+    if size < expected:
+        return f"{where} is truncated ({size:,} of {expected:,} bytes)"
+    return None
+
+
+def _json_problem(path: Path, root: Path) -> str | None:
+    where = _relative_to(path, root)
+    if not path.is_file():
+        return f"{where} is missing"
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        return f"{where} is not valid JSON ({error})"
+    return None
+
+
+def _torch_file_problem(path: Path, root: Path, load: bool) -> str | None:
+    """A torch.save file: its zip directory is intact (a truncated file loses it) and, with `load`, it loads with
+    weights_only=True, i.e. it holds tensors and plain containers only (no code can run while reading it)."""
+    where = _relative_to(path, root)
+    if not path.is_file():
+        return f"{where} is missing"
+    try:
+        with zipfile.ZipFile(path):
+            pass
+    except (zipfile.BadZipFile, OSError) as error:
+        return f"{where} is empty or truncated ({path.stat().st_size:,} bytes; {error})"
+    if load:
+        try:
+            _load_plain(path, mmap=True)
+        except Exception as error:  # torch raises UnpicklingError / RuntimeError for anything beyond plain data
+            return f"{where} holds more than plain tensors and numbers, so it is not loaded ({type(error).__name__})"
+    return None
+
+
+def _load_plain(path: Path, mmap: bool = False):
+    """torch.load(weights_only=True) with accelerate's allow-list of numpy array types (its RNG states hold them).
+    `mmap=True` maps the tensors instead of reading them: a check of a large optimizer state reads only its pickle."""
+    from accelerate.utils.other import load
+
+    return load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+
+
+def _relative_to(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _weights_problems(folder: Path, root: Path, use_lora: bool) -> list[str]:
+    if use_lora:
+        files = [folder / LORA_ADAPTER_WEIGHTS, folder / LORA_FULL_WEIGHTS]
+        return [p for p in [_json_problem(folder / "adapter_config.json", root)] if p] + [
+            p for f in files if (p := _safetensors_problem(f, root))
+        ]
+    problems = [p for p in [_json_problem(folder / "config.json", root)] if p]
+    index = folder / "diffusion_pytorch_model.safetensors.index.json"
+    if index.is_file():
+        if problem := _json_problem(index, root):
+            return [*problems, problem]
+        shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+        return problems + [p for shard in shards if (p := _safetensors_problem(folder / shard, root))]
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    if not weights.exists() and (folder / "diffusion_pytorch_model.bin").exists():
+        return [*problems, f"{_relative_to(folder, root)}/ holds pickled weights (.bin), which are not loaded"]
+    return problems + [p for p in [_safetensors_problem(weights, root)] if p]
+
+
+def checkpoint_problems(path: str | Path, args: argparse.Namespace) -> list[str]:
+    """Everything that would make resuming from `path` fail or run foreign code, each saying which file and what is
+    wrong; [] for an intact checkpoint. Cheap: headers and directories, not the weights (docs/design.md §9)."""
+    path = Path(path)
+    problems = []
+    state_file = path / TRAINING_STATE_FILE
+    if problem := _json_problem(state_file, path):
+        problems.append(problem)
+    else:
+        state = json.loads(state_file.read_text())
+        step = state.get("global_step") if isinstance(state, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            problems.append(f"{TRAINING_STATE_FILE} has no integer `global_step` >= 0")
+        elif (match := CHECKPOINT_PATTERN.match(path.name)) and int(match.group(1)) != step:
+            problems.append(f"{TRAINING_STATE_FILE} records step {step}, the folder name says {match.group(1)}")
+    expected, other = (LORA_SUBFOLDER, "unet") if args.use_lora else ("unet", LORA_SUBFOLDER)
+    if (path / expected).is_dir():
+        problems += _weights_problems(path / expected, path, args.use_lora)
+    elif (path / other).is_dir():
+        problems.append(
+            f"it holds {other}/, not {expected}/: it was saved {'with' if other == LORA_SUBFOLDER else 'without'} "
+            "--use_lora; resume with the same setting"
+        )
+    else:
+        problems.append(f"{expected}/ (the model weights) is missing")
+    if (path / DEEPSPEED_STATE_DIR).is_dir():
+        if not args.allow_unsafe_checkpoint:
+            problems.append(
+                f"it holds DeepSpeed state ({DEEPSPEED_STATE_DIR}/), which DeepSpeed loads with pickle and which can "
+                "run code: resume it only if you made it, with --allow_unsafe_checkpoint"
+            )
+    elif problem := _torch_file_problem(path / "optimizer.bin", path, load=True):
+        problems.append(problem)
+    rng_files = sorted(path.glob("random_states_*.pkl"))
+    if not rng_files:
+        problems.append("random_states_0.pkl is missing (the RNG state an exact resume needs)")
+    problems += [p for f in rng_files if (p := _torch_file_problem(f, path, load=True))]
+    scheduler = path / SCHEDULER_STATE_FILE
+    if not scheduler.exists() and (path / LEGACY_SCHEDULER_STATE_FILE).exists():
+        scheduler = path / LEGACY_SCHEDULER_STATE_FILE
+    if problem := _torch_file_problem(scheduler, path, load=True):
+        problems.append(problem)
+    if (path / "scaler.pt").exists() and (problem := _torch_file_problem(path / "scaler.pt", path, load=True)):
+        problems.append(problem)
+    if getattr(args, "use_ema", False) and (path / EMA_DIR).is_dir():
+        problems += [
+            p
+            for p in (
+                _safetensors_problem(path / EMA_DIR / "diffusion_pytorch_model.safetensors", path),
+                _json_problem(path / EMA_DIR / EMA_STATE_FILE, path),
+            )
+            if p
+        ]
+    return problems
+
+
+@contextlib.contextmanager
+def safe_state_view(checkpoint_dir: Path):
+    """The folder accelerate's load_state may read: the checkpoint itself, or, when it holds custom_checkpoint_*.pkl
+    files (which accelerate would unpickle with weights_only=False), a temporary folder of links to everything else.
+    The lr schedule those files held is read by `load_scheduler_state` the safe way."""
+    if not any(CUSTOM_STATE_PATTERN.match(p.name) for p in checkpoint_dir.iterdir()):
+        yield checkpoint_dir
+        return
+    view = Path(tempfile.mkdtemp(prefix=f".resume-{checkpoint_dir.name}-"))
+    try:
+        for entry in checkpoint_dir.iterdir():
+            if not CUSTOM_STATE_PATTERN.match(entry.name):
+                os.symlink(entry.resolve(), view / entry.name)
+        yield view
+    finally:
+        shutil.rmtree(view, ignore_errors=True)  # removes the links, never what they point to
+
+
+def save_scheduler_state(lr_scheduler, checkpoint_dir: Path) -> None:
+    torch.save(lr_scheduler.state_dict(), checkpoint_dir / SCHEDULER_STATE_FILE)
+
+
+def load_scheduler_state(lr_scheduler, checkpoint_dir: Path) -> None:
+    path = checkpoint_dir / SCHEDULER_STATE_FILE
+    if not path.exists():
+        path = checkpoint_dir / LEGACY_SCHEDULER_STATE_FILE
+    lr_scheduler.load_state_dict(_load_plain(path))
 
 
 def read_training_state(checkpoint_dir: str | Path) -> dict:
@@ -1126,7 +1403,11 @@ def unwrap(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
 
 
 def register_checkpoint_hooks(
-    accelerator: Accelerator, args: argparse.Namespace, unet: torch.nn.Module, ema: EMAModel | None = None
+    accelerator: Accelerator,
+    args: argparse.Namespace,
+    unet: torch.nn.Module,
+    ema: EMAModel | None = None,
+    lr_scheduler=None,
 ) -> None:
     """accelerate's save_state/load_state write the UNet in diffusers format (checkpoint-N/unet/), as the diffusers
     examples do, so a checkpoint's UNet also loads with ShadowUNet.from_pretrained(checkpoint, subfolder="unet").
@@ -1143,6 +1424,8 @@ def register_checkpoint_hooks(
                 weights.pop()  # saved above; accelerate must not save it again
         if ema is not None and accelerator.is_main_process:
             save_ema(ema, unet, Path(output_dir) / EMA_DIR)
+        if lr_scheduler is not None and accelerator.is_main_process:
+            save_scheduler_state(lr_scheduler, Path(output_dir))
 
     def load_model_hook(models, input_dir):
         while models:
@@ -1168,16 +1451,15 @@ def save_unet_state(model: ShadowUNet, checkpoint_dir: Path, args: argparse.Name
 
 
 def load_unet_state(model: ShadowUNet, checkpoint_dir: Path, args: argparse.Namespace) -> None:
-    expected = LORA_SUBFOLDER if args.use_lora else "unet"
-    if not (checkpoint_dir / expected).is_dir():
-        raise ValueError(
-            f"{checkpoint_dir} has no {expected}/: it was saved {'without' if args.use_lora else 'with'} --use_lora. "
-            "Resume with the same --use_lora setting."
-        )
+    problems = _weights_problems(
+        checkpoint_dir / (LORA_SUBFOLDER if args.use_lora else "unet"), checkpoint_dir, args.use_lora
+    )
+    if problems:  # normally caught by checkpoint_problems before anything loads
+        raise ValueError(f"{checkpoint_dir} cannot be resumed: {'; '.join(problems)}.")
     if args.use_lora:
         load_lora_state(model, checkpoint_dir / LORA_SUBFOLDER)
         return
-    loaded = ShadowUNet.from_pretrained(checkpoint_dir, subfolder="unet")
+    loaded = ShadowUNet.from_pretrained(checkpoint_dir, subfolder="unet", use_safetensors=True)  # never a pickle
     model.load_state_dict(loaded.state_dict())
     del loaded
 
@@ -1211,6 +1493,7 @@ def build_data(args: argparse.Namespace, accelerator: Accelerator, vae: Autoenco
         "split_seed": args.split_seed,
         "random_flip": args.random_flip,
         "for_training": True,
+        "skip_bad_samples": args.skip_bad_samples,
     }
     if args.cache_latents:
         kwargs.update(cache_latents=True, vae=vae, latent_cache_dir=args.latent_cache_dir, accelerator=accelerator)
@@ -1417,6 +1700,8 @@ def validate(args, accelerator: Accelerator, unet, vae, val_loader, step: int) -
     per_sample, per_sample_one_step, rows, captions, index = [], [], [], [], 0
     try:
         for batch in val_loader:
+            if not report_skipped_samples(batch, None, "validation"):
+                continue  # every sample of the batch was skipped (--skip_bad_samples)
             object_latents, mask_latent, shadow_latents = batch_latents(vae, batch, device)
             light = batch_light(batch, device)
             noises, ts = [], []
@@ -1540,6 +1825,7 @@ class TrainingState:
     memory_lean: bool = False  # bf16 weights and 8-bit AdamW state: resumable only with --memory_lean
     split_seed: int = 0  # the validation split: a resumed run must keep it
     best_by: str = "training_t"  # the loss best_val_loss holds (checkpoints before --best_by: the training-t one)
+    skipped_samples: int = 0  # samples --skip_bad_samples left out, over the whole run
     losses: list = field(default_factory=list)  # per optimizer step of this process's run (not saved)
 
     def to_json(self) -> dict:
@@ -1555,10 +1841,12 @@ def save_checkpoint(accelerator: Accelerator, args, state: TrainingState) -> Pat
     if accelerator.is_main_process and temporary.exists():
         shutil.rmtree(temporary)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary))
-    accelerator.wait_for_everyone()
+    with _removed_on_failure(accelerator, temporary, name, output_dir):
+        accelerator.save_state(str(temporary))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (temporary / TRAINING_STATE_FILE).write_text(json.dumps(state.to_json(), indent=2) + "\n")
     if accelerator.is_main_process:
-        (temporary / TRAINING_STATE_FILE).write_text(json.dumps(state.to_json(), indent=2) + "\n")
         if final_path.exists():
             shutil.rmtree(final_path)
         os.replace(temporary, final_path)
@@ -1569,6 +1857,54 @@ def save_checkpoint(accelerator: Accelerator, args, state: TrainingState) -> Pat
         )
     accelerator.wait_for_everyone()
     return final_path
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _estimated_bytes(accelerator: Accelerator, output_dir: Path) -> int:
+    """About what one checkpoint takes: the last one's size, else the models' and optimizers' tensors."""
+    if checkpoints := list_checkpoints(output_dir):
+        return _tree_bytes(checkpoints[-1])
+    tensors = [p for model in accelerator._models for p in model.parameters()]
+    for optimizer in accelerator._optimizers:
+        tensors += [v for slot in optimizer.state_dict()["state"].values() for v in slot.values() if torch.is_tensor(v)]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _is_disk_full(error: BaseException, output_dir: Path, needed: int) -> bool:
+    """ENOSPC, however it surfaces: an OSError, or torch.save's RuntimeError ("basic_ios::clear: iostream error",
+    "PytorchStreamWriter failed writing file") once the free space is below what the save needed."""
+    for cause in (error, error.__cause__, error.__context__):
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+    try:
+        return shutil.disk_usage(output_dir).free < needed
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _removed_on_failure(accelerator: Accelerator, temporary: Path, what: str, output_dir: Path):
+    """A failed save (a full disk above all) removes its partial folder, keeps every complete one and stops the run
+    with a message naming the place and the space needed, in training.log too."""
+    try:
+        yield
+    except Exception as error:  # OSError, torch's RuntimeError, safetensors' SafetensorError: the partial folder goes
+        needed = _estimated_bytes(accelerator, output_dir) if accelerator.is_main_process else 0
+        if accelerator.is_main_process:
+            shutil.rmtree(temporary, ignore_errors=True)
+        kept = list_checkpoints(output_dir)
+        keeping = f"the last good checkpoint, {kept[-1].name}, is kept" if kept else "no earlier checkpoint exists"
+        if _is_disk_full(error, output_dir, needed):
+            free = shutil.disk_usage(output_dir).free
+            reason = f"no space left on {output_dir} ({free / 1e9:.2f} GB free), needed about {needed / 1e9:.2f} GB"
+        else:
+            reason = f"{type(error).__name__}: {error}"
+        message = f"Could not save {what}: {reason}. Removed the partial {temporary.name}; {keeping}."
+        logger.error(message)
+        raise CheckpointSaveError(message) from error
 
 
 def save_pipeline(accelerator: Accelerator, args, models: Models, unet, folder: str | None, ema=None) -> Path:
@@ -1582,7 +1918,10 @@ def save_pipeline(accelerator: Accelerator, args, models: Models, unet, folder: 
     if temporary.exists():
         shutil.rmtree(temporary)
     model = unwrap(accelerator, unet)
-    with ema_weights(ema, model):
+    with (
+        _removed_on_failure(accelerator, temporary, f"the {folder or 'final'} pipeline", output_dir),
+        ema_weights(ema, model),
+    ):
         pipe = ShadowPipeline(
             unet=merged_lora_unet(model) if args.use_lora else model,
             vae=models.vae,
@@ -1651,6 +1990,14 @@ def run_validation(args, accelerator, models, unet, val_loader, state: TrainingS
     losses = {key: result[key] for key in BEST_METRICS.values()}
     accelerator.log(losses, step=state.global_step)
     score = losses[BEST_METRICS[args.best_by]]
+    if not math.isfinite(score):  # never a "best" model: NaN compares false with every later loss
+        logger.error(
+            "step %d: validation loss is %s: best/ is NOT updated. Check the validation data (`python "
+            "dataset_loading.py verify`) and the NaN guard's warnings.",
+            state.global_step,
+            score,
+        )
+        return
     improved = state.best_val_loss is None or score < state.best_val_loss
     logger.info(
         "step %d: validation loss %.6f (training t), %.6f (single step, t = 1)%s",
@@ -1692,7 +2039,9 @@ def train(
         loader = train_loader
         if epoch == first_epoch and resume_batches:
             loader = accelerator.skip_first_batches(train_loader, resume_batches)
-        for batch in loader:
+        for batch in _batches(loader, args, accelerator, state):
+            if not report_skipped_samples(batch, state, f"step {state.global_step + 1}"):
+                continue  # every sample of this micro-batch was skipped (--skip_bad_samples)
             step = state.global_step + 1  # the optimizer step this micro-batch contributes to
             with accelerator.accumulate(unet):
                 seed = micro_batch_seed(state.seed, step, micro_step, accelerator.process_index)
@@ -1750,6 +2099,62 @@ def train(
     return state
 
 
+def _last_checkpoint_note(output_dir: str) -> str:
+    checkpoints = list_checkpoints(output_dir)
+    if not checkpoints:
+        return f"no checkpoint was saved yet in {output_dir} (--checkpointing_steps), so a rerun starts afresh."
+    return f"the last checkpoint, {checkpoints[-1]}, is intact."
+
+
+def report_skipped_samples(batch: dict, state: TrainingState | None, where: str) -> bool:
+    """Counts and logs the samples --skip_bad_samples left out of `batch`; False when none is left in it."""
+    skipped = batch.get(dataset_loading.SKIPPED_KEY, [])
+    if state is not None:
+        state.skipped_samples += len(skipped)
+    for reason in skipped:
+        logger.warning(
+            "%s: skipped a sample that failed to load (--skip_bad_samples%s): %s",
+            where,
+            f", {state.skipped_samples} skipped so far" if state is not None else "",
+            reason,
+        )
+    return bool(batch.get("id")) or not skipped
+
+
+def _sample_error_message(error: Exception) -> str:
+    """The SampleLoadError's own message: a DataLoader worker re-raises it with the worker's traceback around it."""
+    text = str(error).strip()
+    if "Traceback" in text:
+        text = text.splitlines()[-1]
+        text = text.split("SampleLoadError: ", 1)[-1]
+    return text
+
+
+def _batches(loader, args, accelerator: Accelerator, state: TrainingState):
+    """The loader's batches; a sample that fails to load (without --skip_bad_samples) saves a checkpoint of the last
+    completed step and stops the run with the file named, so hours of training are not lost to one bad file."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except dataset_loading.SampleLoadError as error:
+            reason = _sample_error_message(error)
+            saved = None
+            if state.global_step > 0:
+                saved = save_checkpoint(accelerator, args, state)
+            message = (
+                f"Stopping at step {state.global_step}: a training sample failed to load. {reason} "
+                + (f"Saved {saved}; " if saved else "No optimizer step was completed, so nothing was saved; ")
+                + "fix or remove the file and resume with --resume_from_checkpoint latest, or pass "
+                "--skip_bad_samples to leave such samples out (counted and logged)."
+            )
+            logger.error(message)
+            raise BadSampleError(message) from None
+        yield batch
+
+
 def _record_nan_step(args, state: TrainingState, outcome: StepOutcome) -> None:
     state.nan_steps_total += 1
     state.consecutive_nan_steps += 1
@@ -1770,7 +2175,7 @@ def _record_nan_step(args, state: TrainingState, outcome: StepOutcome) -> None:
         message = (
             f"Stopping: {state.consecutive_nan_steps} optimizer steps in a row had a non-finite loss or gradient "
             f"(--max_nan_steps {args.max_nan_steps}), the last at step {state.global_step}. The weights were not "
-            f"updated by those steps; the last checkpoint in {args.output_dir} is intact. Try a lower "
+            f"updated by those steps; {_last_checkpoint_note(args.output_dir)} Try a lower "
             "--learning_rate, --mixed_precision bf16 instead of fp16, --vae_precision fp32, or check the logged "
             "sample ids for broken data."
         )
@@ -1794,10 +2199,9 @@ def start_hub_repo(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> TrainingState:
     args = parse_args(argv)
-    dataset = validate_args(args)
+    dataset, resume_dir = check_run(args)  # the data, and an intact checkpoint, checked before any model loads
     # --memory_lean: bf16 weights under bf16 autocast (norms and softmax stay fp32, as in the default recipe).
     args.mixed_precision = resolve_mixed_precision("bf16" if args.memory_lean else args.mixed_precision)
-    resume_dir = resolve_resume_checkpoint(args)
     args.seed = resolve_seed(args, resume_dir)
     accelerator = build_accelerator(args)
     with training_log(args, accelerator):
@@ -1810,6 +2214,8 @@ def main(argv: Sequence[str] | None = None) -> TrainingState:
 def _run(args, accelerator: Accelerator, resume_dir: Path | None, dataset) -> TrainingState:
     logger.info(accelerator.state, main_process_only=False)
     repo_id = start_hub_repo(args) if args.push_to_hub and accelerator.is_main_process else None
+    if accelerator.is_main_process and (cleaned := clean_leftovers(args.output_dir)):
+        logger.info("Cleaned up after an interrupted run in %s: %s.", args.output_dir, "; ".join(cleaned))
     accelerate_set_seed(args.seed)  # model construction (the light projection's first layer) is reproducible too
     models = build_models(args, accelerator)
     train_loader, val_loader = build_data(args, accelerator, models.vae, dataset)
@@ -1821,8 +2227,9 @@ def _run(args, accelerator: Accelerator, resume_dir: Path | None, dataset) -> Tr
     optimizer, lr_scheduler = build_optimizer(args, models.unet, accelerator)
     ema = create_ema(models.unet, args)  # before prepare: an fp32 copy even where DeepSpeed casts the module
     unet, optimizer, train_loader = accelerator.prepare(models.unet, optimizer, train_loader)
-    accelerator.register_for_checkpointing(lr_scheduler)
-    register_checkpoint_hooks(accelerator, args, unet, ema)
+    # The lr schedule is saved by the hooks (lr_scheduler.pt), not registered with accelerate, whose load_state would
+    # unpickle it with weights_only=False (docs/design.md §9).
+    register_checkpoint_hooks(accelerator, args, unet, ema, lr_scheduler)
     if accelerator.is_main_process:
         tracker_config = {
             k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in public_args(args).items()
@@ -1838,9 +2245,21 @@ def _run(args, accelerator: Accelerator, resume_dir: Path | None, dataset) -> Tr
     )
     if resume_dir is not None:
         logger.info("Resuming from %s", resume_dir)
-        accelerator.load_state(str(resume_dir))
+        try:
+            with safe_state_view(resume_dir) as view:
+                # weights_only=True for every file accelerate reads (optimizer, RNG, scaler): no code runs on resume
+                accelerator.load_state(str(view), load_kwargs={"weights_only": True})
+            load_scheduler_state(lr_scheduler, resume_dir)
+        except Exception as error:  # checked beforehand; what still fails (e.g. another optimizer) is named here
+            raise ConfigurationError(f"Resuming from {resume_dir} failed: {type(error).__name__}: {error}") from error
         recorded = read_training_state(resume_dir)
-        state = TrainingState(**{**recorded, "seed": args.seed, "resolution": args.resolution})
+        known = {k: v for k, v in recorded.items() if k in TrainingState.__dataclass_fields__ and k != "losses"}
+        if known.get("best_val_loss") is not None and not math.isfinite(known["best_val_loss"]):
+            logger.warning(
+                "The checkpoint's best validation loss is %s: best/ is chosen afresh.", known["best_val_loss"]
+            )
+            known["best_val_loss"] = known["best_step"] = None
+        state = TrainingState(**{**known, "seed": args.seed, "resolution": args.resolution})
         if state.best_by != args.best_by:
             logger.warning(
                 "The checkpoint chose best/ by %s, this run by %s: best/ is chosen afresh from the next validation.",
@@ -1884,5 +2303,5 @@ if __name__ == "__main__":
     except ConfigurationError as error:
         print(f"train_shadow_sdxl.py: error: {error}", file=sys.stderr)
         sys.exit(2)
-    except NonFiniteLossError:
+    except (NonFiniteLossError, BadSampleError, CheckpointSaveError):
         sys.exit(1)  # already logged, with the reason, to the console and training.log

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
-import pytest
-import torch
+# Before diffusers / huggingface_hub / dataset_loading are imported (they read these once): every cache a test could
+# fill (trust_remote_code modules, Hub and datasets caches, the latent cache) lives in a throw-away folder, never in
+# the user's ~/.cache. Subprocesses (accelerate launch) inherit it.
+TEST_CACHE_HOME = Path(tempfile.mkdtemp(prefix="shadow-tests-cache-"))
+os.environ["HF_HOME"] = str(TEST_CACHE_HOME / "huggingface")
+os.environ["HF_MODULES_CACHE"] = str(TEST_CACHE_HOME / "huggingface" / "modules")
+os.environ["SHADOW_LATENT_CACHE"] = str(TEST_CACHE_HOME / "shadow_latents")
+atexit.register(shutil.rmtree, TEST_CACHE_HOME, ignore_errors=True)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))

@@ -954,3 +954,97 @@ def test_tar_module_reads_members_by_offset(tmp_path):
     with open(tar, "rb") as handle:
         handle.seek(member.offset_data)
         assert handle.read(member.size) == expected
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pixel values, modes, sizes and files that no check may let through (issue #18)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _replace(root: Path, folder: str, stem: str, image: PIL.Image.Image, suffix: str = ".tif") -> Path:
+    (root / folder / f"{stem}.png").unlink()
+    path = root / folder / f"{stem}{suffix}"
+    image.save(path)
+    return path
+
+
+def test_non_finite_and_out_of_range_float_maps_are_refused_by_verify_and_the_loader(tmp_path):
+    root = make_custom_dataset(tmp_path / "data", n=3, size=32)
+    shadow = np.zeros((32, 32), np.float32)
+    shadow[3, 4] = np.nan
+    _replace(root, "shadows", "sample_000", PIL.Image.fromarray(shadow))  # float TIFF, mode F
+    mask = np.asarray(PIL.Image.open(root / "masks" / "sample_001.png"), np.float32) / 255 * 1.5
+    _replace(root, "masks", "sample_001", PIL.Image.fromarray(mask))
+    errors = _errors(verify_dataset(root))
+    assert any("out_of_range | shadows/sample_000.tif" in e and "non-finite" in e for e in errors), errors
+    assert any("out_of_range | masks/sample_001.tif" in e and "[0, 1.5]" in e for e in errors), errors
+    dataset = open_shadow_dataset("custom", root, image_size=32, verify="metadata")
+    with pytest.raises(SampleLoadError, match=r"sample_000.*`shadow_map` has 1 non-finite values"):
+        dataset[0]
+    with pytest.raises(SampleLoadError, match=r"sample_001.*`mask` values must lie in \[0, 1\]"):
+        dataset[1]
+
+
+def test_tiny_images_are_refused(tmp_path):
+    root = make_custom_dataset(tmp_path / "data", n=2, size=32)
+    for folder in ("objects", "masks", "shadows"):
+        mode = "RGB" if folder == "objects" else "L"
+        PIL.Image.new(mode, (1, 1), 255 if folder == "masks" else 0).save(root / folder / "sample_001.png")
+    for level in ("quick", "full"):
+        errors = _errors(verify_dataset(root, level=level))
+        assert any("too_small | objects/sample_001.png" in e and "is 1x1" in e for e in errors), (level, errors)
+    dataset = open_shadow_dataset("custom", root, image_size=32, verify="metadata")
+    with pytest.raises(SampleLoadError, match="at least 8 pixels"):
+        dataset[1]
+
+
+def test_start_up_check_catches_coloured_masks_and_transparent_shadow_maps(tmp_path):
+    """Training's start-up check (`quick`) decodes the maps whose mode can hide colour or alpha, with verify's rule."""
+    root = make_custom_dataset(tmp_path / "data", n=3, size=32)
+    mask = PIL.Image.open(root / "masks" / "sample_000.png").convert("RGB")
+    red = np.asarray(mask).copy()
+    red[..., 1:] = 0
+    PIL.Image.fromarray(red).save(root / "masks" / "sample_000.png")
+    shadow = PIL.Image.open(root / "shadows" / "sample_001.png").convert("LA")
+    shadow.putalpha(128)
+    shadow.save(root / "shadows" / "sample_001.png")
+    PIL.Image.open(root / "masks" / "sample_002.png").convert("RGB").save(root / "masks" / "sample_002.png")  # gray RGB
+    with pytest.raises(DatasetVerificationError) as raised:
+        open_shadow_dataset("custom", root, image_size=32, verify="quick")
+    text = str(raised.value)
+    assert "masks/sample_000.png" in text and "is colored" in text
+    assert "shadows/sample_001.png" in text and "has transparency" in text
+    assert "sample_002" not in text  # an RGB file with equal channels is a gray map
+
+
+def test_non_regular_files_are_refused_before_opening(tmp_path):
+    """A FIFO named like an image would block any read forever: listed as an error, and refused by the loader even when
+    it replaces a file after the scan."""
+    root = make_custom_dataset(tmp_path / "data", n=3, size=32)
+    (root / "shadows" / "sample_000.png").unlink()
+    os.mkfifo(root / "shadows" / "sample_000.png")
+    errors = _errors(verify_dataset(root, level="quick"))
+    assert any("not_a_file | shadows/sample_000.png" in e for e in errors), errors
+    fine = make_custom_dataset(tmp_path / "fine", n=2, size=32)
+    dataset = open_shadow_dataset("custom", fine, image_size=32, verify="quick")
+    (fine / "masks" / "sample_001.png").unlink()
+    os.mkfifo(fine / "masks" / "sample_001.png")
+    with pytest.raises(SampleLoadError, match=r"masks/sample_001.png is not a regular file"):
+        dataset[1]
+    (root / "metadata.json").rename(root / "metadata.real")
+    os.mkfifo(root / "metadata.json")
+    assert any("metadata.json" in e and "not a regular file" in e for e in _errors(verify_dataset(root)))
+
+
+def test_skip_bad_samples_leaves_the_sample_out_and_lists_it(tmp_path):
+    root = make_custom_dataset(tmp_path / "data", n=4, size=32)
+    data = (root / "objects" / "sample_002.png").read_bytes()
+    (root / "objects" / "sample_002.png").write_bytes(data[: len(data) // 2])  # truncated: only decoding shows it
+    kwargs = {"batch_size": 4, "num_workers": 0, "image_size": 32, "val_fraction": 0.0, "shuffle": False}
+    loader, _ = create_dataloaders("custom", root, **kwargs)
+    with pytest.raises(SampleLoadError, match="objects/sample_002.png"):
+        next(iter(loader))
+    loader, _ = create_dataloaders("custom", root, skip_bad_samples=True, **kwargs)
+    batch = next(iter(loader))
+    assert batch["id"] == ["sample_000", "sample_001", "sample_003"] and batch["object_image"].shape[0] == 3
+    assert len(batch["skipped"]) == 1 and "objects/sample_002.png" in batch["skipped"][0]

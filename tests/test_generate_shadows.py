@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import subprocess
 import sys
 
 import numpy as np
 import PIL.Image
+import pytest
 from test_pipeline_shadow import _rgba_object
 
 import generate_shadows
@@ -74,3 +77,63 @@ def test_cli_errors_name_the_problem(tiny_shadow_dir, tmp_path):
         generate_shadows.main(["--model", str(tiny_shadow_dir), "--input", str(rgb_only), "--output_dir", str(output)])
         == 1
     )
+
+
+def test_bad_arguments_are_refused_with_the_flag_named(tiny_shadow_dir, tmp_path, capsys):
+    cutouts = _inputs(tmp_path)
+    base = ["--input", str(cutouts), "--output_dir", str(tmp_path / "out")]
+    for resolution in ("0", "60", "16"):
+        with pytest.raises(SystemExit):
+            generate_shadows.parse_args(["--model", str(tiny_shadow_dir), *base, "--resolution", resolution])
+        assert "--resolution` must be a positive multiple of 8 and >= 32" in capsys.readouterr().err
+    for flag, value, message in (("--theta", "nan", "--theta must be a finite"), ("--size", "0", "--size (area")):
+        with pytest.raises(SystemExit):
+            generate_shadows.parse_args(["--model", str(tiny_shadow_dir), *base, flag, value])
+        assert message in capsys.readouterr().err
+
+
+def test_setup_errors_name_the_file_and_write_nothing(tiny_shadow_dir, tmp_path, caplog):
+    cutouts = _inputs(tmp_path)
+    missing_model = ["--model", str(tmp_path / "no-such-model"), "--input", str(cutouts)]
+    with caplog.at_level(logging.ERROR, logger="generate_shadows"):
+        assert generate_shadows.main([*missing_model, "--output_dir", str(tmp_path / "o1")]) == 2
+        assert "no-such-model is not a folder" in caplog.text
+        corrupt = tmp_path / "beach.jpg"
+        corrupt.write_bytes(b"\xff\xd8 not really a jpeg")
+        run = ["--model", str(tiny_shadow_dir), "--input", str(cutouts), "--background", str(corrupt)]
+        assert generate_shadows.main([*run, "--output_dir", str(tmp_path / "o2")]) == 2
+        assert f"--background {corrupt} is not a readable image" in caplog.text
+        a_file = tmp_path / "taken"
+        a_file.write_text("")
+        assert generate_shadows.main([*run[:4], "--output_dir", str(a_file)]) == 2
+        assert f"--output_dir {a_file} exists and is not a folder" in caplog.text
+
+
+def test_decompression_bomb_and_fifo_are_reported_per_file(tiny_shadow_dir, tmp_path, monkeypatch, caplog):
+    cutouts = _inputs(tmp_path)  # 64x48 and 40x40
+    _rgba_object(100, 100, box=(10, 90, 10, 90)).save(cutouts / "bomb.png")
+    fifo = cutouts / "pipe.png"
+    os.mkfifo(fifo)  # opening it for reading would block forever: it is refused before opening
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 2000)  # 100x100 > 2 x the limit: PIL refuses it as a bomb
+    output = tmp_path / "out"
+    with caplog.at_level(logging.ERROR, logger="generate_shadows"):
+        code = generate_shadows.main(
+            ["--model", str(tiny_shadow_dir), "--input", str(cutouts), "--output_dir", str(output)]
+        )
+    assert code == 1
+    assert "bomb.png is not a readable image (DecompressionBombError" in caplog.text
+    assert "pipe.png is not a regular file" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="generate_shadows"):
+        assert generate_shadows.main(["--model", str(tiny_shadow_dir), "--input", str(fifo), "--output_dir",
+                                      str(output)]) == 2  # fmt: skip
+    assert "pipe.png is not a regular file or a folder" in caplog.text
+    assert (output / "vase_t30_p0_s2_shadow.png").is_file() and (output / "pole_t30_p0_s2_shadow.png").is_file()
+
+
+def test_light_flags_are_checked_before_the_model_loads(tiny_shadow_dir, tmp_path, capsys):
+    base = ["--model", str(tiny_shadow_dir), "--input", str(tmp_path), "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit):
+        generate_shadows.parse_args([*base, "--light", "30,0,2", "--light", "95,0,2"])
+    assert "`--light[1].theta` must lie in [0, 90)" in capsys.readouterr().err
+    assert generate_shadows.parse_args(base).theta is None  # no flag: the default light, no sweep

@@ -22,6 +22,7 @@ from data_factory import make_custom_dataset
 from safetensors.torch import load_file
 from training_fixtures import (  # noqa: F401 (autouse fixture)
     fresh_accelerate_state,
+    make_checkpoints,
     reset_accelerate,
     straight_and_resumed,
     tiny_run_argv,
@@ -106,9 +107,10 @@ def test_deepspeed_is_refused():
 
 
 @pytest.mark.parametrize("saved_lean", [False, True])
-def test_resuming_across_the_setting_is_refused(tmp_path, data_dir, saved_lean):
+def test_resuming_across_the_setting_is_refused(tmp_path, data_dir, saved_lean, tiny_sdxl_dir):
+    make_checkpoints(tiny_sdxl_dir, data_dir, tmp_path / "out")  # a real, intact checkpoint-2 ...
     checkpoint = tmp_path / "out" / "checkpoint-2"
-    checkpoint.mkdir(parents=True)
+    # ... whose recorded setting is then rewritten
     state = {"global_step": 2, "seed": 0, **({"memory_lean": True} if saved_lean else {})}  # older: no key
     (checkpoint / train.TRAINING_STATE_FILE).write_text(json.dumps(state))
     extra = ["--resume_from_checkpoint", "latest"] + ([] if saved_lean else ["--memory_lean"])

@@ -384,8 +384,9 @@ def test_background_gives_composites(tiny_pipeline):
         ({"theta": -1.0}, r"`theta` must lie in \[0, 90\)"),
         ({"size": 0.0}, r"`size` \(area-light side\) must be > 0"),
         ({"intensity": -0.5}, "`intensity` must be >= 0"),
-        ({"height": 60}, "`height` must be a positive multiple of 8"),
-        ({"width": 63}, "`width` must be a positive multiple of 8"),
+        ({"height": 60}, "`height` must be a positive multiple of 8 and >= 32"),
+        ({"height": -8}, "`height` must be a positive multiple of 8 and >= 32"),
+        ({"width": 63}, "`width` must be a positive multiple of 8 and >= 32"),
         ({"num_inference_steps": 0}, "`num_inference_steps` must be an integer >= 1"),
         ({"output_type": "latent"}, "`output_type` must be one of"),
         ({"phi": [0.0, 90.0]}, "`phi` has 2 values but the batch has 1 images"),
@@ -524,3 +525,122 @@ def test_example_doc_string_runs_as_written(tmp_path, monkeypatch):
     exec(compile(code, "EXAMPLE_DOC_STRING", "exec"), {})
     assert PIL.Image.open(tmp_path / "shadow.png").size == (128, 96)
     assert PIL.Image.open(tmp_path / "composite.png").mode == "RGB"
+
+
+# ----- input checks shared by every entry point (issue #18) --------------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", ["call", "encode_object"])
+def test_encode_object_and_call_share_the_input_checks(tiny_pipeline, entry):
+    run = tiny_pipeline if entry == "call" else tiny_pipeline.encode_object
+    with pytest.raises(ValueError, match="is RGB and no `mask` was given"):
+        run(PIL.Image.new("RGB", (32, 32)))
+    for height in (60, 12, -8, 0, 24):
+        with pytest.raises(ValueError, match=r"`height` must be a positive multiple of 8 and >= 32"):
+            run(_rgba_object(), height=height)
+    with pytest.raises(ValueError, match=r"`object_image`\[0\] is 0x0 \(W x H\): every side must be at least 8"):
+        run(torch.zeros(1, 3, 0, 0), mask=torch.zeros(1, 1, 0, 0))
+    with pytest.raises(ValueError, match=r"is 1x1 \(W x H\)"):
+        run(_rgba_object(1, 1, box=(0, 1, 0, 1)))
+    nan_image = torch.full((1, 3, 32, 32), 0.5)
+    nan_image[0, 1, 3, 4] = float("nan")
+    with pytest.raises(ValueError, match=r"`object_image` has 1 non-finite values \(NaN or Inf\)"):
+        run(nan_image, mask=torch.ones(1, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"`mask` has 1024 non-finite values"):
+        run(torch.full((1, 3, 32, 32), 0.5), mask=np.full((32, 32), np.inf, np.float32))
+
+
+def test_empty_mask_and_transparent_cutout_warn(tiny_pipeline, caplog):
+    transparent = PIL.Image.new("RGBA", (32, 32), (200, 60, 40, 0))
+    for run in (tiny_pipeline, tiny_pipeline.encode_object):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="pipeline_shadow"):
+            run(transparent)
+            run(torch.full((1, 3, 32, 32), 0.5), mask=torch.zeros(1, 1, 32, 32))
+        assert sum("is empty (no pixel >= 0.5" in r.getMessage() for r in caplog.records) == 2
+
+
+@pytest.mark.parametrize(
+    ("light", "message"),
+    [
+        ({"theta": float("inf")}, "`theta` must be a finite number"),
+        ({"phi": float("nan")}, "`phi` must be a finite number"),
+        ({"theta": 95.0}, r"`theta` must lie in \[0, 90\)"),
+        ({"size": -1.0}, r"`size` \(area-light side\) must be > 0 and <= 100"),
+        ({"size": 1e6}, r"`size` \(area-light side\) must be > 0 and <= 100"),
+    ],
+)
+def test_absurd_lights_are_refused_by_the_pipeline_and_the_unet(tiny_pipeline, light, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_pipeline(_rgba_object(), **light)
+    row = [light.get("theta", 30.0), light.get("phi", 0.0), light.get("size", 2.0)]
+    with pytest.raises(ValueError, match=message):  # the UNet itself: a user's own loop cannot embed it either
+        tiny_pipeline.unet(torch.zeros(1, 9, 8, 8), torch.tensor([1000.0]), torch.tensor([row]))
+
+
+def test_light_outside_the_trained_range_warns(tiny_pipeline, caplog):
+    with caplog.at_level(logging.WARNING, logger="pipeline_shadow"):
+        tiny_pipeline(_rgba_object(), theta=60.0, size=12.0)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("`theta` = 60 is outside the training range [0, 45]" in m for m in messages)
+    assert any("`size` = 12 is outside the training range [2, 8]" in m for m in messages)
+
+
+def test_every_pil_mode_is_read_or_refused_with_its_mode(tmp_path):
+    """No mode becomes a blank image silently: 16-bit (either byte order) and float gray keep their values as object
+    images and maps; coloured, transparent and non-gray modes are refused as maps, naming the mode or the reason."""
+    ramp = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    sixteen = (ramp * 65535).round().astype(np.uint16)
+    images = {
+        "I;16": PIL.Image.fromarray(sixteen),
+        "I;16B": PIL.Image.frombytes("I;16B", (64, 64), sixteen.astype(">u2").tobytes()),
+        "I": PIL.Image.fromarray(sixteen.astype(np.int32)),
+        "F": PIL.Image.fromarray(ramp),
+    }
+    for mode, image in images.items():
+        assert image.mode == mode
+        for read in (ps.gray_to_tensor, ps.image_to_tensor):
+            values = read(image)
+            assert torch.allclose(values[0], torch.from_numpy(ramp), atol=1e-4), (mode, read.__name__)
+    rgb = PIL.Image.fromarray((np.stack([ramp, ramp[::-1], ramp], 2) * 255).astype(np.uint8))
+    refused = {
+        "RGB": (rgb, "is colored"),
+        "LA": (PIL.Image.merge("LA", [rgb.getchannel(0), rgb.getchannel(1)]), "has transparency"),
+        "CMYK": (rgb.convert("CMYK"), "has image mode CMYK, which is not a gray image"),
+        "YCbCr": (rgb.convert("YCbCr"), "has image mode YCbCr"),
+        "HSV": (rgb.convert("HSV"), "has image mode HSV"),
+        "La": (PIL.Image.merge("LA", [rgb.getchannel(0)] * 2).convert("La"), "has premultiplied-alpha mode La"),
+    }
+    for image, message in refused.values():
+        with pytest.raises(ValueError, match=f"`mask` {message}"):
+            ps.gray_to_tensor(image, "mask")
+    with pytest.raises(ValueError, match="`object_image` has image mode La, which cannot be read as RGB"):
+        ps.image_to_tensor(refused["La"][0])
+    sixteen_rgb = np.repeat(sixteen[:, :, None], 3, axis=2)  # a 16-bit numpy object image keeps its scale too
+    assert torch.allclose(ps.image_to_tensor(sixteen_rgb)[1], torch.from_numpy(ramp), atol=1e-4)
+    for mode in ("CMYK", "YCbCr", "HSV", "LAB", "P", "1", "L"):  # colour / palette / bilevel objects convert properly
+        converted = ps.image_to_tensor(rgb.convert(mode))
+        assert converted.shape == (3, 64, 64) and converted.std() > 0.02, mode  # not blank
+
+
+def test_trust_remote_code_in_process_leaves_nothing_in_the_users_cache(tiny_pipeline, tmp_path):
+    """conftest points HF_HOME / HF_MODULES_CACHE at a throw-away folder before diffusers is imported: the module copy
+    trust_remote_code makes goes there, not into ~/.cache/huggingface."""
+    from conftest import TEST_CACHE_HOME
+    from diffusers import DiffusionPipeline
+    from diffusers.utils.constants import HF_MODULES_CACHE
+
+    assert Path(HF_MODULES_CACHE).is_relative_to(TEST_CACHE_HOME)
+    tiny_pipeline.save_pretrained(tmp_path / "pipe")
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "pipe", trust_remote_code=True)
+    assert type(pipe).__module__.startswith("diffusers_modules")
+    assert list(Path(HF_MODULES_CACHE).rglob("pipeline_shadow.py"))  # the copy landed in the test cache
+
+
+def test_background_and_step_count_are_checked_before_the_model_runs(tiny_pipeline):
+    with pytest.raises(ValueError, match=r"`background` is 0x0 \(W x H\): it must have at least one pixel"):
+        tiny_pipeline(_rgba_object(), background=torch.zeros(3, 0, 0))
+    with pytest.raises(ValueError, match=r"`background` is 0x0"):
+        ps.composite(torch.ones(3, 16, 16), torch.ones(1, 16, 16), torch.zeros(1, 16, 16), torch.zeros(3, 0, 0))
+    with pytest.raises(ValueError, match="`num_inference_steps` must be an integer >= 1"):
+        tiny_pipeline(_rgba_object(), num_inference_steps=True)

@@ -16,7 +16,7 @@ import pytest
 import torch
 from data_factory import make_custom_dataset
 from safetensors.torch import load_file
-from training_fixtures import fresh_accelerate_state, reset_accelerate  # noqa: F401 (autouse fixture)
+from training_fixtures import fresh_accelerate_state, make_checkpoints, reset_accelerate  # noqa: F401 (autouse fixture)
 
 import train_shadow_sdxl as train
 from pipeline_shadow import ShadowPipeline
@@ -154,7 +154,7 @@ def test_unknown_choices_are_refused(argv, message, capsys):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--resolution", "60"], r"`--resolution` must be a positive multiple of 8, got 60"),
+        (["--resolution", "60"], r"`--resolution` must be a positive multiple of 8 and >= 32 .*, got 60"),
         (["--data_dir", None], r"needs `--data_dir` .*no data given"),
         (["--dataset_type", "benchmark"], "TEST set"),
         (["--data_dir", "EMPTY"], "objects"),  # dataset_loading's verification lists what is missing
@@ -208,7 +208,7 @@ def test_command_line_mistake_is_one_line_and_exit_status_2(data_dir):
     command = [sys.executable, str(SCRIPT), "--data_dir", str(data_dir), "--image_size", "500"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "error: `--resolution` must be a positive multiple of 8, got 500." in result.stderr
+    assert "error: `--resolution` must be a positive multiple of 8 and >= 32" in result.stderr and "got 500." in result.stderr
 
 
 # ----- checkpoint bookkeeping -----------------------------------------------------------------------------------
@@ -245,9 +245,9 @@ def test_resume_latest_without_checkpoints_starts_fresh(tmp_path):
     assert train.resolve_resume_checkpoint(args) is None
 
 
-def test_resuming_with_another_split_seed_is_refused(tmp_path, data_dir):
+def test_resuming_with_another_split_seed_is_refused(tmp_path, data_dir, tiny_sdxl_dir):
+    make_checkpoints(tiny_sdxl_dir, data_dir, tmp_path / "out")
     checkpoint = tmp_path / "out" / "checkpoint-2"
-    checkpoint.mkdir(parents=True)
     (checkpoint / train.TRAINING_STATE_FILE).write_text(json.dumps({"global_step": 2, "seed": 0}))  # older: no key
     argv = ["--pretrained_model_name_or_path", "org/not-a-model-that-could-load", "--data_dir", str(data_dir)]
     argv += ["--output_dir", str(tmp_path / "out"), "--resume_from_checkpoint", "latest", "--seed", "5"]
@@ -334,8 +334,8 @@ def test_non_finite_loss_skips_the_step_and_is_logged(tiny_sdxl_dir, data_dir, t
     for index, slot in optimizer_before["state"].items():  # nor the AdamW moments and step count
         for key, value in slot.items():
             assert torch.equal(value, optimizer_after["state"][index][key]), (index, key)
-    lr_before = torch.load(before / "custom_checkpoint_0.pkl", weights_only=False)
-    assert lr_before == torch.load(after / "custom_checkpoint_0.pkl", weights_only=False)  # nor the lr schedule
+    lr_before = torch.load(before / "lr_scheduler.pt", weights_only=True)
+    assert lr_before == torch.load(after / "lr_scheduler.pt", weights_only=True)  # nor the lr schedule
     assert any(
         not torch.equal(v, _unet_weights(output_dir / "checkpoint-3")[k]) for k, v in _unet_weights(after).items()
     )

@@ -54,3 +54,11 @@ def straight_and_resumed(argv: Callable[..., list[str]], root: Path, total: int,
     reset_accelerate()
     resumed = train.main(argv(root / "resumed", *common, "--max_train_steps", total, *resume))
     return straight, first, resumed
+
+
+def make_checkpoints(model, data_dir, output_dir: Path, steps: int = 2, *extra) -> Path:
+    """A real tiny run that saves checkpoint-1 .. checkpoint-`steps` in output_dir (for tests that corrupt them)."""
+    train.main(tiny_run_argv(model, data_dir, output_dir, "--max_train_steps", steps, "--checkpointing_steps", 1,
+                             "--val_fraction", 0, *extra))  # fmt: skip
+    reset_accelerate()
+    return output_dir
