@@ -208,7 +208,10 @@ def test_command_line_mistake_is_one_line_and_exit_status_2(data_dir):
     command = [sys.executable, str(SCRIPT), "--data_dir", str(data_dir), "--image_size", "500"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "error: `--resolution` must be a positive multiple of 8 and >= 32" in result.stderr and "got 500." in result.stderr
+    assert (
+        "error: `--resolution` must be a positive multiple of 8 and >= 32" in result.stderr
+        and "got 500." in result.stderr
+    )
 
 
 # ----- checkpoint bookkeeping -----------------------------------------------------------------------------------
