@@ -12,12 +12,17 @@ than the model (`trigger_mode="always_last"`). Outputs: the composite, the raw s
 with alpha, each downloadable as a PNG at the input's size (grown by the padding, when some is asked for), and a
 picture of where the light stands.
 
+"Add light" shows up to two more lights (each with its power relative to light 1's); an equirectangular environment
+map replaces the sliders' lights by its own (`lights_from_environment`). Several lights are predicted in ONE batched
+UNet call on the same stored latents and composed by irradiance (README "Several lights and environment maps").
+
 The same file runs as a Hugging Face Space: see space/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import html
 import logging
@@ -27,6 +32,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,14 +47,18 @@ import PIL.ImageFont  # noqa: E402
 import PIL.ImageOps  # noqa: E402
 import torch  # noqa: E402
 
+import pipeline_shadow  # noqa: E402
 from generate_shadows import pad_canvas  # noqa: E402
 from pipeline_shadow import (  # noqa: E402
+    LOW_SKY_CHOICES,
+    EnvironmentLighting,
     Light,
     ObjectLatents,
     ShadowPipeline,
     composite,
     gray_to_tensor,
     image_to_tensor,
+    lights_from_environment,
     shadow_layer,
     shadow_map_to_pil,
     wrap_phi,
@@ -65,12 +75,20 @@ PHI_RANGE = (0.0, 360.0)
 SIZE_RANGE = (2.0, 8.0)
 INTENSITY_RANGE = (0.0, 1.0)
 DEFAULT_LIGHT = Light(theta=30.0, phi=0.0, size=2.0)
+# Several lights (README "Several lights and environment maps"): light 1 is always on with power 1; the extra lights'
+# powers are relative to it (only ratios matter). A fixed number of slots keeps the page's wiring static.
+MAX_LIGHTS = 3
+POWER_RANGE = (0.0, 4.0)
+EXTRA_LIGHTS = (Light(theta=30.0, phi=90.0, size=4.0, power=1.0), Light(theta=20.0, phi=240.0, size=6.0, power=0.5))
+ENVIRONMENT_MAX_LIGHTS = 5  # each environment light is one more row of the batched UNet call
+ENVIRONMENT_SUFFIXES = (".png", ".jpg", ".jpeg", ".hdr", ".exr")
 DEFAULT_INTENSITY = 0.8
 PADDING_MAX = 1.0  # fraction of each side added around the object
 # Far above any processing resolution: a bigger upload costs seconds of resizing per slider move and memory for
 # nothing (the model sees the image at its training resolution), so the page asks for a smaller one instead.
 MAX_IMAGE_SIDE = 4096
 OUTPUT_KINDS = ("composite", "shadow", "layer")
+ENVIRONMENT_HINT = "No environment map: the sliders' lights are used."
 
 
 class PageError(ValueError):
@@ -225,6 +243,99 @@ def read_background(image, max_side: int = MAX_IMAGE_SIDE) -> torch.Tensor | Non
     return image_to_tensor(image, "background")[:3]
 
 
+@contextlib.contextmanager
+def pipeline_warnings():
+    """Collects what pipeline_shadow logs as warnings while the block runs (`lights_from_environment` says there how
+    much low sky it folded into ambient or clamped), so that the page can show it to the person, not only the log."""
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = Collect(logging.WARNING)
+    pipeline_shadow.logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        pipeline_shadow.logger.removeHandler(handler)
+
+
+@dataclass
+class PageEnvironment:
+    """An uploaded environment map, turned into lights once per upload: every slider move reuses `lighting`."""
+
+    name: str  # the file's stem, for the downloads
+    lighting: EnvironmentLighting
+    warnings: list[str]  # legal but odd: low sky folded or clamped, not 2:1
+
+
+def read_environment(
+    path: str | os.PathLike, max_lights: int = 3, low_sky: str = "ambient", max_side: int = MAX_IMAGE_SIDE
+) -> PageEnvironment:
+    """An equirectangular environment map (PNG/JPEG; HDR/EXR when OpenCV or imageio is installed) -> its lights and
+    ambient (`lights_from_environment`). An 8-bit map gets the header check of any upload, with twice the side: an
+    equirectangular map is twice as wide as it is high, and it is averaged down to 256 px wide anyway."""
+    path = Path(path)
+    if path.suffix.lower() not in ENVIRONMENT_SUFFIXES:
+        raise PageError(
+            f"The environment map {path.name} is not a {'/'.join(s[1:].upper() for s in ENVIRONMENT_SUFFIXES)} file."
+        )
+    if not 1 <= max_lights <= ENVIRONMENT_MAX_LIGHTS:
+        raise PageError(f"The environment's lights must number 1..{ENVIRONMENT_MAX_LIGHTS}, got {max_lights}.")
+    if low_sky not in LOW_SKY_CHOICES:
+        raise PageError(f"Low sky must be one of {', '.join(LOW_SKY_CHOICES)}, got {low_sky!r}.")
+    notes = []
+    source = str(path)  # HDR/EXR: lights_from_environment reads it (or says which reader to install)
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        source = open_image(path, "environment map", 2 * max_side).convert("RGB")
+        if abs(source.width / source.height - 2.0) > 0.1:
+            notes.append(
+                f"The environment map {path.name} is {source.width} x {source.height} px, not 2:1: is it an "
+                "equirectangular map (row 0 = straight up, the centre column = the image's right)? Its lights may "
+                "stand in odd places."
+            )
+    with pipeline_warnings() as messages:
+        try:
+            lighting = lights_from_environment(source, max_lights=max_lights, low_sky=low_sky)
+        except ValueError as error:
+            raise PageError(f"The environment map {path.name} gives no usable light: {error}") from error
+    notes += messages
+    if not messages and lighting.ambient >= 0.05:  # the pipeline warns from 25 %; the page says it from 5 %
+        notes.append(
+            f"{100 * lighting.ambient:.0f} % of the environment's light on the ground comes from lower than "
+            f"{pipeline_shadow.TRAINED_THETA_MAX_DEG:g}° in the sky (or from faint spots): it goes into ambient, "
+            "which lightens the shadow but casts none (the model was trained on theta <= 45°)."
+        )
+    return PageEnvironment(name=path.stem, lighting=lighting, warnings=notes)
+
+
+def describe_environment(environment: PageEnvironment) -> str:
+    """The lights an environment map gave, as a Markdown table for the page."""
+    lighting = environment.lighting
+    rows = "\n".join(
+        f"| {number} | {light.theta:.1f}° | {light.phi:.1f}° | {light.size:.2g} | {light.power:.3g} |"
+        for number, light in enumerate(lighting.lights, 1)
+    )
+    return (
+        f"**{html.escape(environment.name)}**: {len(lighting.lights)} light(s), which replace the sliders' lights; "
+        f"ambient {lighting.ambient:.2f} (light that casts no shadow the model can draw).\n\n"
+        f"| light | theta | phi | size | power |\n|---|---|---|---|---|\n{rows}"
+    )
+
+
+def slider_lights(light_values: Sequence[float]) -> list[Light]:
+    """The page's light sliders -> the lights that are on: light 1's (theta, phi, size), then for each extra light
+    (on, theta, phi, size, power). Light 1 has power 1; the others' powers are relative to it."""
+    lights = [Light(*(float(v) for v in light_values[:3]))]
+    extras = light_values[3:]
+    for k in range(0, len(extras), 5):
+        on, theta, phi, size, power = extras[k : k + 5]
+        if on:
+            lights.append(Light(float(theta), float(phi), float(size), float(power)))
+    return lights
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # 3. A slider move: UNet + decoder on the stored latents, then compositing.
 # ---------------------------------------------------------------------------------------------------------------------
@@ -239,25 +350,34 @@ class Rendering:
     seconds: float  # server time of the move: UNet + decoder + compositing
 
 
+def as_lights(lights: Light | Sequence[Light]) -> list[Light]:
+    return [lights] if isinstance(lights, Light) else list(lights)
+
+
 def render_light(
     pipe: ShadowPipeline,
     prepared: PreparedObject,
-    light: Light,
+    lights: Light | Sequence[Light],
     intensity: float = DEFAULT_INTENSITY,
     background: torch.Tensor | None = None,
     seed: int = 0,
+    ambient: float = 0.0,
 ) -> Rendering:
-    """The shadow of `prepared` under `light`, without re-encoding the object. The starting noise is the same
-    (`seed`) for every move, so the shadow changes only because the light does."""
+    """The shadow of `prepared` under one light or several (and `ambient`, the unshadowed share of the light), without
+    re-encoding the object. One light without ambient takes the single-light call, so the page with one light is
+    exactly what it was; several take `pipe(lights=...)`, one batched UNet call whose maps are composed by their
+    irradiance. The starting noise is the same (`seed`) for every move, so the shadow changes only because the light
+    does."""
+    lights = as_lights(lights)
     start = time.perf_counter()
-    shadow_map = pipe(
-        object_latents=prepared.latents,
-        theta=light.theta,
-        phi=light.phi,
-        size=light.size,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="pt",
-    ).shadow_maps[0]  # [1,H,W]
+    generator = torch.Generator().manual_seed(seed)
+    if len(lights) == 1 and ambient == 0.0:  # power is relative: alone, a light's power changes nothing
+        light_args = {"theta": lights[0].theta, "phi": lights[0].phi, "size": lights[0].size}
+    else:
+        light_args = {"lights": lights, "ambient": ambient}
+    shadow_map = pipe(object_latents=prepared.latents, generator=generator, output_type="pt", **light_args).shadow_maps[
+        0
+    ]  # [1,H,W]
     canvas = background if background is not None else torch.ones_like(prepared.rgb)  # white by default
     result = composite(prepared.rgb, prepared.mask, shadow_map, canvas, intensity)  # [3,H,W]
     composite_image = PIL.Image.fromarray((result.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8))
@@ -275,14 +395,28 @@ def light_tag(light: Light) -> str:
     return f"t{light.theta:g}_p{wrap_phi(light.phi):g}_s{light.size:g}"
 
 
-def save_rendering(rendering: Rendering, prepared: PreparedObject, light: Light) -> dict[str, Path]:
-    """Writes the three PNGs (named by object and light) into the object's folder, replacing the previous set: the
+def lighting_tag(lights: Light | Sequence[Light], environment: str | None = None) -> str:
+    """Names the lighting in file names: one light as light_tag; several joined by "+", each with its power
+    (w<power>); an environment map by its file stem, as generate_shadows.py does (env_<stem>)."""
+    if environment is not None:
+        return f"env_{environment}"
+    lights = as_lights(lights)
+    if len(lights) == 1:
+        return light_tag(lights[0])
+    return "+".join(f"{light_tag(light)}_w{light.power:.3g}" for light in lights)
+
+
+def save_rendering(
+    rendering: Rendering, prepared: PreparedObject, lights: Light | Sequence[Light], environment: str | None = None
+) -> dict[str, Path]:
+    """Writes the three PNGs (named by object and lighting) into the object's folder, replacing the previous set: the
     page server copies each returned file into its own cache, so only the newest set is needed here."""
     for old in prepared.output_dir.glob("*.png"):
         old.unlink()
     paths = {}
+    tag = lighting_tag(lights, environment)
     for kind in OUTPUT_KINDS:
-        paths[kind] = prepared.output_dir / f"{prepared.stem}_{light_tag(light)}_{kind}.png"
+        paths[kind] = prepared.output_dir / f"{prepared.stem}_{tag}_{kind}.png"
         getattr(rendering, kind).save(paths[kind], compress_level=1)  # fast: these are rewritten on every move
     return paths
 
@@ -299,18 +433,28 @@ def _font(size: int):
         return PIL.ImageFont.load_default()
 
 
-def light_dial(light: Light, size: int = 180) -> PIL.Image.Image:
+def light_dial(lights: Light | Sequence[Light], size: int = 180, ambient: float = 0.0) -> PIL.Image.Image:
     """Two small panels. Left, from above: the object at the centre, the camera below it (on the -y side, as in the
-    renders), the light at azimuth phi (0 = image right, counter-clockwise) and at a radius growing with theta, the
-    shadow pointing away from it. Right, from the side: the light at theta from straight up and its rays past the
-    object onto the ground. The light's square grows with its size (bigger = softer shadow)."""
+    renders), each light at azimuth phi (0 = image right, counter-clockwise) and at a radius growing with theta, its
+    shadow pointing away from it. Right, from the side: each light at theta from straight up and its rays past the
+    object onto the ground. A light's square grows with its size (bigger = softer shadow); several lights are
+    numbered as on the page."""
+    lights = as_lights(lights)
+    numbered = len(lights) > 1
     width, height = 2 * size, size
     image = PIL.Image.new("RGB", (width, height), (250, 250, 247))
     draw = PIL.ImageDraw.Draw(image)
     font = _font(max(9, size // 15))
     ink, faint, sun, shade = (40, 40, 40), (200, 200, 195), (245, 170, 20), (90, 90, 90)
-    theta, phi = math.radians(light.theta), math.radians(wrap_phi(light.phi))
-    light_half = 2 + light.size * size / 120  # the light's square, in pixels
+
+    def half_side(light: Light) -> float:  # the light's square, in pixels
+        return 2 + light.size * size / 120
+
+    def square(x: float, y: float, light: Light, number: int) -> None:
+        half = half_side(light)
+        draw.rectangle((x - half, y - half, x + half, y + half), fill=sun, outline=ink)
+        if numbered:
+            draw.text((x + half + 2, y - half - 4), str(number), fill=ink, font=font)
 
     # From above: rings at theta = 15, 30, 45 degrees; radius proportional to theta (90 degrees = the panel's edge).
     cx, cy, radius = size / 2, size / 2 + 4, size * 0.40
@@ -318,33 +462,49 @@ def light_dial(light: Light, size: int = 180) -> PIL.Image.Image:
         r = radius * ring_deg / 45
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), outline=faint)
     draw.text((cx + radius * 0.71 + 2, cy - radius * 0.71 - 10), "45°", fill=shade, font=font)
-    r = radius * light.theta / 45
-    lx, ly = cx + r * math.cos(phi), cy - r * math.sin(phi)  # y up on the page
-    if light.theta > 0:  # the shadow falls away from the light
-        sx, sy = cx - 0.9 * r * math.cos(phi), cy + 0.9 * r * math.sin(phi)
-        draw.line((cx, cy, sx, sy), fill=shade, width=max(3, size // 30))
+    above = []
+    for light in lights:
+        r, phi = radius * light.theta / 45, math.radians(wrap_phi(light.phi))
+        above.append((cx + r * math.cos(phi), cy - r * math.sin(phi)))  # y up on the page
+        if light.theta > 0:  # the shadow falls away from the light
+            sx, sy = cx - 0.9 * r * math.cos(phi), cy + 0.9 * r * math.sin(phi)
+            draw.line((cx, cy, sx, sy), fill=shade, width=max(3, size // 30))
     draw.rectangle((cx - 5, cy - 5, cx + 5, cy + 5), fill=ink)
     draw.polygon([(cx, cy + radius + 2), (cx - 6, cy + radius + 12), (cx + 6, cy + radius + 12)], fill=ink)
     draw.text((cx + 9, cy + radius + 2), "camera", fill=ink, font=font)
-    draw.rectangle((lx - light_half, ly - light_half, lx + light_half, ly + light_half), fill=sun, outline=ink)
-    draw.text((4, 2), f"from above: phi {wrap_phi(light.phi):g}°", fill=ink, font=font)
+    for number, (light, (lx, ly)) in enumerate(zip(lights, above), 1):
+        square(lx, ly, light, number)
+    title = f"phi {wrap_phi(lights[0].phi):g}°" if not numbered else f"{len(lights)} lights"
+    draw.text((4, 2), f"from above: {title}", fill=ink, font=font)
 
-    # From the side, in the light's vertical plane: the ground, the object (a post), the light on a quarter circle at
+    # From the side, in each light's vertical plane: the ground, the object (a post), the light on a quarter circle at
     # theta from straight up, drawn on the image side the light is on (left when phi points left) so both panels agree.
     ox, ground, post = size + size / 2, size - 22, size * 0.22
     arc = size * 0.62
-    side = -1.0 if math.cos(phi) < -1e-9 else 1.0
     draw.line((size + 8, ground, width - 8, ground), fill=ink, width=2)
     draw.arc((ox - arc, ground - arc, ox + arc, ground + arc), 270 - 45, 270 + 45, fill=faint, width=2)
-    lx2, ly2 = ox + side * arc * math.sin(theta), ground - arc * math.cos(theta)
-    shadow_end = ox - side * post * math.tan(theta)  # the ray over the post's top reaches the ground here
-    draw.line((ox, ground, shadow_end, ground), fill=shade, width=max(4, size // 25))
-    draw.line((lx2, ly2, ox, ground - post), fill=sun, width=1)
-    draw.line((ox, ground - post, shadow_end, ground), fill=sun, width=1)
+    beside = []
+    for light in lights:
+        theta = math.radians(light.theta)
+        side = -1.0 if math.cos(math.radians(wrap_phi(light.phi))) < -1e-9 else 1.0
+        lx2, ly2 = ox + side * arc * math.sin(theta), ground - arc * math.cos(theta)
+        shadow_end = ox - side * post * math.tan(theta)  # the ray over the post's top reaches the ground here
+        draw.line((ox, ground, shadow_end, ground), fill=shade, width=max(4, size // 25))
+        draw.line((lx2, ly2, ox, ground - post), fill=sun, width=1)
+        draw.line((ox, ground - post, shadow_end, ground), fill=sun, width=1)
+        beside.append((lx2, ly2))
     draw.rectangle((ox - 3, ground - post, ox + 3, ground), fill=ink)
-    draw.rectangle((lx2 - light_half, ly2 - light_half, lx2 + light_half, ly2 + light_half), fill=sun, outline=ink)
-    draw.text((size + 4, 2), f"from the side: theta {light.theta:g}°", fill=ink, font=font)
-    draw.text((size + 4, height - 16), f"light size {light.size:g} (bigger = softer)", fill=ink, font=font)
+    for number, (light, (lx2, ly2)) in enumerate(zip(lights, beside), 1):
+        square(lx2, ly2, light, number)
+    thetas = ", ".join(f"{light.theta:.3g}°" for light in lights)
+    sizes = ", ".join(f"{light.size:.2g}" for light in lights)
+    footer = f"light size {sizes} (bigger = softer)" if not numbered else f"sizes {sizes} (bigger = softer)"
+    if ambient > 0:
+        footer += f", ambient {ambient:.2f}"
+    draw.text(
+        (size + 4, 2), f"from the side: theta {thetas if numbered else f'{lights[0].theta:g}°'}", fill=ink, font=font
+    )
+    draw.text((size + 4, height - 16), footer, fill=ink, font=font)
     draw.line((size, 0, size, height), fill=faint)
     return image
 
@@ -385,33 +545,78 @@ def _human_errors(action: str):
     return decorate
 
 
-def _status(light: Light, intensity: float, rendering: Rendering, device: str) -> str:
+def _status(
+    lights: Sequence[Light],
+    ambient: float,
+    environment: str | None,
+    intensity: float,
+    rendering: Rendering,
+    device: str,
+) -> str:
+    timing = f"{rendering.seconds * 1000:.0f} ms on {device}"
+    if len(lights) == 1 and environment is None:
+        light = lights[0]
+        return (
+            f"theta {light.theta:g}°, phi {wrap_phi(light.phi):g}°, size {light.size:g}, intensity {intensity:g} · "
+            f"{timing} (UNet + decoder; the object was encoded once)"
+        )
+    described = "; ".join(
+        f"light {number}: theta {light.theta:.4g}°, phi {wrap_phi(light.phi):.4g}°, size {light.size:.3g}, "
+        f"power {light.power:.3g}"
+        for number, light in enumerate(lights, 1)
+    )
+    source = f"environment {environment}: " if environment is not None else ""
     return (
-        f"theta {light.theta:g}°, phi {wrap_phi(light.phi):g}°, size {light.size:g}, intensity {intensity:g} · "
-        f"{rendering.seconds * 1000:.0f} ms on {device} (UNet + decoder; the object was encoded once)"
+        f"{source}{described}{f'; ambient {ambient:.2f}' if ambient else ''} · intensity {intensity:g} · {timing} "
+        f"({len(lights)} lights in one batched UNet call + decoder; the object was encoded once)"
     )
 
 
 @dataclass
 class LightControls:
-    """The sliders of one light. The page has one; an "add light" control would build one more group per light with
-    `light_controls()` and pass all of them as `pipe(..., lights=[Light(...), ...])` in `render_light`."""
+    """The sliders of one light. Light 1 has theta, phi and size; an extra light adds its power (relative to light
+    1's), an "on" box and a "Remove" button, in a group that "Add light" shows."""
 
     theta: gr.Slider
     phi: gr.Slider
     size: gr.Slider
+    power: gr.Slider | None = None
+    on: gr.Checkbox | None = None
+    group: gr.Accordion | None = None
+    remove: gr.Button | None = None
 
     @property
     def sliders(self) -> list[gr.Slider]:
-        return [self.theta, self.phi, self.size]
+        return [self.theta, self.phi, self.size, *([self.power] if self.power is not None else [])]
+
+    @property
+    def inputs(self) -> list:
+        """What `slider_lights` reads, in its order."""
+        return [*([self.on] if self.on is not None else []), *self.sliders]
 
 
-def light_controls(light: Light = DEFAULT_LIGHT) -> LightControls:
+def light_controls(light: Light = DEFAULT_LIGHT, number: int = 1) -> LightControls:
+    prefix = "" if number == 1 else f"light {number}: "  # light 1 keeps the page's original labels
     return LightControls(
-        theta=gr.Slider(*THETA_RANGE, value=light.theta, step=1, label="theta (°): 0 = light straight above"),
-        phi=gr.Slider(*PHI_RANGE, value=light.phi, step=1, label="phi (°): 0 = light on the right; 360 = 0"),
-        size=gr.Slider(*SIZE_RANGE, value=light.size, step=0.5, label="size: the light's side, bigger = softer"),
+        theta=gr.Slider(*THETA_RANGE, value=light.theta, step=1, label=f"{prefix}theta (°): 0 = light straight above"),
+        phi=gr.Slider(*PHI_RANGE, value=light.phi, step=1, label=f"{prefix}phi (°): 0 = light on the right; 360 = 0"),
+        size=gr.Slider(
+            *SIZE_RANGE, value=light.size, step=0.5, label=f"{prefix}size: the light's side, bigger = softer"
+        ),
     )
+
+
+def extra_light_controls(light: Light, number: int) -> LightControls:
+    """Light `number` (2..MAX_LIGHTS): hidden and off until "Add light" shows it."""
+    with gr.Accordion(f"Light {number}", open=True, visible=False, elem_id=f"light-{number}") as group:
+        on = gr.Checkbox(value=False, label=f"light {number} on", elem_id=f"light-{number}-on")
+        controls = light_controls(light, number)
+        power = gr.Slider(
+            *POWER_RANGE, value=light.power, step=0.05, label=f"light {number}: power, relative to light 1's (1)"
+        )
+        remove = gr.Button(f"Remove light {number}", size="sm", elem_id=f"remove-light-{number}")
+    controls.power, controls.on, controls.group, controls.remove = power, on, group, remove
+    return controls
 
 
 def build_demo(model: LoadedModel, seed: int = 0, max_side: int = MAX_IMAGE_SIDE) -> gr.Blocks:
@@ -430,27 +635,57 @@ def build_demo(model: LoadedModel, seed: int = 0, max_side: int = MAX_IMAGE_SIDE
         return None, None, None, None, ""
 
     @_human_errors("reading the upload")
-    def load_object(image_path, mask_path, padding, background_path, theta, phi, size, intensity):
+    def load_object(image_path, mask_path, padding, *light_inputs):
         if image_path is None:
             return None, None, None, None, ""
         pipe = require_model()
         prepared = prepare_object(pipe, image_path, mask_path, padding, Path(image_path).stem, max_side)
-        return (prepared, *relight(prepared, background_path, theta, phi, size, intensity))
+        return (prepared, *relight(prepared, *light_inputs))
 
     @_human_errors("moving the light")
-    def relight(prepared, background_path, theta, phi, size, intensity):
-        light = Light(float(theta), float(phi), float(size))
+    def relight(prepared, environment, background_path, intensity, *light_values):
+        if environment is not None:  # the environment's lights replace the sliders'
+            lights, ambient, name = environment.lighting.lights, environment.lighting.ambient, environment.name
+        else:
+            lights, ambient, name = slider_lights(light_values), 0.0, None
+        dial_image = light_dial(lights, ambient=ambient)
         if prepared is None:
-            return None, None, None, light_dial(light), "Upload a cut-out (or pick an example) to see its shadow."
-        rendering = render_light(
-            require_model(), prepared, light, float(intensity), read_background(background_path, max_side), seed
-        )
-        paths = save_rendering(rendering, prepared, light)
+            return None, None, None, dial_image, "Upload a cut-out (or pick an example) to see its shadow."
+        background_image = read_background(background_path, max_side)
+        rendering = render_light(require_model(), prepared, lights, float(intensity), background_image, seed, ambient)
+        paths = save_rendering(rendering, prepared, lights, name)
         return (
             *(str(paths[kind]) for kind in OUTPUT_KINDS),
-            light_dial(light),
-            _status(light, intensity, rendering, model.device),
+            dial_image,
+            _status(lights, ambient, name, intensity, rendering, model.device),
         )
+
+    def add_light(shown):
+        """Shows (and turns on) the first hidden extra light."""
+        hidden = [k for k, is_shown in enumerate(shown) if not is_shown]
+        if not hidden:
+            gr.Warning(f"The page takes at most {MAX_LIGHTS} lights; remove one first, or use an environment map.")
+            return shown, *(gr.update() for _ in range(2 * len(shown)))
+        shown = [*shown[: hidden[0]], True, *shown[hidden[0] + 1 :]]
+        groups = [gr.update(visible=True) if k == hidden[0] else gr.update() for k in range(len(shown))]
+        ons = [gr.update(value=True) if k == hidden[0] else gr.update() for k in range(len(shown))]
+        return shown, *groups, *ons
+
+    def light_remover(slot: int):
+        def remove_light(shown):
+            """Hides extra light `slot` and turns it off."""
+            return [*shown[:slot], False, *shown[slot + 1 :]], gr.update(visible=False), gr.update(value=False)
+
+        return remove_light
+
+    @_human_errors("reading the environment map")
+    def load_environment_map(path, max_lights, low_sky):
+        if path is None:
+            return None, ENVIRONMENT_HINT
+        environment = read_environment(path, int(max_lights), low_sky, max_side)
+        for note in environment.warnings:
+            gr.Warning(html.escape(note, quote=False))
+        return environment, describe_environment(environment)
 
     with gr.Blocks(title="Controllable shadows: move the light", analytics_enabled=False) as demo:
         gr.Markdown(
@@ -507,8 +742,25 @@ def build_demo(model: LoadedModel, seed: int = 0, max_side: int = MAX_IMAGE_SIDE
                     buttons=[],
                     elem_id="dial",
                 )
-                # Issue #21 (several lights): an "add light" control goes here, building more light_controls().
                 lights = light_controls()
+                extra_lights = [extra_light_controls(light, n) for n, light in enumerate(EXTRA_LIGHTS, 2)]
+                add_button = gr.Button("Add light", size="sm", elem_id="add-light")
+                with gr.Accordion("Environment map (its lights replace the sliders')", open=False):
+                    environment_file = gr.File(
+                        label="Equirectangular environment map (row 0 = straight up)",
+                        file_types=list(ENVIRONMENT_SUFFIXES),
+                        type="filepath",
+                        elem_id="environment",
+                    )
+                    environment_max_lights = gr.Slider(
+                        1, ENVIRONMENT_MAX_LIGHTS, value=3, step=1, label="environment: at most this many lights"
+                    )
+                    low_sky = gr.Radio(
+                        list(LOW_SKY_CHOICES),
+                        value="ambient",
+                        label="light from lower than 45° (the model's range): into ambient, or moved up to 45°",
+                    )
+                    environment_lights = gr.Markdown(ENVIRONMENT_HINT, elem_id="environment-lights")
                 intensity = gr.Slider(
                     *INTENSITY_RANGE, value=DEFAULT_INTENSITY, step=0.05, label="intensity (compositing only)"
                 )
@@ -533,8 +785,17 @@ def build_demo(model: LoadedModel, seed: int = 0, max_side: int = MAX_IMAGE_SIDE
                 elem_id="layer",
             )
 
-        light_inputs = [background, *lights.sliders, intensity]
+        environment_state = gr.State(None)
+        shown_state = gr.State([False] * len(extra_lights))
+        light_inputs = [
+            environment_state,
+            background,
+            intensity,
+            *lights.sliders,
+            *(control for extra in extra_lights for control in extra.inputs),
+        ]
         rendered = [composite_out, shadow_out, layer_out, dial, status]
+        relight_now = {"fn": relight, "inputs": [prepared_state, *light_inputs], "outputs": rendered}
         for trigger in (cutout.change, mask.change, padding.release):
             trigger(
                 forget_object,
@@ -549,13 +810,34 @@ def build_demo(model: LoadedModel, seed: int = 0, max_side: int = MAX_IMAGE_SIDE
         # Only the latest slider value is computed when the slider moves faster than the model: while one move is
         # being computed, later ones replace each other and only the last runs next. No queue of stale frames.
         gr.on(
-            triggers=[*(slider.input for slider in lights.sliders), intensity.input, background.change],
-            fn=relight,
-            inputs=[prepared_state, *light_inputs],
-            outputs=rendered,
+            triggers=[
+                *(slider.input for slider in lights.sliders),
+                *(control.input for extra in extra_lights for control in extra.inputs),
+                intensity.input,
+                background.change,
+            ],
             trigger_mode="always_last",
             show_progress="hidden",
+            **relight_now,
         )
+        groups, ons = [extra.group for extra in extra_lights], [extra.on for extra in extra_lights]
+        add_button.click(add_light, inputs=[shown_state], outputs=[shown_state, *groups, *ons]).then(
+            show_progress="hidden", **relight_now
+        )
+        for slot, extra in enumerate(extra_lights):
+            extra.remove.click(
+                light_remover(slot),
+                inputs=[shown_state],
+                outputs=[shown_state, extra.group, extra.on],
+            ).then(show_progress="hidden", **relight_now)
+        for trigger in (environment_file.change, environment_max_lights.release, low_sky.input):
+            trigger(  # first forget the old map: a file that fails must not leave its predecessor's lights on
+                lambda: (None, ENVIRONMENT_HINT), outputs=[environment_state, environment_lights]
+            ).then(
+                load_environment_map,
+                inputs=[environment_file, environment_max_lights, low_sky],
+                outputs=[environment_state, environment_lights],
+            ).then(show_progress="hidden", **relight_now)
     return demo
 
 

@@ -162,6 +162,124 @@ def test_save_rendering_names_the_files_and_keeps_one_set(shipped, cube):
         assert layer.mode == "RGBA" and layer.size == (256, 256)
 
 
+# ----- several lights and environment maps -------------------------------------------------------------------------------
+
+
+def _handler(demo, name: str):
+    """The page's own event handler `name` (as the browser calls it), from the built page."""
+    return next(function.fn for function in demo.fns.values() if function.name == name)
+
+
+def _shown(path) -> np.ndarray:
+    with PIL.Image.open(path) as image:
+        return np.asarray(image)
+
+
+def _mass_either_side(shadow_map: np.ndarray) -> tuple[float, float]:
+    """The shadow's mass left and right of the cube's centre column."""
+    object_x = int(round((np.asarray(_cube().getchannel("A")) >= 128).nonzero()[1].mean()))
+    return float(shadow_map[:, : object_x - 10].sum()), float(shadow_map[:, object_x + 10 :].sum())
+
+
+def test_two_lights_are_one_batched_call_equal_to_the_pipeline(shipped, cube):
+    pipe, lights = shipped.pipe, [Light(30.0, 0.0, 2.0), Light(30.0, 180.0, 4.0, 0.5)]
+    unet_calls = []
+    hook = pipe.unet.register_forward_hook(lambda *args: unet_calls.append(1))
+    try:
+        rendering = app.render_light(pipe, cube, lights, intensity=0.5, seed=3)
+    finally:
+        hook.remove()
+    assert len(unet_calls) == 1  # both lights in one batched UNet call, on the stored latents
+    full = pipe(
+        object_latents=cube.latents, lights=lights, generator=torch.Generator().manual_seed(3), output_type="pt"
+    )
+    assert torch.equal(rendering.shadow_map, full.shadow_maps[0])
+    left, right = _mass_either_side(rendering.shadow_map[0].numpy())
+    assert left > 0.2 * right > 0 and right > 0.2 * left  # a shadow on both sides of the object
+    assert app.lighting_tag(lights) == "t30_p0_s2_w1+t30_p180_s4_w0.5"
+    assert app.lighting_tag(lights, environment="sky") == "env_sky"
+
+
+def test_removing_the_added_light_gives_back_the_single_light_page_bit_identically(shipped, cube):
+    demo = app.build_demo(shipped)
+    relight, add, remove = (_handler(demo, name) for name in ("relight", "add_light", "remove_light"))
+    shown, *updates = add([False, False])
+    assert shown == [True, False] and updates[0]["visible"] is True and updates[2]["value"] is True
+    light_1, light_2, light_3 = (30, 0, 2), (30, 180, 4, 1.0), (20, 240, 6, 0.5)
+
+    def page(light_2_on):  # prepared, environment, background, intensity, light 1, (on, light) per extra light
+        composite, shadow, *_, status = relight(cube, None, None, 0.8, *light_1, light_2_on, *light_2, False, *light_3)
+        return _shown(composite), _shown(shadow), status  # read now: the next move replaces the files
+
+    alone, two = page(False), page(True)
+    assert "theta 30°, phi 0°, size 2, intensity 0.8 ·" in alone[2]
+    assert "light 2: theta 30°, phi 180°, size 4, power 1" in two[2] and "2 lights in one batched" in two[2]
+    single = app.render_light(shipped.pipe, cube, Light(*light_1), 0.8)
+    assert np.array_equal(alone[1], np.asarray(single.shadow))  # one light: exactly the old page
+    assert not np.array_equal(two[1], alone[1])
+    shown, group, on = remove(shown)  # light 2's
+    assert shown == [False, False] and group["visible"] is False and on["value"] is False
+    removed = page(on["value"])
+    assert np.array_equal(removed[0], alone[0]) and np.array_equal(removed[1], alone[1])  # bit-identical again
+    assert removed[2].split(" · ")[0] == alone[2].split(" · ")[0]
+    with pytest.warns(UserWarning, match="at most 3 lights"):  # outside a page, gr.Warning is a Python warning
+        add([True, True])
+
+
+def _sky(path, spots, height=64, width=128) -> Path:
+    """An 8-bit equirectangular map (row 0 = zenith, centre column = phi 0, phi growing to the left), black but for
+    bright discs at (theta, phi, radius in pixels)."""
+    rows, columns = np.mgrid[0:height, 0:width]
+    sky = np.zeros((height, width, 3), dtype=np.uint8)
+    for theta, phi, radius in spots:
+        row, column = theta / 180 * height - 0.5, ((180 - phi) % 360) / 360 * width - 0.5
+        sky[(rows - row) ** 2 + (columns - column) ** 2 <= radius**2] = 255
+    PIL.Image.fromarray(sky).save(path)
+    return Path(path)
+
+
+def test_an_environment_with_one_bright_spot_gives_one_light_that_drives_the_page(shipped, cube, tmp_path):
+    environment = app.read_environment(_sky(tmp_path / "sky.png", [(30.0, 150.0, 2.5)]), max_lights=3)
+    (light,) = environment.lighting.lights
+    assert light.theta == pytest.approx(30.0, abs=2.0) and light.phi == pytest.approx(150.0, abs=3.0)
+    assert environment.lighting.ambient < 0.01 and environment.warnings == [] and environment.name == "sky"
+    listing = app.describe_environment(environment)
+    assert "1 light(s)" in listing and f"| 1 | {light.theta:.1f}° | {light.phi:.1f}° | 2 | 1 |" in listing
+    demo = app.build_demo(shipped)
+    composite, shadow, layer, dial, status = _handler(demo, "relight")(
+        cube, environment, None, 0.8, 30, 0, 2, True, 30, 180, 4, 1.0, False, 20, 240, 6, 0.5
+    )  # the sliders say otherwise: the environment's light replaces them
+    assert status.startswith(f"environment sky: light 1: theta {light.theta:.4g}°") and Path(shadow).name.startswith(
+        "cube_env_sky_"
+    )
+    expected = app.render_light(shipped.pipe, cube, environment.lighting.lights, ambient=environment.lighting.ambient)
+    assert np.array_equal(_shown(shadow), np.asarray(expected.shadow))
+    left, right = _mass_either_side(expected.shadow_map[0].numpy())
+    assert right > 3 * left  # the light is on the left (phi 150): the shadow falls to the right
+
+
+def test_environment_map_problems_are_messages_and_low_sky_a_warning(shipped, tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(app.PageError, match=r"environment map \(broken.png\) is not an image"):
+        app.read_environment(tmp_path / "broken.png")
+    with pytest.raises(app.PageError, match=r"notes.txt is not a PNG/JPG/JPEG/HDR/EXR file"):
+        app.read_environment(tmp_path / "notes.txt")
+    with pytest.raises(app.PageError, match=r"black.png gives no usable light: .*black above the horizon"):
+        app.read_environment(_sky(tmp_path / "black.png", []))
+    with pytest.raises(app.PageError, match=r"must number 1..5"):
+        app.read_environment(_sky(tmp_path / "sky.png", [(30.0, 0.0, 2.5)]), max_lights=0)
+    low = _sky(tmp_path / "low.png", [(70.0, 90.0, 4.0), (20.0, 0.0, 1.5)])
+    environment = app.read_environment(low)
+    assert environment.lighting.ambient > 0.25
+    assert any("goes into `ambient`" in note or "into ambient" in note for note in environment.warnings)
+    handler = _handler(app.build_demo(shipped), "load_environment_map")
+    with pytest.warns(UserWarning, match="ambient"):
+        state, listing = handler(str(low), 3, "ambient")
+    assert state.lighting.lights == environment.lighting.lights and "ambient 0." in listing
+    with pytest.raises(gr.Error, match="is not an image this page can read"):
+        handler(str(tmp_path / "broken.png"), 3, "ambient")
+
+
 # ----- the light dial ---------------------------------------------------------------------------------------------------
 
 
@@ -194,6 +312,12 @@ def test_the_dial_puts_the_light_where_the_angles_say():
     orange = [((a[..., 0] > 230) & (a[..., 2] < 60)).sum() for a in (small, big)]
     assert orange[1] > orange[0]  # a bigger light is drawn bigger
     assert app.light_dial(app.DEFAULT_LIGHT, size).size == (2 * size, size)
+    both = np.asarray(app.light_dial([Light(30.0, 0.0, 2.0), Light(30.0, 180.0, 2.0)], size), dtype=np.int32)
+    orange = (both[..., 0] > 230) & (both[..., 1] > 150) & (both[..., 1] < 190) & (both[..., 2] < 60)
+    columns = orange[:, :size].nonzero()[1]
+    assert (columns > centre[0] + 30).any() and (columns < centre[0] - 30).any()  # every light is drawn
+    sides = orange[:, size:].nonzero()[1]
+    assert (sides > size / 2 + 30).any() and (sides < size / 2 - 30).any()
 
 
 # ----- the model and the messages -----------------------------------------------------------------------------------------

@@ -64,15 +64,16 @@ def _free_port() -> int:
 
 
 class RenderLog:
-    """Counts the slider moves the server actually computes (wraps app.render_light, which the handlers call)."""
+    """Counts the slider moves the server actually computes (wraps app.render_light, which the handlers call):
+    `lights` holds light 1 of each move."""
 
     def __init__(self):
         self.lights = []
         self._render = app.render_light
 
-    def __call__(self, pipe, prepared, light, *args, **kwargs):
-        self.lights.append(light)
-        return self._render(pipe, prepared, light, *args, **kwargs)
+    def __call__(self, pipe, prepared, lights, *args, **kwargs):
+        self.lights.append(app.as_lights(lights)[0])
+        return self._render(pipe, prepared, lights, *args, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +227,31 @@ def test_the_downloaded_layer_is_black_with_the_shadow_as_alpha(cube_page):
     assert pixels[..., :3].max() == 0  # black
     assert np.abs(pixels[..., 3] - np.round(0.8 * shadow)).max() <= 1  # alpha = intensity x shadow map
     assert pixels[..., 3].max() > 50
+
+
+def test_an_added_light_on_the_other_side_casts_a_second_shadow(cube_page):
+    mask = np.asarray(PIL.Image.open(CUBE).getchannel("A")) >= 128
+    object_x = int(round(mask.nonzero()[1].mean()))
+    _slider(cube_page, "phi").send_keys(Keys.HOME)
+    _wait_status(cube_page, "theta 30°, phi 0°")
+    one = _shown_image(cube_page, "shadow").astype(np.float32)
+    cube_page.find_element(By.ID, "add-light").click()
+    _wait(cube_page, lambda d: d.find_element(By.ID, "light-2").is_displayed(), "light 2's sliders to show")
+    _wait_status(cube_page, "light 2: theta 30°, phi 90°")
+    _slider(cube_page, "light 2: phi").send_keys(Keys.ARROW_RIGHT * 90)  # 90 -> 180: the light on the left
+    _wait_status(cube_page, "light 2: theta 30°, phi 180°", "2 lights in one batched")
+    two = _shown_image(cube_page, "shadow").astype(np.float32)
+    assert one[:, object_x + 10 :].sum() < 0.05 * one[:, : object_x - 10].sum()  # one light on the right
+    left, right = two[:, : object_x - 10].sum(), two[:, object_x + 10 :].sum()
+    assert right > 0.3 * left > 0 and two[mask].max() == 0  # a second shadow, on the other side
+    cube_page.find_element(By.ID, "remove-light-2").click()  # back to one light, as the next tests expect
+    _wait(  # a hidden group may leave the page altogether
+        cube_page,
+        lambda d: not any(group.is_displayed() for group in d.find_elements(By.ID, "light-2")),
+        "light 2 to go",
+    )
+    _wait_status(cube_page, "theta 30°, phi 0°", "(UNet + decoder; the object")
+    assert np.array_equal(_shown_image(cube_page, "shadow").astype(np.float32), one)
 
 
 def test_each_input_error_is_a_message_and_the_page_keeps_working(cube_page, tmp_path):
