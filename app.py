@@ -310,6 +310,10 @@ def read_environment(
     return PageEnvironment(name=path.stem, lighting=lighting, warnings=notes)
 
 
+def _count(lights: Sequence[Light]) -> str:
+    return f"{len(lights)} light{'s' if len(lights) != 1 else ''}"
+
+
 def describe_environment(environment: PageEnvironment) -> str:
     """The lights an environment map gave, as a Markdown table for the page."""
     lighting = environment.lighting
@@ -318,7 +322,7 @@ def describe_environment(environment: PageEnvironment) -> str:
         for number, light in enumerate(lighting.lights, 1)
     )
     return (
-        f"**{html.escape(environment.name)}**: {len(lighting.lights)} light(s), which replace the sliders' lights; "
+        f"**{html.escape(environment.name)}**: {_count(lighting.lights)} (in place of the sliders' lights); "
         f"ambient {lighting.ambient:.2f} (light that casts no shadow the model can draw).\n\n"
         f"| light | theta | phi | size | power |\n|---|---|---|---|---|\n{rows}"
     )
@@ -568,7 +572,7 @@ def _status(
     source = f"environment {environment}: " if environment is not None else ""
     return (
         f"{source}{described}{f'; ambient {ambient:.2f}' if ambient else ''} · intensity {intensity:g} · {timing} "
-        f"({len(lights)} lights in one batched UNet call + decoder; the object was encoded once)"
+        f"({_count(lights)} in one batched UNet call + decoder; the object was encoded once)"
     )
 
 

@@ -244,13 +244,18 @@ def test_an_environment_with_one_bright_spot_gives_one_light_that_drives_the_pag
     assert light.theta == pytest.approx(30.0, abs=2.0) and light.phi == pytest.approx(150.0, abs=3.0)
     assert environment.lighting.ambient < 0.01 and environment.warnings == [] and environment.name == "sky"
     listing = app.describe_environment(environment)
-    assert "1 light(s)" in listing and f"| 1 | {light.theta:.1f}° | {light.phi:.1f}° | 2 | 1 |" in listing
+    assert (
+        "**sky**: 1 light (in place of the sliders" in listing
+        and f"| 1 | {light.theta:.1f}° | {light.phi:.1f}° | 2 | 1 |" in listing
+    )
     demo = app.build_demo(shipped)
     composite, shadow, layer, dial, status = _handler(demo, "relight")(
         cube, environment, None, 0.8, 30, 0, 2, True, 30, 180, 4, 1.0, False, 20, 240, 6, 0.5
     )  # the sliders say otherwise: the environment's light replaces them
-    assert status.startswith(f"environment sky: light 1: theta {light.theta:.4g}°") and Path(shadow).name.startswith(
-        "cube_env_sky_"
+    assert (
+        status.startswith(f"environment sky: light 1: theta {light.theta:.4g}°")
+        and "(1 light in" in status
+        and Path(shadow).name.startswith("cube_env_sky_")
     )
     expected = app.render_light(shipped.pipe, cube, environment.lighting.lights, ambient=environment.lighting.ambient)
     assert np.array_equal(_shown(shadow), np.asarray(expected.shadow))

@@ -160,6 +160,13 @@ def _toast(driver, text: str) -> str:
     return message
 
 
+def _displayed(driver, element: str) -> bool:
+    """Whether an element is on the page and shown, read in one go: a hidden group may leave the page altogether."""
+    return driver.execute_script(
+        "const e = document.getElementById(arguments[0]); return !!e && e.getClientRects().length > 0", element
+    )
+
+
 def _column_centroid(weights: np.ndarray) -> float:
     return float((weights.sum(axis=0) * np.arange(weights.shape[1])).sum() / weights.sum())
 
@@ -236,7 +243,7 @@ def test_an_added_light_on_the_other_side_casts_a_second_shadow(cube_page):
     _wait_status(cube_page, "theta 30°, phi 0°")
     one = _shown_image(cube_page, "shadow").astype(np.float32)
     cube_page.find_element(By.ID, "add-light").click()
-    _wait(cube_page, lambda d: d.find_element(By.ID, "light-2").is_displayed(), "light 2's sliders to show")
+    _wait(cube_page, lambda d: _displayed(d, "light-2"), "light 2's sliders to show")
     _wait_status(cube_page, "light 2: theta 30°, phi 90°")
     _slider(cube_page, "light 2: phi").send_keys(Keys.ARROW_RIGHT * 90)  # 90 -> 180: the light on the left
     _wait_status(cube_page, "light 2: theta 30°, phi 180°", "2 lights in one batched")
@@ -245,11 +252,7 @@ def test_an_added_light_on_the_other_side_casts_a_second_shadow(cube_page):
     left, right = two[:, : object_x - 10].sum(), two[:, object_x + 10 :].sum()
     assert right > 0.3 * left > 0 and two[mask].max() == 0  # a second shadow, on the other side
     cube_page.find_element(By.ID, "remove-light-2").click()  # back to one light, as the next tests expect
-    _wait(  # a hidden group may leave the page altogether
-        cube_page,
-        lambda d: not any(group.is_displayed() for group in d.find_elements(By.ID, "light-2")),
-        "light 2 to go",
-    )
+    _wait(cube_page, lambda d: not _displayed(d, "light-2"), "light 2 to go")
     _wait_status(cube_page, "theta 30°, phi 0°", "(UNet + decoder; the object")
     assert np.array_equal(_shown_image(cube_page, "shadow").astype(np.float32), one)
 
