@@ -1540,7 +1540,7 @@ class ShadowPipeline(DiffusionPipeline):
         the training resolution. `fuse=True` merges the adapter into the weights (see `fuse_lora`). Needs peft.
 
             pipe = ShadowPipeline.from_sdxl("stabilityai/stable-diffusion-xl-base-1.0")
-            pipe.load_lora_weights("checkpoints/final/unet_lora")
+            pipe.load_lora_weights("shadow-sdxl-model/unet_lora")  # a --use_lora run folder
         """
         from peft import LoraConfig  # optional dependency, only for LoRA
 
