@@ -5,7 +5,7 @@
 # time costs only itself. About 8 minutes at full size.
 #
 # On the lent machine (diffusers and torchao are not installed there; carry their wheels):
-#   ../shared/tools/gpu-wheels diffusers importlib_metadata torchao      # here: fills the ignored .whl/
+#   pip download --no-deps -d .whl diffusers importlib_metadata torchao   # here: wheels into the ignored .whl/
 #   run(command="OUT=$OUT bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=580)
 # On CPU, as the test suite does (tiny models, a few steps; checks the plumbing, not the numbers):
 #   SIZE=tiny DEVICE=cpu OUT=/tmp/gpu-session bash benchmarks/gpu_session.sh
