@@ -54,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output_dir", default="demo_output")
     parser.add_argument("--num_samples", type=int, default=64, help="Synthetic renders (train + held-out objects).")
     parser.add_argument(
-        "--resolution", type=int, default=128, help="Render and training resolution (the shipped model's)."
+        "--resolution", type=int, default=None, help="Render and training resolution (default: the shipped model's)."
     )
     parser.add_argument("--max_train_steps", "--train_steps", dest="max_train_steps", type=int, default=100)
     parser.add_argument(
@@ -62,6 +62,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
+
+
+def model_resolution(model_dir: Path, fallback: int = 128) -> int:
+    """The resolution a pipeline folder was trained at (its recorded default, else unet sample_size x 8)."""
+    index = model_dir / "model_index.json"
+    if index.is_file():
+        recorded = json.loads(index.read_text()).get("default_processing_resolution")
+        if recorded:
+            return int(recorded)
+    unet_config = model_dir / "unet" / "config.json"
+    if unet_config.is_file():
+        config = json.loads(unet_config.read_text())
+        return int(config.get("unet_config", config)["sample_size"]) * 8
+    return fallback
 
 
 def run(command: list[str], what: str) -> None:
@@ -147,6 +161,8 @@ def sweep_sheet(pipe: ShadowPipeline, objects, path: Path, seed: int) -> Path:
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    if args.resolution is None:
+        args.resolution = model_resolution(SHIPPED_MODEL)
     start = time.perf_counter()
     output_dir = (REPO / args.output_dir).resolve()
     data_dir, run_dir = output_dir / "data", output_dir / "run"

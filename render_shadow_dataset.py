@@ -599,12 +599,14 @@ def _hsv_to_rgb(hue: float, saturation: float, value: float) -> list[float]:
 # shadows are not blobs: legs, poles, holes, slats and the gap under a span. docs/design.md §4.
 
 CLASSIC_FAMILIES = ("single", "stack", "leaning", "cluster", "table", "arch")
-THIN_FAMILIES = ("legged", "pole", "ring", "slats", "bridge")
-FAMILIES = CLASSIC_FAMILIES + THIN_FAMILIES
+THIN_FAMILIES = ("legged", "pole", "ring", "slats", "bridge")  # the family-held-out test split's families
+# More thin structures, for TRAINING sets that hold the five above out: rungs, stems, wire frames, limbs, branches.
+EXTRA_THIN_FAMILIES = ("ladder", "lathe", "frame", "figure")
+FAMILIES = CLASSIC_FAMILIES + THIN_FAMILIES + EXTRA_THIN_FAMILIES
 DEFAULT_FAMILIES = CLASSIC_FAMILIES  # what a run without --families draws: the data the shipped model was trained on
 FAMILY_WEIGHTS = {
     **dict(zip(CLASSIC_FAMILIES, (0.2, 0.2, 0.15, 0.15, 0.15, 0.15))),
-    **dict.fromkeys(THIN_FAMILIES, 0.15),
+    **dict.fromkeys(THIN_FAMILIES + EXTRA_THIN_FAMILIES, 0.15),
 }
 FAMILY_DESCRIPTIONS = {
     "single": "one primitive (box, cylinder, cone, ellipsoid, torus, extruded polygon)",
@@ -618,6 +620,10 @@ FAMILY_DESCRIPTIONS = {
     "ring": "holes: standing and lying rings, torus knots, linked rings, a hoop on a stand",
     "slats": "parallel thin bars with gaps: fences, combs, grilles, slatted benches",
     "bridge": "a curved span with a gap under it: arches on piers, footbridges, gates, arcades",
+    "ladder": "rails and rungs: leaning ladders, step ladders, ladders lying flat, drying racks",
+    "lathe": "turned profiles of revolution: vases, goblets and candlesticks on thin stems, bottles, balusters",
+    "frame": "wire frames and lattices: cube and pyramid edges, trellises, pergolas with open roofs",
+    "figure": "bodies on limbs: four-legged animals, standing people with arms out, bare branching trees",
 }
 
 
@@ -896,12 +902,206 @@ def _bridge_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
     return kind, parts
 
 
+def _rod(start, end, radius: float) -> dict:
+    """A cylinder of `radius` from point `start` to point `end` (x, y, z)."""
+    start, end = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)
+    axis = end - start
+    length = float(np.linalg.norm(axis))
+    polar = math.degrees(math.acos(max(-1.0, min(1.0, axis[2] / length))))
+    azimuth = math.degrees(math.atan2(axis[1], axis[0]))
+    rod = {"shape": "cylinder", "dims": [radius, length], "rotation_deg": [0.0, polar, azimuth]}
+    return _centred_at(rod, (start + end) / 2)
+
+
+def _ladder_rods(bottom, top, width: float, rungs: int, rail: float, rung: float, side=(1.0, 0.0, 0.0)) -> list:
+    """Two rails from `bottom` to `top` (their midline), `width` apart along `side`, joined by `rungs` rungs."""
+    bottom, top, side = (np.asarray(v, dtype=np.float64) for v in (bottom, top, side))
+    half = side / np.linalg.norm(side) * width / 2
+    rods = [_rod(bottom + sign * half, top + sign * half, rail) for sign in (1, -1)]
+    for f in np.linspace(0.0, 1.0, rungs + 2)[1:-1]:
+        point = bottom + f * (top - bottom)
+        rods.append(_rod(point - half * 1.05, point + half * 1.05, rung))
+    return rods
+
+
+def _ladder_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
+    kind = str(rng.choice(["leaning", "stepladder", "lying", "rack"]))
+    length, width = float(rng.uniform(1.0, 2.2)), float(rng.uniform(0.3, 0.7))
+    rail, rung = float(rng.uniform(0.012, 0.04)), float(rng.uniform(0.008, 0.025))
+    rungs = int(rng.integers(3, 10))
+    if kind == "leaning":  # propped up at an angle, its foot on the ground
+        tilt = math.radians(float(rng.uniform(15.0, 60.0)))
+        top = (length * math.sin(tilt), 0.0, length * math.cos(tilt))
+        return kind, _ladder_rods((0.0, 0.0, 0.0), top, width, rungs, rail, rung, side=(0.0, 1.0, 0.0))
+    if kind == "lying":
+        return kind, _ladder_rods((0.0, 0.0, rail), (length, 0.0, rail), width, rungs, rail, rung, side=(0, 1, 0))
+    spread = length * float(rng.uniform(0.2, 0.45))  # half the distance between the two feet
+    height = math.sqrt(max(length**2 - spread**2, 0.25))
+    if kind == "stepladder":  # two ladders leaning on each other
+        parts = _ladder_rods((-spread, 0, 0), (0, 0, height), width, rungs, rail, rung, side=(0, 1, 0))
+        back_rungs = int(rng.integers(0, 3))
+        return kind, parts + _ladder_rods((spread, 0, 0), (0, 0, height), width, back_rungs, rail, rung, (0, 1, 0))
+    # rack: two A-frame ends joined by long bars
+    depth = float(rng.uniform(0.6, 1.6))
+    parts = []
+    for y in (-depth / 2, depth / 2):
+        parts += [_rod((-spread, y, 0), (0, y, height), rail), _rod((spread, y, 0), (0, y, height), rail)]
+    for f in np.linspace(0.2, 1.0, rungs // 2 + 2):
+        for sign in (-1, 1):
+            x, z = sign * spread * (1 - f), height * f
+            parts.append(_rod((x, -depth / 2 - 0.02, z), (x, depth / 2 + 0.02, z), rung))
+            if f == 1.0:
+                break
+    return kind, parts
+
+
+def _lathe_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
+    """A turned object: a profile of revolution drawn as stacked frustums (a thin stem where it has one)."""
+    kind = str(rng.choice(["vase", "goblet", "candlestick", "bottle", "baluster"]))
+    scale = float(rng.uniform(0.6, 1.4))
+    if kind == "goblet":
+        stem = float(rng.uniform(0.015, 0.05))
+        profile = [(0.25, 0.0), (0.25, 0.02), (stem, 0.06), (stem, float(rng.uniform(0.3, 0.7)))]
+        cup = float(rng.uniform(0.15, 0.35))
+        base_z = profile[-1][1]
+        profile += [(cup * 0.6, base_z + 0.1), (cup, base_z + 0.1 + float(rng.uniform(0.15, 0.4)))]
+    elif kind == "candlestick":
+        stem = float(rng.uniform(0.02, 0.05))
+        height = float(rng.uniform(0.6, 1.2))
+        profile = [(float(rng.uniform(0.15, 0.3)), 0.0), (stem * 3, 0.05), (stem, 0.1)]
+        for z in np.linspace(0.2, height, int(rng.integers(1, 4)) + 1)[:-1]:  # knops along the stem
+            profile += [(stem, float(z) - 0.03), (stem * 2.5, float(z)), (stem, float(z) + 0.03)]
+        profile += [(stem, height), (stem * 3, height + 0.03), (stem * 1.5, height + 0.06)]
+        profile += [(stem * 1.4, height + 0.06 + float(rng.uniform(0.1, 0.4)))]  # the candle
+    else:
+        count = int(rng.integers(4, 9))
+        heights = np.cumsum(rng.uniform(0.05, 0.35, size=count))
+        if kind == "bottle":
+            body = float(rng.uniform(0.12, 0.3))
+            radii = [body] * (count - 2) + [body * 0.35, body * 0.25]
+        elif kind == "baluster":
+            radii = list(rng.uniform(0.04, 0.2, size=count))
+        else:  # vase
+            radii = list(np.abs(np.sin(np.linspace(0.5, float(rng.uniform(2.0, 3.0)), count))) * 0.3 + 0.05)
+        profile = [(float(radii[0]), 0.0)] + [(float(r), float(z)) for r, z in zip(radii, heights)]
+    parts = []
+    for (r0, z0), (r1, z1) in zip(profile[:-1], profile[1:]):
+        if z1 - z0 > 1e-3:
+            cone = {"shape": "cone", "dims": [r0 * scale, r1 * scale, (z1 - z0) * scale + 0.002]}
+            parts.append(_set_down(cone, z0 * scale))
+    return kind, parts
+
+
+def _frame_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
+    """Wire frames and lattices: thin bars around holes."""
+    kind = str(rng.choice(["cube", "pyramid", "trellis", "pergola"]))
+    bar = float(rng.uniform(0.01, 0.04))
+    if kind in ("cube", "pyramid"):
+        sx, sy, sz = (float(v) for v in rng.uniform([0.5, 0.5, 0.5], [1.5, 1.5, 1.5]))
+        lift = float(rng.choice([0.0, rng.uniform(0.0, 0.3)]))  # on its edges, or on four feet
+        base = [
+            (x, y, lift + bar) for x, y in ((-sx / 2, -sy / 2), (sx / 2, -sy / 2), (sx / 2, sy / 2), (-sx / 2, sy / 2))
+        ]
+        parts = [_rod(base[k], base[(k + 1) % 4], bar) for k in range(4)]
+        if kind == "pyramid":
+            parts += [_rod(corner, (0.0, 0.0, lift + sz), bar) for corner in base]
+        else:
+            top = [(x, y, lift + sz) for x, y, _ in base]
+            parts += [_rod(top[k], top[(k + 1) % 4], bar) for k in range(4)]
+            parts += [_rod((x, y, 0.0 if lift else lift + bar), t, bar) for (x, y, _), t in zip(base, top)]
+        return kind, parts
+    if kind == "trellis":  # a grid standing upright on two posts
+        width, height = float(rng.uniform(0.8, 1.8)), float(rng.uniform(0.8, 1.8))
+        lift = float(rng.uniform(0.0, 0.4))
+        parts = [_rod((x, 0.0, 0.0), (x, 0.0, lift + height), bar * 1.5) for x in (-width / 2, width / 2)]
+        diagonal = rng.uniform() < 0.4
+        for f in np.linspace(0.0, 1.0, int(rng.integers(3, 8))):
+            if diagonal and f == 0.0:  # the diagonals' first line would be a point
+                continue
+            if diagonal:
+                parts.append(_rod((-width / 2 + f * width, 0, lift), (-width / 2, 0, lift + f * height), bar))
+                parts.append(
+                    _rod((width / 2 - f * width, 0, lift + height), (width / 2, 0, lift + (1 - f) * height), bar)
+                )
+            else:
+                parts.append(_rod((-width / 2, 0, lift + f * height), (width / 2, 0, lift + f * height), bar))
+                parts.append(_rod((-width / 2 + f * width, 0, lift), (-width / 2 + f * width, 0, lift + height), bar))
+        return kind, [p for p in parts if p["dims"][1] > 4 * bar]
+    # pergola: four posts and an open roof of beams, the ground under it lit through the gaps
+    sx, sy, height = (float(v) for v in rng.uniform([0.8, 0.8, 0.8], [1.8, 1.4, 1.6]))
+    post = float(rng.uniform(0.02, 0.06))
+    parts = [_rod((x, y, 0.0), (x, y, height), post) for x in (-sx / 2, sx / 2) for y in (-sy / 2, sy / 2)]
+    for y in (-sy / 2, sy / 2):
+        parts.append(_rod((-sx / 2 - 0.1, y, height), (sx / 2 + 0.1, y, height), post))
+    for x in np.linspace(-sx / 2, sx / 2, int(rng.integers(3, 9))):
+        parts.append(
+            _rod((float(x), -sy / 2 - 0.15, height + post * 2), (float(x), sy / 2 + 0.15, height + post * 2), bar)
+        )
+    return kind, parts
+
+
+def _figure_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
+    """Bodies on limbs: four-legged animals, standing figures, bare trees."""
+    kind = str(rng.choice(["animal", "person", "tree"]))
+    if kind == "animal":
+        leg, length = float(rng.uniform(0.3, 0.8)), float(rng.uniform(0.6, 1.3))
+        body = float(rng.uniform(0.12, 0.3))
+        limb = float(rng.uniform(0.02, 0.06))
+        torso = _horizontal({"shape": "cylinder", "dims": [body, length]})
+        parts = [_centred_at(torso, (0.0, 0.0, leg + body))]
+        for x in (-length / 2 + limb * 2, length / 2 - limb * 2):
+            for y in (-body * 0.6, body * 0.6):
+                stride = float(rng.uniform(-0.15, 0.15))
+                parts.append(_rod((x + stride, y, 0.0), (x, y, leg + body), limb))
+        neck_top = (length / 2 + float(rng.uniform(0.1, 0.3)), 0.0, leg + body + float(rng.uniform(0.2, 0.5)))
+        parts.append(_rod((length / 2 - 0.05, 0.0, leg + body), neck_top, limb * 1.3))
+        head = float(rng.uniform(0.08, 0.16))
+        parts.append(_centred_at({"shape": "sphere", "dims": [head, 1.0]}, neck_top))
+        parts.append(_rod((-length / 2, 0.0, leg + body), (-length / 2 - 0.3, 0.0, leg + body - 0.2), limb * 0.6))
+        return kind, parts
+    if kind == "person":
+        leg, torso, limb = float(rng.uniform(0.6, 0.9)), float(rng.uniform(0.5, 0.7)), float(rng.uniform(0.03, 0.07))
+        stance = float(rng.uniform(0.05, 0.25))
+        hips, shoulders = leg, leg + torso
+        parts = [_rod((sign * stance, 0.0, 0.0), (sign * 0.08, 0.0, hips + 0.05), limb) for sign in (-1, 1)]
+        parts.append(_set_down({"shape": "box", "dims": [0.3, 0.15, torso]}, hips))
+        for sign in (-1, 1):
+            lift = math.radians(float(rng.uniform(-20.0, 120.0)))  # 0: hanging down; 90: held out sideways
+            reach = 0.6 * torso + 0.2
+            hand = (sign * (0.17 + reach * math.sin(lift)), 0.0, shoulders - 0.05 - reach * math.cos(lift))
+            parts.append(_rod((sign * 0.17, 0.0, shoulders - 0.05), hand, limb * 0.8))
+        parts.append(_set_down({"shape": "sphere", "dims": [float(rng.uniform(0.09, 0.13)), 1.1]}, shoulders + 0.02))
+        return kind, parts
+    # tree: a trunk that forks into thinner branches, twice
+    trunk, height = float(rng.uniform(0.03, 0.08)), float(rng.uniform(0.5, 1.0))
+    parts = [_rod((0.0, 0.0, 0.0), (0.0, 0.0, height), trunk)]
+    tips = [((0.0, 0.0, height), 90.0, 0.0, trunk, height * 0.7)]
+    for _ in range(2):
+        grown = []
+        for (x, y, z), _, _, radius, length in tips:
+            for _ in range(int(rng.integers(2, 4))):
+                polar, azimuth = float(rng.uniform(20.0, 60.0)), float(rng.uniform(0.0, 360.0))
+                end = (
+                    x + length * math.sin(math.radians(polar)) * math.cos(math.radians(azimuth)),
+                    y + length * math.sin(math.radians(polar)) * math.sin(math.radians(azimuth)),
+                    z + length * math.cos(math.radians(polar)),
+                )
+                parts.append(_rod((x, y, z), end, radius * 0.65))
+                grown.append((end, polar, azimuth, radius * 0.65, length * 0.7))
+        tips = grown
+    return kind, parts
+
+
 _THIN_BUILDERS = {
     "legged": _legged_parts,
     "pole": _pole_parts,
     "ring": _ring_parts,
     "slats": _slats_parts,
     "bridge": _bridge_parts,
+    "ladder": _ladder_parts,
+    "lathe": _lathe_parts,
+    "frame": _frame_parts,
+    "figure": _figure_parts,
 }
 
 

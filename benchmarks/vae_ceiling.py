@@ -31,12 +31,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# pipeline_shadow first: it imports diffusers with the optional torchao/bitsandbytes probes quietened
+from pipeline_shadow import clear_under_object, decode_shadow, encode_latents, shadow_to_vae_input  # noqa: E402, I001
 from diffusers import AutoencoderKL  # noqa: E402
 from machine_info import cpu_description  # noqa: E402
 
-from dataset_loading import create_dataloaders, infer_dataset_type  # noqa: E402
+from dataset_loading import DatasetVerificationError, create_dataloaders, infer_dataset_type  # noqa: E402
 from evaluate_shadow import ALL_TRACK, rmse, soft_iou  # noqa: E402
-from pipeline_shadow import clear_under_object, decode_shadow, encode_latents, shadow_to_vae_input  # noqa: E402
 
 VAE_FACTOR = 8  # SDXL's latent layout: one latent cell per 8 x 8 pixels
 
@@ -248,4 +249,7 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, OSError, DatasetVerificationError) as error:  # bad folders or VAE: a message, not a traceback
+        sys.exit(f"vae_ceiling.py: error: {error}")

@@ -24,7 +24,11 @@ HIRES_SAMPLES=${HIRES_SAMPLES:-4}
 NOISE_FAMILIES=${NOISE_FAMILIES:-legged classic}  # noise stage: these test folders again at NOISE_SPP (the same scenes)
 NOISE_SPP=${NOISE_SPP:-32}         # the spp of recipes/small_model.sh, i.e. of the shipped model's data and test split
 TRACK_OBJECTS=${TRACK_OBJECTS:-0}  # > 0: also the benchmark's three track designs for this many objects a family
-TRAIN_SAMPLES=${TRAIN_SAMPLES:-0}  # train-data stage: samples of the other families, 3 lights per object
+TRACK_SPP=${TRACK_SPP:-$SPP}       # the tracks' 30 renders an object: e.g. TRACK_SPP=64 TRACK_DENOISE=1 (4x cheaper,
+TRACK_DENOISE=${TRACK_DENOISE:-0}  # ... OpenImageDenoise on both passes) instead of 256 spp
+TRACK_FAMILIES=${TRACK_FAMILIES:-$TEST_FAMILIES}
+TRAIN_SAMPLES=${TRAIN_SAMPLES:-0}  # train-data stage: samples of the other families
+TRAIN_LIGHTS=${TRAIN_LIGHTS:-2}    # ... random lights per training object (more objects beat more lights per object)
 SEED=${SEED:-1000}                # test objects; the training data uses seed 0, as recipes/small_model.sh
 R="nice -n 19 ${RENDER_PYTHON:-.venv-render/bin/python} render_shadow_dataset.py"
 P=${PYTHON:-.venv/bin/python}
@@ -48,10 +52,13 @@ if has_stage render; then
             $R --output_dir "$DATA/test-$family-$HIRES" $(family_flags "$family") --num_objects "$OBJECTS" \
                 --num_samples "$HIRES_SAMPLES" --resolution "$HIRES" "${COMMON[@]}"
         fi
+    done
+    for family in $TRACK_FAMILIES; do
         if [ "$TRACK_OBJECTS" -gt 0 ]; then
+            denoise=(); if [ "$TRACK_DENOISE" = 1 ]; then denoise=(--denoise); fi
             # shellcheck disable=SC2046
             $R --output_dir "$DATA/tracks-$family" $(family_flags "$family") --tracks --num_objects "$TRACK_OBJECTS" \
-                --resolution "$RESOLUTION" --format benchmark "${COMMON[@]}"
+                --resolution "$RESOLUTION" --format benchmark "${COMMON[@]}" --spp "$TRACK_SPP" "${denoise[@]}"
         fi
     done
 fi
@@ -67,7 +74,7 @@ fi
 if has_stage train-data; then  # every family but the held-out ones, split by object for validation
     # shellcheck disable=SC2086
     $R --output_dir "$DATA/train" --exclude_families $TEST_FAMILIES --num_samples "$TRAIN_SAMPLES" \
-        --num_objects $((TRAIN_SAMPLES / 3)) --resolution "$RESOLUTION" --spp 32 --test_fraction 0.05 \
+        --num_objects $((TRAIN_SAMPLES / TRAIN_LIGHTS)) --resolution "$RESOLUTION" --spp 32 --test_fraction 0.05 \
         --workers "$WORKERS" --threads "$THREADS" --seed 0 --log_level WARNING
 fi
 
@@ -77,7 +84,7 @@ if has_stage evaluate; then
         folders+=("$DATA/test-$family")
         $P evaluate_shadow.py --model "$MODEL" --dataset_type custom --data_dir "$DATA/test-$family" --num_seeds 3 \
             --resolution "$RESOLUTION" --output_dir "$WORK/eval/test-$family"
-        if [ "$TRACK_OBJECTS" -gt 0 ]; then
+        if [ -d "$DATA/tracks-$family" ]; then
             $P evaluate_shadow.py --model "$MODEL" --dataset_type benchmark --data_dir "$DATA/tracks-$family" \
                 --num_seeds 3 --resolution "$RESOLUTION" --output_dir "$WORK/eval/tracks-$family"
         fi

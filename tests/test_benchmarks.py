@@ -94,3 +94,32 @@ def test_vae_ceiling_scores_each_folder_and_joins_the_model_scores(tmp_path, tin
     mask[..., :4, :4] = 1.0
     expected = flat * (1 - mask)
     assert torch.allclose(vae_ceiling.grid_round_trip(flat, mask), expected)
+
+
+def test_family_sheet_pairs_the_renderer_and_the_model_per_family(tmp_path, tiny_shadow_dir, capsys):
+    import json
+
+    import numpy as np
+    from data_factory import make_custom_dataset
+    from PIL import Image
+
+    family_sheet = _load("family_sheet")
+    folders = []
+    for family in ("pole", "ring"):
+        data = make_custom_dataset(tmp_path / f"test-{family}", n=6, size=64)
+        metadata = json.loads((data / "metadata.json").read_text())
+        (data / "metadata.json").write_text(json.dumps({k: {**v, "family": family} for k, v in metadata.items()}))
+        folders.append(str(data))
+    out = tmp_path / "sheet.png"
+    family_sheet.main(["--model", str(tiny_shadow_dir), "--data_dirs", *folders, "--samples_per_family", "2",
+                       "--cell", "64", "--out", str(out)])  # fmt: skip
+    with Image.open(out) as sheet:  # 120 px of labels + 2 objects x (renderer, model) cells; 22 px header + 2 rows
+        assert sheet.size == (120 + 4 * 64, 22 + 2 * 64)
+        pixels = np.asarray(sheet.convert("L"), dtype=np.float32)
+    renderer_cell = pixels[22 + 2 : 22 + 62, 120 + 2 : 120 + 62]
+    assert renderer_cell.std() > 1.0  # a picture, not a blank cell
+    assert "2 families x 2 objects" in capsys.readouterr().out
+    # one sample per object (the factory's objects come in pairs): sample_000 and sample_002
+    assert [key for key, _ in family_sheet.one_sample_per_object(Path(folders[0]), 2)] == ["sample_000", "sample_002"]
+    with pytest.raises(ValueError, match="has no metadata.json"):
+        family_sheet.one_sample_per_object(tmp_path, 2)

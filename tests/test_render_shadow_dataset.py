@@ -288,7 +288,9 @@ def test_default_families_draw_the_original_objects():
 def test_families_are_checked_and_drawn_only_from_the_selection():
     assert rsd.check_families(None) == rsd.DEFAULT_FAMILIES
     assert rsd.check_families(["ring", "pole"]) == ("pole", "ring")  # FAMILIES order, whatever the order given
-    assert rsd.check_families(rsd.FAMILIES, exclude=rsd.THIN_FAMILIES) == rsd.CLASSIC_FAMILIES
+    assert rsd.check_families(rsd.FAMILIES, exclude=rsd.THIN_FAMILIES + rsd.EXTRA_THIN_FAMILIES) == rsd.CLASSIC_FAMILIES
+    # a training set for the family-held-out split: everything but the five test families
+    assert rsd.check_families(None, exclude=rsd.THIN_FAMILIES) == rsd.CLASSIC_FAMILIES + rsd.EXTRA_THIN_FAMILIES
     with pytest.raises(ValueError, match="Unknown object family 'chairs'.*allowed: single"):
         rsd.check_families(["chairs"])
     with pytest.raises(ValueError, match="No object family left"):
@@ -371,7 +373,7 @@ def _family_recipes(family: str, count: int = 12):
 
 
 def test_thin_families_are_valid_closed_meshes_on_the_ground():
-    for family in rsd.THIN_FAMILIES:
+    for family in rsd.THIN_FAMILIES + rsd.EXTRA_THIN_FAMILIES:
         kinds = set()
         for k, recipe in enumerate(_family_recipes(family, 30)):
             assert recipe == rsd.object_recipe(11, k, (family,))
@@ -441,6 +443,28 @@ def test_slats_have_gaps_and_bridges_a_gap_under_the_span():
         front, _ = silhouette(recipe, "front", pixels=64)
         assert holes(silhouette(recipe, "front", pixels=64, ground=True)[0]) >= 1, recipe["kind"]
         assert not front[2, front.shape[1] // 2]  # a horizontal ray under the crown, just above the ground, misses
+
+
+def test_training_only_thin_families_have_rungs_stems_holes_and_limbs():
+    """The families that train thin shapes for the family-held-out split (whose five families they must not copy)."""
+    for family in ("ladder", "frame"):  # light passes between rungs, bars and beams
+        for recipe in _family_recipes(family):
+            gaps = max(holes(silhouette(recipe, view, pixels=64, ground=True)[0]) for view in ("top", "front", "side"))
+            assert gaps >= 1, (family, recipe["kind"], gaps)
+    stems = [r for r in _family_recipes("lathe", 40) if r["kind"] in ("goblet", "candlestick")]
+    assert stems
+    for recipe in stems:  # one round profile; somewhere along its height far narrower than its widest part
+        occupancy, _ = silhouette(recipe, "front", pixels=96)
+        widths = [sum(runs(row)) for row in occupancy if row.any()]
+        assert min(widths) <= 0.3 * max(widths), (recipe["kind"], min(widths), max(widths))
+        assert all(len(runs(row)) == 1 for row in occupancy if row.any())
+    for recipe in _family_recipes("figure", 30):
+        if recipe["kind"] == "tree":  # a trunk no wider than a tenth of the tree
+            occupancy, pixel = silhouette(recipe, "front", pixels=64)
+            assert max(runs(occupancy[2])) <= 0.1 * max(occupancy.shape), recipe["kind"]
+            continue
+        feet = [runs(silhouette(recipe, view, pixels=64)[0][2]) for view in ("front", "side")]
+        assert max(len(row) for row in feet) >= 2, (recipe["kind"], feet)  # stands on two or four limbs
 
 
 def _plan_args(**overrides):
@@ -554,7 +578,8 @@ def test_cli_errors_name_the_argument(tmp_path, capsys):
             rsd.parse_args(["--output_dir", str(tmp_path / "out"), *extra])
         assert message in capsys.readouterr().err, (extra, message)
     # the classic families, named or not, are the same run (a folder rendered before families existed resumes)
-    for extra in ([], ["--families", *rsd.CLASSIC_FAMILIES], ["--exclude_families", *rsd.THIN_FAMILIES]):
+    all_thin = [*rsd.THIN_FAMILIES, *rsd.EXTRA_THIN_FAMILIES]
+    for extra in ([], ["--families", *rsd.CLASSIC_FAMILIES], ["--exclude_families", *all_thin]):
         assert rsd.parse_args(["--output_dir", str(tmp_path / "out"), "--num_samples", "2", *extra]).families is None
     args = rsd.parse_args(["--output_dir", str(tmp_path / "out"), "--num_samples", "2", "--exclude_families", "arch"])
     assert args.families == [f for f in rsd.FAMILIES if f != "arch"]

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The recipe of the embedded default (models/shadow-small) since it moved to 256 px: every command that makes it, in
+# order, on the family-held-out data of recipes/family_split.sh. Run from the repository root after
+# `make setup render-setup`; on a GPU machine accelerate trains on the GPU (the renders stay on the CPU).
+#
+#   bash recipes/family_model.sh                        # everything, ~3.5 h on 2 CPU cores
+#   STAGES="unet decoder ship" bash recipes/family_model.sh
+#
+# Why 256 px: SDXL's latent is one cell per 8 x 8 pixels, so at 128 px a 16 x 16 latent has to carry a chair's legs
+# and a fence's gaps in sub-cell detail; the same VAE round-trips the same true maps far better at 256 px (32 x 32
+# latents). BENCHMARKS.md "Object families never seen in training" has the numbers and the ablation.
+set -euo pipefail
+DATA=${DATA:-data/families}
+WORK=${WORK:-work/family-model}
+BASE=${BASE:-models/shadow-small}  # the warm start: the previous embedded default (128 px, classic families only)
+STAGES=${STAGES:-data vae unet decoder ship evaluate}
+RESOLUTION=${RESOLUTION:-256}
+TRAIN_SAMPLES=${TRAIN_SAMPLES:-2400}
+UNET_STEPS=${UNET_STEPS:-4000}
+DECODER_STEPS=${DECODER_STEPS:-800}
+P=${PYTHON:-.venv/bin/python}
+TRAIN=("$P" -m accelerate.commands.launch --num_processes 1 train_shadow_sdxl.py)
+has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
+
+# 1. Data: the clean family-held-out test split (legged, pole, ring, slats, bridge + the classic control; 256 spp)
+#    and its three track designs (64 spp + OpenImageDenoise), then a training set of every OTHER family: the classic
+#    six and the four training-only thin families (ladder, lathe, frame, figure), 2 random lights per object, 32 spp.
+if has_stage data; then
+    RESOLUTION=$RESOLUTION DATA=$DATA HIRES_SAMPLES=0 STAGES=render TRACK_OBJECTS=1 TRACK_SPP=64 TRACK_DENOISE=1 \
+        bash recipes/family_split.sh
+    RESOLUTION=$RESOLUTION DATA=$DATA STAGES=train-data TRAIN_SAMPLES=$TRAIN_SAMPLES TRAIN_LIGHTS=2 \
+        bash recipes/family_split.sh
+    $P dataset_loading.py verify "$DATA/train/train"
+fi
+
+# 2. The VAE's decoder at 256 px on the TRUE shadow maps of the training set (encoder frozen, so the latent space,
+#    the scaling factor and the warm-start UNet stay valid), on 128 px crops then on whole images.
+if has_stage vae; then
+    $P train_vae.py --train_data_dir "$DATA/train/train" --resolution "$RESOLUTION" --crop_size 128 \
+        --pretrained_vae_model_name_or_path "$BASE/vae" --decoder_only --output_dir "$WORK/vae-true" \
+        --max_train_steps 1200 --train_batch_size 8 --learning_rate 3e-4 --seed 4
+fi
+
+# 3. The UNet at 256 px, warm-started from the previous default's UNet (convolutional: the same weights run on 32 x 32
+#    latents), with the new decoder in the pipeline for validation; cosine decay; best/ by validation loss.
+if has_stage unet; then
+    $P - <<EOF
+from diffusers import AutoencoderKL
+from pipeline_shadow import ShadowPipeline
+pipe = ShadowPipeline.from_pretrained("$BASE", vae=AutoencoderKL.from_pretrained("$WORK/vae-true"))
+pipe.register_to_config(default_processing_resolution=$RESOLUTION)
+pipe.save_pretrained("$WORK/start")
+EOF
+    "${TRAIN[@]}" --pretrained_model_name_or_path "$WORK/start" --dataset_type custom \
+        --train_data_dir "$DATA/train/train" --resolution "$RESOLUTION" --train_batch_size 8 --learning_rate 2e-4 \
+        --lr_scheduler cosine --lr_warmup_steps 100 --max_train_steps "$UNET_STEPS" --timestep_sampling shifted \
+        --random_flip --cache_latents --latent_cache_dir "$WORK/latents" --checkpointing_steps 500 \
+        --validation_steps 500 --logging_steps 50 --dataloader_num_workers 0 --seed 0 --report_to none \
+        --output_dir "$WORK/run"
+fi
+
+# 4. The decoder once more, on that UNet's one-step predictions for the training renders mapped to the true maps
+#    (it learns to undo the one-step blur), whole images.
+if has_stage decoder; then
+    $P train_vae.py --train_data_dir "$DATA/train/train" --resolution "$RESOLUTION" \
+        --pretrained_vae_model_name_or_path "$WORK/vae-true" --decoder_only --prediction_model "$WORK/run/best" \
+        --output_dir "$WORK/vae-decoder" --max_train_steps "$DECODER_STEPS" --train_batch_size 4 \
+        --learning_rate 1e-4 --seed 5
+fi
+
+# 5. Ship: the best UNet (stored in fp16, loads as fp32) with the prediction-trained decoder.
+if has_stage ship; then
+    rm -rf models/shadow-small
+    $P - <<EOF
+import torch
+from diffusers import AutoencoderKL
+from pipeline_shadow import ShadowPipeline
+pipe = ShadowPipeline.from_pretrained("$WORK/run/best", vae=AutoencoderKL.from_pretrained("$WORK/vae-decoder"))
+pipe.unet.to(torch.float16)
+pipe.save_pretrained("models/shadow-small")
+EOF
+    du -sh models/shadow-small
+fi
+
+# 6. The shipped folder itself on the family-held-out split (and its tracks), the VAE ceiling beside it, and the
+#    README's first-screen contact sheet.
+if has_stage evaluate; then
+    RESOLUTION=$RESOLUTION DATA=$DATA WORK=$WORK/eval-shipped MODEL=models/shadow-small HIRES_SAMPLES=0 \
+        STAGES=evaluate bash recipes/family_split.sh
+    $P benchmarks/family_sheet.py --pretrained_model_name_or_path models/shadow-small \
+        --data_dirs "$DATA"/test-{legged,pole,ring,slats,bridge} --samples_per_family 3 \
+        --out docs/images/family_contact_sheet.png
+fi
