@@ -64,6 +64,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--kl_weight", type=float, default=1e-6)
     parser.add_argument(
+        "--shadow_iou_weight",
+        type=float,
+        default=0.0,
+        help="Add this x (1 - soft IoU) of the shadow maps to the loss (0 = L1 + MSE only): weighs thin, faint "
+        "shadows by their share of the shadow instead of the image.",
+    )
+    parser.add_argument(
         "--crop_size",
         type=int,
         default=None,
@@ -97,16 +104,44 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def vae_loss(vae: AutoencoderKL, images: torch.Tensor, kl_weight: float, generator=None, decoder_only=False):
-    """-> (total, reconstruction) for a batch in [-1, 1]. With `decoder_only` the frozen encoder runs without
-    gradients and the KL term (which only the encoder can change) is left out."""
+def soft_iou_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean of 1 - soft IoU (sum min / sum max, evaluate_shadow.py's metric) between shadow maps given as 3-channel
+    [-1, 1] images [B,3,H,W]. A pair of empty maps costs nothing. Unlike a per-pixel loss, it weighs a faint thin
+    shadow (a pole's, a slat's) by its share of the shadow, not by its share of the image."""
+    predicted = ((reconstruction.mean(dim=1) + 1) / 2).clamp(0, 1)
+    true = ((target.mean(dim=1) + 1) / 2).clamp(0, 1)
+    union = torch.maximum(predicted, true).sum(dim=(-2, -1))
+    intersection = torch.minimum(predicted, true).sum(dim=(-2, -1))
+    return torch.where(union > 1e-6, 1 - intersection / union.clamp_min(1e-6), torch.zeros_like(union)).mean()
+
+
+def reconstruction_loss(reconstruction, images, shadow_from: int = 0, shadow_iou_weight: float = 0.0):
+    """L1 + MSE over the batch, plus `shadow_iou_weight` x soft_iou_loss over its shadow maps (rows `shadow_from`..)."""
+    loss = F.l1_loss(reconstruction, images) + F.mse_loss(reconstruction, images)
+    if shadow_iou_weight:
+        loss = loss + shadow_iou_weight * soft_iou_loss(reconstruction[shadow_from:], images[shadow_from:])
+    return loss
+
+
+def vae_loss(
+    vae: AutoencoderKL,
+    images: torch.Tensor,
+    kl_weight: float,
+    generator=None,
+    decoder_only=False,
+    shadow_from: int = 0,
+    shadow_iou_weight: float = 0.0,
+):
+    """-> (total, reconstruction) for a batch in [-1, 1] whose rows `shadow_from`.. are shadow maps. With
+    `decoder_only` the frozen encoder runs without gradients and the KL term (which only the encoder can change) is
+    left out."""
     with torch.set_grad_enabled(torch.is_grad_enabled() and not decoder_only):
         posterior = vae.encode(images).latent_dist
     reconstruction = vae.decode(posterior.sample(generator=generator)).sample
-    reconstruction_loss = F.l1_loss(reconstruction, images) + F.mse_loss(reconstruction, images)
+    rec_loss = reconstruction_loss(reconstruction, images, shadow_from, shadow_iou_weight)
     if decoder_only:
-        return reconstruction_loss, reconstruction_loss
-    return reconstruction_loss + kl_weight * posterior.kl().mean(), reconstruction_loss
+        return rec_loss, rec_loss
+    return rec_loss + kl_weight * posterior.kl().mean(), rec_loss
 
 
 def random_crop(images: torch.Tensor, size: int | None, generator: torch.Generator) -> torch.Tensor:
@@ -138,10 +173,13 @@ def one_step_latents(pipe: ShadowPipeline, batch: dict, generator: torch.Generat
     return pipe.predict_latents(prepared, light, num_inference_steps=1, generator=generator)
 
 
-def prediction_loss(vae: AutoencoderKL, latents: torch.Tensor, shadow_images: torch.Tensor) -> torch.Tensor:
-    """L1 + MSE between the decoded (scaled) latents and the true shadow maps as 3-channel [-1, 1] images."""
+def prediction_loss(
+    vae: AutoencoderKL, latents: torch.Tensor, shadow_images: torch.Tensor, shadow_iou_weight: float = 0.0
+) -> torch.Tensor:
+    """L1 + MSE (+ the soft-IoU term) between the decoded (scaled) latents and the true shadow maps as 3-channel
+    [-1, 1] images."""
     reconstruction = vae.decode(unscale_latents(vae, latents)).sample
-    return F.l1_loss(reconstruction, shadow_images) + F.mse_loss(reconstruction, shadow_images)
+    return reconstruction_loss(reconstruction, shadow_images, 0, shadow_iou_weight)
 
 
 def training_images(batch: dict, decoder_only: bool = False) -> torch.Tensor:
@@ -156,10 +194,11 @@ def batch_loss(vae, batch: dict, args, generator, predictor: ShadowPipeline | No
     if predictor is not None:
         latents = one_step_latents(predictor, batch, generator)
         latents, targets = aligned_random_crop(latents, shadow_to_vae_input(batch["shadow_map"]), crop_size, generator)
-        loss = prediction_loss(vae, latents, targets)
+        loss = prediction_loss(vae, latents, targets, args.shadow_iou_weight)
         return loss, loss
     images = random_crop(training_images(batch, args.decoder_only), crop_size, generator)
-    return vae_loss(vae, images, args.kl_weight, generator, args.decoder_only)
+    shadow_from = 0 if args.decoder_only else len(batch["shadow_map"])  # objects first, then shadow maps
+    return vae_loss(vae, images, args.kl_weight, generator, args.decoder_only, shadow_from, args.shadow_iou_weight)
 
 
 def load_prediction_model(name_or_path: str, vae: AutoencoderKL) -> ShadowPipeline:

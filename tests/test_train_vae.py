@@ -90,3 +90,39 @@ def test_prediction_model_must_share_the_encoder(tmp_path, tiny_shadow_dir):
         )  # fmt: skip
     with pytest.raises(SystemExit):
         train_vae.parse_args(["--data_dir", str(data), "--output_dir", "o", "--prediction_model", str(tiny_shadow_dir)])
+
+
+def test_soft_iou_loss_is_the_metric_and_weighs_a_faint_thin_shadow_by_its_share_of_the_shadow():
+    from evaluate_shadow import soft_iou
+
+    def as_vae_image(shadow):  # [B,H,W] in [0, 1] -> 3-channel [-1, 1], as the VAE sees shadow maps
+        return (shadow * 2 - 1)[:, None].expand(-1, 3, -1, -1)
+
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.rand(2, 16, 16, generator=generator), torch.rand(2, 16, 16, generator=generator)
+    expected = 1 - soft_iou(a.numpy(), b.numpy()).mean()
+    assert train_vae.soft_iou_loss(as_vae_image(a), as_vae_image(b)).item() == pytest.approx(expected, abs=1e-5)
+    empty = torch.zeros(1, 16, 16)
+    assert train_vae.soft_iou_loss(as_vae_image(empty), as_vae_image(empty)).item() == 0.0
+    # a faint one-pixel line lost entirely: a per-pixel loss barely sees it, the soft-IoU term costs it in full
+    line = torch.zeros(1, 64, 64)
+    line[:, :, 30] = 0.2
+    nothing = as_vae_image(torch.zeros(1, 64, 64))
+    pixel = train_vae.reconstruction_loss(nothing, as_vae_image(line)).item()
+    with_iou = train_vae.reconstruction_loss(nothing, as_vae_image(line), 0, 0.05).item()
+    assert pixel < 0.01 and with_iou - pixel == pytest.approx(0.05)
+    # gradients flow to the reconstruction
+    guess = as_vae_image(torch.full((1, 64, 64), 0.1)).clone().requires_grad_(True)
+    train_vae.soft_iou_loss(guess, as_vae_image(line)).backward()
+    assert guess.grad is not None and guess.grad.abs().sum() > 0
+
+
+def test_shadow_iou_weight_trains_and_is_recorded(tmp_path):
+    data = make_custom_dataset(tmp_path / "data", n=8, size=32)
+    output = train_vae.main(
+        ["--data_dir", str(data), "--resolution", "32", "--output_dir", str(tmp_path / "vae"), "--max_train_steps",
+         "30", "--batch_size", "4", "--learning_rate", "2e-3", "--shadow_iou_weight", "0.1"]
+    )  # fmt: skip
+    summary = json.loads((output / "training_summary.json").read_text())
+    assert summary["last_10_reconstruction"] < summary["first_10_reconstruction"]
+    assert summary["args"]["shadow_iou_weight"] == 0.1
