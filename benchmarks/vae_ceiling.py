@@ -37,7 +37,7 @@ from diffusers import AutoencoderKL  # noqa: E402
 from machine_info import cpu_description  # noqa: E402
 
 from dataset_loading import DatasetVerificationError, create_dataloaders, infer_dataset_type  # noqa: E402
-from evaluate_shadow import ALL_TRACK, rmse, soft_iou  # noqa: E402
+from evaluate_shadow import ALL_TRACK, control_summary, rmse, soft_iou, summarize  # noqa: E402
 
 VAE_FACTOR = 8  # SDXL's latent layout: one latent cell per 8 x 8 pixels
 
@@ -46,6 +46,29 @@ def vae_round_trip(vae: AutoencoderKL, shadow_map: torch.Tensor, mask: torch.Ten
     """[B,1,H,W] true maps -> the same maps encoded and decoded as the pipeline would, cleared under the object."""
     latents = encode_latents(vae, shadow_to_vae_input(shadow_map))
     return clear_under_object(decode_shadow(vae, latents), mask)
+
+
+def inverted_round_trip(
+    vae: AutoencoderKL, shadow_map: torch.Tensor, mask: torch.Tensor, steps: int, learning_rate: float = 0.05
+) -> torch.Tensor:
+    """[B,1,H,W] true maps -> decoded from latents OPTIMISED to reproduce them (Adam on L1 + MSE, starting from the
+    encoder's latents): what the decoder can draw at all. The gap to `vae_round_trip` is the encoder's share."""
+    for parameter in vae.parameters():
+        parameter.requires_grad_(False)
+    with torch.inference_mode(False), torch.enable_grad():  # the callers score under inference_mode
+        shadow_map, mask = shadow_map.clone(), mask.clone()
+        with torch.no_grad():
+            latents = encode_latents(vae, shadow_to_vae_input(shadow_map))
+        latents.requires_grad_(True)
+        optimizer = torch.optim.Adam([latents], lr=learning_rate)
+        for _ in range(steps):
+            decoded = clear_under_object(decode_shadow(vae, latents), mask)
+            loss = (decoded - shadow_map).abs().mean() + (decoded - shadow_map).square().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            return clear_under_object(decode_shadow(vae, latents), mask)
 
 
 def grid_round_trip(shadow_map: torch.Tensor, mask: torch.Tensor, factor: int = VAE_FACTOR) -> torch.Tensor:
@@ -97,6 +120,7 @@ def score_folder(
     batch_size: int,
     limit: int | None = None,
     reference_dir: Path | None = None,
+    invert_steps: int = 0,
 ) -> dict:
     """Round-trip scores of one folder's true maps. With `reference_dir` (the same scenes rendered cleaner, e.g. at
     256 spp), also how far this folder's maps are from those (`target_vs_reference`: the best a perfect model scores
@@ -104,7 +128,7 @@ def score_folder(
     resolution = resolution or native_resolution(data_dir)
     batches = _loader(data_dir, resolution, batch_size)
     references = _loader(reference_dir, resolution, batch_size) if reference_dir is not None else None
-    names = ["vae_iou", "vae_rmse", "grid_iou", "shadow_fraction"]
+    names = ["vae_iou", "vae_rmse", "grid_iou", "shadow_fraction"] + (["inverted_iou"] if invert_steps else [])
     names += ["target_vs_reference_iou", "vae_vs_reference_iou"] if references is not None else []
     scores = {name: [] for name in names}
     start = time.perf_counter()
@@ -119,6 +143,8 @@ def score_folder(
             scores["vae_rmse"] += _scores(rmse(decoded, truth))
             scores["grid_iou"] += _scores(soft_iou(grid, truth))
             scores["shadow_fraction"] += (truth > 0.05).float().mean(dim=(1, 2, 3)).tolist()
+            if invert_steps:
+                scores["inverted_iou"] += _scores(soft_iou(inverted_round_trip(vae, truth, mask, invert_steps), truth))
             if reference is not None:
                 if list(reference["id"][:keep]) != list(batch["id"][:keep]):
                     raise ValueError(
@@ -153,11 +179,56 @@ def model_scores(eval_dir: Path) -> dict | None:
     }
 
 
+def pooled_records(eval_dirs: list[Path]) -> list[dict]:
+    """Every per-(image, seed) record of these evaluate_shadow.py outputs as ONE set: ids and indices made unique per
+    folder, every track read as the whole set."""
+    pooled = []
+    for offset, eval_dir in enumerate(eval_dirs):
+        path = eval_dir / "records.jsonl"
+        if not path.is_file():
+            return []
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            index = offset * 1_000_000 + int(record["index"])
+            pooled.append({**record, "index": index, "id": f"{eval_dir.name}/{record['id']}", "track": ALL_TRACK})
+    return pooled
+
+
+def pooled_row(rows: list[dict], eval_dirs: list[Path] | None) -> dict:
+    """One row over the folders of `rows`: the VAE's scores weighted by images; with `eval_dirs` (one per row), the
+    model's soft IoU, median direction error and wrong-side rate over all their images together."""
+    images = sum(row["images"] for row in rows)
+
+    def weighted(name: str) -> dict:
+        mean = sum(row[name]["mean"] * row["images"] for row in rows) / images
+        return {"mean": mean, "std": float("nan")}
+
+    resolutions = {row["resolution"] for row in rows}
+    row = {"label": "pooled", "folder": None, "reference": None, "images": images}
+    row["resolution"] = resolutions.pop() if len(resolutions) == 1 else "mixed"
+    row["latent"] = next(r["latent"] for r in rows) if row["resolution"] != "mixed" else "mixed"
+    for name in ("vae_iou", "vae_rmse", "grid_iou", "inverted_iou"):
+        if all(name in r for r in rows):
+            row[name] = weighted(name)
+    records = pooled_records(eval_dirs) if eval_dirs else []
+    if records:
+        summary, control = summarize(records)[ALL_TRACK], control_summary(records)[ALL_TRACK]
+        row["model"] = {
+            "iou": summary["iou"]["mean"],
+            "iou_std": summary["iou"]["std"],
+            "direction_median_deg": control["direction_abs_error_median_deg"],
+            "wrong_side_rate": control["wrong_side_rate"],
+        }
+    return row
+
+
 def markdown(rows: list[dict]) -> str:
     with_reference = any(row.get("reference") for row in rows)
     header = "| family | px | latent | images | model 1-step soft IoU | median dir. error | wrong side "
     header += "| VAE round trip soft IoU | VAE RMSE | grid x8 soft IoU |"
     header += " target vs clean | VAE round trip vs clean |" if with_reference else ""
+    with_inverted = any("inverted_iou" in row for row in rows)
+    header += " decoder, optimised latents |" if with_inverted else ""
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for row in rows:
         model = row.get("model")
@@ -175,7 +246,8 @@ def markdown(rows: list[dict]) -> str:
             + " | ".join(
                 [row["label"], str(row["resolution"]), row["latent"], str(row["images"]), *model_cells]
                 + [
-                    f"{row['vae_iou']['mean']:.3f} ± {row['vae_iou']['std']:.3f}",
+                    f"{row['vae_iou']['mean']:.3f}"
+                    + (f" ± {row['vae_iou']['std']:.3f}" if np.isfinite(row["vae_iou"]["std"]) else ""),
                     f"{row['vae_rmse']['mean']:.4f}",
                     f"{row['grid_iou']['mean']:.3f}",
                 ]
@@ -187,6 +259,7 @@ def markdown(rows: list[dict]) -> str:
                     if with_reference
                     else []
                 )
+                + ([f"{row['inverted_iou']['mean']:.3f}" if "inverted_iou" in row else ""] if with_inverted else [])
             )
             + " |"
         )
@@ -207,7 +280,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="one per --data_dirs: the same scenes rendered cleaner (e.g. 256 spp), to measure the targets' noise",
     )
+    parser.add_argument(
+        "--control_dirs",
+        nargs="+",
+        default=(),
+        help="folders shown after the pooled row and left out of it (e.g. seen families, new objects)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="only the first N images of each folder (in key order)")
+    parser.add_argument(
+        "--invert_steps",
+        type=int,
+        default=0,
+        help="> 0: also decode latents optimised for this many Adam steps to reproduce each map (what the decoder can "
+        "draw; slow, use with --limit)",
+    )
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--output_json", default=None)
@@ -235,7 +321,18 @@ def main(argv=None) -> list[dict]:
     references = [Path(p) for p in args.reference_dirs] if args.reference_dirs else [None] * len(args.data_dirs)
     rows = []
     for data_dir, reference_dir in zip(map(Path, args.data_dirs), references):
-        row = score_folder(vae, data_dir, args.resolution, args.batch_size, args.limit, reference_dir)
+        row = score_folder(
+            vae, data_dir, args.resolution, args.batch_size, args.limit, reference_dir, args.invert_steps
+        )
+        if args.eval_root:
+            row["model"] = model_scores(Path(args.eval_root) / data_dir.name)
+        rows.append(row)
+    if len(rows) > 1 and args.limit is None:  # --limit scores a subset, which the model's records do not match
+        eval_dirs = [Path(args.eval_root) / Path(d).name for d in args.data_dirs] if args.eval_root else None
+        rows.append(pooled_row(rows, eval_dirs))
+    for data_dir in map(Path, args.control_dirs):
+        row = score_folder(vae, data_dir, args.resolution, args.batch_size, args.limit)
+        row["label"] = f"control: {row['label']}"
         if args.eval_root:
             row["model"] = model_scores(Path(args.eval_root) / data_dir.name)
         rows.append(row)

@@ -16,7 +16,7 @@ BASE=${BASE:-models/shadow-small}  # the warm start: the previous embedded defau
 STAGES=${STAGES:-data vae unet decoder ship evaluate}
 RESOLUTION=${RESOLUTION:-256}
 TRAIN_SAMPLES=${TRAIN_SAMPLES:-2400}
-UNET_STEPS=${UNET_STEPS:-4000}
+UNET_STEPS=${UNET_STEPS:-6000}
 DECODER_STEPS=${DECODER_STEPS:-800}
 P=${PYTHON:-.venv/bin/python}
 TRAIN=("$P" -m accelerate.commands.launch --num_processes 1 train_shadow_sdxl.py)
@@ -38,16 +38,18 @@ fi
 if has_stage vae; then
     $P train_vae.py --train_data_dir "$DATA/train/train" --resolution "$RESOLUTION" --crop_size 128 \
         --pretrained_vae_model_name_or_path "$BASE/vae" --decoder_only --output_dir "$WORK/vae-true" \
-        --max_train_steps 1200 --train_batch_size 8 --learning_rate 3e-4 --seed 4
+        --max_train_steps 600 --train_batch_size 8 --learning_rate 3e-4 --seed 4
 fi
 
 # 3. The UNet at 256 px, warm-started from the previous default's UNet (convolutional: the same weights run on 32 x 32
 #    latents), with the new decoder in the pipeline for validation; cosine decay; best/ by validation loss.
 if has_stage unet; then
     $P - <<EOF
+import torch
+from pipeline_shadow import ShadowPipeline  # first: it quietens diffusers' optional torchao probe
 from diffusers import AutoencoderKL
-from pipeline_shadow import ShadowPipeline
-pipe = ShadowPipeline.from_pretrained("$BASE", vae=AutoencoderKL.from_pretrained("$WORK/vae-true"))
+vae = AutoencoderKL.from_pretrained("$WORK/vae-true")
+pipe = ShadowPipeline.from_pretrained("$BASE", vae=vae, torch_dtype=torch.float32)  # the fp16-stored UNet in fp32
 pipe.register_to_config(default_processing_resolution=$RESOLUTION)
 pipe.save_pretrained("$WORK/start")
 EOF
@@ -73,8 +75,8 @@ if has_stage ship; then
     rm -rf models/shadow-small
     $P - <<EOF
 import torch
-from diffusers import AutoencoderKL
 from pipeline_shadow import ShadowPipeline
+from diffusers import AutoencoderKL
 pipe = ShadowPipeline.from_pretrained("$WORK/run/best", vae=AutoencoderKL.from_pretrained("$WORK/vae-decoder"))
 pipe.unet.to(torch.float16)
 pipe.save_pretrained("models/shadow-small")

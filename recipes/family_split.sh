@@ -79,20 +79,22 @@ if has_stage train-data; then  # every family but the held-out ones, split by ob
 fi
 
 if has_stage evaluate; then
-    folders=() hires=()
+    folders=() hires=() controls=()
     for family in $TEST_FAMILIES classic; do
-        folders+=("$DATA/test-$family")
+        if [ "$family" = classic ]; then controls+=("$DATA/test-$family"); else folders+=("$DATA/test-$family"); fi
         $P evaluate_shadow.py --model "$MODEL" --dataset_type custom --data_dir "$DATA/test-$family" --num_seeds 3 \
             --resolution "$RESOLUTION" --output_dir "$WORK/eval/test-$family"
         if [ -d "$DATA/tracks-$family" ]; then
             $P evaluate_shadow.py --model "$MODEL" --dataset_type benchmark --data_dir "$DATA/tracks-$family" \
                 --num_seeds 3 --resolution "$RESOLUTION" --output_dir "$WORK/eval/tracks-$family"
+            folders+=("$DATA/tracks-$family")
         fi
         if [ "$HIRES_SAMPLES" -gt 0 ]; then hires+=("$DATA/test-$family-$HIRES"); fi
     done
-    # The VAE's round trip of the true maps at the model's resolution, beside the model's one-step scores.
-    $P benchmarks/vae_ceiling.py --vae "$MODEL/vae" --data_dirs "${folders[@]}" --eval_root "$WORK/eval" \
-        --output_json "$WORK/vae_ceiling.json"
+    # The VAE's round trip of the true maps at the model's resolution, beside the model's one-step scores; one row
+    # pooled over the unseen families (random lights and track designs), the seen-family control below it.
+    $P benchmarks/vae_ceiling.py --vae "$MODEL/vae" --data_dirs "${folders[@]}" --control_dirs "${controls[@]}" \
+        --resolution "$RESOLUTION" --eval_root "$WORK/eval" --output_json "$WORK/vae_ceiling.json"
     noisy=() clean=()
     for family in $NOISE_FAMILIES; do
         if [ -d "$DATA/test-$family-${NOISE_SPP}spp" ]; then
@@ -106,7 +108,7 @@ if has_stage evaluate; then
             --eval_root "$WORK/eval" --output_json "$WORK/vae_ceiling_noise.json"
     fi
     if [ "$HIRES_SAMPLES" -gt 0 ]; then  # the same first scenes at both resolutions: 16x16 vs 32x32 latents
-        $P benchmarks/vae_ceiling.py --vae "$MODEL/vae" --data_dirs "${folders[@]}" "${hires[@]}" \
+        $P benchmarks/vae_ceiling.py --vae "$MODEL/vae" --data_dirs "${folders[@]}" "${controls[@]}" "${hires[@]}" \
             --limit "$HIRES_SAMPLES" --output_json "$WORK/vae_ceiling_${RESOLUTION}_vs_${HIRES}.json"
     fi
 fi

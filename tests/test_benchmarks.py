@@ -64,6 +64,8 @@ def test_gpu_session_script_runs_every_part_tiny_on_cpu(tmp_path):
 
 
 def test_vae_ceiling_scores_each_folder_and_joins_the_model_scores(tmp_path, tiny_shadow_dir, capsys):
+    import json
+
     import torch
     from data_factory import make_custom_dataset
 
@@ -87,8 +89,36 @@ def test_vae_ceiling_scores_each_folder_and_joins_the_model_scores(tmp_path, tin
             ["--vae", str(tiny_shadow_dir), "--data_dirs", str(data), str(data), "--reference_dirs", str(data)]
         )
     metrics = (tmp_path / "eval" / "test-things" / "metrics.json").read_text()
-    assert row["model"]["iou"] == __import__("json").loads(metrics)["summary"]["all"]["iou"]["mean"]
+    assert row["model"]["iou"] == json.loads(metrics)["summary"]["all"]["iou"]["mean"]
     assert "| test-things | 64 | 8x8 | 3 |" in capsys.readouterr().out
+    # two folders: a pooled row over both (the model's records together), and a control row left out of it
+    other = make_custom_dataset(tmp_path / "test-others", n=2, size=64, seed=1)
+    evaluate_shadow.main(["--model", str(tiny_shadow_dir), "--dataset_type", "custom", "--data_dir", str(other),
+                          "--num_seeds", "1", "--output_dir", str(tmp_path / "eval" / "test-others")])  # fmt: skip
+    rows = vae_ceiling.main(["--vae", str(tiny_shadow_dir), "--data_dirs", str(data), str(other), "--control_dirs",
+                             str(other), "--eval_root", str(tmp_path / "eval")])  # fmt: skip
+    things, others, pooled, control = rows
+    assert pooled["label"] == "pooled" and pooled["images"] == 6 and control["label"] == "control: test-others"
+    expected = (things["vae_iou"]["mean"] * 4 + others["vae_iou"]["mean"] * 2) / 6
+    assert pooled["vae_iou"]["mean"] == pytest.approx(expected)
+    per_image = [json.loads(line)["iou"] for folder in ("test-things", "test-others")
+                 for line in (tmp_path / "eval" / folder / "records.jsonl").read_text().splitlines()]  # fmt: skip
+    assert pooled["model"]["iou"] == pytest.approx(sum(per_image) / len(per_image))
+    assert "| pooled | 64 | 8x8 | 6 |" in capsys.readouterr().out
+    # latents optimised to reproduce the maps decode closer to them than the encoder's own latents
+    (inverted,) = vae_ceiling.main(["--vae", str(tiny_shadow_dir), "--data_dirs", str(data), "--limit", "2",
+                                    "--invert_steps", "15"])  # fmt: skip
+    assert inverted["images"] == 2 and "inverted_iou" in inverted
+    vae = vae_ceiling.load_vae(str(tiny_shadow_dir))
+    truth = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(0)) * 0.5
+    mask = torch.zeros(2, 1, 64, 64)
+
+    def loss(decoded):
+        return float((decoded - truth).abs().mean() + (decoded - truth).square().mean())
+
+    with torch.no_grad():
+        encoded = loss(vae_ceiling.vae_round_trip(vae, truth, mask))
+    assert loss(vae_ceiling.inverted_round_trip(vae, truth, mask, steps=15)) < encoded
     # a map that is constant over the latent grid passes the grid unchanged; the object's pixels are cleared
     flat, mask = torch.full((1, 1, 16, 16), 0.4), torch.zeros(1, 1, 16, 16)
     mask[..., :4, :4] = 1.0
