@@ -21,19 +21,19 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline_shadow import ShadowPipeline, gray_to_tensor  # noqa: E402, I001
+from pipeline_shadow import ShadowPipeline, composite, gray_to_tensor  # noqa: E402, I001
 
 from generate_shadows import contact_sheet  # noqa: E402
 
-GROUND_RGB = np.array([214, 205, 188], dtype=np.float32)  # the beige ground of the README's other sheets
+GROUND_RGB = (214, 205, 188)  # the beige ground of the README's other sheets
 SHADOW_OPACITY = 0.8
 
 
-def composite(object_rgb: np.ndarray, mask: np.ndarray, shadow: np.ndarray) -> Image.Image:
-    """uint8 object on white [H,W,3], mask and shadow in [0, 1] [H,W] -> the object over a ground darkened by the map."""
-    ground = GROUND_RGB * (1.0 - SHADOW_OPACITY * shadow[..., None])
-    alpha = mask[..., None]
-    return Image.fromarray(np.clip(alpha * object_rgb + (1.0 - alpha) * ground, 0, 255).astype(np.uint8))
+def on_ground(object_rgb: torch.Tensor, mask: torch.Tensor, shadow: torch.Tensor) -> Image.Image:
+    """[3,H,W] object, [1,H,W] mask and shadow map in [0, 1] -> pipeline_shadow.composite over a plain beige ground."""
+    ground = torch.tensor(GROUND_RGB, dtype=torch.float32).div(255).reshape(3, 1, 1).expand_as(object_rgb)
+    picture = composite(object_rgb, mask, shadow, ground, intensity=SHADOW_OPACITY)
+    return Image.fromarray((picture.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
 
 
 def one_sample_per_object(data_dir: Path, count: int) -> list[tuple[str, dict]]:
@@ -61,7 +61,7 @@ def family_row(pipe: ShadowPipeline, data_dir: Path, count: int, resolution: int
         families.add(entry.get("family") or data_dir.name)
         obj = Image.open(data_dir / "objects" / f"{key}.png").convert("RGB")
         mask = Image.open(data_dir / "masks" / f"{key}.png").convert("L")
-        truth = gray_to_tensor(Image.open(data_dir / "shadows" / f"{key}.png"), "shadow map")[0].numpy()  # 16-bit
+        truth = gray_to_tensor(Image.open(data_dir / "shadows" / f"{key}.png"), "shadow map")  # 16-bit kept
         predicted = pipe(
             obj,
             mask,
@@ -71,10 +71,10 @@ def family_row(pipe: ShadowPipeline, data_dir: Path, count: int, resolution: int
             height=resolution,
             width=resolution,
             generator=torch.Generator().manual_seed(0),
-            output_type="np",
+            output_type="pt",
         ).shadow_maps[0]
-        rgb, alpha = np.asarray(obj, dtype=np.float32), np.asarray(mask, dtype=np.float32) / 255
-        cells += [composite(rgb, alpha, truth), composite(rgb, alpha, predicted)]
+        rgb, alpha = torch.from_numpy(np.asarray(obj, dtype=np.float32) / 255).permute(2, 0, 1), gray_to_tensor(mask)
+        cells += [on_ground(rgb, alpha, truth), on_ground(rgb, alpha, predicted)]
     label = families.pop() if len(families) == 1 else data_dir.name
     return label, cells
 
