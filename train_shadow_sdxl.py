@@ -109,6 +109,9 @@ from pipeline_shadow import (
     rf_velocity,
     sample_timesteps,
     shadow_to_vae_input,
+    soft_iou_distance,
+    unscale_latents,
+    vae_output_to_shadow,
 )
 
 logger = get_logger(__name__, log_level="INFO")
@@ -295,6 +298,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=tuple(BEST_METRICS),
         help="Which validation loss picks best/: single_step = at t = 1, the regime the pipeline runs in (default); "
         "training_t = at t drawn like --timestep_sampling. Both are logged.",
+    )
+    training.add_argument(
+        "--shadow_iou_weight",
+        type=float,
+        default=0.0,
+        help="Add this weight x (1 - soft IoU) between the decoded one-step estimate x0 = x_t - t v and the decoded "
+        "true latent (through the frozen VAE decoder) to the velocity MSE: the metric of evaluate_shadow.py, which "
+        "weighs a thin leg's or pole's shadow by its share of the shadow. Costs a decoder pass and its backward a "
+        "step. 0 = off (the paper's loss).",
     )
     training.add_argument("--logit_mean", type=float, default=0.0, help="Mean for --timestep_sampling logit_normal.")
     training.add_argument("--logit_std", type=float, default=1.0, help="Std for --timestep_sampling logit_normal.")
@@ -543,6 +555,8 @@ def _check_options(args: argparse.Namespace) -> None:
             raise ValueError(f"`--lora_rank` must be an integer >= 1, got {args.lora_rank}.")
         if args.lora_alpha is not None and args.lora_alpha <= 0:
             raise ValueError(f"`--lora_alpha` must be > 0, got {args.lora_alpha}.")
+    if not (math.isfinite(args.shadow_iou_weight) and args.shadow_iou_weight >= 0):
+        raise ValueError(f"`--shadow_iou_weight` must be a number >= 0 (0 = off), got {args.shadow_iou_weight}.")
     if not 0.0 <= args.ema_decay <= 1.0:
         raise ValueError(f"`--ema_decay` must lie in [0, 1], got {args.ema_decay}.")
     for flag in ("offload_ema", "foreach_ema"):
@@ -1529,6 +1543,21 @@ def batch_latents(vae: AutoencoderKL, batch: dict, device: torch.device) -> tupl
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def rectified_flow_velocity(
+    unet: torch.nn.Module,
+    object_latents: torch.Tensor,
+    mask_latent: torch.Tensor,
+    shadow_latents: torch.Tensor,
+    light: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted velocity, x_t), both [B,4,h,w], at x_t = t * noise + (1 - t) * x0 (docs/design.md §3)."""
+    x_t = rf_interpolate(shadow_latents, noise, t)  # [B,4,h,w]
+    model_input = torch.cat([x_t, mask_latent, object_latents], dim=1)  # [B,9,h,w]
+    return unet(model_input, rf_model_timestep(t), light).sample, x_t
+
+
 def rectified_flow_loss(
     unet: torch.nn.Module,
     object_latents: torch.Tensor,
@@ -1539,11 +1568,26 @@ def rectified_flow_loss(
     noise: torch.Tensor,
 ) -> torch.Tensor:
     """Per-sample MSE(v_pred, noise - x0) in fp32 [B], at x_t = t * noise + (1 - t) * x0 (docs/design.md §3)."""
-    x_t = rf_interpolate(shadow_latents, noise, t)  # [B,4,h,w]
-    model_input = torch.cat([x_t, mask_latent, object_latents], dim=1)  # [B,9,h,w]
-    velocity = unet(model_input, rf_model_timestep(t), light).sample  # [B,4,h,w]
+    velocity, _ = rectified_flow_velocity(unet, object_latents, mask_latent, shadow_latents, light, t, noise)
+    return velocity_mse(velocity, shadow_latents, noise)
+
+
+def velocity_mse(velocity: torch.Tensor, shadow_latents: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Per-sample MSE(v_pred, noise - x0) in fp32 [B]."""
     target = rf_velocity(shadow_latents, noise)
     return F.mse_loss(velocity.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+
+
+def decoded_shadow_iou_loss(
+    vae: AutoencoderKL, predicted_x0: torch.Tensor, shadow_latents: torch.Tensor
+) -> torch.Tensor:
+    """Per-sample 1 - soft IoU [B] between the shadow maps the frozen decoder draws from the estimated and from the
+    true latents. The target is the decoder's picture of the true latent (cached latents keep no pixels), so the term
+    asks for what the decoder can draw; gradients reach the UNet through the decoder's activations only."""
+    with torch.no_grad():
+        target = vae_output_to_shadow(vae.decode(unscale_latents(vae, shadow_latents).to(vae.dtype)).sample.float())
+    decoded = vae.decode(unscale_latents(vae, predicted_x0).to(vae.dtype)).sample.float()
+    return soft_iou_distance(vae_output_to_shadow(decoded), target)
 
 
 def sample_noise_and_t(args, shape, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1562,11 +1606,16 @@ def sample_noise_and_t(args, shape, generator: torch.Generator, device) -> tuple
 
 def training_loss(args, unet, vae, batch: dict, generator: torch.Generator, device) -> torch.Tensor:
     """The loss of one micro-batch (scalar, fp32): latents (cached or encoded), noise and t from `generator`, the
-    velocity MSE. With `accelerator.backward` and `optimizer_step` this is the whole training step, e.g. to time it."""
+    velocity MSE (+ --shadow_iou_weight x the decoded maps' soft-IoU distance). With `accelerator.backward` and `optimizer_step` this is the whole training step, e.g. to time it."""
     object_latents, mask_latent, shadow_latents = batch_latents(vae, batch, device)
     noise, t = sample_noise_and_t(args, shadow_latents.shape, generator, device)
     light = batch_light(batch, device)
-    return rectified_flow_loss(unet, object_latents, mask_latent, shadow_latents, light, t, noise).mean()
+    velocity, x_t = rectified_flow_velocity(unet, object_latents, mask_latent, shadow_latents, light, t, noise)
+    loss = velocity_mse(velocity, shadow_latents, noise)
+    if getattr(args, "shadow_iou_weight", 0.0):
+        predicted_x0 = rf_predict_x0(x_t, velocity.float(), t)
+        loss = loss + args.shadow_iou_weight * decoded_shadow_iou_loss(vae, predicted_x0, shadow_latents)
+    return loss.mean()
 
 
 def optimizer_class(args: argparse.Namespace):

@@ -46,7 +46,9 @@ from pipeline_shadow import (
     encode_latents,
     mask_to_latent,
     shadow_to_vae_input,
+    soft_iou_distance,
     unscale_latents,
+    vae_output_to_shadow,
 )
 from random_sdxl import vae_config
 
@@ -105,14 +107,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def soft_iou_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean of 1 - soft IoU (sum min / sum max, evaluate_shadow.py's metric) between shadow maps given as 3-channel
-    [-1, 1] images [B,3,H,W]. A pair of empty maps costs nothing. Unlike a per-pixel loss, it weighs a faint thin
-    shadow (a pole's, a slat's) by its share of the shadow, not by its share of the image."""
-    predicted = ((reconstruction.mean(dim=1) + 1) / 2).clamp(0, 1)
-    true = ((target.mean(dim=1) + 1) / 2).clamp(0, 1)
-    union = torch.maximum(predicted, true).sum(dim=(-2, -1))
-    intersection = torch.minimum(predicted, true).sum(dim=(-2, -1))
-    return torch.where(union > 1e-6, 1 - intersection / union.clamp_min(1e-6), torch.zeros_like(union)).mean()
+    """Mean of 1 - soft IoU (evaluate_shadow.py's metric, see pipeline_shadow.soft_iou_distance) between shadow maps
+    given as 3-channel [-1, 1] images [B,3,H,W]."""
+    return soft_iou_distance(vae_output_to_shadow(reconstruction), vae_output_to_shadow(target)).mean()
 
 
 def reconstruction_loss(reconstruction, images, shadow_from: int = 0, shadow_iou_weight: float = 0.0):

@@ -456,3 +456,65 @@ def test_two_processes_write_each_checkpoint_once(tiny_sdxl_dir, data_dir, tmp_p
     assert os.readlink(output_dir / "latest") == "checkpoint-2"
     assert not [p for p in output_dir.iterdir() if p.name.startswith(".")]
     _assert_same_weights(_unet_weights(output_dir / "checkpoint-2"), _unet_weights(output_dir))
+
+
+# ----- --shadow_iou_weight: the evaluation metric as a training term --------------------------------------------------
+
+
+def test_decoded_shadow_iou_loss_is_the_soft_iou_of_the_decoded_maps_and_reaches_only_the_estimate(tiny_shadow_dir):
+    import evaluate_shadow
+    from pipeline_shadow import unscale_latents, vae_output_to_shadow
+
+    vae = ShadowPipeline.from_pretrained(tiny_shadow_dir).vae.requires_grad_(False)
+    true = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    same = train.decoded_shadow_iou_loss(vae, true.clone(), true)
+    assert torch.allclose(same, torch.zeros(2), atol=1e-6)
+
+    estimate = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    loss = train.decoded_shadow_iou_loss(vae, estimate, true)
+    with torch.no_grad():
+        maps = [vae_output_to_shadow(vae.decode(unscale_latents(vae, x)).sample) for x in (estimate, true)]
+    expected = [1 - evaluate_shadow.soft_iou(p[0].numpy(), g[0].numpy()) for p, g in zip(*maps)]
+    assert loss.shape == (2,) and np.allclose(loss.detach().numpy(), expected, atol=1e-5)
+    loss.sum().backward()
+    assert estimate.grad is not None and estimate.grad.abs().sum() > 0
+    assert all(p.grad is None for p in vae.parameters())  # the frozen decoder only passes the gradient on
+
+
+def _decoded_iou_distance(pipeline_dir, data_dir) -> float:
+    """Mean decoded soft-IoU distance of the one-step estimates (t = 1, fixed noise) over the whole dataset, 32 px."""
+    import dataset_loading
+
+    pipe = ShadowPipeline.from_pretrained(pipeline_dir)
+    loader, _ = dataset_loading.create_dataloaders(
+        "custom", data_dir, batch_size=8, num_workers=0, image_size=64, val_fraction=0, shuffle=False
+    )
+    distances = []
+    with torch.no_grad():
+        for batch in loader:
+            object_latents, mask_latent, shadow_latents = train.batch_latents(pipe.vae, batch, torch.device("cpu"))
+            noise = torch.randn(shadow_latents.shape, generator=torch.Generator().manual_seed(0))
+            t = torch.ones(len(noise))
+            light = train.batch_light(batch, torch.device("cpu"))
+            velocity, x_t = train.rectified_flow_velocity(
+                pipe.unet, object_latents, mask_latent, shadow_latents, light, t, noise
+            )
+            estimate = train.rf_predict_x0(x_t, velocity, t)
+            distances.append(train.decoded_shadow_iou_loss(pipe.vae, estimate, shadow_latents))
+    return float(torch.cat(distances).mean())
+
+
+def test_shadow_iou_weight_trains_the_decoded_maps_toward_the_true_ones(data_dir, tmp_path):
+    """The same run (the embedded model, whose decoder draws shadows; same seed, data, steps) with and without the
+    term: with it, the decoded one-step shadows of the training data end closer to the decoded true ones in soft IoU
+    (measured here: 0.207 against 0.245), the term it adds; the flag is recorded with the run."""
+    embedded = Path(__file__).resolve().parents[1] / "models" / "shadow-small"
+    common = ["--max_train_steps", 20, "--learning_rate", 3e-4, "--lr_warmup_steps", 0, "--val_fraction", 0,
+              "--timestep_sampling", "single_step", "--checkpointing_steps", 100]  # fmt: skip
+    train.main(_argv(embedded, data_dir, tmp_path / "plain", *common))
+    reset_accelerate()
+    train.main(_argv(embedded, data_dir, tmp_path / "iou", *common, "--shadow_iou_weight", 1.0))
+    plain, weighted = (_decoded_iou_distance(tmp_path / name, data_dir) for name in ("plain", "iou"))
+    assert weighted < plain - 0.015, (plain, weighted)
+    config = json.loads((tmp_path / "iou" / "training_config.json").read_text())
+    assert config["shadow_iou_weight"] == 1.0

@@ -410,6 +410,15 @@ def vae_output_to_shadow(decoded: torch.Tensor) -> torch.Tensor:
     return ((decoded.mean(dim=1, keepdim=True) + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
+def soft_iou_distance(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample 1 - soft IoU (sum min / sum max, docs/design.md §8) of [B,1,H,W] shadow maps in [0, 1] -> [B].
+    A pair of empty maps is at distance 0. Differentiable: unlike a per-pixel loss it weighs a faint thin shadow (a
+    pole's, a slat's) by its share of the shadow, not by its share of the image."""
+    union = torch.maximum(prediction, target).sum(dim=(-3, -2, -1))
+    intersection = torch.minimum(prediction, target).sum(dim=(-3, -2, -1))
+    return torch.where(union > 1e-6, 1 - intersection / union.clamp_min(1e-6), torch.zeros_like(union))
+
+
 def clear_under_object(shadow_map: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """[...,1,H,W] shadow map, same-size mask -> the map with zeros where the (binarised) mask covers the object.
 
