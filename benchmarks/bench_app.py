@@ -35,7 +35,13 @@ from pipeline_shadow import Light  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(app.DEFAULT_MODEL), help="Shadow pipeline folder or Hub id.")
+    parser.add_argument(
+        "--pretrained_model_name_or_path",
+        "--model",
+        dest="model",
+        default=str(app.DEFAULT_MODEL),
+        help="Shadow pipeline folder or Hub id.",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--threads", type=int, nargs="+", default=[1, 2], help="torch CPU thread counts to compare (interleaved)."

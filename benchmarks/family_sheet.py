@@ -81,7 +81,9 @@ def family_row(pipe: ShadowPipeline, data_dir: Path, count: int, resolution: int
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pretrained_model_name_or_path", "--model", required=True, help="a shadow pipeline folder")
+    parser.add_argument(
+        "--pretrained_model_name_or_path", "--model", dest="model", required=True, help="a shadow pipeline folder"
+    )
     parser.add_argument("--data_dirs", nargs="+", required=True, help="custom folders, one family (row) each")
     parser.add_argument("--samples_per_family", type=int, default=3, help="objects per row (one render each)")
     parser.add_argument("--resolution", type=int, default=None, help="default: the model's own")
@@ -94,7 +96,7 @@ def main(argv=None) -> Path:
     args = parse_args(argv)
     if args.samples_per_family < 1:
         raise ValueError(f"`--samples_per_family` must be >= 1, got {args.samples_per_family}.")
-    pipe = ShadowPipeline.from_pretrained(args.pretrained_model_name_or_path)
+    pipe = ShadowPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     rows, labels = [], []
     for data_dir in map(Path, args.data_dirs):

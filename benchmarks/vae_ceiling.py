@@ -268,7 +268,13 @@ def markdown(rows: list[dict]) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--vae", required=True, help="an AutoencoderKL folder, or a shadow pipeline folder (its vae/)")
+    parser.add_argument(
+        "--pretrained_vae_model_name_or_path",
+        "--vae",
+        dest="vae",
+        required=True,
+        help="an AutoencoderKL folder, or a shadow pipeline folder (its vae/)",
+    )
     parser.add_argument("--data_dirs", nargs="+", required=True, help="custom or benchmark folders, one row each")
     parser.add_argument(
         "--resolution", type=int, default=None, help="score every folder at this size (default: its own)"
@@ -294,7 +300,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="> 0: also decode latents optimised for this many Adam steps to reproduce each map (what the decoder can "
         "draw; slow, use with --limit)",
     )
-    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--eval_batch_size", dest="batch_size", type=int, default=8, help="maps encoded at once")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--output_json", default=None)
     return parser.parse_args(argv)

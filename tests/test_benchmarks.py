@@ -76,7 +76,7 @@ def test_vae_ceiling_scores_each_folder_and_joins_the_model_scores(tmp_path, tin
     evaluate_shadow.main(["--model", str(tiny_shadow_dir), "--dataset_type", "custom", "--data_dir", str(data),
                           "--num_seeds", "1", "--output_dir", str(tmp_path / "eval" / "test-things")])  # fmt: skip
     argv = ["--vae", str(tiny_shadow_dir), "--data_dirs", str(data), "--eval_root", str(tmp_path / "eval"),
-            "--limit", "3", "--batch_size", "2", "--output_json", str(tmp_path / "ceiling.json"),
+            "--limit", "3", "--eval_batch_size", "2", "--output_json", str(tmp_path / "ceiling.json"),
             "--reference_dirs", str(data)]  # fmt: skip
     (row,) = vae_ceiling.main(argv)
     assert row["label"] == "test-things" and row["resolution"] == 64 and row["latent"] == "8x8" and row["images"] == 3

@@ -53,6 +53,11 @@ SCRIPTS = {
     "benchmarks/bench_data_loading.py": "main",
     "benchmarks/bench_multi_light.py": "main",
     "benchmarks/bench_render.py": "main",
+    "benchmarks/bench_app.py": "parse_args",
+    "benchmarks/family_sheet.py": "parse_args",
+    "benchmarks/vae_ceiling.py": "parse_args",
+    "benchmarks/render_ground_irradiance.py": "main",
+    "benchmarks/code_shape.py": "main",
 }
 # The seed guide's spellings -> the diffusers name that must come first wherever the concept appears.
 DIFFUSERS_NAMES = {
