@@ -101,6 +101,7 @@ def test_new_flags_have_diffusers_names_and_defaults():
         (["--offload_ema"], None, None, r"`--offload_ema` only applies to `--use_ema`"),
         (["--use_ema", "--ema_decay", "1.5"], None, None, r"`--ema_decay` must lie in \[0, 1\]"),
         (["--shadow_iou_weight", "-0.5"], None, None, r"`--shadow_iou_weight` must be a number >= 0 \(0 = off\)"),
+        (["--shadow_iou_samples", "0"], None, None, r"`--shadow_iou_samples` must be an integer >= 1"),
         (["--shadow_iou_weight", "nan"], None, None, r"`--shadow_iou_weight` must be a finite number"),
         (["--report_to", "all", "--hub_token", "x"], None, None, r"`--hub_token` with `--report_to wandb`"),
         (["--evaluation_metrics", "MISSING"], None, None, r"`--evaluation_metrics` .* cannot be read"),

@@ -518,3 +518,40 @@ def test_shadow_iou_weight_trains_the_decoded_maps_toward_the_true_ones(data_dir
     assert weighted < plain - 0.015, (plain, weighted)
     config = json.loads((tmp_path / "iou" / "training_config.json").read_text())
     assert config["shadow_iou_weight"] == 1.0
+
+
+def test_shadow_iou_samples_decodes_only_the_first_samples_of_the_micro_batch(tiny_shadow_dir):
+    """training_loss = mean velocity MSE + weight x mean decoded soft-IoU distance of the first N samples, with the
+    noise and t the generator draws; N = all by default."""
+    import argparse
+
+    pipe = ShadowPipeline.from_pretrained(tiny_shadow_dir)
+    seeded = torch.Generator().manual_seed(3)
+    batch = {
+        "object_latents": torch.randn(3, 4, 4, 4, generator=seeded),
+        "mask_latent": torch.rand(3, 1, 4, 4, generator=seeded),
+        "shadow_latents": torch.randn(3, 4, 4, 4, generator=seeded),
+        "light": torch.tensor([[30.0, 0.0, 2.0], [10.0, 90.0, 4.0], [45.0, 200.0, 8.0]]),
+    }
+    device = torch.device("cpu")
+
+    def loss(weight, samples):
+        args = argparse.Namespace(
+            timestep_sampling="uniform", logit_mean=0.0, logit_std=1.0, timestep_shift=3.0,
+            shadow_iou_weight=weight, shadow_iou_samples=samples,
+        )  # fmt: skip
+        with torch.no_grad():
+            return train.training_loss(args, pipe.unet, pipe.vae, batch, torch.Generator().manual_seed(0), device)
+
+    args = argparse.Namespace(timestep_sampling="uniform", logit_mean=0.0, logit_std=1.0, timestep_shift=3.0)
+    noise, t = train.sample_noise_and_t(args, (3, 4, 4, 4), torch.Generator().manual_seed(0), device)
+    with torch.no_grad():
+        velocity, x_t = train.rectified_flow_velocity(
+            pipe.unet, batch["object_latents"], batch["mask_latent"], batch["shadow_latents"], batch["light"], t, noise
+        )
+        mse = train.velocity_mse(velocity, batch["shadow_latents"], noise).mean()
+        iou = train.decoded_shadow_iou_loss(pipe.vae, train.rf_predict_x0(x_t, velocity, t), batch["shadow_latents"])
+    assert torch.allclose(loss(0.0, None), mse)
+    assert torch.allclose(loss(2.0, None), mse + 2.0 * iou.mean(), atol=1e-6)
+    assert torch.allclose(loss(2.0, 1), mse + 2.0 * iou[0], atol=1e-6)
+    assert not torch.allclose(iou[0], iou.mean())  # so the two cases above are told apart
