@@ -43,6 +43,7 @@ demo: $(STAMP) $(RENDER_STAMP)
 
 test: $(STAMP) $(RENDER_STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
 
 app: $(STAMP)
