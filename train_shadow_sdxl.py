@@ -110,8 +110,6 @@ from pipeline_shadow import (
     sample_timesteps,
     shadow_to_vae_input,
     soft_iou_distance,
-    unscale_latents,
-    vae_output_to_shadow,
 )
 
 logger = get_logger(__name__, log_level="INFO")
@@ -1596,9 +1594,8 @@ def decoded_shadow_iou_loss(
     true latents. The target is the decoder's picture of the true latent (cached latents keep no pixels), so the term
     asks for what the decoder can draw; gradients reach the UNet through the decoder's activations only."""
     with torch.no_grad():
-        target = vae_output_to_shadow(vae.decode(unscale_latents(vae, shadow_latents).to(vae.dtype)).sample.float())
-    decoded = vae.decode(unscale_latents(vae, predicted_x0).to(vae.dtype)).sample.float()
-    return soft_iou_distance(vae_output_to_shadow(decoded), target)
+        target = decode_shadow(vae, shadow_latents)
+    return soft_iou_distance(decode_shadow(vae, predicted_x0), target)
 
 
 def sample_noise_and_t(args, shape, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1617,13 +1614,14 @@ def sample_noise_and_t(args, shape, generator: torch.Generator, device) -> tuple
 
 def training_loss(args, unet, vae, batch: dict, generator: torch.Generator, device) -> torch.Tensor:
     """The loss of one micro-batch (scalar, fp32): latents (cached or encoded), noise and t from `generator`, the
-    velocity MSE (+ --shadow_iou_weight x the decoded maps' soft-IoU distance). With `accelerator.backward` and `optimizer_step` this is the whole training step, e.g. to time it."""
+    velocity MSE (+ --shadow_iou_weight x the decoded maps' soft-IoU distance). With `accelerator.backward` and
+    `optimizer_step` this is the whole training step, e.g. to time it."""
     object_latents, mask_latent, shadow_latents = batch_latents(vae, batch, device)
     noise, t = sample_noise_and_t(args, shadow_latents.shape, generator, device)
     light = batch_light(batch, device)
     velocity, x_t = rectified_flow_velocity(unet, object_latents, mask_latent, shadow_latents, light, t, noise)
     loss = velocity_mse(velocity, shadow_latents, noise).mean()
-    if getattr(args, "shadow_iou_weight", 0.0):
+    if args.shadow_iou_weight:
         decoded = slice(0, args.shadow_iou_samples)  # None: the whole micro-batch
         predicted_x0 = rf_predict_x0(x_t[decoded], velocity[decoded].float(), t[decoded])
         iou = decoded_shadow_iou_loss(vae, predicted_x0, shadow_latents[decoded])

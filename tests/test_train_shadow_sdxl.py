@@ -535,15 +535,13 @@ def test_shadow_iou_samples_decodes_only_the_first_samples_of_the_micro_batch(ti
     }
     device = torch.device("cpu")
 
-    def loss(weight, samples):
-        args = argparse.Namespace(
-            timestep_sampling="uniform", logit_mean=0.0, logit_std=1.0, timestep_shift=3.0,
-            shadow_iou_weight=weight, shadow_iou_samples=samples,
-        )  # fmt: skip
-        with torch.no_grad():
-            return train.training_loss(args, pipe.unet, pipe.vae, batch, torch.Generator().manual_seed(0), device)
-
     args = argparse.Namespace(timestep_sampling="uniform", logit_mean=0.0, logit_std=1.0, timestep_shift=3.0)
+
+    def loss(weight, samples):
+        weighted = argparse.Namespace(**vars(args), shadow_iou_weight=weight, shadow_iou_samples=samples)
+        with torch.no_grad():
+            return train.training_loss(weighted, pipe.unet, pipe.vae, batch, torch.Generator().manual_seed(0), device)
+
     noise, t = train.sample_noise_and_t(args, (3, 4, 4, 4), torch.Generator().manual_seed(0), device)
     with torch.no_grad():
         velocity, x_t = train.rectified_flow_velocity(
