@@ -153,3 +153,44 @@ def test_family_sheet_pairs_the_renderer_and_the_model_per_family(tmp_path, tiny
     assert [key for key, _ in family_sheet.one_sample_per_object(Path(folders[0]), 2)] == ["sample_000", "sample_002"]
     with pytest.raises(ValueError, match="has no metadata.json"):
         family_sheet.one_sample_per_object(tmp_path, 2)
+
+
+def test_compare_evals_pairs_two_evaluations_image_by_image(tmp_path, tiny_shadow_dir):
+    import json
+
+    import numpy as np
+    from data_factory import make_custom_dataset
+
+    import evaluate_shadow
+
+    compare_evals = _load("compare_evals")
+    folders = {"test-a": make_custom_dataset(tmp_path / "test-a", n=3, size=64),
+               "test-b": make_custom_dataset(tmp_path / "test-b", n=2, size=64, seed=1)}  # fmt: skip
+    for side, seed in (("old", 0), ("new", 5)):  # one tiny model, two seeds: two sets of scores on the same images
+        for name, data in folders.items():
+            evaluate_shadow.main(["--model", str(tiny_shadow_dir), "--dataset_type", "custom", "--data_dir", str(data),
+                                  "--num_seeds", "2", "--seed", str(seed), "--output_dir", str(tmp_path / side / name)])  # fmt: skip
+    result = compare_evals.main(["--baseline_root", str(tmp_path / "old"), "--candidate_root", str(tmp_path / "new"),
+                                 "--folders", "test-a", "test-b", "--output_json", str(tmp_path / "c.json")])  # fmt: skip
+
+    def per_image(side):
+        scores = {}
+        for name in folders:
+            for line in (tmp_path / side / name / "records.jsonl").read_text().splitlines():
+                record = json.loads(line)
+                scores.setdefault((name, record["id"]), []).append(record["iou"])
+        return {key: np.mean(values) for key, values in scores.items()}
+
+    old, new = per_image("old"), per_image("new")
+    differences = np.array([new[key] - old[key] for key in old])
+    assert result["paired"]["images"] == 5 and np.abs(differences).max() > 0  # the two sides do differ
+    assert result["paired"]["mean"] == pytest.approx(differences.mean())
+    assert result["paired"]["standard_error"] == pytest.approx(differences.std(ddof=1) / np.sqrt(5))
+    assert result["folders"]["test-b"]["baseline"] == pytest.approx(
+        np.mean([v for k, v in old.items() if k[0] == "test-b"])
+    )
+    assert result["pooled"]["candidate"]["iou"] == pytest.approx(np.mean(list(new.values())))
+    assert json.loads((tmp_path / "c.json").read_text())["paired"] == result["paired"]
+    with pytest.raises(SystemExit, match="no evaluate_shadow.py records.jsonl under .* for: test-c"):
+        compare_evals.main(["--baseline_root", str(tmp_path / "old"), "--candidate_root", str(tmp_path / "new"),
+                            "--folders", "test-a", "test-c"])  # fmt: skip

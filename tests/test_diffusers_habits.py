@@ -58,6 +58,7 @@ SCRIPTS = {
     "benchmarks/vae_ceiling.py": "parse_args",
     "benchmarks/render_ground_irradiance.py": "main",
     "benchmarks/code_shape.py": "main",
+    "benchmarks/compare_evals.py": "parse_args",
 }
 # The seed guide's spellings -> the diffusers name that must come first wherever the concept appears.
 DIFFUSERS_NAMES = {
