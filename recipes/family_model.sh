@@ -29,6 +29,38 @@ P=${PYTHON:-.venv/bin/python}
 TRAIN=("$P" -m accelerate.commands.launch --num_processes 1 train_shadow_sdxl.py)
 has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
 
+# The 128 px fine-tune of stages 7-9: START's pipeline on the renders of TRAIN_DIR at the model's own 128 px, batch 16,
+# lr 1e-4 with cosine decay after 50 warm-up steps, shifted t, random flips, cached latents, one thread; it resumes
+# from OUTPUT's latest checkpoint when there is one.
+finetune128() {  # START OUTPUT STEPS CHECKPOINT_STEPS [TRAIN_DIR] [LATENT_CACHE_DIR]
+    OMP_NUM_THREADS=1 "${TRAIN[@]}" --pretrained_model_name_or_path "$1" --dataset_type custom \
+        --train_data_dir "${5:-$DATA/train/train}" --resolution 128 --train_batch_size 16 --learning_rate 1e-4 \
+        --lr_scheduler cosine --lr_warmup_steps 50 --max_train_steps "$3" --timestep_sampling shifted --random_flip \
+        --cache_latents --latent_cache_dir "${6:-$WORK/latents128}" --checkpointing_steps "$4" --validation_steps 500 \
+        --logging_steps 50 --dataloader_num_workers 0 --seed 0 --report_to none --output_dir "$2" \
+        --resume_from_checkpoint latest
+}
+
+# The weight-by-weight average of two pipelines' UNets (WiSE-FT): WEIGHT x FIRST's + (1 - WEIGHT) x SECOND's, in
+# SECOND's pipeline, its UNet stored in fp16 (it loads as fp32).
+average_unets() {  # FIRST SECOND WEIGHT OUTPUT
+    $P - "$@" <<'EOF'
+import sys
+
+import torch
+
+from pipeline_shadow import ShadowPipeline
+
+first, second, weight, output = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+kept = ShadowPipeline.from_pretrained(first, torch_dtype=torch.float32).unet.state_dict()
+pipe = ShadowPipeline.from_pretrained(second, torch_dtype=torch.float32)
+tuned = pipe.unet.state_dict()
+pipe.unet.load_state_dict({name: weight * kept[name] + (1 - weight) * tuned[name] for name in tuned})
+pipe.unet.to(torch.float16)
+pipe.save_pretrained(output)
+EOF
+}
+
 # 1. Data: the clean family-held-out test split (legged, pole, ring, slats, bridge + the classic control; 256 spp)
 #    and its three track designs (64 spp + OpenImageDenoise), then a training set of every OTHER family: the classic
 #    six and the four training-only thin families (ladder, lathe, frame, figure), 2 random lights per object, 32 spp.
@@ -101,11 +133,7 @@ fi
 # 7. The 128 px candidate: the embedded default fine-tuned at its own resolution on the same training set (2,000
 #    steps, lr 1e-4, cosine), then its decoder on its predictions (250 steps on 64 px crops); one thread each.
 if has_stage unet128; then
-    OMP_NUM_THREADS=1 "${TRAIN[@]}" --pretrained_model_name_or_path "$BASE" --dataset_type custom \
-        --train_data_dir "$DATA/train/train" --resolution 128 --train_batch_size 16 --learning_rate 1e-4 \
-        --lr_scheduler cosine --lr_warmup_steps 50 --max_train_steps 2000 --timestep_sampling shifted --random_flip \
-        --cache_latents --latent_cache_dir "$WORK/latents128" --checkpointing_steps 500 --validation_steps 500 \
-        --logging_steps 50 --dataloader_num_workers 0 --seed 0 --report_to none --output_dir "$WORK/run128"
+    finetune128 "$BASE" "$WORK/run128" 2000 500
     OMP_NUM_THREADS=1 $P train_vae.py --train_data_dir "$DATA/train/train" --resolution 128 --crop_size 64 \
         --pretrained_vae_model_name_or_path "$BASE/vae" --decoder_only --prediction_model "$WORK/run128/best" \
         --output_dir "$WORK/vae-decoder128" --max_train_steps 250 --train_batch_size 8 --learning_rate 1e-4 --seed 5
@@ -134,24 +162,11 @@ if has_stage default128; then
     PREVIOUS=${PREVIOUS:-7641714}
     mkdir -p "$WORK/previous-default"
     git archive "$PREVIOUS" models/shadow-small | tar -x -C "$WORK/previous-default" --strip-components=2
-    OMP_NUM_THREADS=1 "${TRAIN[@]}" --pretrained_model_name_or_path "$WORK/previous-default" --dataset_type custom \
-        --train_data_dir "$DATA/train/train" --resolution 128 --train_batch_size 16 --learning_rate 1e-4 \
-        --lr_scheduler cosine --lr_warmup_steps 50 --max_train_steps 1500 --timestep_sampling shifted --random_flip \
-        --cache_latents --latent_cache_dir "$WORK/latents128" --checkpointing_steps 250 --validation_steps 500 \
-        --logging_steps 50 --dataloader_num_workers 0 --seed 0 --report_to none --output_dir "$WORK/run-default128"
+    finetune128 "$WORK/previous-default" "$WORK/run-default128" 1500 250
     # Then the average of the fine-tuned UNet's weights and the previous default's, half and half (as WiSE-FT does
     # for fine-tuned image models): the fine-tune alone scored 0.461 pooled but lost legged furniture (0.661 -> 0.608)
     # and 0.02 on native 128 px classic renders; the average keeps most of the gain (0.457) and loses neither.
-    $P - <<EOF
-import torch
-from pipeline_shadow import ShadowPipeline
-previous = ShadowPipeline.from_pretrained("$WORK/previous-default", torch_dtype=torch.float32).unet.state_dict()
-pipe = ShadowPipeline.from_pretrained("$WORK/run-default128", torch_dtype=torch.float32)
-tuned = pipe.unet.state_dict()
-pipe.unet.load_state_dict({name: 0.5 * previous[name] + 0.5 * tuned[name] for name in tuned})
-pipe.unet.to(torch.float16)
-pipe.save_pretrained("$WORK/default128")
-EOF
+    average_unets "$WORK/previous-default" "$WORK/run-default128" 0.5 "$WORK/default128"
     RESOLUTION=128 DATA=$DATA WORK=$WORK/eval-default128 MODEL=$WORK/default128 HIRES_SAMPLES=0 \
         STAGES=evaluate bash recipes/family_split.sh
 fi

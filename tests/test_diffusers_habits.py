@@ -140,6 +140,77 @@ def test_one_concept_has_one_primary_spelling_across_every_script(monkeypatch):
         assert {spellings[name][script] for script in spellings[name]} == {name}  # always the primary
 
 
+# Where the repository writes commands out for people (and for CI) to run.
+COMMAND_DOCUMENTS = ["README.md", "BENCHMARKS.md", "models/shadow-small/README.md", "Makefile", ".ci/run"]
+_SHELL_VARIABLE = re.compile(r"^\s*(\w+)=(\(.*\)|\".*\")\s*$")
+_COMMAND_BREAK = re.compile(r"\n|;|&&|\|\||\|")
+
+
+def _shell_blocks(markdown: str) -> list[str]:
+    """The contents of the fenced blocks of `markdown` marked bash/sh/shell/console or not marked at all."""
+    blocks, language, lines = [], None, []
+    for line in markdown.splitlines():
+        if line.lstrip().startswith("```"):
+            if language is None:
+                language, lines = line.strip("` \t") or "sh", []
+            else:
+                if language in ("bash", "sh", "shell", "console"):
+                    blocks.append("\n".join(lines))
+                language = None
+        elif language is not None:
+            lines.append(line)
+    return blocks
+
+
+def _shell_text(path: Path) -> str:
+    """A script's or a document's shell commands: continuations joined, here-documents (Python) dropped, and the
+    variables that stand for a script or a list of flags (`R="... render_shadow_dataset.py"`, `TRAIN=(... x.py)`,
+    `COMMON=(--spp ...)`) written out where they are used."""
+    text = path.read_text()
+    if path.suffix == ".md":  # the fenced shell blocks, and inline `python x.py --flag` spans
+        text = "\n".join(_shell_blocks(text) + re.findall(r"`([^`\n]*\.py [^`\n]*)`", text))
+    text = re.sub(r"\\\n", " ", text)
+    text = re.sub(r"<<-?\s*'?(\w+)'?.*?\n.*?\n\s*\1\n", "\n", text, flags=re.S)
+    for name, value in [m.groups() for m in map(_SHELL_VARIABLE.match, text.splitlines()) if m]:
+        if ".py" in value or "--" in value:
+            expansion = " " + value.strip('()"') + " "
+            for use in (f'"${{{name}[@]}}"', f"${{{name}[@]}}", f'"${{{name}}}"', f"${{{name}}}", f"${name} "):
+                text = text.replace(use, expansion)
+    return text
+
+
+def _documented_commands(text: str) -> list[tuple[str, list[str]]]:
+    """(script, the --flags written after it) for every command in `text` that runs one of SCRIPTS."""
+    commands = []
+    for command in _COMMAND_BREAK.split(text):
+        tokens = command.split()
+        for position, token in enumerate(tokens):
+            script = next((s for s in SCRIPTS if token.strip("\"'") in (s, f"./{s}")), None)
+            if script is not None:
+                flags = [t.split("=")[0] for t in tokens[position + 1 :] if re.fullmatch(r"--[a-z][\w-]*(=.*)?", t)]
+                commands.append((script, flags))
+                break
+    return commands
+
+
+def test_every_flag_in_the_recipes_and_documents_is_one_the_script_accepts(monkeypatch):
+    """A renamed or removed flag breaks the recipes that rebuild the shipped weights and the commands the README
+    gives, long after the change; every command written in them is checked against the script's real parser."""
+    options = {}
+    for script in SCRIPTS:
+        options[script] = {
+            o for parser in _parsers(monkeypatch, script) for a in parser._actions for o in a.option_strings
+        }
+    files = sorted((REPO / "recipes").glob("*.sh")) + [REPO / name for name in COMMAND_DOCUMENTS]
+    unknown, checked = [], 0
+    for path in files:
+        for script, flags in _documented_commands(_shell_text(path)):
+            checked += len(flags)
+            unknown += [f"{path.relative_to(REPO)}: {script} {flag}" for flag in flags if flag not in options[script]]
+    assert checked > 300, f"only {checked} flags found: the command parser lost track of the documents"
+    assert not unknown, "flags no script accepts:\n" + "\n".join(unknown)
+
+
 def test_help_shows_the_diffusers_name_first_and_keeps_line_continuations(capsys):
     import generate_shadows
 
