@@ -55,6 +55,7 @@ from pipeline_shadow import (  # noqa: E402
     Light,
     ObjectLatents,
     ShadowPipeline,
+    check_device,
     composite,
     gray_to_tensor,
     image_to_tensor,
@@ -886,6 +887,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--max_side must be >= 8 px, got {args.max_side}.")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}.")
+    if args.device is not None:
+        try:
+            check_device(args.device)
+        except ValueError as error:
+            parser.error(str(error))
     return args
 
 

@@ -71,7 +71,9 @@ from pipeline_shadow import (
     MIN_IMAGE_SIDE,
     SHADOW_FILL,
     THETA_MAX_DEG,
+    check_device,
     check_image_extent,
+    check_resolution,
     encode_latents,
     gray_to_tensor,
     image_to_tensor,
@@ -2246,7 +2248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache_parser.add_argument("--random_flip", action="store_true", help="also encode the flipped images")
     cache_parser.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
     cache_parser.add_argument("--vae_dtype", choices=("float16", "bfloat16", "float32"), default="float32")
-    cache_parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    cache_parser.add_argument("--device", default=None, help="Default: cuda when available, else cpu.")
     cache_parser.add_argument("--encode_batch_size", dest="batch_size", type=int, default=8, help="images per VAE call")
     cache_parser.add_argument("--dataloader_num_workers", "--num_workers", dest="num_workers", type=int, default=4)
     _add_column_arguments(cache_parser)
@@ -2265,14 +2267,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     from diffusers import AutoencoderKL
 
     try:
+        check_resolution(args.resolution, "--resolution")
+        device = check_device(args.device)
+        for name in ("batch_size", "num_workers"):
+            if getattr(args, name) < (1 if name == "batch_size" else 0):
+                flag = "--encode_batch_size" if name == "batch_size" else "--dataloader_num_workers"
+                raise ValueError(f"`{flag}` must be >= {1 if name == 'batch_size' else 0}, got {getattr(args, name)}.")
+        if Path(args.latent_cache_dir).exists() and not Path(args.latent_cache_dir).is_dir():
+            raise ValueError(f"`--latent_cache_dir` {args.latent_cache_dir} exists and is not a folder.")
         source = ShadowDataSource(args.dataset_type, args.data_dir, args.dataset_name, **_source_fields(args))
         dataset = open_shadow_dataset(source, image_size=args.resolution, random_flip=args.random_flip)
     except (DatasetVerificationError, ValueError) as exc:
         print(exc, file=sys.stderr)
         return 1
-    vae = AutoencoderKL.from_pretrained(
-        args.pretrained_model_name_or_path, subfolder=args.vae_subfolder, torch_dtype=getattr(torch, args.vae_dtype)
-    ).to(args.device)
+    try:
+        vae = AutoencoderKL.from_pretrained(
+            args.pretrained_model_name_or_path, subfolder=args.vae_subfolder, torch_dtype=getattr(torch, args.vae_dtype)
+        ).to(device)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(
+            f"Cannot load the VAE from --pretrained_model_name_or_path {args.pretrained_model_name_or_path} "
+            f"(subfolder {args.vae_subfolder}/): {exc}",
+            file=sys.stderr,
+        )
+        return 1
     cache = build_latent_cache(
         dataset,
         vae,

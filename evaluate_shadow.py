@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import platform
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -52,10 +53,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dataset_loading import BENCHMARK_HUB_ID, DATASET_TYPES, TRACK_NAMES, create_dataloaders
+from generate_shadows import load_pipeline, open_image, prepare_output_dir
 from pipeline_shadow import (
     Light,
     ObjectLatents,
-    ShadowPipeline,
+    check_device,
     check_resolution,
     compose_light_maps,
     estimate_object_height,
@@ -377,12 +379,15 @@ def load_records(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    records, lines, broken = [], path.read_text().splitlines(), 0
+    records, lines, broken = [], path.read_text(errors="replace").splitlines(), 0
     for line in lines:
         try:
-            records.append({key: _from_json(value) for key, value in json.loads(line).items()})
-        except json.JSONDecodeError:
+            record = {key: _from_json(value) for key, value in json.loads(line).items()}
+            _record_key(record)  # a line that is JSON but not a record (edited by hand, another file) is broken too
+        except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
             broken += 1
+            continue
+        records.append(record)
     if broken:
         logger.warning(
             "Dropped %d unreadable line(s) from %s (a run stopped mid-write); they will be recomputed.", broken, path
@@ -398,7 +403,15 @@ def _check_resume(output_dir: Path, settings: dict, overwrite: bool) -> dict[tup
         for path in (settings_path, records_path):
             path.unlink(missing_ok=True)
     if settings_path.exists():
-        previous = json.loads(settings_path.read_text())
+        try:
+            previous = json.loads(settings_path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            previous = error
+        if not isinstance(previous, dict):
+            raise ValueError(
+                f"{settings_path} is not the settings of an earlier run ({previous}). Pass `--overwrite` to start "
+                "afresh there, or choose another `--output_dir`."
+            )
         changed = [key for key in RESUME_KEYS if previous.get(key) != settings.get(key)]
         if changed:
             details = "; ".join(f"`{key}`: {previous.get(key)!r} before, {settings.get(key)!r} now" for key in changed)
@@ -638,26 +651,43 @@ def load_light_set_samples(data_dir: str | Path) -> list[dict]:
     metadata_path = data_dir / "metadata.json"
     if not metadata_path.is_file():
         raise ValueError(f"`--light_sets_dir {data_dir}` has no metadata.json (render it with --light_sets).")
+    try:
+        entries = json.loads(metadata_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{metadata_path} is not valid JSON ({type(error).__name__}: {error}).") from None
+    if not isinstance(entries, dict):
+        raise ValueError(f"{metadata_path} must map each sample key to its entry, got a {type(entries).__name__}.")
     samples = []
-    for key, metadata in sorted(json.loads(metadata_path.read_text()).items()):
-        if "lights" not in metadata:
+    for key, metadata in sorted(entries.items()):
+        lights = metadata.get("lights") if isinstance(metadata, dict) else None
+        if lights is None:
             raise ValueError(f"{metadata_path} sample {key!r} has no `lights`: not a --light_sets rendering.")
-        with PIL.Image.open(data_dir / "objects" / f"{key}.png") as image:
-            object_image = image_to_tensor(image, f"objects/{key}.png")[:3]
+        light_shadows = metadata.get("light_shadows") or []
+        if not isinstance(lights, list) or not lights or not isinstance(light_shadows, list):
+            raise ValueError(
+                f"{metadata_path} sample {key!r}: `lights` must be a non-empty list of {{theta, phi, size, power}} "
+                "and `light_shadows` a list of file names."
+            )
+        parsed_lights = []
+        for index, light in enumerate(lights):
+            missing = [k for k in ("theta", "phi", "size", "power") if not isinstance(light, dict) or k not in light]
+            if missing:
+                raise ValueError(f"{metadata_path} sample {key!r} `lights[{index}]` lacks {', '.join(missing)}.")
+            name = f"{metadata_path.name} {key!r} lights[{index}]"
+            parsed_lights.append(Light.from_any({k: light[k] for k in ("theta", "phi", "size", "power")}, name))
+        object_image = image_to_tensor(
+            open_image(data_dir / "objects" / f"{key}.png", "--light_sets_dir"), f"objects/{key}.png"
+        )[:3]
         maps = {}
         for name, path in [("mask", f"masks/{key}.png"), ("shadow", f"shadows/{key}.png")] + [
-            (f"light{i}", p) for i, p in enumerate(metadata.get("light_shadows") or [])
+            (f"light{i}", p) for i, p in enumerate(light_shadows)
         ]:
-            with PIL.Image.open(data_dir / path) as image:
-                maps[name] = gray_to_tensor(image, path)
-        count = len(metadata.get("light_shadows") or [])
+            maps[name] = gray_to_tensor(open_image(data_dir / str(path), "--light_sets_dir"), str(path))
+        count = len(light_shadows)
         samples.append(
             {
                 "id": key,
-                "lights": [
-                    Light.from_any({k: light[k] for k in ("theta", "phi", "size", "power")})
-                    for light in metadata["lights"]
-                ],
+                "lights": parsed_lights,
                 "object": object_image,
                 "mask": maps["mask"],
                 "shadow": maps["shadow"][0].numpy(),
@@ -1202,14 +1232,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("`--dataset_type hf` needs `--dataset_name` (or `--train_data_dir`).")
     if args.dataset_type == "benchmark" and args.data_dir is None and args.dataset_name is None:
         args.dataset_name = DEFAULT_BENCHMARK_DATASET
-    for name in ("num_seeds", "num_inference_steps", "eval_batch_size"):
-        if getattr(args, name) < 1:
+    for name in ("num_seeds", "num_inference_steps", "eval_batch_size", "limit"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"`--{name}` must be >= 1, got {getattr(args, name)}.")
-    if args.resolution is not None:
-        try:
+    for name in ("num_workers", "samples_per_track"):
+        if getattr(args, name) < 0:
+            parser.error(f"`--{name}` must be >= 0, got {getattr(args, name)}.")
+    try:
+        if args.resolution is not None:
             check_resolution(args.resolution, "--resolution")
-        except ValueError as error:
-            parser.error(str(error))
+        args.device = str(check_device(args.device))
+    except ValueError as error:
+        parser.error(str(error))
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        parser.error(f"`--output_dir` {args.output_dir} exists and is not a folder.")
     return args
 
 
@@ -1272,9 +1308,10 @@ def evaluation_loader(args: argparse.Namespace, resolution: int) -> DataLoader:
 def main(argv: Sequence[str] | None = None) -> EvaluationResults:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    pipe = ShadowPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
+    prepare_output_dir(args.output_dir)  # before the model loads: an unwritable folder fails now, not after the run
+    pipe = load_pipeline(args.model, dtype, str(device))
     pipe.set_progress_bar_config(disable=True)
     if args.light_sets_dir is not None:
         return main_light_sets(args, pipe, device)
@@ -1346,4 +1383,8 @@ def main_light_sets(args: argparse.Namespace, pipe, device: torch.device) -> dic
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as error:  # bad input, named in the message: no traceback
+        print(f"evaluate_shadow.py: error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -24,6 +24,7 @@ import argparse
 import itertools
 import json
 import logging
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,9 @@ from pipeline_shadow import (
     MASK_FILL,
     Light,
     ShadowPipeline,
+    check_device,
     check_light,
+    check_lights,
     check_resolution,
     composite,
     gray_to_tensor,
@@ -75,6 +78,9 @@ def combined_setting(tag: str, label: str, lights: list[Light], ambient: float =
 
 
 SINGLE_LIGHT_DEFAULTS = {"theta": 30.0, "phi": 0.0, "size": 2.0}  # the one light when no light flag is given
+# --pad enlarges each side by pad x its length: the canvas grows (1 + 2 pad)-fold per side and is then resized to the
+# processing size, so at 4 the object spans a ninth of it (a few pixels at 128 px) and memory grows with the square.
+PAD_MAX = 4.0
 
 
 def _light_spec(text: str) -> Light:
@@ -145,6 +151,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--device", default=None, help="Default: cuda when available, else cpu.")
     args = parser.parse_args(argv)
+    for name, value in vars(args).items():  # NaN passes every `<` / `>` check below: refused once, for every flag
+        if isinstance(value, float) and not math.isfinite(value):
+            parser.error(f"--{name} must be a finite number, got {value}.")
     sweep = [f"--{name}" for name in ("theta", "phi", "size") if getattr(args, name) is not None]
     several = [flag for flag, value in (("--light", args.light), ("--environment", args.environment)) if value]
     if len(several) > 1:
@@ -157,18 +166,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--save_light_maps saves the maps of --light/--environment lights; add one of them.")
     if args.max_lights < 1:
         parser.error(f"--max_lights must be >= 1, got {args.max_lights}.")
-    if args.pad < 0:
-        parser.error(f"--pad must be >= 0, got {args.pad}.")
+    if not 0 <= args.pad <= PAD_MAX:
+        parser.error(
+            f"--pad must lie in [0, {PAD_MAX:g}] (a fraction of each side added around the image), got {args.pad:g}."
+        )
     if args.intensity < 0:
         parser.error(f"--intensity must be >= 0, got {args.intensity}.")
     try:  # the pipeline's own rules, so a bad value fails before the model loads
         if args.resolution is not None:
             check_resolution(args.resolution, "--resolution")
         check_light(*(getattr(args, key) or [SINGLE_LIGHT_DEFAULTS[key]] for key in ("theta", "phi", "size")))
-        for index, light in enumerate(args.light or []):
-            check_light(light.theta, light.phi, light.size, prefix=f"--light[{index}].")
+        if args.light:  # the pipeline's `lights=` rules: finite values and powers, powers >= 0, one that emits
+            check_lights(args.light, batch_size=1)
+        args.device = str(check_device(args.device))
     except ValueError as error:
-        parser.error(str(error).replace("`theta`", "--theta").replace("`size`", "--size").replace("`phi`", "--phi"))
+        message = str(error).replace("`theta`", "--theta").replace("`size`", "--size").replace("`phi`", "--phi")
+        parser.error(message.replace("`lights[", "`--light[").replace("`--device`", "--device"))
     return args
 
 
@@ -207,7 +220,7 @@ def open_image(path: Path, flag: str) -> PIL.Image.Image:
     """The decoded image at `path`; a ValueError naming the flag and the file when it is not a readable image (a
     non-regular file such as a FIFO is refused before opening, so a read never blocks)."""
     if not path.is_file():
-        raise ValueError(f"{flag} {path} is not a regular file.")
+        raise ValueError(f"{flag} {path} {'is not a regular file' if path.exists() else 'does not exist'}.")
     try:
         with PIL.Image.open(path) as image:
             image.load()
@@ -222,20 +235,25 @@ def load_background(path: str | None) -> torch.Tensor | None:
     return image_to_tensor(open_image(Path(path), "--background"), f"--background {path}")[:3]
 
 
-def load_pipeline(model: str, dtype: torch.dtype, device: str) -> ShadowPipeline:
-    """ShadowPipeline.from_pretrained with errors that say which --model failed and why, instead of a raw OSError
-    about connecting to the Hub for a local path that does not exist."""
-    path = Path(model).expanduser()
-    looks_local = path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1
+def is_local_model(name_or_path: str, flag: str, what: str) -> bool:
+    """Whether `name_or_path` means a local folder (it exists, starts with . / ~, or is not of the Hub's `owner/name`
+    shape) rather than a Hub id; a local one that is not a folder raises FileNotFoundError naming `flag`."""
+    path = Path(name_or_path).expanduser()
+    looks_local = path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1
     if looks_local and not path.is_dir():
-        raise FileNotFoundError(
-            f"--model {model} is not a folder (a trained shadow pipeline folder or a Hub id `owner/name`)."
-        )
+        raise FileNotFoundError(f"{flag} {name_or_path} is not a folder ({what} or a Hub id `owner/name`).")
+    return looks_local
+
+
+def load_pipeline(model: str, dtype: torch.dtype, device: str, flag: str = "--model") -> ShadowPipeline:
+    """ShadowPipeline.from_pretrained with errors that say which `flag` failed and why, instead of a raw OSError
+    about connecting to the Hub for a local path that does not exist. Shared by the scripts that load a pipeline."""
+    looks_local = is_local_model(model, flag, "a trained shadow pipeline folder")
     try:
         return ShadowPipeline.from_pretrained(model, torch_dtype=dtype).to(device)
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, TypeError) as error:
         where = "folder" if looks_local else "Hub id (offline or not found?)"
-        raise ValueError(f"Cannot load --model {model} as a shadow pipeline {where}: {error}") from None
+        raise ValueError(f"Cannot load {flag} {model} as a shadow pipeline {where}: {error}") from None
 
 
 def prepare_output_dir(path: str) -> Path:

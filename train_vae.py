@@ -32,6 +32,7 @@ import argparse
 import json
 import logging
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -40,6 +41,7 @@ from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
 from dataset_loading import create_dataloaders
+from generate_shadows import is_local_model, load_pipeline
 from pipeline_shadow import (
     ObjectLatents,
     ShadowPipeline,
@@ -93,8 +95,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dataloader_num_workers", "--num_workers", dest="num_workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.resolution % 8:
-        parser.error(f"--resolution must be a multiple of 8, got {args.resolution}.")
+    for name, value in vars(args).items():  # NaN passes every `<` / `>` check below: refused once, for every flag
+        if isinstance(value, float) and not math.isfinite(value):
+            parser.error(f"--{name} must be a finite number, got {value}.")
+    if args.resolution < 8 or args.resolution % 8:
+        parser.error(f"--resolution must be a positive multiple of 8 (the VAE's factor), got {args.resolution}.")
+    if args.batch_size < 1:
+        parser.error(f"--train_batch_size (--batch_size) must be >= 1, got {args.batch_size}.")
+    if args.num_workers < 0:
+        parser.error(f"--dataloader_num_workers (--num_workers) must be >= 0, got {args.num_workers}.")
+    if args.learning_rate <= 0:
+        parser.error(f"--learning_rate must be > 0, got {args.learning_rate:g}.")
+    for name in ("kl_weight", "shadow_iou_weight"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} must be >= 0 (0 = off), got {getattr(args, name):g}.")
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        parser.error(f"--output_dir {args.output_dir} exists and is not a folder.")
     if args.crop_size is not None and (args.crop_size % 8 or not 8 <= args.crop_size <= args.resolution):
         parser.error(f"--crop_size must be a multiple of 8 in [8, --resolution], got {args.crop_size}.")
     if args.max_train_steps < 1:
@@ -198,10 +214,22 @@ def batch_loss(vae, batch: dict, args, generator, predictor: ShadowPipeline | No
     return vae_loss(vae, images, args.kl_weight, generator, args.decoder_only, shadow_from, args.shadow_iou_weight)
 
 
+def load_vae(name_or_path: str) -> AutoencoderKL:
+    """--pretrained_vae_model_name_or_path: a VAE folder (train_vae.py's --output_dir) or a pipeline's vae/ folder,
+    with an error that names the flag instead of diffusers' raw OSError about the Hub."""
+    is_local_model(name_or_path, "--pretrained_vae_model_name_or_path", "a VAE folder, a pipeline folder")
+    path = Path(name_or_path).expanduser()
+    subfolder = "vae" if (path / "vae" / "config.json").is_file() and not (path / "config.json").is_file() else None
+    try:
+        return AutoencoderKL.from_pretrained(name_or_path, subfolder=subfolder)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"Cannot load --pretrained_vae_model_name_or_path {name_or_path} as a VAE: {error}") from None
+
+
 def load_prediction_model(name_or_path: str, vae: AutoencoderKL) -> ShadowPipeline:
     """The shadow pipeline whose predictions the decoder learns from; it must share the VAE's encoder (its latents
     would mean something else otherwise)."""
-    pipe = ShadowPipeline.from_pretrained(name_or_path)
+    pipe = load_pipeline(name_or_path, torch.float32, str(vae.device), "--prediction_model")
     theirs, ours = pipe.vae.state_dict(), vae.state_dict()
     same = pipe.vae.config.scaling_factor == vae.config.scaling_factor and all(
         torch.equal(theirs[key], ours[key]) for key in ours if key.startswith(("encoder.", "quant_conv."))
@@ -238,7 +266,7 @@ def main(argv=None) -> Path:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     if args.pretrained_vae_model_name_or_path:
-        vae = AutoencoderKL.from_pretrained(args.pretrained_vae_model_name_or_path)
+        vae = load_vae(args.pretrained_vae_model_name_or_path)
     else:
         vae = AutoencoderKL.from_config({**vae_config("small"), "sample_size": args.resolution})
     train_loader, val_loader = create_dataloaders(
@@ -300,4 +328,8 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as error:  # bad input, named in the message: no traceback
+        print(f"train_vae.py: error: {error}", file=sys.stderr)
+        sys.exit(2)

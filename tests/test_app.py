@@ -364,12 +364,17 @@ def test_the_sliders_only_relight_and_only_the_latest_value_is_computed(shipped)
     assert cutout not in relight["inputs"]  # the slider path never sees (or re-encodes) the upload
 
 
-def test_parse_args_speaks_the_project_vocabulary():
+def test_parse_args_speaks_the_project_vocabulary(capsys):
     assert app.parse_args(["--pretrained_model_name_or_path", "x"]).model == "x"
     assert app.parse_args([]).model == str(app.DEFAULT_MODEL) and app.parse_args([]).host == "127.0.0.1"
-    for wrong in (["--max_side", "0"], ["--threads", "0"]):
+    for wrong, named in (
+        (["--max_side", "0"], "--max_side"),
+        (["--threads", "0"], "--threads"),
+        (["--device", "banana"], "--device"),
+    ):
         with pytest.raises(SystemExit):
             app.parse_args(wrong)
+        assert named in capsys.readouterr().err
     assert 1 <= app.default_threads() == max(1, os.cpu_count() - 1)
 
 

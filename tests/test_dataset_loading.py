@@ -1048,3 +1048,18 @@ def test_skip_bad_samples_leaves_the_sample_out_and_lists_it(tmp_path):
     batch = next(iter(loader))
     assert batch["id"] == ["sample_000", "sample_001", "sample_003"] and batch["object_image"].shape[0] == 3
     assert len(batch["skipped"]) == 1 and "objects/sample_002.png" in batch["skipped"][0]
+
+
+def test_cache_command_names_a_bad_device_folder_or_vae(custom_root, tmp_path, capsys):
+    a_file = tmp_path / "taken"
+    a_file.write_text("")
+    base = ["cache", "--data_dir", str(custom_root), "--resolution", "64", "--num_workers", "0"]
+    for extra, message in (
+        (["--pretrained_model_name_or_path", "x", "--latent_cache_dir", str(tmp_path / "c"), "--device", "banana"],
+         "`--device` 'banana' is not a device"),
+        (["--pretrained_model_name_or_path", "x", "--latent_cache_dir", str(a_file)], "exists and is not a folder"),
+        (["--pretrained_model_name_or_path", str(tmp_path / "no-vae"), "--latent_cache_dir", str(tmp_path / "c")],
+         "Cannot load the VAE from --pretrained_model_name_or_path"),
+    ):  # fmt: skip
+        assert dataset_loading.main([*base, *extra]) == 1
+        assert message in capsys.readouterr().err

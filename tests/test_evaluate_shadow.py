@@ -533,3 +533,50 @@ def test_data_stored_at_twice_the_resolution_scores_the_same(tiny_pipeline, tmp_
     storage_gap = (predictions[128] - predictions[64]).abs().mean()
     object_gap = (predictions[64] - predictions[64].roll(1, dims=0)).abs().mean()
     assert storage_gap < 0.2 * object_gap, (storage_gap, object_gap)
+
+
+def test_cli_refuses_bad_device_limit_workers_and_output_file(tmp_path, capsys):
+    a_file = tmp_path / "taken"
+    a_file.write_text("")
+    for argv, message in (
+        (["--device", "banana"], "`--device` 'banana' is not a device"),
+        (["--limit", "0"], "`--limit` must be >= 1"),
+        (["--num_workers", "-1"], "`--num_workers` must be >= 0"),
+        (["--output_dir", str(a_file)], "exists and is not a folder"),
+    ):
+        with pytest.raises(SystemExit):
+            ev.parse_args(["--model", "m", *argv])
+        assert message in capsys.readouterr().err
+
+
+def test_missing_model_is_named_and_the_script_prints_no_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    argv = ["--model", str(tmp_path / "no-model"), "--light_sets_dir", str(tmp_path), "--output_dir", str(tmp_path)]
+    with pytest.raises(FileNotFoundError, match="--model .*no-model is not a folder"):
+        ev.main(argv)
+    script = f"import sys, runpy; sys.argv = ['evaluate_shadow.py', *{argv!r}]; runpy.run_path({ev.__file__!r}, run_name='__main__')"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "evaluate_shadow.py: error: --model" in result.stderr
+
+
+def test_malformed_light_sets_and_resume_files_are_named(tmp_path):
+    (tmp_path / "metadata.json").write_text("{oops")
+    with pytest.raises(ValueError, match="metadata.json is not valid JSON"):
+        ev.load_light_set_samples(tmp_path)
+    (tmp_path / "metadata.json").write_text(json.dumps({"a": {"lights": [{"theta": 30}]}}))
+    with pytest.raises(ValueError, match=r"sample 'a' `lights\[0\]` lacks phi, size, power"):
+        ev.load_light_set_samples(tmp_path)
+    (tmp_path / "metadata.json").write_text(json.dumps({"a": {"lights": [dict(theta=30, phi=0, size=2, power=1)]}}))
+    with pytest.raises(ValueError, match="objects/a.png does not exist"):
+        ev.load_light_set_samples(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "settings.json").write_text("{oops")
+    with pytest.raises(ValueError, match="settings.json is not the settings of an earlier run.*--overwrite"):
+        ev._check_resume(run, {}, overwrite=False)
+    good = {"index": 0, "id": "x", "seed": 0, "iou": 0.5}
+    (run / "records.jsonl").write_text(json.dumps(good) + "\n[1, 2]\n" + json.dumps({"iou": 1}) + "\n")
+    assert ev.load_records(run / "records.jsonl") == [good]  # the two non-records are dropped (and warned about)

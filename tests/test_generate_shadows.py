@@ -137,3 +137,29 @@ def test_light_flags_are_checked_before_the_model_loads(tiny_shadow_dir, tmp_pat
         generate_shadows.parse_args([*base, "--light", "30,0,2", "--light", "95,0,2"])
     assert "`--light[1].theta` must lie in [0, 90)" in capsys.readouterr().err
     assert generate_shadows.parse_args(base).theta is None  # no flag: the default light, no sweep
+
+
+def test_non_finite_and_out_of_range_flags_are_refused_before_the_model_loads(tmp_path, capsys):
+    base = ["--model", str(tmp_path / "never-loaded"), "--input", str(tmp_path), "--output_dir", str(tmp_path / "o")]
+    cases = [
+        (["--intensity", "nan"], "--intensity must be a finite number, got nan"),
+        (["--pad", "inf"], "--pad must be a finite number, got inf"),
+        (["--pad", "1000"], "--pad must lie in [0, 4]"),
+        (["--light", "30,0,2,nan"], "`--light[0].power` must be finite"),
+        (["--light", "30,0,2", "--light", "20,90,4,-1"], "`--light[1].power` (relative total power) must be >= 0"),
+        (["--light", "30,0,2,0"], "The lights all have power 0"),
+        (["--device", "banana"], "--device 'banana' is not a device"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(SystemExit):
+            generate_shadows.parse_args([*base, *extra])
+        assert message in capsys.readouterr().err, extra
+
+
+def test_unreadable_environment_is_an_error_not_a_traceback(tiny_shadow_dir, tmp_path, caplog):
+    sky = tmp_path / "sky.png"
+    sky.write_text("not an image")
+    run = ["--model", str(tiny_shadow_dir), "--input", str(_inputs(tmp_path)), "--output_dir", str(tmp_path / "o")]
+    with caplog.at_level(logging.ERROR, logger="generate_shadows"):
+        assert generate_shadows.main([*run, "--environment", str(sky)]) == 2
+    assert f"Environment map {sky} is not a readable image" in caplog.text

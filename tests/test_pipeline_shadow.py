@@ -644,3 +644,83 @@ def test_background_and_step_count_are_checked_before_the_model_runs(tiny_pipeli
         ps.composite(torch.ones(3, 16, 16), torch.ones(1, 16, 16), torch.zeros(1, 16, 16), torch.zeros(3, 0, 0))
     with pytest.raises(ValueError, match="`num_inference_steps` must be an integer >= 1"):
         tiny_pipeline(_rgba_object(), num_inference_steps=True)
+
+
+# ----- inputs nobody tried: each refused with the argument named and the rule ------------------------------------
+
+
+def test_pixel_dtypes_are_read_by_their_scale_or_refused_by_name():
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[2:6, 2:6] = 255
+    as_uint8_tensor = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()  # torchvision's read_image gives this
+    assert torch.equal(ps.image_to_tensor(as_uint8_tensor), ps.image_to_tensor(rgb))
+    assert ps.gray_to_tensor(torch.full((8, 8), 255, dtype=torch.uint8)).max() == 1.0
+    assert ps.gray_to_tensor((rgb[..., 0] > 0).astype(np.int64)).max() == 1.0  # 0/1 integers stay legal
+    with pytest.raises(ValueError, match=r"`object_image` is int64 with values in \[0, 255\]: give uint8"):
+        ps.image_to_tensor(rgb.astype(np.int64))
+    with pytest.raises(ValueError, match=r"`mask` is int32 with values in \[0, 255\]"):
+        ps.gray_to_tensor(rgb[..., 0].astype(np.int32))
+    with pytest.raises(ValueError, match="`object_image` has dtype complex64, which is not a pixel type"):
+        ps.image_to_tensor(torch.zeros(3, 8, 8, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="`object_image` has dtype object"):
+        ps.image_to_tensor(rgb.astype(object))
+    with pytest.raises(ValueError, match="`mask` is a meta tensor"):
+        ps.gray_to_tensor(torch.zeros(8, 8, device="meta"))
+
+
+def test_call_refuses_bad_generators_latents_batches_and_ambient_before_the_model_runs(tiny_pipeline):
+    cutout = _rgba_object()
+    with pytest.raises(ValueError, match="`generator` must be a torch.Generator"):
+        tiny_pipeline(cutout, generator=0)
+    with pytest.raises(ValueError, match="`generator` has 2 generators but the batch has 1 images"):
+        tiny_pipeline(cutout, generator=[torch.Generator(), torch.Generator()])
+    for empty in (torch.zeros(0, 4, 32, 32), np.zeros((0, 32, 32, 4), np.uint8)):
+        with pytest.raises(ValueError, match="`object_image` is an empty batch"):
+            tiny_pipeline(empty)
+    with pytest.raises(ValueError, match="`object_latents` must be what `pipe.encode_object"):
+        tiny_pipeline(object_latents=torch.zeros(1, 4, 8, 8))
+    prepared = tiny_pipeline.encode_object(cutout, height=64, width=64)
+    with pytest.raises(ValueError, match="Give `object_latents` or `object_image`, not both"):
+        tiny_pipeline(cutout, object_latents=prepared)
+    with pytest.raises(ValueError, match="Give `object_latents` or `height`/`width`, not both"):
+        tiny_pipeline(object_latents=prepared, height=128, width=128)
+    for ambient in ("0.1", float("nan"), True):
+        with pytest.raises(ValueError, match=r"`ambient` .* must lie in \[0, 1\)"):
+            tiny_pipeline(cutout, lights=[(30, 0, 2)], ambient=ambient)
+    with pytest.raises(ValueError, match="`lights\\[0\\].power` must be finite"):  # a Light object is checked too
+        tiny_pipeline(cutout, lights=[ps.Light(30.0, 0.0, 2.0, float("nan"))])
+    with pytest.raises(ValueError, match=r"`object_image` must be a float torch tensor"):
+        tiny_pipeline.encode_preprocessed(np.zeros((1, 3, 64, 64)), np.zeros((1, 1, 64, 64)))
+    with pytest.raises(ValueError, match="`object_image` has 12288 non-finite values"):
+        tiny_pipeline.encode_preprocessed(torch.full((1, 3, 64, 64), float("nan")), torch.ones(1, 1, 64, 64))
+    # a 0-d array or numpy integer is one value, as a Python number is
+    maps = tiny_pipeline([cutout, cutout], theta=np.array(30.0), num_inference_steps=np.int64(1), output_type="pt")
+    assert len(maps.shadow_maps) == 2
+
+
+def test_intensity_environment_and_device_rules():
+    shadow = torch.rand(1, 8, 8)
+    for intensity in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="`intensity` must be >= 0 and finite"):
+            ps.shadow_layer(shadow, intensity)
+        with pytest.raises(ValueError, match="`intensity` must be >= 0 and finite"):
+            ps.composite(torch.rand(3, 8, 8), torch.ones(1, 8, 8), shadow, torch.rand(3, 8, 8), intensity)
+    with pytest.raises(ValueError, match="`ambient` .* got '0.2'"):
+        ps.compose_light_maps(np.zeros((1, 4, 4)), [1.0], ambient="0.2")
+    for device in ("banana", "cuda:7" if not torch.cuda.is_available() else "cuda:999"):
+        with pytest.raises(ValueError, match="`--device`"):
+            ps.check_device(device)
+    assert ps.check_device("cpu") == torch.device("cpu")
+
+
+def test_unreadable_environment_files_are_named(tmp_path):
+    text = tmp_path / "sky.png"
+    text.write_text("not an image")
+    with pytest.raises(ValueError, match=f"Environment map {text} is not a readable image"):
+        ps.load_environment(text)
+    folder = tmp_path / "sky_folder.png"
+    folder.mkdir()
+    with pytest.raises(ValueError, match="is not a regular file"):
+        ps.load_environment(folder)
+    with pytest.raises(ValueError, match="does not exist"):
+        ps.load_environment(tmp_path / "missing.png")

@@ -126,3 +126,21 @@ def test_shadow_iou_weight_trains_and_is_recorded(tmp_path):
     summary = json.loads((output / "training_summary.json").read_text())
     assert summary["last_10_reconstruction"] < summary["first_10_reconstruction"]
     assert summary["args"]["shadow_iou_weight"] == 0.1
+
+
+def test_bad_flags_and_a_missing_vae_are_named(tmp_path, capsys):
+    a_file = tmp_path / "taken"
+    a_file.write_text("")
+    base = ["--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "o")]
+    for extra, message in (
+        (["--resolution", "0"], "--resolution must be a positive multiple of 8"),
+        (["--learning_rate", "nan"], "--learning_rate must be a finite number"),
+        (["--kl_weight", "-1"], "--kl_weight must be >= 0"),
+        (["--batch_size", "0"], "--train_batch_size (--batch_size) must be >= 1"),
+        (["--output_dir", str(a_file)], "exists and is not a folder"),
+    ):
+        with pytest.raises(SystemExit):
+            train_vae.parse_args([*base, *extra])
+        assert message in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="--pretrained_vae_model_name_or_path .*no-vae is not a folder"):
+        train_vae.main([*base, "--pretrained_vae_model_name_or_path", str(tmp_path / "no-vae")])

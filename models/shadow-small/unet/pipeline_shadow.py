@@ -123,6 +123,25 @@ def check_resolution(value, name: str = "resolution") -> int:
     return int(value)
 
 
+def check_device(value: str | None, name: str = "--device") -> torch.device:
+    """The one rule for every script's `--device`: a device torch knows (cpu, cuda, cuda:1, mps, ...) that this
+    machine has; None is cuda when available, else cpu. Raises ValueError naming `name`."""
+    if value is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"`{name}` {value!r} is not a device: give cpu, cuda, cuda:N or mps.") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise ValueError(
+            f"`{name}` {value}: this machine has {count} CUDA device(s) usable by torch; use --device cpu."
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"`{name}` mps: Apple's MPS backend is not available here; use --device cpu.")
+    return device
+
+
 def wrap_phi(phi):
     """Wraps azimuths into [0, 360) degrees. Works on floats, numpy arrays and tensors (in float64 for tensors, so that
     integer degrees phi and phi + 360 give bit-identical results)."""
@@ -195,6 +214,40 @@ def _check_finite(tensor: torch.Tensor, name: str) -> None:
         raise ValueError(f"`{name}` has {count} non-finite values (NaN or Inf); pixel values must be finite.")
 
 
+# Integer pixel types read as 8 or 16 bits (numpy arrays and torch tensors alike, e.g. torchvision's uint8 `read_image`);
+# other integer types and bool are read as they are (0 / 1) and floats too, in [0, 1].
+_INTEGER_PIXEL_SCALES = {"uint8": 255.0, "uint16": 65535.0}
+PIXEL_DTYPE_RULE = "uint8 (0..255), uint16 (0..65535), or bool / other integers / floats with values in [0, 1]"
+
+
+def _pixel_array(image, name: str) -> torch.Tensor:
+    """A numpy array or a torch tensor of pixels -> a float32 CPU tensor of the same shape in the image's own scale:
+    uint8 / 255, uint16 / 65535, anything else as it is. Complex, object and string types are refused, and another
+    integer type outside 0..1 (an int64 array of 0..255) is named as such, not as a float out of range."""
+    is_tensor = isinstance(image, torch.Tensor)
+    dtype = str(image.dtype).removeprefix("torch.")
+    if is_tensor and image.is_meta:
+        raise ValueError(f"`{name}` is a meta tensor (no data): move it to a real device first.")
+    if is_tensor:
+        real = not (image.is_complex() or dtype.startswith(("quint", "qint")))
+    else:
+        real = image.dtype.kind in "biuf"  # bool, signed / unsigned integer, float
+    if not real:
+        raise ValueError(f"`{name}` has dtype {dtype}, which is not a pixel type: give {PIXEL_DTYPE_RULE}.")
+    scale = _INTEGER_PIXEL_SCALES.get(dtype, 1.0)
+    if is_tensor:
+        tensor = image.detach().to("cpu", torch.float32) / scale
+    else:
+        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32) / scale)
+    integer = (not image.is_floating_point()) if is_tensor else image.dtype.kind in "iu"
+    if integer and dtype not in _INTEGER_PIXEL_SCALES and tensor.numel() and (tensor.min() < 0 or tensor.max() > 1):
+        raise ValueError(
+            f"`{name}` is {dtype} with values in [{tensor.min():.0f}, {tensor.max():.0f}]: give {PIXEL_DTYPE_RULE} "
+            "(e.g. `.astype(np.uint8)` for 0..255)."
+        )
+    return tensor
+
+
 # PIL modes read as gray without conversion; the high-precision ones keep their bit depth (16-bit PNG, float TIFF).
 HIGH_PRECISION_GRAY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 GRAY_MODES = ("1", "L", *HIGH_PRECISION_GRAY_MODES)
@@ -252,7 +305,7 @@ def not_gray_reason(image: PIL.Image.Image | np.ndarray) -> str | None:
 
 
 def image_to_tensor(image, name: str = "object_image") -> torch.Tensor:
-    """One image (PIL, numpy uint8 HWC / float HWC in [0, 1], or a torch [C,H,W] float in [0, 1]) -> [C,H,W] float32
+    """One image (PIL, numpy HWC or a torch [C,H,W]: uint8 0..255, uint16, or float in [0, 1]) -> [C,H,W] float32
     in [0, 1] with C = 3 (RGB) or 4 (RGBA; the alpha channel is kept so the caller can use it as the mask)."""
     if isinstance(image, PIL.Image.Image):
         if image.mode in HIGH_PRECISION_GRAY_MODES:  # 16/32-bit or float gray: PIL's RGB conversion would clip it
@@ -271,20 +324,21 @@ def image_to_tensor(image, name: str = "object_image") -> torch.Tensor:
             image = np.repeat(image[:, :, None], 3, axis=2)
         if image.ndim != 3 or image.shape[2] not in (3, 4):
             raise ValueError(f"`{name}` as a numpy array must be HxWx3 or HxWx4, got shape {tuple(image.shape)}.")
-        scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(image.dtype, 1.0)  # else float [0, 1]
-        array = image.astype(np.float32) / scale
-        tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+        tensor = _pixel_array(image, name).permute(2, 0, 1)
     elif isinstance(image, torch.Tensor):
         if image.ndim != 3 or image.shape[0] not in (3, 4):
             raise ValueError(
                 f"`{name}` as a tensor must be [3,H,W] or [B,3,H,W] (4 channels for RGBA), got {tuple(image.shape)}."
             )
-        tensor = image.detach().to("cpu", torch.float32)
+        tensor = _pixel_array(image, name)
     else:
         raise ValueError(f"`{name}` must be a PIL image, a numpy array or a torch tensor, got {type(image).__name__}.")
     _check_finite(tensor, name)
     if tensor.numel() and (tensor.min() < 0.0 or tensor.max() > 1.0):
-        raise ValueError(f"`{name}` float values must lie in [0, 1], got [{tensor.min():.3g}, {tensor.max():.3g}].")
+        raise ValueError(
+            f"`{name}` float values must lie in [0, 1] (uint8 arrays/tensors are read as 0..255), got "
+            f"[{tensor.min():.3g}, {tensor.max():.3g}]."
+        )
     return tensor
 
 
@@ -304,13 +358,9 @@ def gray_to_tensor(image, name: str = "mask") -> torch.Tensor:
         array = image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image
         if array.ndim != 2:
             raise ValueError(f"`{name}` as a numpy array must be HxW (gray), got shape {tuple(image.shape)}.")
-        if array.dtype == np.uint8:
-            array = array.astype(np.float32) / 255.0
-        elif array.dtype == np.uint16:
-            array = array.astype(np.float32) / 65535.0
-        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
+        tensor = _pixel_array(array, name)[None]
     elif isinstance(image, torch.Tensor):
-        tensor = image.detach().to("cpu", torch.float32)
+        tensor = _pixel_array(image, name)
         tensor = tensor[None] if tensor.ndim == 2 else tensor
         if tensor.ndim != 3 or tensor.shape[0] != 1:
             raise ValueError(f"`{name}` as a tensor must be [H,W], [1,H,W] or [B,1,H,W], got {tuple(image.shape)}.")
@@ -481,8 +531,8 @@ class Light:
     def from_any(cls, value, name: str = "light") -> Light:
         """A `Light`, a dict with keys theta, phi, size (optional power) or a (theta, phi, size[, power]) sequence."""
         if isinstance(value, Light):
-            return value
-        if isinstance(value, dict):
+            fields = value.as_dict()
+        elif isinstance(value, dict):
             unknown = sorted(set(value) - {"theta", "phi", "size", "power"})
             if unknown or "theta" not in value:
                 raise ValueError(
@@ -619,13 +669,34 @@ def irradiance_fractions(irradiance):
     return irradiance / total
 
 
+def check_ambient(ambient) -> float:
+    """`ambient`, the unshadowed fraction of the irradiance: a number in [0, 1) (NaN and non-numbers refused)."""
+    if (
+        isinstance(ambient, bool)
+        or not isinstance(ambient, (int, float, np.integer, np.floating))
+        or not 0.0 <= ambient < 1.0
+    ):
+        raise ValueError(f"`ambient` (the unshadowed fraction of the irradiance) must lie in [0, 1), got {ambient!r}.")
+    return float(ambient)
+
+
+def check_intensity(intensity, name: str = "intensity") -> None:
+    """Shadow strength(s) for compositing: finite numbers >= 0 (NaN would pass a `< 0` check and write garbage)."""
+    values = intensity.detach().cpu().numpy() if isinstance(intensity, torch.Tensor) else intensity
+    try:
+        values = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        values = None
+    if intensity is None or values is None or not np.isfinite(values).all() or (values < 0).any():
+        raise ValueError(f"`{name}` must be >= 0 and finite (one number, or one per image), got {intensity!r}.")
+
+
 def compose_light_maps(shadow_maps, coefficients, ambient: float = 0.0):
     """The shadow map of several lights together, s = (1 - ambient) x clamp(sum_i c_i s_i, 0, 1), from K single-light
     maps [K, ...] (numpy or torch) and coefficients [K] (`light_coefficients`) or [K, ...] per pixel
     (`irradiance_fractions`). `ambient` in [0, 1) is the fraction of the ground's irradiance that casts no shadow the
     model can draw (e.g. a low sky, see `lights_from_environment`): it only lightens the shadow."""
-    if not 0.0 <= ambient < 1.0:
-        raise ValueError(f"`ambient` (the unshadowed fraction of the irradiance) must lie in [0, 1), got {ambient}.")
+    check_ambient(ambient)
     is_torch = isinstance(shadow_maps, torch.Tensor)
     maps = shadow_maps if is_torch else np.asarray(shadow_maps, dtype=np.float64)
     if is_torch:
@@ -680,11 +751,18 @@ def load_environment(image) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
-            raise ValueError(f"Environment map {path} does not exist.")
+            what = "is not a regular file" if path.exists() else "does not exist"
+            raise ValueError(f"Environment map {path} {what}.")
         if path.suffix.lower() in _HDR_SUFFIXES:
             return _read_hdr(path)
-        with PIL.Image.open(path) as opened:
-            return load_environment(opened.convert("RGB"))
+        try:
+            with PIL.Image.open(path) as opened:
+                return load_environment(opened.convert("RGB"))
+        except (OSError, SyntaxError, PIL.Image.DecompressionBombError) as error:  # not an image, truncated, too big
+            raise ValueError(
+                f"Environment map {path} is not a readable image ({type(error).__name__}: {error}); give a PNG/JPEG, "
+                f"or {'/'.join(_HDR_SUFFIXES)} with OpenCV or imageio installed."
+            ) from None
     if isinstance(image, PIL.Image.Image):
         return _srgb_to_linear(np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0)
     if isinstance(image, np.ndarray):
@@ -1032,6 +1110,10 @@ class ShadowUNet(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, unet_config: dict, light_embedding_dim: int = LIGHT_EMBEDDING_DIM):
         super().__init__()
+        if not isinstance(unet_config, dict):
+            raise ValueError(
+                f"`unet_config` (unet/config.json) must be a JSON object, got {type(unet_config).__name__}."
+            )
         expected = light_embedding_dim * len(LIGHT_KEYS)
         if unet_config.get("projection_class_embeddings_input_dim") != expected:
             raise ValueError(
@@ -1153,8 +1235,7 @@ def composite(object_image, mask, shadow_map, background, intensity: float = 1.0
     Takes PIL images (object RGB/RGBA, mask and shadow map gray) or tensors in [0, 1] ([3,H,W]/[B,3,H,W],
     [1,H,W]/[B,1,H,W]); returns the same kind as `object_image` (a PIL RGB image, or a tensor).
     """
-    if intensity is None or (not isinstance(intensity, torch.Tensor) and np.any(np.asarray(intensity) < 0)):
-        raise ValueError(f"`intensity` must be >= 0, got {intensity}.")
+    check_intensity(intensity)
     as_pil = isinstance(object_image, PIL.Image.Image)
     obj = image_to_tensor(object_image, "object_image") if not isinstance(object_image, torch.Tensor) else object_image
     if mask is None and obj.shape[-3] == 4:
@@ -1181,6 +1262,7 @@ def composite(object_image, mask, shadow_map, background, intensity: float = 1.0
 
 def shadow_layer(shadow_map: torch.Tensor, intensity: float = 1.0) -> PIL.Image.Image:
     """A shadow-only RGBA layer for image editors: black with alpha = clamp(intensity x shadow)."""
+    check_intensity(intensity)
     alpha = (shadow_map.reshape(shadow_map.shape[-2:]).float() * intensity).clamp(0, 1).numpy()
     rgba = np.zeros((*alpha.shape, 4), dtype=np.uint8)
     rgba[..., 3] = (alpha * 255.0).round().astype(np.uint8)
@@ -1250,10 +1332,8 @@ class ObjectLatents:
 
 
 def _as_list(value, name: str, batch_size: int) -> list[float]:
-    if isinstance(value, torch.Tensor):
-        value = value.flatten().tolist()
-    elif isinstance(value, np.ndarray):
-        value = value.flatten().tolist()
+    if isinstance(value, (torch.Tensor, np.ndarray)):  # a 0-d array is one value, for every image
+        value = value.item() if value.ndim == 0 else value.flatten().tolist()
     if isinstance(value, (list, tuple)):
         if len(value) != batch_size:
             raise ValueError(
@@ -1309,9 +1389,24 @@ def check_lights(lights, batch_size: int) -> list[list[Light]]:
                 raise ValueError(f"`{name}.power` (relative total power) must be >= 0, got {light.power:g}.")
             image_lights.append(light)
         if sum(light.power for light in image_lights) <= 0:
-            raise ValueError(f"The lights of image {b} all have power 0: at least one must emit.")
+            which = "The lights" if shared else f"The lights of image {b}"
+            raise ValueError(f"{which} all have power 0: at least one must emit.")
         parsed.append(image_lights)
     return parsed
+
+
+def check_generator(generator, batch_size: int) -> None:
+    """`generator`: None, one `torch.Generator`, or a list of exactly one per image (the noise is drawn per image)."""
+    generators = generator if isinstance(generator, (list, tuple)) else [generator]
+    if generator is None:
+        return
+    if not generators or not all(isinstance(g, torch.Generator) for g in generators):
+        raise ValueError(
+            "`generator` must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) or a list of them, one "
+            f"per image; got {generator!r}."
+        )
+    if isinstance(generator, (list, tuple)) and len(generators) not in (1, batch_size):
+        raise ValueError(f"`generator` has {len(generators)} generators but the batch has {batch_size} images.")
 
 
 def _split_images(images, name: str) -> list:
@@ -1320,10 +1415,10 @@ def _split_images(images, name: str) -> list:
         if not images:
             raise ValueError(f"`{name}` is an empty list.")
         return list(images)
-    if isinstance(images, torch.Tensor) and images.ndim == 4:
-        return list(images.unbind(0))
-    if isinstance(images, np.ndarray) and images.ndim == 4:
-        return list(images)
+    if isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4:
+        if images.shape[0] == 0:
+            raise ValueError(f"`{name}` is an empty batch (shape {tuple(images.shape)}): give at least one image.")
+        return list(images.unbind(0)) if isinstance(images, torch.Tensor) else list(images)
     return [images]
 
 
@@ -1587,12 +1682,26 @@ class ShadowPipeline(DiffusionPipeline):
         return int(resolution) if resolution else int(self.unet.sample_size * self.vae_scale_factor)
 
     def check_inputs(
-        self, objects, masks, lights, intensity, num_inference_steps, height, width, output_type, background
+        self,
+        objects,
+        masks,
+        lights,
+        intensity,
+        num_inference_steps,
+        height,
+        width,
+        output_type,
+        background,
+        generator=None,
     ):
         """Raises ValueError naming the argument and what is allowed; `objects`/`masks` are already split lists."""
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"`output_type` must be one of 'pil', 'np', 'pt', got {output_type!r}.")
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        if (
+            isinstance(num_inference_steps, bool)
+            or not isinstance(num_inference_steps, (int, np.integer))
+            or num_inference_steps < 1
+        ):
             raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
         if num_inference_steps > 50:
             logger.warning(
@@ -1613,6 +1722,7 @@ class ShadowPipeline(DiffusionPipeline):
             raise ValueError(
                 f"`background` must be an image (PIL, numpy, tensor) or a list of them, got {type(background).__name__}."
             )
+        check_generator(generator, len(objects))
 
     def check_object_inputs(self, objects, masks, height, width) -> None:
         """The image checks that `encode_object` and `__call__` share: a mask for every object, of its size, images
@@ -1674,6 +1784,13 @@ class ShadowPipeline(DiffusionPipeline):
         [B,3,H,W] in [-1, 1], white outside the mask, and `mask` [B,1,H,W] in [0, 1] at the processing size (the
         output of `preprocess_object`). Nothing is resized or re-binarised, so the UNet sees exactly the latents that
         training computes from the same batch; outputs come back at (H, W). Pass the result as `object_latents=`."""
+        for name, value in (("object_image", object_image), ("mask", mask)):
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                raise ValueError(
+                    f"`{name}` must be a float torch tensor (a data loader batch, see `preprocess_object`), got "
+                    f"{type(value).__name__}{'' if not isinstance(value, torch.Tensor) else ' ' + str(value.dtype)}."
+                )
+            _check_finite(value, name)
         if object_image.ndim != 4 or object_image.shape[1] != 3:
             raise ValueError(f"`object_image` must be [B,3,H,W] in [-1, 1], got {tuple(object_image.shape)}.")
         if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[0] != object_image.shape[0]:
@@ -1769,7 +1886,7 @@ class ShadowPipeline(DiffusionPipeline):
         Predicts shadow maps for cut-out objects.
 
         Args:
-            object_image: PIL image, numpy (uint8 HWC or float HWC in [0, 1]) or tensor (float [B,3,H,W] in [0, 1]),
+            object_image: PIL image, numpy (uint8 HWC or float HWC in [0, 1]) or tensor ([B,3,H,W] float or uint8),
                 one or a list. RGBA is accepted: the mask is its alpha channel when `mask` is None.
             mask: the object mask(s) in [0, 1] (1 = object), same size as the image; soft edges allowed.
             theta: light polar angle(s) in degrees, [0, 90) (0 = light straight above, shadow under the object).
@@ -1800,6 +1917,18 @@ class ShadowPipeline(DiffusionPipeline):
         if object_latents is None:
             objects, masks = self._prepare_images(object_image, mask)
         else:
+            if not isinstance(object_latents, ObjectLatents) or not object_latents.objects:
+                raise ValueError(
+                    "`object_latents` must be what `pipe.encode_object(...)` returns (ObjectLatents with its objects), "
+                    f"got {type(object_latents).__name__}."
+                )
+            given = {"object_image": object_image, "mask": mask, "height": height, "width": width}
+            ignored = [f"`{name}`" for name, value in given.items() if value is not None]
+            if ignored:
+                raise ValueError(
+                    f"Give `object_latents` or {'/'.join(ignored)}, not both: the objects, their masks and the "
+                    "processing size were fixed by `encode_object`; pass them there."
+                )
             objects, masks = object_latents.objects, object_latents.masks
         batch_size = len(objects)
         light_lists = None
@@ -1811,6 +1940,7 @@ class ShadowPipeline(DiffusionPipeline):
                     "`lights` already sets every light's theta, phi and size."
                 )
             light_lists = check_lights(lights, batch_size)
+            ambient = check_ambient(ambient)
             rows = [b for b, group in enumerate(light_lists) for _ in group]  # the image of each predicted map
             flat = [light for group in light_lists for light in group]
             lights = tuple([getattr(light, key) for light in flat] for key in LIGHT_KEYS)
@@ -1823,7 +1953,7 @@ class ShadowPipeline(DiffusionPipeline):
             lights = tuple(_as_list(v, n, batch_size) for v, n in ((theta, "theta"), (phi, "phi"), (size, "size")))
         intensities = _as_list(intensity, "intensity", batch_size)
         self.check_inputs(
-            objects, masks, lights, intensities, num_inference_steps, height, width, output_type, background
+            objects, masks, lights, intensities, num_inference_steps, height, width, output_type, background, generator
         )
         if light_lists is not None:
             heights = self._object_heights(object_height, masks, batch_size)
