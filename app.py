@@ -165,7 +165,24 @@ def open_image(path: str | os.PathLike, what: str, max_side: int = MAX_IMAGE_SID
             f"The {what} is {width} x {height} px; this page takes images of at most {max_side} px on the long side. "
             f"Downscale it first (the model works at its training resolution anyway)."
         )
-    return PIL.ImageOps.exif_transpose(image)
+    try:
+        image.load()  # the pixels: a truncated or corrupt file fails here, named, not later as an internal error
+        return PIL.ImageOps.exif_transpose(image)
+    except (OSError, ValueError, SyntaxError) as error:  # PIL's decoders raise all three on damaged data
+        raise PageError(
+            f"The {what} ({Path(path).name}) is damaged or truncated and cannot be decoded ({error}). Save or export "
+            "it again and upload the new file."
+        ) from error
+
+
+def _pixels(convert, image, what: str) -> torch.Tensor:
+    """`image_to_tensor` / `gray_to_tensor` with their refusals (a mask with transparency, a CMYK mask, ...) as the
+    page's messages: they describe the upload, not a fault of the page."""
+    try:
+        return convert(image, what)
+    except ValueError as error:
+        reason = str(error).replace(f"`{what}` ", "", 1).rstrip(".")
+        raise PageError(f"The {what} cannot be used: it {reason}.") from error
 
 
 def read_cutout(image, mask=None, max_side: int = MAX_IMAGE_SIDE) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,9 +194,9 @@ def read_cutout(image, mask=None, max_side: int = MAX_IMAGE_SIDE) -> tuple[torch
         mask = open_image(mask, "mask", max_side)
     if max(image.size) > max_side:
         raise PageError(f"The image is {image.width} x {image.height} px; this page takes at most {max_side} px.")
-    rgba = image_to_tensor(image, "image")
+    rgba = _pixels(image_to_tensor, image, "image")
     if mask is not None:
-        mask_t = gray_to_tensor(mask, "mask")
+        mask_t = _pixels(gray_to_tensor, mask, "mask")
         if mask_t.shape[-2:] != rgba.shape[-2:]:
             raise PageError(
                 f"The mask is {mask_t.shape[-1]} x {mask_t.shape[-2]} px but the image is {rgba.shape[-1]} x "
@@ -241,7 +258,7 @@ def read_background(image, max_side: int = MAX_IMAGE_SIDE) -> torch.Tensor | Non
         return None
     if isinstance(image, (str, os.PathLike)):
         image = open_image(image, "background", max_side)
-    return image_to_tensor(image, "background")[:3]
+    return _pixels(image_to_tensor, image, "background")[:3]
 
 
 @contextlib.contextmanager

@@ -1862,7 +1862,24 @@ def _open_cache(folder: Path, key_hash: str, hit: bool, reason: str | None = Non
         return None
     if manifest.get("key_hash") != key_hash or not all((folder / name).exists() for name in manifest["shards"]):
         return None
+    if broken := _broken_shards(folder, manifest, key_hash):
+        # a truncated or overwritten shard would fail (or with --skip_bad_samples, drop) every sample it holds
+        # mid-run: the cache is derived data, so it is a miss and those shards are encoded again
+        logger.warning("Latent cache %s: %s truncated or unreadable; encoding it again.", folder, ", ".join(broken))
+        return None
     return LatentCache(folder, manifest, hit=hit, reason=reason)
+
+
+def _broken_shards(folder: Path, manifest: dict, key_hash: str) -> list[str]:
+    """The shards of a cache whose header does not say they are complete (or that cannot be read at all)."""
+    total, size = manifest.get("num_samples"), manifest.get("shard_size")
+    if not isinstance(total, int) or not isinstance(size, int) or size < 1:
+        return list(manifest["shards"])
+    return [
+        name
+        for index, name in enumerate(manifest["shards"])
+        if not _shard_is_complete(folder / name, key_hash, min(total, (index + 1) * size) - index * size)
+    ]
 
 
 def _explain_miss(cache_dir: Path, key: dict, label: str) -> str:
@@ -1877,6 +1894,8 @@ def _explain_miss(cache_dir: Path, key: dict, label: str) -> str:
             continue
         old = manifest.get("key", {})
         differing = [part for part in key if old.get(part) != key[part]]
+        if not differing:
+            return f"{manifest_path.parent.name} is incomplete (a shard is missing, truncated or unreadable)"
         if differing and (best is None or len(differing) < best[0]):
             best = (len(differing), differing, manifest_path.parent)
     if best is None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -32,7 +33,7 @@ import torch
 from dataset_loading import create_dataloaders
 from evaluate_shadow import control_summary, evaluate, summarize
 from generate_shadows import contact_sheet
-from pipeline_shadow import ShadowPipeline, composite, gray_to_tensor, image_to_tensor
+from pipeline_shadow import ShadowPipeline, check_resolution, composite, gray_to_tensor, image_to_tensor
 from random_sdxl import save_random_sdxl
 
 logger = logging.getLogger("demo")
@@ -61,7 +62,27 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--learning_rate", type=float, default=1e-4, help="Fine-tuning lr (small models take more than SDXL)."
     )
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # Checked here, not by the rendering or the training minutes later (their own errors would say the same).
+    if args.num_samples < 4:
+        parser.error(
+            f"--num_samples must be >= 4 (a quarter of the objects is held out for the test split), got {args.num_samples}."
+        )
+    if args.max_train_steps < 1:
+        parser.error(f"--max_train_steps must be >= 1, got {args.max_train_steps}.")
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        parser.error(f"--learning_rate must be a finite number > 0, got {args.learning_rate}.")
+    if not 0 <= args.seed < 2**32 - 2026:
+        parser.error(f"--seed must be an integer in [0, 2**32 - 2027] (the renders use seed + 2026), got {args.seed}.")
+    if args.resolution is not None:
+        try:
+            check_resolution(args.resolution, "--resolution")
+        except ValueError as error:
+            parser.error(str(error).replace("`", ""))
+    output_dir = REPO / args.output_dir
+    if output_dir.exists() and not output_dir.is_dir():
+        parser.error(f"--output_dir {args.output_dir} exists and is not a folder.")
+    return args
 
 
 def model_resolution(model_dir: Path, fallback: int = 128) -> int:

@@ -56,7 +56,25 @@ def read_evaluation_metrics(path: str | os.PathLike) -> dict:
     metrics = json.loads(Path(path).read_text())
     if not isinstance(metrics, dict) or not isinstance(metrics.get("summary"), dict):
         raise ValueError("not a metrics.json of evaluate_shadow.py (no `summary` table)")
-    return {"settings": metrics.get("settings", {}), "summary": metrics["summary"]}
+    # Everything the model card reads, checked here: the training script reads the file at start-up, so a malformed
+    # one fails in seconds, not in the model card after the run.
+    settings = metrics.get("settings", {})
+    if not isinstance(settings, dict):
+        raise ValueError(f"`settings` must be a JSON object, got {type(settings).__name__}")
+    for track, entry in metrics["summary"].items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"`summary.{track}` must be a JSON object of metrics, got {type(entry).__name__}")
+        for name, _ in CARD_METRICS:
+            stats = entry.get(name)
+            if stats is None:
+                continue
+            if not isinstance(stats, dict):
+                raise ValueError(f"`summary.{track}.{name}` must be an object with `mean` and `std`, got {stats!r}")
+            mean, std = stats.get("mean"), stats.get("std")
+            numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (mean, std))
+            if mean is not None and not numbers:
+                raise ValueError(f"`summary.{track}.{name}` needs numbers `mean` and `std`, got {mean!r} and {std!r}")
+    return {"settings": settings, "summary": metrics["summary"]}
 
 
 def latest_validation_grid(output_dir: str | os.PathLike) -> tuple[Path | None, dict]:

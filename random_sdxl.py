@@ -153,13 +153,40 @@ def random_vae(size: str = "tiny", seed: int = 0) -> AutoencoderKL:
     return AutoencoderKL.from_config(vae_config(size))
 
 
+def load_vae(name_or_path: str | Path) -> AutoencoderKL:
+    """--vae: a trained AutoencoderKL folder (config.json + weights, e.g. train_vae.py's --output_dir) or a pipeline
+    folder with vae/, with an error that names the flag instead of diffusers' raw OSError about the Hub."""
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"--vae {name_or_path} is not a folder (a trained AutoencoderKL folder with config.json).")
+    subfolder = "vae" if (path / "vae" / "config.json").is_file() and not (path / "config.json").is_file() else None
+    try:
+        vae = AutoencoderKL.from_pretrained(path, subfolder=subfolder)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"Cannot load --vae {name_or_path} as an AutoencoderKL: {error}") from None
+    if vae.config.latent_channels != SDXL_VAE_CONFIG["latent_channels"]:
+        raise ValueError(
+            f"--vae {name_or_path} has {vae.config.latent_channels} latent channels; an SDXL-format model needs "
+            f"{SDXL_VAE_CONFIG['latent_channels']}."
+        )
+    return vae
+
+
 def save_random_sdxl(output_dir: str | Path, size: str = "tiny", seed: int = 0, vae: str | Path | None = None) -> Path:
     """Writes the standard diffusers SDXL folder layout with random weights (text encoders are not written: the shadow
     model never loads them). `vae`: a trained AutoencoderKL folder to put in `vae/` instead of a random one."""
     _check_size(size)
     output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--output_dir {output_dir} exists and is not a folder.")
+    # The VAE first: a wrong --vae must not leave a half-written model folder behind.
+    vae_model = load_vae(vae) if vae else random_vae(size, seed + 1)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--output_dir {output_dir} cannot be created: {error}") from None
     random_unet(size, seed).save_pretrained(output_dir / "unet")
-    (AutoencoderKL.from_pretrained(vae) if vae else random_vae(size, seed + 1)).save_pretrained(output_dir / "vae")
+    vae_model.save_pretrained(output_dir / "vae")
     EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG).save_pretrained(output_dir / "scheduler")
     model_index = {
         "_class_name": "StableDiffusionXLPipeline",
@@ -177,7 +204,7 @@ def save_random_sdxl(output_dir: str | Path, size: str = "tiny", seed: int = 0, 
     return output_dir
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--size", choices=SIZES, default="tiny")
@@ -189,8 +216,13 @@ def main():
         default=None,
         help="A trained AutoencoderKL folder for vae/ (default: random).",
     )
-    args = parser.parse_args()
-    print(save_random_sdxl(args.output_dir, args.size, args.seed, args.vae))
+    args = parser.parse_args(argv)
+    try:
+        path = save_random_sdxl(args.output_dir, args.size, args.seed, args.vae)
+    except ValueError as error:  # a bad --output_dir or --vae, named in the message: no traceback
+        parser.exit(2, f"random_sdxl.py: error: {error}\n")
+    print(path)
+    return path
 
 
 if __name__ == "__main__":

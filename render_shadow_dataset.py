@@ -1776,14 +1776,15 @@ class BlenderRenderer:
             ) from error
         imported = [obj for obj in bpy.data.objects if obj not in before]
         depsgraph = bpy.context.evaluated_depsgraph_get()
-        meshes = []
+        meshes, faceless = [], 0
         for obj in imported:
             if obj.type not in ("MESH", "CURVE", "SURFACE", "META", "FONT"):
                 continue
             mesh = bpy.data.meshes.new_from_object(
                 obj.evaluated_get(depsgraph), preserve_all_data_layers=True, depsgraph=depsgraph
             )
-            if len(mesh.vertices) == 0:
+            if len(mesh.polygons) == 0:  # loose vertices or edges only (a point cloud, a wire): nothing to render
+                faceless += len(mesh.vertices) > 0
                 continue
             mesh.transform(obj.matrix_world)
             if len(mesh.materials) == 0 and len(mesh.color_attributes) > 0:
@@ -1794,6 +1795,11 @@ class BlenderRenderer:
         for obj in imported:
             bpy.data.objects.remove(obj, do_unlink=True)
         if not meshes:
+            if faceless:
+                raise MeshImportError(
+                    "the file holds vertices or edges but no faces (a point cloud or a wire frame): no surface to "
+                    "render or to cast a shadow"
+                )
             raise MeshImportError("the file holds no mesh geometry")
         if len(meshes) > 1:
             with bpy.context.temp_override(
@@ -1968,6 +1974,11 @@ class BlenderRenderer:
         with Image.open(object_path) as image:
             rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0  # straight alpha
         mask = mask_from_alpha(rgba[..., 3])
+        if not mask.any():  # never written: a sample with no object would teach the model nothing but noise
+            raise RuntimeError(
+                "the object covers no pixel of the render (empty mask): degenerate geometry or fully transparent "
+                "materials?"
+            )
         object_rgb = object_image_on_white(rgba, mask)
 
         # Render 2: the ground as a shadow catcher, the object invisible to the camera but casting shadows, no ambient.
@@ -2369,8 +2380,16 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             parser.error(
                 f"`--{fixed[0]}` only applies to random lights; `--{args.mode}` sets the lights (and samples) itself."
             )
-    if args.num_samples is not None and args.num_samples < 0:
-        parser.error(f"`--num_samples` must be >= 0, got {args.num_samples}.")
+    for name, value in vars(args).items():  # NaN passes every `<` / `>` check below: refused once, for every flag
+        if isinstance(value, float) and not math.isfinite(value):
+            parser.error(f"`--{name}` must be a finite number, got {value}.")
+    for name in ("lights", "light_sets"):
+        for light in [v for item in getattr(args, name) or [] for v in (item if name == "light_sets" else [item])]:
+            if not all(math.isfinite(v) for v in light):
+                parser.error(f"`--{name}`: every THETA,PHI,SIZE[,POWER] must be a finite number, got {light}.")
+    if args.num_samples is not None and args.num_samples < 1:
+        # 0 would record a dataset of 0 objects in .render/config.json, which no later run could extend
+        parser.error(f"`--num_samples` must be >= 1, got {args.num_samples}.")
     if args.num_objects is not None and args.num_objects < 1:
         parser.error(f"`--num_objects` must be >= 1, got {args.num_objects}.")
     if args.resolution < 8 or args.resolution % 8:
@@ -2424,6 +2443,8 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             parser.error(
                 f"`--meshes {args.meshes}` holds no mesh file; supported: {', '.join(MESH_IMPORTERS)} (searched recursively)."
             )
+    if args.contact_sheet is not None:
+        _check_contact_sheet(parser, Path(args.contact_sheet))
     output_dir = Path(args.output_dir)
     try:
         (output_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
@@ -2434,6 +2455,17 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error(f"`--output_dir {args.output_dir}` is not writable: {error.strerror or error}.")
     if args.threads is None:
         args.threads = max(1, (os.cpu_count() or 1) // args.workers)
+
+
+def _check_contact_sheet(parser: argparse.ArgumentParser, path: Path) -> None:
+    """--contact_sheet is written after every render: a path it cannot be saved to is refused before the first."""
+    if path.suffix.lower() not in Image.registered_extensions() or path.is_dir():
+        parser.error(f"`--contact_sheet {path}` must name an image file to write (e.g. contact_sheet.png).")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir() or not os.access(parent, os.W_OK):
+                parser.error(f"`--contact_sheet {path}` cannot be written: {parent} is not a writable folder.")
+            break
 
 
 def _config(args, objects: list[ObjectSource]) -> dict:
@@ -2470,16 +2502,28 @@ def _config(args, objects: list[ObjectSource]) -> dict:
 def _check_config(output_dir: Path, config: dict) -> None:
     path = output_dir / STATE_DIR / "config.json"
     if path.is_file():
-        previous = json.loads(path.read_text())
-        changed = [
-            f"{key}: {previous.get(key)!r} there, {config.get(key)!r} now"
-            for key in config
-            if previous.get(key) != config.get(key)
-        ]
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            previous = error
+        if not isinstance(previous, dict):
+            raise SystemExit(
+                f"error: `--output_dir {output_dir}`: {path} (the settings its samples were rendered with) is unreadable "
+                f"({previous}). Restore it, or choose another --output_dir."
+            )
+        differing = [key for key in config if previous.get(key) != config.get(key)]
+        changed = [f"{key}: {previous.get(key)!r} there, {config.get(key)!r} now" for key in differing]
         if changed:
+            more = "more --num_samples is fine"
+            if set(differing) <= {"objects", "mesh_list"} and config["mode"] == "random":
+                if config["meshes"] == PROCEDURAL_SOURCE:  # the object count followed --num_samples
+                    more = (
+                        "without --num_objects each random sample draws its own procedural object, so to add samples "
+                        f"here pass --num_objects {previous.get('objects')}"
+                    )
             raise SystemExit(
                 f"error: `--output_dir {output_dir}` was rendered with other settings ({'; '.join(changed)}). Resume with the "
-                "same settings (more --num_samples is fine), or choose another --output_dir."
+                f"same settings ({more}), or choose another --output_dir."
             )
     else:
         _atomic_write(path, lambda handle: handle.write(json.dumps(config, indent=1).encode()))
@@ -2492,8 +2536,12 @@ def _blender_available() -> bool:
 def render_dataset(args, layouts: dict, roots: dict) -> dict:
     """Plans the dataset, renders this shard's missing samples and returns the run's counts."""
     objects = object_sources(args)
+    try:  # before config.json is written: a plan that cannot be made must not fix the folder's settings
+        plan = plan_samples(args, objects)
+    except ValueError as error:  # e.g. a --test_fraction that leaves no training object
+        raise SystemExit(f"error: {error}") from None
     _check_config(Path(args.output_dir), _config(args, objects))
-    mine = [spec for spec in plan_samples(args, objects) if spec.index % args.num_shards == args.shard_index]
+    mine = [spec for spec in plan if spec.index % args.num_shards == args.shard_index]
     pending = [spec for spec in mine if not layouts[spec.split].is_complete(spec.key)]
     summary = {"samples_planned": len(mine), "already_complete": len(mine) - len(pending), "rendered": 0, "failed": 0}
     summary["failed_meshes"], summary["failures"] = {}, []
@@ -2561,8 +2609,18 @@ def main(argv=None) -> int:
     )
     for mesh, entry in sorted(failed_meshes.items()):
         logger.warning("  skipped mesh %s (%d samples): %s", mesh, entry["samples"], entry["reason"])
+    if failed_meshes and not any(summary["complete_samples"].values()):
+        logger.error(
+            "No sample was rendered: every mesh under --meshes %s failed to import (see above). The dataset is empty.",
+            args.meshes,
+        )
+        return 1
     if args.contact_sheet:
-        path = make_contact_sheet(list(roots.values()), args.format, args.contact_sheet, args.contact_sheet_columns)
+        try:
+            path = make_contact_sheet(list(roots.values()), args.format, args.contact_sheet, args.contact_sheet_columns)
+        except (OSError, ValueError) as error:  # no complete sample yet, or the disk refused: the samples are kept
+            logger.error("No contact sheet written to %s: %s", args.contact_sheet, error)
+            return 1
         logger.info("Contact sheet: %s", path)
     return 1 if summary["failed"] else 0
 

@@ -76,12 +76,14 @@ from accelerate.utils import (
 from accelerate.utils import set_seed as accelerate_set_seed
 from diffusers import AutoencoderKL, DiffusionPipeline
 from diffusers.optimization import SchedulerType, get_scheduler
+from diffusers.optimization import get_polynomial_decay_schedule_with_warmup as get_scheduler_polynomial
 from diffusers.training_utils import EMAModel
 from diffusers.utils.torch_utils import is_compiled_module
 from tqdm.auto import tqdm
 
 import dataset_loading
 import hub_card
+from generate_shadows import is_local_model
 from hub_card import (
     GRID_COLUMNS,
     GRID_INFO_KEY,
@@ -91,6 +93,7 @@ from hub_card import (
     save_model_card,
 )
 from pipeline_shadow import (
+    LATENT_CHANNELS,
     LORA_ADAPTER_WEIGHTS,
     LORA_FULL_WEIGHTS,
     LORA_INFO,
@@ -101,6 +104,7 @@ from pipeline_shadow import (
     check_resolution,
     decode_shadow,
     encode_latents,
+    find_pipeline_folders,
     load_lora_state,
     mask_to_latent,
     rf_interpolate,
@@ -525,6 +529,7 @@ def _check_args(args: argparse.Namespace) -> tuple[dataset_loading.ShadowDataset
             raise ValueError(f"`--{name}` must be a finite number, got {value}.")
     if args.learning_rate <= 0 or args.max_grad_norm < 0:
         raise ValueError("`--learning_rate` must be > 0 and `--max_grad_norm` >= 0.")
+    _check_optimizer_args(args)
     if args.timestep_sampling == "logit_normal" and args.logit_std <= 0:
         raise ValueError(f"`--logit_std` must be > 0, got {args.logit_std}.")
     if args.timestep_sampling == "shifted" and args.timestep_shift <= 0:
@@ -537,16 +542,118 @@ def _check_args(args: argparse.Namespace) -> tuple[dataset_loading.ShadowDataset
     _check_options(args)
     check_deepspeed_environment(args)
     dataset = _validate_data_args(args)
-    _validate_output_dir(args.output_dir)
+    _validate_output_dir(args.output_dir, args)
+    cache_dir = Path(args.latent_cache_dir or dataset_loading.DEFAULT_LATENT_CACHE_DIR)
+    if args.cache_latents and cache_dir.exists() and not cache_dir.is_dir():
+        raise ValueError(f"`--latent_cache_dir` {str(cache_dir)!r} exists and is not a folder.")
     # raises for a missing or broken explicit checkpoint; `latest` falls back to the newest intact one
     resume_dir = resolve_resume_checkpoint(args, check=lambda path: checkpoint_problems(path, args))
     if resume_dir is not None:
         _check_resume_compatible(args, resume_dir)
-    if args.pretrained_model_name_or_path.startswith(("/", "./", "../", "~")) and not os.path.isdir(
-        os.path.expanduser(args.pretrained_model_name_or_path)
-    ):
-        raise ValueError(f"`--pretrained_model_name_or_path` {args.pretrained_model_name_or_path!r} is not a folder.")
+    _check_pretrained_folders(args)
     return dataset, resume_dir
+
+
+def _local_folder(name_or_path: str | None, flag: str, what: str) -> Path | None:
+    """The folder `name_or_path` means, or None for a Hub id (`owner/name`); a local path that is not a folder
+    raises, naming `flag` (generate_shadows.is_local_model's one rule for every script)."""
+    if not name_or_path:
+        return None
+    try:
+        local = is_local_model(name_or_path, f"`{flag}`", what)
+    except FileNotFoundError as error:
+        raise ValueError(str(error)) from None
+    return Path(name_or_path).expanduser() if local else None
+
+
+def _read_config(path: Path) -> dict | None:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def _check_pretrained_folders(args: argparse.Namespace) -> None:
+    """A local --pretrained_model_name_or_path (and --pretrained_vae_model_name_or_path) is read from its config files
+    alone, before any model loads: an SDXL base in the diffusers layout (unet/ with a 4-channel UNet, vae/) or a saved
+    shadow pipeline; a 4-channel latent VAE. (Hub ids are checked when they load, see `build_models`.)"""
+    flag = "--pretrained_model_name_or_path"
+    folder = _local_folder(args.pretrained_model_name_or_path, flag, "an SDXL base or a saved shadow pipeline folder")
+    vae_folder = _local_folder(
+        args.pretrained_vae_model_name_or_path, "--pretrained_vae_model_name_or_path", "a VAE folder"
+    )
+    if vae_folder is not None:
+        _check_vae_config(vae_folder / "config.json", "--pretrained_vae_model_name_or_path")
+    if folder is None:
+        return
+    named = f"`{flag}` {args.pretrained_model_name_or_path!r}"
+    index = _read_config(folder / "model_index.json") or {}
+    class_name = index.get("_class_name")
+    class_name = class_name[-1] if isinstance(class_name, (list, tuple)) and class_name else class_name
+    unet = _read_config(folder / "unet" / "config.json")
+    if unet is None:
+        below = ", ".join(str(p) for p in find_pipeline_folders(folder))
+        raise ValueError(
+            f"{named} has no readable unet/config.json: it is neither an SDXL base in the diffusers layout (unet/, "
+            "vae/) nor a saved shadow pipeline"
+            + (f". Pipelines below it: {below}." if below else " (a training run's folder or its best/).")
+        )
+    if class_name != ShadowPipeline.__name__:  # an SDXL base, converted by ShadowPipeline.from_sdxl
+        channels = (unet.get("in_channels"), unet.get("out_channels"))
+        if channels != (LATENT_CHANNELS, LATENT_CHANNELS):
+            raise ValueError(
+                f"{named} holds a UNet with {channels[0]} input and {channels[1]} output channels (unet/config.json); "
+                f"the shadow model is converted from an SDXL base UNet with {LATENT_CHANNELS} and {LATENT_CHANNELS} "
+                "(e.g. stabilityai/stable-diffusion-xl-base-1.0, not an inpainting or refiner model)."
+            )
+    if vae_folder is None:
+        _check_vae_config(folder / "vae" / "config.json", flag)
+
+
+def _check_vae_config(path: Path, flag: str) -> None:
+    config = _read_config(path)
+    if config is None:
+        raise ValueError(
+            f"`{flag}`: {path} is missing or not valid JSON: the VAE must be an AutoencoderKL folder in the diffusers "
+            "layout (config.json + weights)."
+        )
+    if config.get("latent_channels", 4) != LATENT_CHANNELS:
+        raise ValueError(
+            f"`{flag}`: {path} describes a VAE with {config.get('latent_channels')} latent channels; the shadow model "
+            f"needs SDXL's {LATENT_CHANNELS}."
+        )
+
+
+def _check_optimizer_args(args: argparse.Namespace) -> None:
+    """AdamW's, the lr schedule's and the seed's ranges: otherwise torch, diffusers or numpy refuse them only after
+    the models are loaded, and `--lr_power < 0` crashes the LAST step of the run (0 ** negative)."""
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0.0 <= getattr(args, name) < 1.0:
+            raise ValueError(f"`--{name}` must lie in [0, 1), got {getattr(args, name)}.")
+    if args.adam_epsilon < 0 or args.adam_weight_decay < 0:
+        raise ValueError(
+            f"`--adam_epsilon` and `--adam_weight_decay` must be >= 0, got {args.adam_epsilon} and "
+            f"{args.adam_weight_decay}."
+        )
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise ValueError(f"`--seed` must be an integer in [0, 2**32 - 1], got {args.seed}.")
+    if args.lr_scheduler == "piecewise_constant":
+        raise ValueError(
+            "`--lr_scheduler piecewise_constant` needs step rules, which this script does not take: use constant, "
+            "constant_with_warmup, linear, cosine, cosine_with_restarts or polynomial."
+        )
+    if args.lr_scheduler == "cosine_with_restarts" and args.lr_num_cycles < 1:
+        raise ValueError(f"`--lr_num_cycles` must be an integer >= 1, got {args.lr_num_cycles}.")
+    if args.lr_scheduler == "polynomial":
+        lr_end = inspect.signature(get_scheduler_polynomial).parameters["lr_end"].default
+        if args.lr_power < 0:
+            raise ValueError(f"`--lr_power` must be >= 0, got {args.lr_power}.")
+        if args.learning_rate <= lr_end:
+            raise ValueError(
+                f"`--lr_scheduler polynomial` decays to {lr_end:g}: `--learning_rate` must be above it, got "
+                f"{args.learning_rate:g}."
+            )
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -731,15 +838,45 @@ def _validate_data_args(args: argparse.Namespace) -> dataset_loading.ShadowDatas
         raise ValueError(f"The training data cannot be read: {error}") from error
 
 
-def _validate_output_dir(output_dir: str) -> None:
+def _validate_output_dir(output_dir: str, args: argparse.Namespace | None = None) -> None:
+    """--output_dir is a new folder or a run's own (training_config.json, `latest`): the final pipeline and its model
+    card land at its root, so a folder holding anything else they would overwrite (another model, a dataset, a
+    project's README.md), or the model or data this run reads, is refused before anything is written."""
     path = Path(output_dir)
-    # The final pipeline and its model card (README.md) land at the root: never over a folder that is not a run's.
-    is_run = any((path / name).exists() for name in (TRAINING_CONFIG_FILE, "model_index.json", LATEST_LINK))
-    if (path / "README.md").is_file() and not is_run:
+    is_run = (path / TRAINING_CONFIG_FILE).is_file() or (path / LATEST_LINK).is_symlink()
+    if args is not None:
+        for flag, other in (
+            ("--pretrained_model_name_or_path", args.pretrained_model_name_or_path),
+            ("--data_dir", args.train_data_dir),
+        ):
+            other_path = Path(other).expanduser() if other else None
+            if other_path is not None and path.exists() and other_path.exists() and path.samefile(other_path):
+                raise ValueError(
+                    f"`--output_dir` {output_dir!r} is the `{flag}` folder: the final pipeline, checkpoints and logs "
+                    "would be written into what this run reads. Pick a new folder (e.g. shadow-sdxl-model); to go on "
+                    "with a stopped run, use --resume_from_checkpoint latest in its own --output_dir."
+                )
+    if not is_run:
+        names = (*FINAL_PIPELINE_ENTRIES, *MODEL_CARD_FILES, "metadata.json", "objects")
+        found = [f"a {name}" if name == "README.md" else name for name in names if (path / name).exists()]
+        if found:
+            raise ValueError(
+                f"`--output_dir` {output_dir!r} holds {', '.join(found)} but is not a training run's folder: the final "
+                "pipeline (model_index.json, unet/, vae/, scheduler/) and its model card (README.md) are written at the "
+                "root of --output_dir and would overwrite them. Pick a new folder (e.g. shadow-sdxl-model)."
+            )
+    link = path / LATEST_LINK
+    if link.exists() and not link.is_symlink():
         raise ValueError(
-            f"`--output_dir` {output_dir!r} holds a README.md but is not a training run's folder: the final pipeline "
-            "and its model card are written at the root of --output_dir. Pick a new folder (e.g. shadow-sdxl-model)."
+            f"`--output_dir` {output_dir!r} holds a `{LATEST_LINK}` that is not a symlink: the run points `{LATEST_LINK}` "
+            "at each new checkpoint. Move it away (or pick another --output_dir)."
         )
+    logging_dir = args.logging_dir if args is not None else "logs"
+    for name in (BEST_DIR, "validation", logging_dir):
+        if (path / name).exists() and not (path / name).is_dir():
+            raise ValueError(
+                f"`--output_dir` {output_dir!r}: {path / name} is a file, where the run writes a folder. Move it away."
+            )
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
@@ -1190,21 +1327,38 @@ def is_shadow_pipeline(name_or_path: str, **kwargs) -> bool:
     return class_name == ShadowPipeline.__name__
 
 
+@contextlib.contextmanager
+def _load_errors(flag: str, name_or_path: str, what: str):
+    """A model that fails to load (truncated weights, weights that do not fit the config, a Hub id offline or not
+    found) is a ConfigurationError naming the flag, its first line only, not diffusers' traceback."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        where = "" if Path(name_or_path).expanduser().is_dir() else " (a Hub id: offline, or not found?)"
+        raise ConfigurationError(f"`{flag}` {name_or_path!r} cannot be loaded as {what}{where}: {reason}") from None
+
+
 def build_models(args: argparse.Namespace, accelerator: Accelerator) -> Models:
     """ShadowPipeline.from_sdxl (or a saved shadow pipeline) -> trainable fp32 UNet + frozen VAE on the device."""
     hub_kwargs = {"revision": args.revision, "cache_dir": args.cache_dir}
     vae = None
     if args.pretrained_vae_model_name_or_path:
-        vae = AutoencoderKL.from_pretrained(args.pretrained_vae_model_name_or_path, cache_dir=args.cache_dir)
+        with _load_errors("--pretrained_vae_model_name_or_path", args.pretrained_vae_model_name_or_path, "a VAE"):
+            vae = AutoencoderKL.from_pretrained(args.pretrained_vae_model_name_or_path, cache_dir=args.cache_dir)
     if is_shadow_pipeline(args.pretrained_model_name_or_path, **hub_kwargs):
         logger.info("Continuing from the shadow pipeline %s", args.pretrained_model_name_or_path)
         components = {"vae": vae} if vae is not None else {}
-        pipe = ShadowPipeline.from_pretrained(
-            args.pretrained_model_name_or_path, variant=args.variant, **hub_kwargs, **components
-        )
+        with _load_errors("--pretrained_model_name_or_path", args.pretrained_model_name_or_path, "a shadow pipeline"):
+            pipe = ShadowPipeline.from_pretrained(
+                args.pretrained_model_name_or_path, variant=args.variant, **hub_kwargs, **components
+            )
     else:
         logger.info("Converting the SDXL base %s to a shadow pipeline", args.pretrained_model_name_or_path)
-        pipe = ShadowPipeline.from_sdxl(args.pretrained_model_name_or_path, vae=vae, variant=args.variant, **hub_kwargs)
+        with _load_errors("--pretrained_model_name_or_path", args.pretrained_model_name_or_path, "an SDXL base"):
+            pipe = ShadowPipeline.from_sdxl(
+                args.pretrained_model_name_or_path, vae=vae, variant=args.variant, **hub_kwargs
+            )
     unet, vae = pipe.unet, pipe.vae
     # Weights stay fp32 (mixed precision autocasts the compute): pure bf16 weights at lr 1e-5 lose most updates
     # (docs/design.md §6). --memory_lean keeps them in bf16 and makes up for it with stochastic rounding in the optimizer.
@@ -1483,6 +1637,14 @@ def load_unet_state(model: ShadowUNet, checkpoint_dir: Path, args: argparse.Name
         load_lora_state(model, checkpoint_dir / LORA_SUBFOLDER)
         return
     loaded = ShadowUNet.from_pretrained(checkpoint_dir, subfolder="unet", use_safetensors=True)  # never a pickle
+    ours, theirs = (json.loads(json.dumps(m.config.get("unet_config") or {}, default=str)) for m in (model, loaded))
+    differing = sorted(k for k in ours.keys() & theirs.keys() if not k.startswith("_") and ours[k] != theirs[k])
+    if differing:  # else load_state_dict lists every mismatched tensor (hundreds of lines)
+        shown = "; ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differing[:3])
+        raise ValueError(
+            f"{checkpoint_dir / 'unet'} holds a UNet of another shape than --pretrained_model_name_or_path "
+            f"({shown}): resume with the model the checkpoint was trained from."
+        )
     model.load_state_dict(loaded.state_dict())
     del loaded
 

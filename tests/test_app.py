@@ -101,6 +101,32 @@ def test_a_huge_image_is_refused_from_its_header(tmp_path):
         app.read_cutout(str(tmp_path / "broken.png"))
 
 
+def test_a_truncated_upload_or_an_unusable_mask_is_named_not_an_internal_error(shipped, tmp_path):
+    """A file cut short in the upload decodes only when its pixels are read: that, and a mask the pipeline refuses
+    (transparency, CMYK), are messages about the upload, not 'something went wrong'."""
+    whole = tmp_path / "whole.png"
+    _rgba().save(whole)
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(app.PageError, match=r"The image \(cut.png\) is damaged or truncated and cannot be decoded"):
+        app.read_cutout(str(truncated))
+    with pytest.raises(app.PageError, match=r"The mask \(cut.png\) is damaged or truncated"):
+        app.read_cutout(str(whole), str(truncated))
+    with pytest.raises(app.PageError, match=r"The background \(cut.png\) is damaged or truncated"):
+        app.read_background(str(truncated))
+    cmyk = tmp_path / "mask.jpg"
+    _rgba().convert("RGB").convert("CMYK").save(cmyk)
+    with pytest.raises(app.PageError, match=r"The mask cannot be used: it has image mode CMYK, which is not a gray"):
+        app.read_cutout(str(whole), str(cmyk))
+    with pytest.raises(app.PageError, match=r"The mask cannot be used: it has transparency"):
+        app.read_cutout(str(whole), str(whole))  # an RGBA cut-out given as its own mask
+    demo = app.build_demo(shipped)
+    (load,) = {fn.fn for fn in demo.fns.values() if fn.fn.__name__ == "load_object"}
+    with pytest.raises(gr.Error, match="is damaged or truncated") as error:
+        load(str(truncated), None, 0.0, None, None, 1.0, 30.0, 45.0, 4.0)
+    assert "Something went wrong" not in str(error.value)
+
+
 # ----- the encode-once slider path -------------------------------------------------------------------------------------
 
 

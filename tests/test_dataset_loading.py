@@ -899,6 +899,25 @@ def test_interrupted_build_resumes(custom_root, tiny_vae, tmp_path):
     assert not rebuilt.hit and vae.encoded_images == 2 * 3  # only the missing shard
 
 
+def test_a_truncated_or_overwritten_shard_is_encoded_again_not_a_mid_run_failure(
+    custom_root, tiny_vae, tmp_path, caplog
+):
+    """A finished cache (manifest in place) with a damaged shard would fail, or with --skip_bad_samples drop, every
+    sample of that shard mid-run: it is a miss instead, and only the damaged shard is encoded again."""
+    dataset = open_shadow_dataset("custom", custom_root, image_size=32)
+    cache = build_latent_cache(dataset, tiny_vae, tmp_path / "cache", shard_size=3)
+    shard = cache.folder / "shard-00001.safetensors"
+    for damage in (shard.read_bytes()[: shard.stat().st_size // 2], b"not a safetensors file"):
+        shard.write_bytes(damage)
+        vae = _CountingVAE(tiny_vae)
+        with caplog.at_level("WARNING", logger="dataset_loading"):
+            rebuilt = build_latent_cache(dataset, vae, tmp_path / "cache", shard_size=3)
+        assert not rebuilt.hit and vae.encoded_images == 2 * 3  # only the damaged shard
+        assert "shard-00001.safetensors truncated or unreadable" in caplog.text
+        assert rebuilt.read(3)["object_latents"].shape == cache.read(3)["object_latents"].shape
+        caplog.clear()
+
+
 class _FakeAccelerator:
     def __init__(self, is_main: bool):
         self.num_processes = 2

@@ -590,6 +590,46 @@ def test_cli_errors_name_the_argument(tmp_path, capsys):
     assert "is not writable" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--num_samples", "2", "--phi", "nan"], "`--phi` must be a finite number, got nan"),
+        (["--num_samples", "2", "--size", "nan"], "`--size` must be a finite number, got nan"),
+        (["--num_samples", "2", "--ambient", "nan"], "`--ambient` must be a finite number, got nan"),
+        (["--num_samples", "2", "--light_power", "inf"], "`--light_power` must be a finite number, got inf"),
+        (["--lights", "30,nan,2"], "`--lights`: every THETA,PHI,SIZE[,POWER] must be a finite number"),
+        (["--light_sets", "30,0,2;20,inf,4,0.5"], "`--light_sets`: every THETA,PHI,SIZE[,POWER] must be a finite"),
+        (["--num_samples", "0"], "`--num_samples` must be >= 1, got 0"),
+        (["--num_samples", "2", "--contact_sheet", "BLOCKER/sheet.png"], "is not a writable folder"),
+        (["--num_samples", "2", "--contact_sheet", "sheet.txt"], "must name an image file to write"),
+    ],
+)
+def test_non_finite_lights_no_samples_and_an_unwritable_contact_sheet_are_refused(tmp_path, capsys, extra, message):
+    """NaN passes every range check (a NaN phi was rendered and recorded as such); --num_samples 0 recorded a
+    0-object dataset that no later run could extend; a bad --contact_sheet failed only after the last render."""
+    (tmp_path / "BLOCKER").write_text("")
+    extra = [value.replace("BLOCKER", str(tmp_path / "BLOCKER")) for value in extra]
+    with pytest.raises(SystemExit):
+        rsd.parse_args(["--output_dir", str(tmp_path / "out"), *extra])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / rsd.STATE_DIR / "config.json").exists()
+
+
+def test_a_plan_that_cannot_be_made_fixes_no_settings_and_the_resume_hint_is_true(tmp_path, monkeypatch):
+    monkeypatch.setattr(rsd, "_blender_available", lambda: False)
+    out = str(tmp_path / "out")
+    with pytest.raises(SystemExit, match="leaves no training object out of 1"):  # before config.json is written
+        rsd.main(["--output_dir", out, "--num_samples", "1", "--test_fraction", "0.25", "--log_level", "ERROR"])
+    assert not (tmp_path / "out" / rsd.STATE_DIR / "config.json").exists()
+    with pytest.raises(SystemExit, match="requirements-render.txt"):  # the corrected command is not refused
+        rsd.main(["--output_dir", out, "--num_samples", "2", "--log_level", "ERROR"])
+    # procedural random samples without --num_objects draw one object each: "more --num_samples" needs the count
+    with pytest.raises(SystemExit, match=r"objects: 2 there, 3 now.*to add samples here pass --num_objects 2"):
+        rsd.main(["--output_dir", out, "--num_samples", "3", "--log_level", "ERROR"])
+    with pytest.raises(SystemExit, match="requirements-render.txt"):  # ... and with it the folder is extended
+        rsd.main(["--output_dir", out, "--num_samples", "3", "--num_objects", "2", "--log_level", "ERROR"])
+
+
 def test_missing_blender_gives_install_hint(tmp_path, monkeypatch):
     monkeypatch.setattr(rsd, "_blender_available", lambda: False)
     with pytest.raises(SystemExit, match="requirements-render.txt"):
@@ -951,6 +991,22 @@ def test_mesh_formats_and_a_broken_mesh_is_skipped_and_counted(render_python, tm
     inside = rsd.load_gray(out / "masks" / f"{coloured}.png") > 0
     red, green = rgb[inside][:, 0].mean(), rgb[inside][:, 1].mean()
     assert red > green + 30  # the PLY's vertex colours are used
+
+
+def test_a_mesh_without_faces_is_skipped_and_a_run_with_no_usable_mesh_fails(render_python, tmp_path):
+    """Loose vertices render an empty mask and shadow: such a sample was written as a complete one. Now the mesh is
+    skipped like an unreadable one, and a run whose every mesh was skipped exits 1 instead of leaving an empty
+    dataset with exit status 0."""
+    meshes = tmp_path / "meshes"
+    meshes.mkdir()
+    (meshes / "points.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\n")
+    out = tmp_path / "out"
+    result = run_renderer(render_python, "--output_dir", out, "--meshes", meshes, "--num_samples", 2, "--resolution",
+                          32, "--spp", 1, "--workers", 1, "--threads", 1, expect_ok=False)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "points.obj (2 samples): the file holds vertices or edges but no faces" in result.stderr
+    assert "No sample was rendered: every mesh under --meshes" in result.stderr
+    assert not list(out.rglob("masks/*.png"))  # no sample of it was written
 
 
 def test_contact_sheet(tmp_path):

@@ -503,6 +503,30 @@ def test_model_card_without_validation_or_metrics_says_so(tmp_path):
     assert "No evaluation was attached" in card and not (folder / "validation.png").exists()
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"summary": {"all": 3}}, r"`summary.all` must be a JSON object of metrics, got int"),
+        ({"summary": {"all": {"iou": 0.5}}}, r"`summary.all.iou` must be an object with `mean` and `std`, got 0.5"),
+        ({"summary": {"all": {"iou": {"mean": "high", "std": 0.1}}}}, r"needs numbers `mean` and `std`, got 'high'"),
+        ({"summary": {"all": {"iou": {"mean": 0.5}}}}, r"needs numbers `mean` and `std`, got 0.5 and None"),
+        ({"settings": [], "summary": {}}, r"`settings` must be a JSON object, got list"),
+    ],
+)
+def test_a_malformed_metrics_file_is_refused_at_start_up_not_in_the_model_card(tmp_path, data_dir, content, message):
+    """The model card is written after the run (and before --push_to_hub uploads it): what it reads of
+    --evaluation_metrics is checked when the run starts."""
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=message):
+        hub_card.read_evaluation_metrics(path)
+    with pytest.raises(train.ConfigurationError, match=r"`--evaluation_metrics` '.*metrics.json' cannot be read: "):
+        train.main(_argv(NOT_LOADABLE, data_dir, tmp_path / "out", "--evaluation_metrics", path))
+    good = {"summary": {"all": {"iou": {"mean": 0.5, "std": 0.1, "n": 3}, "rmse": {"mean": None, "std": None}}}}
+    path.write_text(json.dumps(good))
+    assert "| all | ? | 0.500 ± 0.100 | n/a |" in hub_card._metrics_section(str(path))
+
+
 # ----- trackers -------------------------------------------------------------------------------------------------
 
 

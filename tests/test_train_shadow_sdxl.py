@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,12 @@ import pytest
 import torch
 from data_factory import make_custom_dataset
 from safetensors.torch import load_file
-from training_fixtures import fresh_accelerate_state, make_checkpoints, reset_accelerate  # noqa: F401 (autouse fixture)
+from training_fixtures import (  # noqa: F401 (autouse fixture)
+    fresh_accelerate_state,
+    make_checkpoints,
+    reset_accelerate,
+    tiny_run_argv,
+)
 
 import train_shadow_sdxl as train
 from pipeline_shadow import ShadowPipeline
@@ -256,7 +262,10 @@ def test_resuming_with_another_split_seed_is_refused(tmp_path, data_dir, tiny_sd
     argv += ["--output_dir", str(tmp_path / "out"), "--resume_from_checkpoint", "latest", "--seed", "5"]
     with pytest.raises(ValueError, match=r"`--split_seed 0`, this run has `--split_seed 3`.*Resume with"):
         train.main([*argv, "--split_seed", "3"])
-    with pytest.raises(OSError):  # a new --seed alone passes the check and goes on to load the (missing) model
+    # a new --seed alone passes the check and goes on to load the (missing) model, which is named
+    with pytest.raises(
+        train.ConfigurationError, match=r"'org/not-a-model-that-could-load' cannot be loaded as an SDXL"
+    ):
         train.main(argv)
 
 
@@ -553,3 +562,127 @@ def test_shadow_iou_samples_decodes_only_the_first_samples_of_the_micro_batch(ti
     assert torch.allclose(loss(2.0, None), mse + 2.0 * iou.mean(), atol=1e-6)
     assert torch.allclose(loss(2.0, 1), mse + 2.0 * iou[0], atol=1e-6)
     assert not torch.allclose(iou[0], iou.mean())  # so the two cases above are told apart
+
+
+# ----- inputs nobody had tried: each refused before any model loads (or, for a model that cannot load, when it
+# loads), naming the flag and what is allowed ----------------------------------------------------------------------
+
+
+def _check(data_dir, tmp_path, *extra, model="org/not-a-model-that-could-load"):
+    argv = ["--pretrained_model_name_or_path", str(model), "--data_dir", str(data_dir)]
+    return train.validate_args(train.parse_args([*argv, "--output_dir", str(tmp_path / "out"), *map(str, extra)]))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--adam_beta1", "2"], r"`--adam_beta1` must lie in \[0, 1\), got 2.0"),
+        (["--adam_beta2", "-0.5"], r"`--adam_beta2` must lie in \[0, 1\)"),
+        (["--adam_weight_decay", "-1"], r"`--adam_epsilon` and `--adam_weight_decay` must be >= 0"),
+        (["--adam_epsilon=-1e-8"], r"`--adam_epsilon` and `--adam_weight_decay` must be >= 0"),
+        (["--seed", "-1"], r"`--seed` must be an integer in \[0, 2\*\*32 - 1\], got -1"),
+        (["--seed", str(2**32)], r"`--seed` must be an integer in \[0, 2\*\*32 - 1\]"),
+        (["--lr_scheduler", "piecewise_constant"], "needs step rules, which this script does not take"),
+        (["--lr_scheduler", "polynomial", "--lr_power", "-1"], r"`--lr_power` must be >= 0, got -1.0"),
+        (["--lr_scheduler", "polynomial", "--learning_rate", "1e-8"], "decays to 1e-07: `--learning_rate` must be"),
+        (["--lr_scheduler", "cosine_with_restarts", "--lr_num_cycles", "0"], "`--lr_num_cycles` must be an integer"),
+    ],
+)
+def test_optimizer_schedule_and_seed_ranges_are_refused_before_any_model_loads(data_dir, tmp_path, extra, message):
+    with pytest.raises(train.ConfigurationError, match=message):
+        _check(data_dir, tmp_path, *extra)
+
+
+def _write_config(path: Path, **config) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config))
+
+
+def test_a_local_model_folder_is_checked_from_its_config_files(data_dir, tmp_path, tiny_sdxl_dir):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    inpainting = tmp_path / "inpainting"
+    _write_config(inpainting / "unet" / "config.json", in_channels=9, out_channels=4)
+    _write_config(inpainting / "vae" / "config.json", latent_channels=4)
+    no_vae = tmp_path / "no_vae"
+    _write_config(no_vae / "unet" / "config.json", in_channels=4, out_channels=4)
+    wide_vae = tmp_path / "wide_vae"
+    _write_config(wide_vae / "config.json", latent_channels=16)
+    (tmp_path / "a_file").write_text("")
+    cases = [
+        (empty, [], r"has no readable unet/config.json: it is neither an SDXL base"),
+        (data_dir, [], r"has no readable unet/config.json"),  # the dataset given as the model
+        (tmp_path / "a_file", [], r"is not a folder \(an SDXL base or a saved shadow pipeline folder or a Hub id"),
+        ("no-such-model-here", [], r"no-such-model-here is not a folder"),
+        (inpainting, [], r"holds a UNet with 9 input and 4 output channels.*not an inpainting or refiner model"),
+        (no_vae, [], r"no_vae/vae/config.json is missing or not valid JSON"),
+        (tiny_sdxl_dir, ["--pretrained_vae_model_name_or_path", tmp_path / "nowhere"], r"nowhere is not a folder"),
+        (tiny_sdxl_dir, ["--pretrained_vae_model_name_or_path", tiny_sdxl_dir], r"tiny-sdxl\d*/config.json is missing"),
+        (tiny_sdxl_dir, ["--pretrained_vae_model_name_or_path", wide_vae], r"16 latent channels; the shadow model"),
+    ]
+    for model, extra, message in cases:
+        with pytest.raises(train.ConfigurationError, match=message):
+            _check(data_dir, tmp_path, *extra, model=model)
+
+
+def test_a_model_whose_weights_do_not_load_names_the_flag_and_the_file(data_dir, tmp_path, tiny_sdxl_dir, capsys):
+    broken = Path(shutil.copytree(tiny_sdxl_dir, tmp_path / "broken-sdxl"))
+    weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    message = r"`--pretrained_model_name_or_path` '.*broken-sdxl' cannot be loaded as an SDXL base: Unable to load"
+    with pytest.raises(train.ConfigurationError, match=message + r" weights from .*unet/diffusion_pytorch_model"):
+        train.main(tiny_run_argv(broken, data_dir, tmp_path / "out", "--max_train_steps", 1))
+
+
+@pytest.mark.parametrize(
+    "what", ["the model", "the data", "an SDXL folder", "a project folder", "latest file", "best file"]
+)
+def test_an_output_dir_that_would_overwrite_what_is_not_a_runs_is_refused(data_dir, tmp_path, tiny_sdxl_dir, what):
+    model = Path(shutil.copytree(tiny_sdxl_dir, tmp_path / "model"))
+    out = tmp_path / "out"
+    out.mkdir()
+    extra, message = [], None
+    if what == "the model":
+        out, message = model, "is the `--pretrained_model_name_or_path` folder"
+    elif what == "the data":
+        out, message = data_dir, "is the `--data_dir` folder"
+    elif what == "an SDXL folder":  # e.g. a second copy of the base: its unet/ and vae/ would be replaced
+        out, message = (
+            shutil.copytree(tiny_sdxl_dir, tmp_path / "other"),
+            "holds model_index.json, unet, vae, scheduler",
+        )
+    elif what == "a project folder":
+        (out / "README.md").write_text("# my project")
+        message = "holds a README.md but is not a training run's folder"
+    elif what == "latest file":  # would crash the run at its first checkpoint, after hours of training
+        (out / "latest").write_text("checkpoint-500")
+        message = "holds a `latest` that is not a symlink"
+    else:
+        (out / train.TRAINING_CONFIG_FILE).write_text("{}")
+        (out / "best").write_text("")
+        message = r"best is a file, where the run writes a folder"
+    argv = ["--pretrained_model_name_or_path", str(model), "--data_dir", str(data_dir), "--output_dir", str(out)]
+    with pytest.raises(train.ConfigurationError, match=message):
+        train.validate_args(train.parse_args([*argv, *extra]))
+    assert (model / "unet" / "config.json").is_file() and not (data_dir / "model_index.json").exists()
+
+
+def test_a_latent_cache_dir_that_is_a_file_is_refused(data_dir, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(train.ConfigurationError, match=r"`--latent_cache_dir` '.*a_file' exists and is not a folder"):
+        _check(data_dir, tmp_path, "--cache_latents", "--latent_cache_dir", tmp_path / "a_file")
+
+
+def test_resuming_with_a_model_of_another_shape_names_the_difference(tmp_path, data_dir, tiny_sdxl_dir):
+    from random_sdxl import save_random_sdxl
+
+    make_checkpoints(tiny_sdxl_dir, data_dir, tmp_path / "out", 1)
+    small = save_random_sdxl(tmp_path / "small-sdxl", size="small")
+    argv = tiny_run_argv(
+        small, data_dir, tmp_path / "out", "--max_train_steps", 2, "--resume_from_checkpoint", "latest"
+    )
+    with pytest.raises(train.ConfigurationError) as error:
+        train.main(argv)
+    message = str(error.value)
+    assert "checkpoint-1/unet holds a UNet of another shape than --pretrained_model_name_or_path" in message
+    assert "block_out_channels: [32, 64, 64] there, [64, 128, 128] here" in message and len(message) < 600
