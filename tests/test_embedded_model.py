@@ -62,9 +62,9 @@ def test_raising_size_softens_the_edge(shipped):
 
 
 FAMILIES = REPO / "tests" / "assets" / "unseen_families"
-# The shipped model scores 0.402 on these ten renders, its predecessor 0.378 (BENCHMARKS.md: 0.457 and 0.431 on all
-# 120): the threshold tells them apart.
-MIN_UNSEEN_FAMILY_IOU = 0.39
+# The shipped model scores 0.434 on these ten renders, its predecessors 0.402 and 0.378 (BENCHMARKS.md: 0.472, 0.457
+# and 0.431 on all 120): the threshold tells the shipped weights from their predecessor.
+MIN_UNSEEN_FAMILY_IOU = 0.42
 
 
 def _family_samples():
