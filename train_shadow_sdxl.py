@@ -588,9 +588,6 @@ def _check_pretrained_folders(args: argparse.Namespace) -> None:
     if folder is None:
         return
     named = f"`{flag}` {args.pretrained_model_name_or_path!r}"
-    index = _read_config(folder / "model_index.json") or {}
-    class_name = index.get("_class_name")
-    class_name = class_name[-1] if isinstance(class_name, (list, tuple)) and class_name else class_name
     unet = _read_config(folder / "unet" / "config.json")
     if unet is None:
         below = ", ".join(str(p) for p in find_pipeline_folders(folder))
@@ -599,7 +596,7 @@ def _check_pretrained_folders(args: argparse.Namespace) -> None:
             "vae/) nor a saved shadow pipeline"
             + (f". Pipelines below it: {below}." if below else " (a training run's folder or its best/).")
         )
-    if class_name != ShadowPipeline.__name__:  # an SDXL base, converted by ShadowPipeline.from_sdxl
+    if not is_shadow_pipeline(str(folder)):  # an SDXL base, converted by ShadowPipeline.from_sdxl
         channels = (unet.get("in_channels"), unet.get("out_channels"))
         if channels != (LATENT_CHANNELS, LATENT_CHANNELS):
             raise ValueError(
