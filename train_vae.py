@@ -20,6 +20,15 @@ meets at inference instead: the model's one-step predicted latents for each trai
 light, fresh noise every time), mapped to the TRUE shadow map. The decoder then also undoes the model's systematic
 errors (a one-step prediction is close to a conditional mean, so it blurs); it is tied to that model, so train it
 last.
+
+`--encoder_only` is the other half: the decoder stays frozen and the ENCODER learns to give each shadow map the
+latent that decoder draws it best from (a decoder drew the true maps at ~0.86 soft IoU from latents optimised map by
+map, against ~0.72 from the encoder's own). Object images keep their latents: the loss pulls them towards the
+starting encoder's (`--object_latent_weight`), so the scaling factor and the UNet's conditioning stay valid, and only
+the UNet's TARGET latents move; fine-tune the shadow UNet on them afterwards (a new latent cache).
+
+    python train_vae.py --data_dir renders/train --pretrained_vae_model_name_or_path small-vae --encoder_only \
+        --output_dir small-vae-enc --max_train_steps 3000 --learning_rate 1e-4
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import pipeline_shadow  # noqa: F401  (first: it imports diffusers without the e
 # isort: split
 
 import argparse
+import copy
 import json
 import logging
 import math
@@ -87,6 +97,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         "are (needs --pretrained_vae_model_name_or_path).",
     )
     parser.add_argument(
+        "--encoder_only",
+        action="store_true",
+        help="Fine-tune only the encoder, so that the frozen decoder redraws shadow maps from their latents; object "
+        "latents stay where they were (--object_latent_weight), and so does the scaling factor (needs "
+        "--pretrained_vae_model_name_or_path; a shadow UNet must then be fine-tuned on the new target latents).",
+    )
+    parser.add_argument(
+        "--object_latent_weight",
+        type=float,
+        default=1.0,
+        help="With --encoder_only: weight of the mean squared distance between the object images' scaled latents and "
+        "the starting encoder's (keeps the UNet's conditioning valid).",
+    )
+    parser.add_argument(
         "--prediction_model",
         default=None,
         help="With --decoder_only: a trained shadow pipeline (folder) whose one-step predictions the decoder learns to "
@@ -106,7 +130,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--dataloader_num_workers (--num_workers) must be >= 0, got {args.num_workers}.")
     if args.learning_rate <= 0:
         parser.error(f"--learning_rate must be > 0, got {args.learning_rate:g}.")
-    for name in ("kl_weight", "shadow_iou_weight"):
+    for name in ("kl_weight", "shadow_iou_weight", "object_latent_weight"):
         if getattr(args, name) < 0:
             parser.error(f"--{name} must be >= 0 (0 = off), got {getattr(args, name):g}.")
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
@@ -117,6 +141,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--max_train_steps must be >= 1, got {args.max_train_steps}.")
     if args.decoder_only and not args.pretrained_vae_model_name_or_path:
         parser.error("--decoder_only fine-tunes an existing VAE's decoder: give --pretrained_vae_model_name_or_path.")
+    if args.encoder_only and args.decoder_only:
+        parser.error("--encoder_only and --decoder_only each freeze what the other trains: give one of them.")
+    if args.encoder_only and not args.pretrained_vae_model_name_or_path:
+        parser.error("--encoder_only fine-tunes an existing VAE's encoder: give --pretrained_vae_model_name_or_path.")
     if args.prediction_model and not args.decoder_only:
         parser.error("--prediction_model trains the decoder alone on the model's predictions: add --decoder_only.")
     return args
@@ -155,6 +183,27 @@ def vae_loss(
     if decoder_only:
         return rec_loss, rec_loss
     return rec_loss + kl_weight * posterior.kl().mean(), rec_loss
+
+
+def encoder_loss(
+    vae: AutoencoderKL,
+    reference: AutoencoderKL,
+    objects: torch.Tensor,
+    shadows: torch.Tensor,
+    object_latent_weight: float = 1.0,
+    shadow_iou_weight: float = 0.0,
+):
+    """-> (total, reconstruction) of an encoder-only step: the shadow maps [B,3,H,W] in [-1, 1] through the encoder's
+    latent MEAN (what the UNet's targets are made of, pipeline_shadow.encode_latents) and the frozen decoder, plus
+    `object_latent_weight` x the mean squared distance of the objects' scaled latents from the `reference` (starting)
+    encoder's."""
+    posterior = vae.encode(torch.cat([objects, shadows])).latent_dist.mean
+    object_latents, shadow_latents = posterior[: len(objects)], posterior[len(objects) :]
+    rec_loss = reconstruction_loss(vae.decode(shadow_latents).sample, shadows, 0, shadow_iou_weight)
+    with torch.no_grad():
+        kept = reference.encode(objects).latent_dist.mean
+    drift = F.mse_loss(object_latents, kept) * vae.config.scaling_factor**2
+    return rec_loss + object_latent_weight * drift, rec_loss
 
 
 def random_crop(images: torch.Tensor, size: int | None, generator: torch.Generator) -> torch.Tensor:
@@ -202,13 +251,20 @@ def training_images(batch: dict, decoder_only: bool = False) -> torch.Tensor:
     return shadows if decoder_only else torch.cat([batch["object_image"], shadows], dim=0)
 
 
-def batch_loss(vae, batch: dict, args, generator, predictor: ShadowPipeline | None = None, crop_size=None):
-    """(total, reconstruction) of one data batch in the mode the arguments ask for."""
+def batch_loss(
+    vae, batch: dict, args, generator, predictor: ShadowPipeline | None = None, crop_size=None, reference=None
+):
+    """(total, reconstruction) of one data batch in the mode the arguments ask for (`reference`: the starting VAE,
+    for --encoder_only)."""
     if predictor is not None:
         latents = one_step_latents(predictor, batch, generator)
         latents, targets = aligned_random_crop(latents, shadow_to_vae_input(batch["shadow_map"]), crop_size, generator)
         loss = prediction_loss(vae, latents, targets, args.shadow_iou_weight)
         return loss, loss
+    if args.encoder_only:
+        images = random_crop(training_images(batch), crop_size, generator)  # the same crop of objects and maps
+        objects, shadows = images.chunk(2)
+        return encoder_loss(vae, reference, objects, shadows, args.object_latent_weight, args.shadow_iou_weight)
     images = random_crop(training_images(batch, args.decoder_only), crop_size, generator)
     shadow_from = 0 if args.decoder_only else len(batch["shadow_map"])  # objects first, then shadow maps
     return vae_loss(vae, images, args.kl_weight, generator, args.decoder_only, shadow_from, args.shadow_iou_weight)
@@ -243,15 +299,17 @@ def load_prediction_model(name_or_path: str, vae: AutoencoderKL) -> ShadowPipeli
     return pipe
 
 
-def trainable_parameters(vae: AutoencoderKL, decoder_only: bool) -> list[torch.nn.Parameter]:
-    """All parameters, or (decoder_only) the decoder's and post_quant_conv's with the rest frozen."""
-    if not decoder_only:
+def trainable_parameters(vae: AutoencoderKL, part: str = "all") -> list[torch.nn.Parameter]:
+    """All parameters (`part` "all"), or only the decoder's and post_quant_conv's ("decoder") or the encoder's and
+    quant_conv's ("encoder"), with the rest frozen."""
+    if part == "all":
         return list(vae.parameters())
+    modules = {"decoder": (vae.decoder, vae.post_quant_conv), "encoder": (vae.encoder, vae.quant_conv)}[part]
     vae.requires_grad_(False)
-    decoder = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
-    for parameter in decoder:
+    trained = [parameter for module in modules for parameter in module.parameters()]
+    for parameter in trained:
         parameter.requires_grad_(True)
-    return decoder
+    return trained
 
 
 @torch.no_grad()
@@ -280,7 +338,9 @@ def main(argv=None) -> Path:
         random_flip=True,
     )
     predictor = load_prediction_model(args.prediction_model, vae) if args.prediction_model else None
-    parameters = trainable_parameters(vae, args.decoder_only)
+    part = "decoder" if args.decoder_only else "encoder" if args.encoder_only else "all"
+    parameters = trainable_parameters(vae, part)
+    reference = copy.deepcopy(vae).requires_grad_(False).eval() if args.encoder_only else None
     optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, args.max_train_steps) / args.max_train_steps))
@@ -291,7 +351,7 @@ def main(argv=None) -> Path:
     vae.train()
     while step < args.max_train_steps:
         for batch in train_loader:
-            loss, reconstruction = batch_loss(vae, batch, args, generator, predictor, args.crop_size)
+            loss, reconstruction = batch_loss(vae, batch, args, generator, predictor, args.crop_size, reference)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"Non-finite VAE loss at step {step} (batch {batch['id']}); lower --learning_rate.")
             optimizer.zero_grad(set_to_none=True)
@@ -308,9 +368,11 @@ def main(argv=None) -> Path:
     vae.eval()
     with torch.no_grad():
         eval_loader = val_loader if val_loader is not None else train_loader
-        val_losses = [float(batch_loss(vae, b, args, generator, predictor)[1]) for b in eval_loader]
-        # The encoder is unchanged in a decoder-only fine-tune: so are the latents and their scale.
-        scaling = vae.config.scaling_factor if args.decoder_only else latent_scaling_factor(vae, train_loader)
+        val_losses = [float(batch_loss(vae, b, args, generator, predictor, None, reference)[1]) for b in eval_loader]
+        # The encoder is unchanged in a decoder-only fine-tune, and held to its object latents in an encoder-only
+        # one: the scale stays.
+        keep_scale = args.decoder_only or args.encoder_only
+        scaling = vae.config.scaling_factor if keep_scale else latent_scaling_factor(vae, train_loader)
     vae.register_to_config(scaling_factor=scaling, force_upcast=False)
     output_dir = Path(args.output_dir)
     vae.save_pretrained(output_dir)

@@ -9,7 +9,7 @@ from diffusers import AutoencoderKL
 
 import train_vae
 from dataset_loading import create_dataloaders
-from pipeline_shadow import ShadowPipeline, decode_shadow
+from pipeline_shadow import ShadowPipeline, decode_shadow, encode_latents, shadow_to_vae_input
 
 
 def test_short_run_learns_and_saves_a_calibrated_vae(tmp_path):
@@ -50,10 +50,68 @@ def test_decoder_only_fine_tune_keeps_the_latent_space(tmp_path):
     assert summary["last_10_reconstruction"] < summary["first_10_reconstruction"]
 
 
+def test_encoder_only_fine_tune_teaches_a_new_encoder_to_feed_the_frozen_decoder(tmp_path):
+    data = make_custom_dataset(tmp_path / "data", n=8, size=32)
+    common = ["--data_dir", str(data), "--resolution", "32", "--batch_size", "4", "--learning_rate", "2e-3"]
+    trained = AutoencoderKL.from_pretrained(
+        train_vae.main([*common, "--output_dir", str(tmp_path / "vae"), "--max_train_steps", "60"])
+    )
+    # a trained decoder behind a re-initialised encoder: its latents mean nothing to the decoder yet
+    torch.manual_seed(1)
+    fresh = AutoencoderKL.from_config(trained.config)
+    trained.encoder.load_state_dict(fresh.encoder.state_dict())
+    trained.quant_conv.load_state_dict(fresh.quant_conv.state_dict())
+    trained.save_pretrained(tmp_path / "start")
+    tuned = {
+        weight: train_vae.main(
+            [
+                *common,
+                "--output_dir",
+                str(tmp_path / f"enc{weight}"),
+                "--max_train_steps",
+                "40",
+                "--encoder_only",
+                "--pretrained_vae_model_name_or_path",
+                str(tmp_path / "start"),
+                "--object_latent_weight",
+                weight,
+            ]
+        )  # fmt: skip
+        for weight in ("0", "10")
+    }
+    start = AutoencoderKL.from_pretrained(tmp_path / "start")
+    after = {weight: AutoencoderKL.from_pretrained(folder) for weight, folder in tuned.items()}
+    for vae in after.values():
+        assert vae.config.scaling_factor == start.config.scaling_factor
+        for name in ("decoder", "post_quant_conv"):
+            pairs = zip(getattr(start, name).parameters(), getattr(vae, name).parameters())
+            assert all(torch.equal(a, b) for a, b in pairs), f"{name} changed"
+
+    loader, _ = create_dataloaders("custom", data, batch_size=8, num_workers=0, image_size=32, val_fraction=0)
+    batch = next(iter(loader))
+    shadows, objects = shadow_to_vae_input(batch["shadow_map"]), batch["object_image"]
+    with torch.no_grad():
+        # the shadow maps come back through the SAME decoder, from the new encoder's latents
+        errors = {name: float((decode_shadow(v, encode_latents(v, shadows)) - batch["shadow_map"]).abs().mean())
+                  for name, v in (("start", start), *after.items())}  # fmt: skip
+        # the object latents stay near the starting encoder's only when held there
+        kept = encode_latents(start, objects)
+        drift = {w: float((encode_latents(v, objects) - kept).pow(2).mean()) for w, v in after.items()}
+    assert errors["0"] < 0.2 * errors["start"] and errors["10"] < 0.2 * errors["start"]
+    assert drift["10"] < 0.2 * drift["0"]
+    summary = json.loads((tuned["10"] / "training_summary.json").read_text())
+    assert summary["args"]["encoder_only"] and summary["last_10_reconstruction"] < summary["first_10_reconstruction"]
+
+
 def test_decoder_only_needs_a_vae_to_start_from(tmp_path, capsys):
+    base = ["--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "o")]
+    for flags in (["--decoder_only"], ["--encoder_only"]):
+        with pytest.raises(SystemExit):
+            train_vae.parse_args([*base, *flags])
+        assert "--pretrained_vae_model_name_or_path" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        train_vae.parse_args(["--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "o"), "--decoder_only"])
-    assert "--pretrained_vae_model_name_or_path" in capsys.readouterr().err
+        train_vae.parse_args([*base, "--encoder_only", "--decoder_only", "--pretrained_vae_model_name_or_path", "v"])
+    assert "give one of them" in capsys.readouterr().err
 
 
 def test_decoder_learns_to_map_a_models_predictions_to_the_true_maps(tmp_path, tiny_shadow_dir):
@@ -136,6 +194,7 @@ def test_bad_flags_and_a_missing_vae_are_named(tmp_path, capsys):
         (["--resolution", "0"], "--resolution must be a positive multiple of 8"),
         (["--learning_rate", "nan"], "--learning_rate must be a finite number"),
         (["--kl_weight", "-1"], "--kl_weight must be >= 0"),
+        (["--object_latent_weight", "-1"], "--object_latent_weight must be >= 0"),
         (["--batch_size", "0"], "--train_batch_size (--batch_size) must be >= 1"),
         (["--output_dir", str(a_file)], "exists and is not a folder"),
     ):
