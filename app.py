@@ -245,8 +245,7 @@ def prepare_object(
     max_side: int = MAX_IMAGE_SIDE,
 ) -> PreparedObject:
     """Reads, pads (`padding` x each side, so long shadows are not cut) and encodes the object once."""
-    if not 0.0 <= padding <= PADDING_MAX:
-        raise PageError(f"Padding must lie in [0, {PADDING_MAX:g}] (a fraction of each side), got {padding:g}.")
+    padding = slider_number(padding, "Padding (a fraction of each side)", (0.0, PADDING_MAX))
     rgb, mask_t = pad_canvas(*read_cutout(image, mask, max_side), padding)
     latents = pipe.encode_object(rgb[None], mask_t[None])
     return PreparedObject(latents, rgb, mask_t, stem, Path(tempfile.mkdtemp(prefix="shadow-app-")))
@@ -346,15 +345,36 @@ def describe_environment(environment: PageEnvironment) -> str:
     )
 
 
+def slider_number(value, what: str, limits: tuple[float, float]) -> float:
+    """A slider's value as a float within the slider's range, or a PageError naming it. The sliders themselves cannot
+    send anything else, but the page's API (gradio_client, a plain HTTP POST) takes any JSON: None, a string, NaN."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    low, high = limits
+    if not (math.isfinite(number) and low <= number <= high):
+        raise PageError(f"{what} must be a number from {low:g} to {high:g}, got {value!r}.")
+    return number
+
+
+def slider_light(values: Sequence, number: int, power=1.0) -> Light:
+    """Light `number`'s (theta, phi, size) slider values (and its power) -> a Light, each value checked."""
+    names = ("theta", "phi", "size", "power")
+    limits = (THETA_RANGE, PHI_RANGE, SIZE_RANGE, POWER_RANGE)
+    checked = [slider_number(v, f"Light {number}'s {n}", r) for v, n, r in zip((*values, power), names, limits)]
+    return Light(*checked)
+
+
 def slider_lights(light_values: Sequence[float]) -> list[Light]:
     """The page's light sliders -> the lights that are on: light 1's (theta, phi, size), then for each extra light
     (on, theta, phi, size, power). Light 1 has power 1; the others' powers are relative to it."""
-    lights = [Light(*(float(v) for v in light_values[:3]))]
+    lights = [slider_light(light_values[:3], 1)]
     extras = light_values[3:]
     for k in range(0, len(extras), 5):
         on, theta, phi, size, power = extras[k : k + 5]
         if on:
-            lights.append(Light(float(theta), float(phi), float(size), float(power)))
+            lights.append(slider_light((theta, phi, size), 2 + k // 5, power))
     return lights
 
 
@@ -674,7 +694,8 @@ def build_demo(model: LoadedModel, seed: int = 0, max_side: int = MAX_IMAGE_SIDE
         if prepared is None:
             return None, None, None, dial_image, "Upload a cut-out (or pick an example) to see its shadow."
         background_image = read_background(background_path, max_side)
-        rendering = render_light(require_model(), prepared, lights, float(intensity), background_image, seed, ambient)
+        intensity = slider_number(intensity, "Intensity", INTENSITY_RANGE)
+        rendering = render_light(require_model(), prepared, lights, intensity, background_image, seed, ambient)
         paths = save_rendering(rendering, prepared, lights, name)
         return (
             *(str(paths[kind]) for kind in OUTPUT_KINDS),

@@ -162,7 +162,7 @@ def test_padding_grows_the_canvas_so_long_shadows_fit(shipped):
     assert prepared.rgb.shape[-2:] == (384, 384)  # 256 + 2 x 64
     rendering = app.render_light(shipped.pipe, prepared, Light(45.0, 0.0, 2.0))
     assert rendering.shadow.size == (384, 384)
-    with pytest.raises(app.PageError, match=r"Padding must lie in \[0, 1\]"):
+    with pytest.raises(app.PageError, match=r"Padding \(a fraction of each side\) must be a number from 0 to 1, got 2"):
         app.prepare_object(shipped.pipe, _cube(), padding=2.0)
 
 
@@ -250,6 +250,29 @@ def test_removing_the_added_light_gives_back_the_single_light_page_bit_identical
     assert removed[2].split(" · ")[0] == alone[2].split(" · ")[0]
     with pytest.warns(UserWarning, match="at most 3 lights"):  # outside a page, gr.Warning is a Python warning
         add([True, True])
+
+
+def test_api_calls_with_values_no_slider_can_send_are_named_messages(shipped, cube):
+    """The page's API takes any JSON for a slider: None, text, NaN, values outside the slider. Each is a message
+    naming the slider and its range, never 'something went wrong'."""
+    demo = app.build_demo(shipped)
+    relight, load = _handler(demo, "relight"), _handler(demo, "load_object")
+    light_2, light_3 = (True, 30, 180, 4, 1.0), (False, 20, 240, 6, 0.5)
+    for light_1, intensity, light_2_power, message in (
+        ((None, 0, 2), 0.8, 1.0, r"Light 1's theta must be a number from 0 to 45, got None"),
+        ((30, "left", 2), 0.8, 1.0, r"Light 1's phi must be a number from 0 to 360, got 'left'"),
+        ((30, 0, 20), 0.8, 1.0, r"Light 1's size must be a number from 2 to 8, got 20"),
+        ((30, 0, 2), float("nan"), 1.0, r"Intensity must be a number from 0 to 1, got nan"),
+        ((30, 0, 2), 0.8, float("inf"), r"Light 2's power must be a number from 0 to 4, got inf"),
+    ):
+        with pytest.raises(gr.Error, match=message) as error:
+            relight(cube, None, None, intensity, *light_1, *light_2[:4], light_2_power, *light_3)
+        assert "Something went wrong" not in str(error.value)
+    with pytest.raises(gr.Error, match=r"Padding \(a fraction of each side\) must be a number from 0 to 1, got None"):
+        load(str(EXAMPLES[0]), None, None, None, None, 1.0, 30.0, 45.0, 4.0)
+    # an extra light that is off is not read at all, whatever its sliders hold
+    composite, *_ = relight(cube, None, None, 0.8, 30, 0, 2, False, None, None, None, None, *light_3)
+    assert Path(composite).is_file()
 
 
 def _sky(path, spots, height=64, width=128) -> Path:
