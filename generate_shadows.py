@@ -20,7 +20,12 @@ powers, and the unshadowed `ambient` fraction); `--save_light_maps` adds each li
 
 from __future__ import annotations
 
+import pipeline_shadow  # noqa: F401  (first: it imports diffusers without the eager torchao import, see there)
+
+# isort: split
+
 import argparse
+import contextlib
 import itertools
 import json
 import logging
@@ -32,6 +37,7 @@ from pathlib import Path
 import PIL.Image
 import PIL.ImageDraw
 import torch
+from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
 from pipeline_shadow import (
@@ -245,15 +251,37 @@ def is_local_model(name_or_path: str, flag: str, what: str) -> bool:
     return looks_local
 
 
+@contextlib.contextmanager
+def named_load_errors(flag: str, name_or_path: str, what: str, error_type: type[Exception] = ValueError):
+    """A model that fails to load inside (truncated weights, weights that do not fit the config, a folder of
+    something else, a Hub id offline or not found) becomes one `error_type` naming `flag`, the model, what it should
+    be and the first line of the reason, instead of diffusers' traceback. Shared by every script that loads one."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        where = "" if Path(name_or_path).expanduser().is_dir() else " (a Hub id: offline, or not found?)"
+        raise error_type(f"Cannot load {flag} {name_or_path} as {what}{where}: {reason}") from None
+
+
 def load_pipeline(model: str, dtype: torch.dtype, device: str, flag: str = "--model") -> ShadowPipeline:
     """ShadowPipeline.from_pretrained with errors that say which `flag` failed and why, instead of a raw OSError
     about connecting to the Hub for a local path that does not exist. Shared by the scripts that load a pipeline."""
-    looks_local = is_local_model(model, flag, "a trained shadow pipeline folder")
-    try:
+    is_local_model(model, flag, "a trained shadow pipeline folder")
+    with named_load_errors(flag, model, "a shadow pipeline"):
         return ShadowPipeline.from_pretrained(model, torch_dtype=dtype).to(device)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        where = "folder" if looks_local else "Hub id (offline or not found?)"
-        raise ValueError(f"Cannot load {flag} {model} as a shadow pipeline {where}: {error}") from None
+
+
+def load_vae(name_or_path: str, flag: str = "--vae") -> AutoencoderKL:
+    """An AutoencoderKL from a VAE folder (train_vae.py's --output_dir), a pipeline folder (its vae/) or a Hub id,
+    with errors that name `flag`. Shared by the scripts that take a VAE."""
+    looks_local = is_local_model(str(name_or_path), flag, "a VAE folder or a pipeline folder with vae/")
+    path = Path(name_or_path).expanduser()
+    in_pipeline = looks_local and (path / "vae" / "config.json").is_file() and not (path / "config.json").is_file()
+    with named_load_errors(flag, str(name_or_path), "a VAE (an AutoencoderKL folder or a pipeline folder with vae/)"):
+        return AutoencoderKL.from_pretrained(
+            path if looks_local else name_or_path, subfolder="vae" if in_pipeline else None
+        )
 
 
 def prepare_output_dir(path: str) -> Path:

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
 
+from generate_shadows import load_vae
+
 # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (plain numbers; nothing is downloaded).
 SDXL_UNET_CONFIG = {
     "act_fn": "silu",
@@ -153,17 +155,10 @@ def random_vae(size: str = "tiny", seed: int = 0) -> AutoencoderKL:
     return AutoencoderKL.from_config(vae_config(size))
 
 
-def load_vae(name_or_path: str | Path) -> AutoencoderKL:
-    """--vae: a trained AutoencoderKL folder (config.json + weights, e.g. train_vae.py's --output_dir) or a pipeline
-    folder with vae/, with an error that names the flag instead of diffusers' raw OSError about the Hub."""
-    path = Path(name_or_path).expanduser()
-    if not path.is_dir():
-        raise ValueError(f"--vae {name_or_path} is not a folder (a trained AutoencoderKL folder with config.json).")
-    subfolder = "vae" if (path / "vae" / "config.json").is_file() and not (path / "config.json").is_file() else None
-    try:
-        vae = AutoencoderKL.from_pretrained(path, subfolder=subfolder)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"Cannot load --vae {name_or_path} as an AutoencoderKL: {error}") from None
+def load_sdxl_format_vae(name_or_path: str | Path) -> AutoencoderKL:
+    """--vae: a trained AutoencoderKL folder (config.json + weights, e.g. train_vae.py's --output_dir), a pipeline
+    folder with vae/ or a Hub id, with SDXL's 4 latent channels."""
+    vae = load_vae(str(name_or_path), "--vae")
     if vae.config.latent_channels != SDXL_VAE_CONFIG["latent_channels"]:
         raise ValueError(
             f"--vae {name_or_path} has {vae.config.latent_channels} latent channels; an SDXL-format model needs "
@@ -180,7 +175,7 @@ def save_random_sdxl(output_dir: str | Path, size: str = "tiny", seed: int = 0, 
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"--output_dir {output_dir} exists and is not a folder.")
     # The VAE first: a wrong --vae must not leave a half-written model folder behind.
-    vae_model = load_vae(vae) if vae else random_vae(size, seed + 1)
+    vae_model = load_sdxl_format_vae(vae) if vae else random_vae(size, seed + 1)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -219,7 +214,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         path = save_random_sdxl(args.output_dir, args.size, args.seed, args.vae)
-    except ValueError as error:  # a bad --output_dir or --vae, named in the message: no traceback
+    except (ValueError, FileNotFoundError) as error:  # a bad --output_dir or --vae, named: no traceback
         parser.exit(2, f"random_sdxl.py: error: {error}\n")
     print(path)
     return path

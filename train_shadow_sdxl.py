@@ -83,7 +83,7 @@ from tqdm.auto import tqdm
 
 import dataset_loading
 import hub_card
-from generate_shadows import is_local_model
+from generate_shadows import is_local_model, named_load_errors
 from hub_card import (
     GRID_COLUMNS,
     GRID_INFO_KEY,
@@ -1324,16 +1324,9 @@ def is_shadow_pipeline(name_or_path: str, **kwargs) -> bool:
     return class_name == ShadowPipeline.__name__
 
 
-@contextlib.contextmanager
 def _load_errors(flag: str, name_or_path: str, what: str):
-    """A model that fails to load (truncated weights, weights that do not fit the config, a Hub id offline or not
-    found) is a ConfigurationError naming the flag, its first line only, not diffusers' traceback."""
-    try:
-        yield
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        where = "" if Path(name_or_path).expanduser().is_dir() else " (a Hub id: offline, or not found?)"
-        raise ConfigurationError(f"`{flag}` {name_or_path!r} cannot be loaded as {what}{where}: {reason}") from None
+    """A model that fails to load is a ConfigurationError naming the flag (generate_shadows.named_load_errors)."""
+    return named_load_errors(flag, name_or_path, what, ConfigurationError)
 
 
 def build_models(args: argparse.Namespace, accelerator: Accelerator) -> Models:

@@ -51,7 +51,7 @@ from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
 from dataset_loading import create_dataloaders
-from generate_shadows import is_local_model, load_pipeline
+from generate_shadows import load_pipeline, load_vae
 from pipeline_shadow import (
     ObjectLatents,
     ShadowPipeline,
@@ -270,18 +270,6 @@ def batch_loss(
     return vae_loss(vae, images, args.kl_weight, generator, args.decoder_only, shadow_from, args.shadow_iou_weight)
 
 
-def load_vae(name_or_path: str) -> AutoencoderKL:
-    """--pretrained_vae_model_name_or_path: a VAE folder (train_vae.py's --output_dir) or a pipeline's vae/ folder,
-    with an error that names the flag instead of diffusers' raw OSError about the Hub."""
-    is_local_model(name_or_path, "--pretrained_vae_model_name_or_path", "a VAE folder, a pipeline folder")
-    path = Path(name_or_path).expanduser()
-    subfolder = "vae" if (path / "vae" / "config.json").is_file() and not (path / "config.json").is_file() else None
-    try:
-        return AutoencoderKL.from_pretrained(name_or_path, subfolder=subfolder)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"Cannot load --pretrained_vae_model_name_or_path {name_or_path} as a VAE: {error}") from None
-
-
 def load_prediction_model(name_or_path: str, vae: AutoencoderKL) -> ShadowPipeline:
     """The shadow pipeline whose predictions the decoder learns from; it must share the VAE's encoder (its latents
     would mean something else otherwise)."""
@@ -324,7 +312,7 @@ def main(argv=None) -> Path:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     if args.pretrained_vae_model_name_or_path:
-        vae = load_vae(args.pretrained_vae_model_name_or_path)
+        vae = load_vae(args.pretrained_vae_model_name_or_path, "--pretrained_vae_model_name_or_path")
     else:
         vae = AutoencoderKL.from_config({**vae_config("small"), "sample_size": args.resolution})
     train_loader, val_loader = create_dataloaders(

@@ -37,6 +37,7 @@ from diffusers import AutoencoderKL  # noqa: E402
 from machine_info import cpu_description  # noqa: E402
 
 from dataset_loading import DatasetVerificationError, create_dataloaders, infer_dataset_type  # noqa: E402
+from generate_shadows import load_vae  # noqa: E402
 from evaluate_shadow import ALL_TRACK, control_summary, rmse, soft_iou, summarize  # noqa: E402
 
 VAE_FACTOR = 8  # SDXL's latent layout: one latent cell per 8 x 8 pixels
@@ -306,20 +307,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_vae(name_or_path: str) -> AutoencoderKL:
-    path = Path(name_or_path)
-    if (path / "vae" / "config.json").is_file():  # a whole pipeline folder
-        path = path / "vae"
-    if not (path / "config.json").is_file():
-        raise ValueError(f"`--vae {name_or_path}` is neither an AutoencoderKL folder nor a pipeline folder with vae/.")
-    return AutoencoderKL.from_pretrained(path).eval()
-
-
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    vae = load_vae(args.vae)
+    vae = load_vae(args.vae, "--vae").eval()
     if args.reference_dirs is not None and len(args.reference_dirs) != len(args.data_dirs):
         raise ValueError(
             f"`--reference_dirs` needs one folder per `--data_dirs` ({len(args.data_dirs)}), got {len(args.reference_dirs)}."
