@@ -219,8 +219,37 @@ if has_stage encoder128; then
         "$WORK/latents-encoder128"
     average_unets "$WORK/default-$STARTING" "$WORK/run-encoder128" 0.5 "$WORK/encoder128-average"
 fi
+# 11. A width probe (stage `width-probe`, not a default): the small UNet (64/128/128 channels) and one 1.5x wider
+#     (96/192/192, 2.2x the parameters), both from scratch with the shipped VAE, the same data, seed and 1,500 steps
+#     (stage 1's settings); evaluate them with WIDTHS="run-width-small run-width-wide" STAGES=evaluate-more128.
+if has_stage width-probe; then
+    DATA128=${DATA128:-$DATA-128}
+    for width in small wide; do
+        $P random_sdxl.py --size small --vae "$BASE/vae" --output_dir "$WORK/sdxl-$width"
+    done
+    $P - "$WORK/sdxl-wide/unet" <<'EOF'
+import json
+import sys
+
+import torch
+from diffusers import UNet2DConditionModel
+
+config = json.load(open(f"{sys.argv[1]}/config.json"))
+config.update(block_out_channels=[96, 192, 192], attention_head_dim=[6, 12, 12])
+torch.manual_seed(0)
+UNet2DConditionModel.from_config({k: v for k, v in config.items() if not k.startswith("_")}).save_pretrained(sys.argv[1])
+EOF
+    for width in small wide; do
+        OMP_NUM_THREADS=${TRAIN_THREADS:-1} "${TRAIN[@]}" --pretrained_model_name_or_path "$WORK/sdxl-$width" \
+            --dataset_type custom --train_data_dir "$DATA128/train/train" --resolution 128 --train_batch_size 16 \
+            --learning_rate 3e-4 --lr_warmup_steps 200 --max_train_steps 1500 --timestep_sampling shifted \
+            --random_flip --cache_latents --latent_cache_dir "$WORK/latents-encoder128" --checkpointing_steps 500 \
+            --validation_steps 500 --logging_steps 50 --dataloader_num_workers 0 --seed 0 --report_to none \
+            --output_dir "$WORK/run-width-$width" --resume_from_checkpoint latest
+    done
+fi
 if has_stage evaluate-more128; then
-    for candidate in run-more128 more128-average run-encoder128 encoder128-average; do
+    for candidate in run-more128 more128-average run-encoder128 encoder128-average ${WIDTHS:-}; do
         RESOLUTION=128 DATA=$DATA WORK=$WORK/eval-$candidate MODEL=$WORK/$candidate HIRES_SAMPLES=0 \
             STAGES=evaluate bash recipes/family_split.sh
     done
