@@ -188,20 +188,20 @@ def vae_loss(
 def encoder_loss(
     vae: AutoencoderKL,
     reference: AutoencoderKL,
-    objects: torch.Tensor,
-    shadows: torch.Tensor,
+    images: torch.Tensor,
+    shadow_from: int,
     object_latent_weight: float = 1.0,
     shadow_iou_weight: float = 0.0,
 ):
-    """-> (total, reconstruction) of an encoder-only step: the shadow maps [B,3,H,W] in [-1, 1] through the encoder's
-    latent MEAN (what the UNet's targets are made of, pipeline_shadow.encode_latents) and the frozen decoder, plus
-    `object_latent_weight` x the mean squared distance of the objects' scaled latents from the `reference` (starting)
-    encoder's."""
-    posterior = vae.encode(torch.cat([objects, shadows])).latent_dist.mean
-    object_latents, shadow_latents = posterior[: len(objects)], posterior[len(objects) :]
-    rec_loss = reconstruction_loss(vae.decode(shadow_latents).sample, shadows, 0, shadow_iou_weight)
+    """-> (total, reconstruction) of an encoder-only step on a batch in [-1, 1] of objects, then shadow maps from row
+    `shadow_from` on: the maps through the encoder's latent MEAN (what the UNet's targets are made of,
+    pipeline_shadow.encode_latents) and the frozen decoder, plus `object_latent_weight` x the mean squared distance
+    of the objects' scaled latents from the `reference` (starting) encoder's."""
+    posterior = vae.encode(images).latent_dist.mean
+    object_latents, shadow_latents = posterior[:shadow_from], posterior[shadow_from:]
+    rec_loss = reconstruction_loss(vae.decode(shadow_latents).sample, images[shadow_from:], 0, shadow_iou_weight)
     with torch.no_grad():
-        kept = reference.encode(objects).latent_dist.mean
+        kept = reference.encode(images[:shadow_from]).latent_dist.mean
     drift = F.mse_loss(object_latents, kept) * vae.config.scaling_factor**2
     return rec_loss + object_latent_weight * drift, rec_loss
 
@@ -261,12 +261,10 @@ def batch_loss(
         latents, targets = aligned_random_crop(latents, shadow_to_vae_input(batch["shadow_map"]), crop_size, generator)
         loss = prediction_loss(vae, latents, targets, args.shadow_iou_weight)
         return loss, loss
-    if args.encoder_only:
-        images = random_crop(training_images(batch), crop_size, generator)  # the same crop of objects and maps
-        objects, shadows = images.chunk(2)
-        return encoder_loss(vae, reference, objects, shadows, args.object_latent_weight, args.shadow_iou_weight)
     images = random_crop(training_images(batch, args.decoder_only), crop_size, generator)
     shadow_from = 0 if args.decoder_only else len(batch["shadow_map"])  # objects first, then shadow maps
+    if args.encoder_only:
+        return encoder_loss(vae, reference, images, shadow_from, args.object_latent_weight, args.shadow_iou_weight)
     return vae_loss(vae, images, args.kl_weight, generator, args.decoder_only, shadow_from, args.shadow_iou_weight)
 
 
