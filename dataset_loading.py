@@ -2299,16 +2299,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DatasetVerificationError, ValueError) as exc:
         print(exc, file=sys.stderr)
         return 1
+    # The scripts' shared loader messages ("Cannot load FLAG NAME as WHAT: reason"); imported here, not at the top,
+    # so that the data module itself stays free of the command-line scripts.
+    from generate_shadows import is_local_model, named_load_errors
+
+    flag, name = "--pretrained_model_name_or_path", args.pretrained_model_name_or_path
+    what = f"a model folder with an AutoencoderKL in {args.vae_subfolder}/ (--vae_subfolder)"
     try:
-        vae = AutoencoderKL.from_pretrained(
-            args.pretrained_model_name_or_path, subfolder=args.vae_subfolder, torch_dtype=getattr(torch, args.vae_dtype)
-        ).to(device)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        print(
-            f"Cannot load the VAE from --pretrained_model_name_or_path {args.pretrained_model_name_or_path} "
-            f"(subfolder {args.vae_subfolder}/): {exc}",
-            file=sys.stderr,
-        )
+        is_local_model(name, flag, what)
+        with named_load_errors(flag, name, what):
+            vae = AutoencoderKL.from_pretrained(
+                name, subfolder=args.vae_subfolder, torch_dtype=getattr(torch, args.vae_dtype)
+            ).to(device)
+    except (FileNotFoundError, ValueError) as exc:
+        print(exc, file=sys.stderr)
         return 1
     cache = build_latent_cache(
         dataset,

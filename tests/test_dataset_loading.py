@@ -1078,7 +1078,12 @@ def test_cache_command_names_a_bad_device_folder_or_vae(custom_root, tmp_path, c
          "`--device` 'banana' is not a device"),
         (["--pretrained_model_name_or_path", "x", "--latent_cache_dir", str(a_file)], "exists and is not a folder"),
         (["--pretrained_model_name_or_path", str(tmp_path / "no-vae"), "--latent_cache_dir", str(tmp_path / "c")],
-         "Cannot load the VAE from --pretrained_model_name_or_path"),
+         f"--pretrained_model_name_or_path {tmp_path / 'no-vae'} is not a folder"),
+        (["--pretrained_model_name_or_path", str(tmp_path), "--latent_cache_dir", str(tmp_path / "c")],
+         f"Cannot load --pretrained_model_name_or_path {tmp_path} as a model folder with an AutoencoderKL in vae/"),
+        (["--pretrained_model_name_or_path", "nobody/no-such-model", "--latent_cache_dir", str(tmp_path / "c")],
+         "Cannot load --pretrained_model_name_or_path nobody/no-such-model as a model folder with an AutoencoderKL "
+         "in vae/ (--vae_subfolder) (a Hub id: offline, or not found?)"),
     ):  # fmt: skip
         assert dataset_loading.main([*base, *extra]) == 1
         assert message in capsys.readouterr().err
