@@ -558,6 +558,12 @@ def test_empty_mask_and_transparent_cutout_warn(tiny_pipeline, caplog):
             run(transparent)
             run(torch.full((1, 3, 32, 32), 0.5), mask=torch.zeros(1, 1, 32, 32))
         assert sum("is empty (no pixel >= 0.5" in r.getMessage() for r in caplog.records) == 2
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pipeline_shadow"):
+        prepared = tiny_pipeline.encode_object(transparent)
+        for phi in (0.0, 90.0, 180.0):  # re-lighting the encoded object: it was warned about once, at encoding
+            tiny_pipeline(object_latents=prepared, phi=phi)
+    assert sum("is empty (no pixel >= 0.5" in r.getMessage() for r in caplog.records) == 1
 
 
 @pytest.mark.parametrize(

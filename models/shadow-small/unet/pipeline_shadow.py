@@ -163,7 +163,7 @@ def light_problems(theta, phi, size, prefix: str = "") -> tuple[list[str], list[
     }
     for name, values in columns.items():
         if not np.isfinite(values).all():
-            errors.append(f"`{prefix}{name}` must be a finite number, got {values[~np.isfinite(values)][0]!r}.")
+            errors.append(f"`{prefix}{name}` must be a finite number, got {float(values[~np.isfinite(values)][0])}.")
     finite = {name: values[np.isfinite(values)] for name, values in columns.items()}
     bad_theta = finite["theta"][(finite["theta"] < 0.0) | (finite["theta"] >= THETA_MAX_DEG)]
     if bad_theta.size:
@@ -1693,8 +1693,10 @@ class ShadowPipeline(DiffusionPipeline):
         output_type,
         background,
         generator=None,
+        objects_checked: bool = False,
     ):
-        """Raises ValueError naming the argument and what is allowed; `objects`/`masks` are already split lists."""
+        """Raises ValueError naming the argument and what is allowed; `objects`/`masks` are already split lists.
+        `objects_checked`: they come from `encode_object`, which checked them (and warned about them) once already."""
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"`output_type` must be one of 'pil', 'np', 'pt', got {output_type!r}.")
         if (
@@ -1710,7 +1712,8 @@ class ShadowPipeline(DiffusionPipeline):
         check_light(*lights)
         if any(i < 0 for i in intensity):
             raise ValueError(f"`intensity` must be >= 0, got {intensity}.")
-        self.check_object_inputs(objects, masks, height, width)
+        if not objects_checked:
+            self.check_object_inputs(objects, masks, height, width)
         if output_type in ("np", "pt") and len({tuple(o.shape[-2:]) for o in objects}) > 1:
             raise ValueError(
                 "Images of different sizes cannot be stacked for `output_type` 'np'/'pt'; use output_type='pil' "
@@ -1953,7 +1956,17 @@ class ShadowPipeline(DiffusionPipeline):
             lights = tuple(_as_list(v, n, batch_size) for v, n in ((theta, "theta"), (phi, "phi"), (size, "size")))
         intensities = _as_list(intensity, "intensity", batch_size)
         self.check_inputs(
-            objects, masks, lights, intensities, num_inference_steps, height, width, output_type, background, generator
+            objects,
+            masks,
+            lights,
+            intensities,
+            num_inference_steps,
+            height,
+            width,
+            output_type,
+            background,
+            generator,
+            objects_checked=object_latents is not None,
         )
         if light_lists is not None:
             heights = self._object_heights(object_height, masks, batch_size)
