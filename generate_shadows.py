@@ -297,13 +297,16 @@ def prepare_output_dir(path: str) -> Path:
 
 def load_cutout(image_path: Path, mask_path: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
     """-> ([3,H,W] RGB in [0,1], [1,H,W] mask). Errors name the file."""
-    rgb = image_to_tensor(open_image(image_path, "--input"), str(image_path))
+    image = open_image(image_path, "--input")
+    rgb = image_to_tensor(image, str(image_path))
     if mask_path is not None:
         mask = gray_to_tensor(open_image(mask_path, "--mask"), str(mask_path))
     elif rgb.shape[0] == 4:
         mask = rgb[3:4]
     else:
-        raise ValueError(f"{image_path} is RGB without an alpha channel: give an RGBA cut-out or --mask.")
+        raise ValueError(
+            f"{image_path} has no alpha channel (PIL mode {image.mode}): give an RGBA cut-out, or a --mask for it."
+        )
     if mask.shape[-2:] != rgb.shape[-2:]:
         raise ValueError(f"{mask_path} is {tuple(mask.shape[-2:])} (H, W) but {image_path} is {tuple(rgb.shape[-2:])}.")
     return rgb[:3], mask

@@ -48,7 +48,7 @@ def test_sweep_writes_maps_layers_composites_and_contact_sheet(tiny_shadow_dir, 
     assert sheet.width > sheet.height  # 2 columns of lights beside the labels, 2 rows of inputs
 
 
-def test_rgb_with_mask_folder_and_bad_inputs(tiny_shadow_dir, tmp_path):
+def test_rgb_with_mask_folder_and_bad_inputs(tiny_shadow_dir, tmp_path, caplog):
     images, masks = tmp_path / "rgb", tmp_path / "masks"
     images.mkdir()
     masks.mkdir()
@@ -61,6 +61,11 @@ def test_rgb_with_mask_folder_and_bad_inputs(tiny_shadow_dir, tmp_path):
     code = generate_shadows.main(args)
     assert code == 1  # one input failed ...
     assert (output / "box_t30_p0_s2_composite.png").is_file()  # ... and the good one was still written
+    rgba.convert("L").save(images / "gray.png")  # no alpha and no mask: named, with what the image is
+    with caplog.at_level(logging.ERROR, logger="generate_shadows"):
+        assert generate_shadows.main(["--model", str(tiny_shadow_dir), "--input", str(images / "gray.png"),
+                                      "--output_dir", str(output)]) == 1  # fmt: skip
+    assert "gray.png has no alpha channel (PIL mode L): give an RGBA cut-out, or a --mask" in caplog.text
 
 
 def test_cli_errors_name_the_problem(tiny_shadow_dir, tmp_path):
