@@ -1590,6 +1590,14 @@ def _scan(
         _check_images(image_source, records, report, level, num_threads)
     if report.ok and not records:
         report.error("empty_dataset", report.source, "contains no samples.")
+    if not records and source.data_dir is not None and Path(source.data_dir).exists():
+        looks_like = infer_dataset_type(source.data_dir)
+        if looks_like != source.dataset_type:  # the usual cause of an "empty" or "missing folders" dataset
+            hint = (
+                f"is read as `--dataset_type {source.dataset_type}` but looks like the {looks_like} layout: "
+                f"pass `--dataset_type {looks_like}`."
+            )
+            report.errors.insert(0, Problem("wrong_dataset_type", report.source, hint))  # first: it explains the rest
     report.num_samples = len(records)
     return image_source, records, report
 

@@ -1235,9 +1235,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name in ("num_seeds", "num_inference_steps", "eval_batch_size", "limit"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"`--{name}` must be >= 1, got {getattr(args, name)}.")
-    for name in ("num_workers", "samples_per_track"):
+    for name, flag in (("num_workers", "--dataloader_num_workers"), ("samples_per_track", "--samples_per_track")):
         if getattr(args, name) < 0:
-            parser.error(f"`--{name}` must be >= 0, got {getattr(args, name)}.")
+            parser.error(f"`{flag}` must be >= 0, got {getattr(args, name)}.")
     try:
         if args.resolution is not None:
             check_resolution(args.resolution, "--resolution")

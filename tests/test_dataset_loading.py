@@ -513,6 +513,16 @@ def test_jsonl_errors_name_the_line(tmp_path):
     assert "metadata.jsonl line 2 column" in text and "metadata.jsonl line 3" in text and "`file_name`" in text
 
 
+def test_a_layout_read_as_another_type_says_which_type_it_looks_like(custom_root, tmp_path):
+    benchmark = make_benchmark_folder(tmp_path / "bench", n_per_track=1, size=16)
+    for path, given, looks_like in ((custom_root, "benchmark", "custom"), (benchmark, "custom", "benchmark")):
+        report = verify_dataset(path, dataset_type=given)
+        assert not report.ok and report.errors[0].kind == "wrong_dataset_type", _errors(report)
+        assert f"is read as `--dataset_type {given}` but looks like the {looks_like} layout" in str(report)
+        assert f"pass `--dataset_type {looks_like}`" in str(report)
+        assert verify_dataset(path, dataset_type=looks_like).ok  # and the hint is right
+
+
 def test_missing_data_dir_and_empty_dataset(tmp_path):
     report = verify_dataset(tmp_path / "nowhere", dataset_type="custom")
     assert [p.kind for p in report.errors] == ["missing_folder"] and "does not exist" in str(report)
