@@ -38,7 +38,7 @@ has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
 finetune128() {  # START OUTPUT STEPS CHECKPOINT_STEPS [TRAIN_DIR] [LATENT_CACHE_DIR]
     OMP_NUM_THREADS=${TRAIN_THREADS:-1} "${TRAIN[@]}" --pretrained_model_name_or_path "$1" --dataset_type custom \
         --train_data_dir "${5:-$DATA/train/train}" --resolution 128 --train_batch_size 16 --learning_rate 1e-4 \
-        --lr_scheduler cosine --lr_warmup_steps 50 --max_train_steps "$3" --timestep_sampling shifted --random_flip \
+        --lr_scheduler cosine --lr_warmup_steps 50 --max_train_steps "$3" --timestep_sampling "${TIMESTEP_SAMPLING:-shifted}" --random_flip \
         --cache_latents --latent_cache_dir "${6:-$WORK/latents128}" --checkpointing_steps "$4" --validation_steps 500 \
         --logging_steps 50 --dataloader_num_workers 0 --seed 0 --report_to none --output_dir "$2" \
         --resume_from_checkpoint latest

@@ -541,7 +541,7 @@ def test_cli_refuses_bad_device_limit_workers_and_output_file(tmp_path, capsys):
     for argv, message in (
         (["--device", "banana"], "`--device` 'banana' is not a device"),
         (["--limit", "0"], "`--limit` must be >= 1"),
-        (["--num_workers", "-1"], "`--num_workers` must be >= 0"),
+        (["--num_workers", "-1"], "`--dataloader_num_workers` must be >= 0"),
         (["--output_dir", str(a_file)], "exists and is not a folder"),
     ):
         with pytest.raises(SystemExit):
