@@ -38,6 +38,8 @@ from pathlib import Path
 
 # Before gradio is imported: it reads these once. No telemetry or version check from the page server.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+if not os.environ.get("GRADIO_SERVER_PORT", "7860").strip().isdigit():  # gradio's import would die on int() of it
+    sys.exit(f"app.py: error: $GRADIO_SERVER_PORT must be a port number, got {os.environ['GRADIO_SERVER_PORT']!r}.")
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
@@ -911,7 +913,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default=None, help="Default: cuda when available, else cpu.")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), help="Address to serve.")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument(
+        "--port",
+        default=os.environ.get("GRADIO_SERVER_PORT", "7860"),
+        help="TCP port, 1-65535 (default: $GRADIO_SERVER_PORT, else 7860).",
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -921,6 +927,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="Starting noise, the same for every slider move.")
     parser.add_argument("--max_side", type=int, default=MAX_IMAGE_SIDE, help="Largest accepted image side, px.")
     args = parser.parse_args(argv)
+    given = args.port  # the default comes from $GRADIO_SERVER_PORT, so it is checked like the flag
+    try:
+        args.port = int(given)
+    except (TypeError, ValueError):
+        args.port = None
+    if args.port is None or not 1 <= args.port <= 65535:
+        parser.error(f"--port (or $GRADIO_SERVER_PORT) must be an integer in 1-65535, got {given!r}.")
     if args.max_side < 8:
         parser.error(f"--max_side must be >= 8 px, got {args.max_side}.")
     if args.threads is not None and args.threads < 1:
@@ -941,7 +954,11 @@ def main(argv=None) -> int:
     if model.error:
         logger.error("%s The page starts anyway and shows this message.", model.error)
     demo = build_demo(model, seed=args.seed, max_side=args.max_side)
-    demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, **launch_kwargs())
+    try:
+        demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, **launch_kwargs())
+    except OSError as error:  # the port is taken, or the host is not an address of this machine
+        logger.error("Cannot serve the page on --host %s --port %d: %s", args.host, args.port, error)
+        return 1
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -420,11 +421,34 @@ def test_parse_args_speaks_the_project_vocabulary(capsys):
         (["--max_side", "0"], "--max_side"),
         (["--threads", "0"], "--threads"),
         (["--device", "banana"], "--device"),
+        (["--port", "70000"], "--port (or $GRADIO_SERVER_PORT) must be an integer in 1-65535, got '70000'"),
+        (["--port", "http"], "--port (or $GRADIO_SERVER_PORT) must be an integer in 1-65535, got 'http'"),
     ):
         with pytest.raises(SystemExit):
             app.parse_args(wrong)
         assert named in capsys.readouterr().err
     assert 1 <= app.default_threads() == max(1, os.cpu_count() - 1)
+
+
+def test_a_port_the_page_cannot_have_is_a_message_not_a_traceback(monkeypatch, capsys, caplog):
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "0")  # the port's default comes from the environment: checked the same
+    with pytest.raises(SystemExit):
+        app.parse_args([])
+    assert "must be an integer in 1-65535, got '0'" in capsys.readouterr().err
+    monkeypatch.delenv("GRADIO_SERVER_PORT")
+    bad_env = subprocess.run(  # gradio itself reads it when imported: refused before that
+        [sys.executable, str(REPO / "app.py")], env={**os.environ, "GRADIO_SERVER_PORT": "eighty"},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad_env.returncode == 1 and "Traceback" not in bad_env.stderr
+    assert "$GRADIO_SERVER_PORT must be a port number, got 'eighty'" in bad_env.stderr
+    with socket.socket() as taken:  # a port someone else already serves on
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = ["--port", str(port), "--threads", str(torch.get_num_threads())]
+        assert app.main(argv) == 1
+    assert f"Cannot serve the page on --host 127.0.0.1 --port {port}: Cannot find empty port" in caplog.text
 
 
 # ----- benchmark and Space -----------------------------------------------------------------------------------------------
