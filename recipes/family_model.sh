@@ -33,15 +33,15 @@ TRAIN=("$P" -m accelerate.commands.launch --num_processes 1 train_shadow_sdxl.py
 has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
 
 # The 128 px fine-tune of stages 7-9: START's pipeline on the renders of TRAIN_DIR at the model's own 128 px, batch 16,
-# lr 1e-4 with cosine decay after 50 warm-up steps, shifted t, random flips, cached latents, one thread (or
-# TRAIN_THREADS); it resumes from OUTPUT's latest checkpoint when there is one.
+# lr 1e-4 with cosine decay after 50 warm-up steps, shifted t (or TIMESTEP_SAMPLING), random flips, cached latents, one
+# thread (or TRAIN_THREADS); it resumes from OUTPUT's latest checkpoint when there is one.
 finetune128() {  # START OUTPUT STEPS CHECKPOINT_STEPS [TRAIN_DIR] [LATENT_CACHE_DIR]
     OMP_NUM_THREADS=${TRAIN_THREADS:-1} "${TRAIN[@]}" --pretrained_model_name_or_path "$1" --dataset_type custom \
         --train_data_dir "${5:-$DATA/train/train}" --resolution 128 --train_batch_size 16 --learning_rate 1e-4 \
-        --lr_scheduler cosine --lr_warmup_steps 50 --max_train_steps "$3" --timestep_sampling "${TIMESTEP_SAMPLING:-shifted}" --random_flip \
-        --cache_latents --latent_cache_dir "${6:-$WORK/latents128}" --checkpointing_steps "$4" --validation_steps 500 \
-        --logging_steps 50 --dataloader_num_workers 0 --seed 0 --report_to none --output_dir "$2" \
-        --resume_from_checkpoint latest
+        --lr_scheduler cosine --lr_warmup_steps 50 --max_train_steps "$3" \
+        --timestep_sampling "${TIMESTEP_SAMPLING:-shifted}" --random_flip --cache_latents \
+        --latent_cache_dir "${6:-$WORK/latents128}" --checkpointing_steps "$4" --validation_steps 500 --logging_steps 50 \
+        --dataloader_num_workers 0 --seed 0 --report_to none --output_dir "$2" --resume_from_checkpoint latest
 }
 
 # The weight-by-weight average of two pipelines' UNets (WiSE-FT): WEIGHT x FIRST's + (1 - WEIGHT) x SECOND's, in
@@ -221,7 +221,7 @@ if has_stage encoder128; then
 fi
 # 11. A width probe (stage `width-probe`, not a default): the small UNet (64/128/128 channels) and one 1.5x wider
 #     (96/192/192, 2.2x the parameters), both from scratch with the shipped VAE, the same data, seed and 1,500 steps
-#     (stage 1's settings); evaluate them with WIDTHS="run-width-small run-width-wide" STAGES=evaluate-more128.
+#     (stage 1's settings; WIDTH_STEPS=6000 continues both from their checkpoints, the lr is constant); evaluate them with WIDTHS="run-width-small run-width-wide" STAGES=evaluate-more128.
 if has_stage width-probe; then
     DATA128=${DATA128:-$DATA-128}
     for width in small wide; do
@@ -242,7 +242,7 @@ EOF
     for width in small wide; do
         OMP_NUM_THREADS=${TRAIN_THREADS:-1} "${TRAIN[@]}" --pretrained_model_name_or_path "$WORK/sdxl-$width" \
             --dataset_type custom --train_data_dir "$DATA128/train/train" --resolution 128 --train_batch_size 16 \
-            --learning_rate 3e-4 --lr_warmup_steps 200 --max_train_steps 1500 --timestep_sampling shifted \
+            --learning_rate 3e-4 --lr_warmup_steps 200 --max_train_steps "${WIDTH_STEPS:-1500}" --timestep_sampling shifted \
             --random_flip --cache_latents --latent_cache_dir "$WORK/latents-encoder128" --checkpointing_steps 500 \
             --validation_steps 500 --logging_steps 50 --dataloader_num_workers 0 --seed 0 --report_to none \
             --output_dir "$WORK/run-width-$width" --resume_from_checkpoint latest
