@@ -1301,11 +1301,19 @@ def draw_view(rng: np.random.Generator) -> dict:
     }
 
 
-def find_meshes(mesh_dir: Path) -> list[Path]:
-    """Every importable mesh file under `mesh_dir` (recursively), sorted by relative path."""
+def mesh_root(meshes: Path) -> Path:
+    """The folder --meshes' object ids are relative to: the folder itself, or a single mesh file's folder."""
+    return meshes.parent if meshes.is_file() else meshes
+
+
+def find_meshes(meshes: Path) -> list[Path]:
+    """Every importable mesh file under the folder `meshes` (recursively), sorted by relative path; or the one mesh
+    file `meshes` names."""
+    if meshes.is_file():
+        return [meshes] if meshes.suffix.lower() in MESH_IMPORTERS else []
     return sorted(
-        (path for path in mesh_dir.rglob("*") if path.is_file() and path.suffix.lower() in MESH_IMPORTERS),
-        key=lambda path: path.relative_to(mesh_dir).as_posix(),
+        (path for path in meshes.rglob("*") if path.is_file() and path.suffix.lower() in MESH_IMPORTERS),
+        key=lambda path: path.relative_to(meshes).as_posix(),
     )
 
 
@@ -1324,8 +1332,8 @@ class ObjectSource:
 def object_sources(args) -> list[ObjectSource]:
     """The objects of this dataset: the meshes under --meshes, or --num_objects procedural recipes."""
     if args.meshes is not None:
-        mesh_dir = Path(args.meshes)
-        meshes = find_meshes(mesh_dir)
+        mesh_dir = mesh_root(Path(args.meshes))
+        meshes = find_meshes(Path(args.meshes))
         if args.num_objects is not None:
             meshes = meshes[: args.num_objects]
         return [
@@ -2235,7 +2243,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--meshes",
         default=None,
-        help=f"folder of meshes ({', '.join(MESH_IMPORTERS)}), searched recursively; default: procedural objects",
+        help=f"a folder of meshes ({', '.join(MESH_IMPORTERS)}), searched recursively, or one mesh file; default: "
+        "procedural objects",
     )
     parser.add_argument(
         "--num_objects",
@@ -2436,13 +2445,14 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     args.families = None if families == DEFAULT_FAMILIES else list(families)  # None: the classic generator
     args.exclude_families = None
     if args.meshes is not None:
-        mesh_dir = Path(args.meshes)
-        if not mesh_dir.is_dir():
-            parser.error(f"`--meshes {args.meshes}` is not a folder.")
-        if not find_meshes(mesh_dir):
-            parser.error(
-                f"`--meshes {args.meshes}` holds no mesh file; supported: {', '.join(MESH_IMPORTERS)} (searched recursively)."
-            )
+        meshes = Path(args.meshes)
+        supported = ", ".join(MESH_IMPORTERS)
+        if not meshes.exists():
+            parser.error(f"`--meshes {args.meshes}` does not exist (a folder of meshes, or one mesh file).")
+        if meshes.is_file() and not find_meshes(meshes):
+            parser.error(f"`--meshes {args.meshes}` is not a mesh file; supported: {supported}.")
+        if not find_meshes(meshes):
+            parser.error(f"`--meshes {args.meshes}` holds no mesh file; supported: {supported} (searched recursively).")
     if args.contact_sheet is not None:
         _check_contact_sheet(parser, Path(args.contact_sheet))
     output_dir = Path(args.output_dir)

@@ -559,7 +559,8 @@ def test_cli_errors_name_the_argument(tmp_path, capsys):
     (empty / "notes.txt").write_text("no meshes here")
     cases = [
         (["--meshes", str(empty), "--num_samples", "2"], "holds no mesh file"),
-        (["--meshes", str(tmp_path / "missing"), "--num_samples", "2"], "is not a folder"),
+        (["--meshes", str(tmp_path / "missing"), "--num_samples", "2"], "does not exist (a folder of meshes, or one"),
+        (["--meshes", str(empty / "notes.txt"), "--num_samples", "2"], "notes.txt` is not a mesh file; supported: .glb"),
         (["--num_samples", "2", "--resolution", "100"], "multiple of 8"),
         (["--lights", "30,0,2", "--tracks"], "exclusive"),
         (["--lights", "95,0,2"], "theta must be in"),
@@ -943,6 +944,16 @@ def test_benchmark_tracks_load_as_the_benchmark(render_python, tmp_path):
             metadata["phi"],
             metadata["size"],
         )
+
+
+def test_one_mesh_file_is_a_dataset_of_one_object(tmp_path):
+    (tmp_path / "scans").mkdir()
+    mesh = tmp_path / "scans" / "my chair.obj"
+    write_obj(mesh, [_box_geometry(0.6, 0.4, 1.0)])
+    write_obj(tmp_path / "scans" / "other.obj", [_box_geometry(0.3, 0.3, 0.6)])  # beside it, not part of the run
+    args = rsd.parse_args(["--output_dir", str(tmp_path / "out"), "--meshes", str(mesh), "--num_samples", "3"])
+    (source,) = rsd.object_sources(args)
+    assert (source.object_id, source.mesh_source, source.mesh_path) == ("my_chair", "my chair.obj", str(mesh.resolve()))
 
 
 def test_mesh_formats_and_a_broken_mesh_is_skipped_and_counted(render_python, tmp_path):
