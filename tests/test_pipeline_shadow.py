@@ -730,3 +730,28 @@ def test_unreadable_environment_files_are_named(tmp_path):
         ps.load_environment(folder)
     with pytest.raises(ValueError, match="does not exist"):
         ps.load_environment(tmp_path / "missing.png")
+
+
+def test_latents_is_the_starting_noise_as_diffusers_pipelines_take_it(tiny_pipeline):
+    cutouts = [_rgba_object(), _rgba_object(box=(5, 40, 8, 30))]
+    shape = tuple(tiny_pipeline.encode_object(cutouts).object_latents.shape)  # [2,4,h,w]
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(7))
+    drawn = tiny_pipeline(cutouts, generator=torch.Generator().manual_seed(7), output_type="pt").shadow_maps
+    given = tiny_pipeline(cutouts, latents=noise, output_type="pt").shadow_maps
+    torch.testing.assert_close(given, drawn)  # the generator's draw, given instead: the same maps
+    other = tiny_pipeline(cutouts, latents=torch.randn(shape), output_type="pt").shadow_maps
+    assert not torch.allclose(other, drawn)  # and the noise is what the prediction starts from
+    two_lights = [[(30.0, 0.0, 2.0), (20.0, 90.0, 4.0)]] * 2  # several lights share their image's noise
+    maps = tiny_pipeline(cutouts, lights=two_lights, latents=noise, output_type="pt", return_light_maps=True)
+    alone = tiny_pipeline(cutouts, theta=20.0, phi=90.0, size=4.0, latents=noise, output_type="pt").shadow_maps
+    torch.testing.assert_close(maps.light_maps[1][1], alone[1], atol=1e-5, rtol=0)
+    bad_nan = noise.clone()
+    bad_nan[0, 0, 0, 0] = float("nan")
+    for bad, message in (
+        (noise[:1], r"`latents` is \[1, 4, .*\] but these images need \[2, 4, "),
+        (noise.double().long(), r"`latents` must be a float torch.Tensor"),
+        (noise.numpy(), r"`latents` must be a float torch.Tensor \[2, 4, .*got ndarray"),
+        (bad_nan, r"`latents` has 1 non-finite values"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            tiny_pipeline(cutouts, latents=bad)

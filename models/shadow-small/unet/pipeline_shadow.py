@@ -1409,6 +1409,19 @@ def check_generator(generator, batch_size: int) -> None:
         raise ValueError(f"`generator` has {len(generators)} generators but the batch has {batch_size} images.")
 
 
+def check_start_latents(latents, shape: tuple[int, ...]) -> None:
+    """`latents` (the starting noise given to `__call__`): a finite float tensor of exactly `shape` [B,4,h,w]."""
+    if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
+        raise ValueError(f"`latents` must be a float torch.Tensor {list(shape)}, got {type(latents).__name__}.")
+    if tuple(latents.shape) != shape:
+        raise ValueError(
+            f"`latents` is {list(latents.shape)} but these images need {list(shape)} ([batch, 4, height / 8, "
+            "width / 8] at the processing size)."
+        )
+    if not bool(torch.isfinite(latents).all()):
+        raise ValueError(f"`latents` has {int((~torch.isfinite(latents)).sum())} non-finite values (NaN or Inf).")
+
+
 def _split_images(images, name: str) -> list:
     """One image, a list of images, or a batched tensor/array -> a list of single images."""
     if isinstance(images, (list, tuple)):
@@ -1841,15 +1854,20 @@ class ShadowPipeline(DiffusionPipeline):
         num_inference_steps: int = 1,
         generator=None,
         rows: list[int] | None = None,
+        latents: torch.Tensor | None = None,
     ):
         """Integrates the flow from pure noise at t = 1 to t = 0: one step gives x0 = x1 - v(x1, t=1). `rows` (one
         image index per row of `light`) runs several lights per object in the same batch: each object's latents,
         encoded once, and its starting noise are shared by all its lights, so a light's map is the one a single-light
-        call with the same generator gives."""
+        call with the same generator gives. `latents`: that starting noise given instead of drawn, [B,4,h,w]."""
         device, dtype = self._execution_device, self.unet.dtype
         object_latents = prepared.object_latents.to(device, dtype)
         mask_latent = prepared.mask_latent.to(device, dtype)
-        latents = randn_tensor(object_latents.shape, generator=generator, device=device, dtype=dtype)  # [B,4,h,w]
+        if latents is None:
+            latents = randn_tensor(object_latents.shape, generator=generator, device=device, dtype=dtype)  # [B,4,h,w]
+        else:
+            check_start_latents(latents, tuple(object_latents.shape))
+            latents = latents.to(device, dtype)
         if rows is not None:
             index = torch.tensor(rows, device=device)
             object_latents, mask_latent, latents = object_latents[index], mask_latent[index], latents[index]  # [N,...]
@@ -1884,6 +1902,7 @@ class ShadowPipeline(DiffusionPipeline):
         ambient: float = 0.0,
         object_height: float | Sequence[float] | None = None,
         return_light_maps: bool = False,
+        latents: torch.Tensor | None = None,
     ):
         r"""
         Predicts shadow maps for cut-out objects.
@@ -1913,6 +1932,9 @@ class ShadowPipeline(DiffusionPipeline):
             object_height: with `lights`, the object's height in the training units (largest side 2.0) used for
                 the coefficients; default: estimated from each mask (`estimate_object_height`).
             return_light_maps: with `lights`, also return each light's own map as `light_maps`.
+            latents: the starting noise at t = 1 instead of drawing it from `generator`, a float tensor
+                [B, 4, height / 8, width / 8] (one per image; with `lights`, shared by each image's lights), e.g. to
+                reuse one draw across calls.
 
         Examples:
         """
@@ -1987,7 +2009,7 @@ class ShadowPipeline(DiffusionPipeline):
 
         # 3. One (or more) rectified-flow steps from noise
         light = torch.tensor(lights, dtype=torch.float64).T  # [N,3] raw degrees / size; phi wrapped in the UNet
-        latents = self.predict_latents(prepared, light, num_inference_steps, generator, rows)  # [N,4,h,w]
+        latents = self.predict_latents(prepared, light, num_inference_steps, generator, rows, latents)  # [N,4,h,w]
 
         # 4. Decode the gray map and undo the resize
         with self._vae_dtype_context():
