@@ -560,7 +560,7 @@ def test_cli_errors_name_the_argument(tmp_path, capsys):
     cases = [
         (["--meshes", str(empty), "--num_samples", "2"], "holds no mesh file"),
         (["--meshes", str(tmp_path / "missing"), "--num_samples", "2"], "does not exist (a folder of meshes, or one"),
-        (["--meshes", str(empty / "notes.txt"), "--num_samples", "2"], "notes.txt` is not a mesh file; supported: .glb"),
+        (["--meshes", str(empty / "notes.txt"), "--num_samples", "2"], "is not a mesh file; supported: .glb"),
         (["--num_samples", "2", "--resolution", "100"], "multiple of 8"),
         (["--lights", "30,0,2", "--tracks"], "exclusive"),
         (["--lights", "95,0,2"], "theta must be in"),
