@@ -1333,7 +1333,7 @@ def object_sources(args) -> list[ObjectSource]:
     """The objects of this dataset: the meshes under --meshes, or --num_objects procedural recipes."""
     if args.meshes is not None:
         mesh_dir = mesh_root(Path(args.meshes))
-        meshes = find_meshes(Path(args.meshes))
+        meshes = find_meshes(Path(args.meshes))  # one file: itself, relative to its folder
         if args.num_objects is not None:
             meshes = meshes[: args.num_objects]
         return [
@@ -2446,13 +2446,12 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     args.exclude_families = None
     if args.meshes is not None:
         meshes = Path(args.meshes)
-        supported = ", ".join(MESH_IMPORTERS)
         if not meshes.exists():
             parser.error(f"`--meshes {args.meshes}` does not exist (a folder of meshes, or one mesh file).")
-        if meshes.is_file() and not find_meshes(meshes):
-            parser.error(f"`--meshes {args.meshes}` is not a mesh file; supported: {supported}.")
         if not find_meshes(meshes):
-            parser.error(f"`--meshes {args.meshes}` holds no mesh file; supported: {supported} (searched recursively).")
+            problem = "is not a mesh file" if meshes.is_file() else "holds no mesh file"
+            where = "" if meshes.is_file() else " (searched recursively)"
+            parser.error(f"`--meshes {args.meshes}` {problem}; supported: {', '.join(MESH_IMPORTERS)}{where}.")
     if args.contact_sheet is not None:
         _check_contact_sheet(parser, Path(args.contact_sheet))
     output_dir = Path(args.output_dir)

@@ -208,10 +208,10 @@ def _check_not_empty(height: int, width: int, name: str) -> None:
         raise ValueError(f"{name} is {width}x{height} (W x H): it must have at least one pixel.")
 
 
-def _check_finite(tensor: torch.Tensor, name: str) -> None:
+def _check_finite(tensor: torch.Tensor, name: str, what: str = "pixel values") -> None:
     if tensor.numel() and not bool(torch.isfinite(tensor).all()):
         count = int((~torch.isfinite(tensor)).sum())
-        raise ValueError(f"`{name}` has {count} non-finite values (NaN or Inf); pixel values must be finite.")
+        raise ValueError(f"`{name}` has {count} non-finite values (NaN or Inf); {what} must be finite.")
 
 
 # Integer pixel types read as 8 or 16 bits (numpy arrays and torch tensors alike, e.g. torchvision's uint8 `read_image`);
@@ -1418,8 +1418,7 @@ def check_start_latents(latents, shape: tuple[int, ...]) -> None:
             f"`latents` is {list(latents.shape)} but these images need {list(shape)} ([batch, 4, height / 8, "
             "width / 8] at the processing size)."
         )
-    if not bool(torch.isfinite(latents).all()):
-        raise ValueError(f"`latents` has {int((~torch.isfinite(latents)).sum())} non-finite values (NaN or Inf).")
+    _check_finite(latents, "latents", "the noise's values")
 
 
 def _split_images(images, name: str) -> list:
