@@ -600,8 +600,9 @@ def _hsv_to_rgb(hue: float, saturation: float, value: float) -> list[float]:
 
 CLASSIC_FAMILIES = ("single", "stack", "leaning", "cluster", "table", "arch")
 THIN_FAMILIES = ("legged", "pole", "ring", "slats", "bridge")  # the family-held-out test split's families
-# More thin structures, for TRAINING sets that hold the five above out: rungs, stems, wire frames, limbs, branches.
-EXTRA_THIN_FAMILIES = ("ladder", "lathe", "frame", "figure")
+# More thin structures, for TRAINING sets that hold the five above out: rungs, stems, wire frames, limbs, branches;
+# then bent wire, block letters, overhanging boards and loose rods (added after the 7,600-render set was drawn).
+EXTRA_THIN_FAMILIES = ("ladder", "lathe", "frame", "figure", "wire", "glyph", "shelf", "sticks")
 FAMILIES = CLASSIC_FAMILIES + THIN_FAMILIES + EXTRA_THIN_FAMILIES
 DEFAULT_FAMILIES = CLASSIC_FAMILIES  # what a run without --families draws: the data the shipped model was trained on
 FAMILY_WEIGHTS = {
@@ -624,6 +625,10 @@ FAMILY_DESCRIPTIONS = {
     "lathe": "turned profiles of revolution: vases, goblets and candlesticks on thin stems, bottles, balusters",
     "frame": "wire frames and lattices: cube and pyramid edges, trellises, pergolas with open roofs",
     "figure": "bodies on limbs: four-legged animals, standing people with arms out, bare branching trees",
+    "wire": "bent wire: springs, coat hangers, flat and conical spirals, wavy closed loops, zigzags",
+    "glyph": "block letters of thin strokes: one letter or a word of two or three standing up, a letter lying flat",
+    "shelf": "boards with overhangs and compartments: bookcases, cubby grids, cantilevered desks, open stairs, canopies",
+    "sticks": "loose thin rods: piles of pick-up sticks, teepees of poles, easels, sawbucks of crossed poles",
 }
 
 
@@ -1092,6 +1097,220 @@ def _figure_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
     return kind, parts
 
 
+def _chaikin(path: np.ndarray, rounds: int = 3) -> np.ndarray:
+    """An open polyline [N,3] with its corners cut `rounds` times (Chaikin), its two ends kept: a bent wire, not a
+    kinked one (a tube swept round a sharp corner would pinch)."""
+    for _ in range(rounds):
+        a, b = path[:-1], path[1:]
+        cut = np.stack([0.75 * a + 0.25 * b, 0.25 * a + 0.75 * b], axis=1).reshape(-1, 3)
+        path = np.concatenate([path[:1], cut, path[-1:]])
+    return path
+
+
+def _wire(radius: float, path, closed: bool = False) -> dict:
+    path = np.asarray(path, dtype=np.float64)
+    return {"shape": "tube", "dims": [radius, 1.0 if closed else 0.0, *path.reshape(-1).tolist()]}
+
+
+def _wire_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
+    """Bent wire: one thin round tube along a curve -- a spring, a coat hanger, a spiral, a wavy loop, a zigzag."""
+    kind = str(rng.choice(["spring", "hanger", "spiral", "loop", "zigzag"]))
+    wire = float(rng.uniform(0.012, 0.035))
+    if kind == "spring":
+        radius, turns = float(rng.uniform(0.15, 0.45)), int(rng.integers(3, 9))
+        pitch = float(rng.uniform(0.1, 0.35))
+        t = np.linspace(0.0, 2 * np.pi * turns, 24 * turns)
+        path = np.stack([radius * np.cos(t), radius * np.sin(t), wire + pitch * t / (2 * np.pi)], axis=1)
+        part = _wire(wire, path)
+        if rng.uniform() < 0.4:
+            part["rotation_deg"] = [90.0, 0.0, 0.0]  # lying on its side
+        return kind, [_set_down(part)]
+    if kind == "hanger":  # a triangle standing on its bottom bar, a hook over the apex
+        half, height = float(rng.uniform(0.4, 0.8)), float(rng.uniform(0.3, 0.6))
+        hook = float(rng.uniform(0.06, 0.14))
+        a = np.linspace(0.0, 1.4 * np.pi, 20)
+        hook_path = np.stack([hook * np.sin(a), np.zeros_like(a), height + 0.1 + hook * (1 - np.cos(a))], axis=1)
+        corners = np.array([[0.0, 0.0, height], [-half, 0.0, wire], [half, 0.0, wire], [0.0, 0.0, height]])
+        path = np.concatenate([_chaikin(corners, 2), [[0.0, 0.0, height + 0.1]], hook_path[1:]])
+        return kind, [_set_down(_wire(wire, path))]
+    if kind == "spiral":  # flat on the ground, or a cone of coils standing up
+        turns, outer = float(rng.uniform(2.0, 5.0)), float(rng.uniform(0.4, 0.9))
+        t = np.linspace(0.0, 2 * np.pi * turns, int(30 * turns))
+        r = outer * (0.15 + 0.85 * t / t[-1])
+        z = np.full_like(t, wire) if rng.uniform() < 0.5 else wire + float(rng.uniform(0.4, 1.2)) * (1 - t / t[-1])
+        return kind, [_set_down(_wire(wire, np.stack([r * np.cos(t), r * np.sin(t), z], axis=1)))]
+    if kind == "loop":  # a closed wavy loop, tilted: a wire sculpture
+        t = np.linspace(0.0, 2 * np.pi, 120, endpoint=False)
+        lobes, radius = int(rng.integers(2, 6)), float(rng.uniform(0.4, 0.9))
+        r = radius * (1 + float(rng.uniform(0.15, 0.45)) * np.cos(lobes * t + float(rng.uniform(0, np.pi))))
+        z = float(rng.uniform(0.1, 0.5)) * (1 + np.sin(int(rng.integers(1, 4)) * t))
+        part = _wire(wire, np.stack([r * np.cos(t), r * np.sin(t), z], axis=1), closed=True)
+        part["rotation_deg"] = [float(rng.uniform(0.0, 80.0)), 0.0, 0.0]
+        return kind, [_set_down(part)]
+    # zigzag: a wire bent back and forth, standing upright on its lowest bends
+    count, width, height = int(rng.integers(3, 8)), float(rng.uniform(0.8, 1.8)), float(rng.uniform(0.3, 1.0))
+    x = np.linspace(-width / 2, width / 2, count + 1)
+    z = np.where(np.arange(count + 1) % 2 == 0, wire, height)
+    return kind, [_set_down(_wire(wire, _chaikin(np.stack([x, np.zeros_like(x), z], axis=1))))]
+
+
+def _beam(start, end, width: float, depth: float, lying: bool = False) -> dict:
+    """A box from point `start` to point `end` of a letter's plane, `width` across the stroke and `depth` through the
+    plane: the stroke of a letter standing in the xz plane, or (`lying`) lying in the xy plane on the ground."""
+    (x0, v0), (x1, v1) = start, end
+    angle = math.degrees(math.atan2(v1 - v0, x1 - x0))
+    length = math.hypot(x1 - x0, v1 - v0)
+    if lying:
+        beam = {"shape": "box", "dims": [length + width, width, depth], "rotation_deg": [0.0, 0.0, angle]}
+        return _centred_at(beam, ((x0 + x1) / 2, (v0 + v1) / 2, depth / 2))
+    beam = {"shape": "box", "dims": [length + width, depth, width], "rotation_deg": [0.0, -angle, 0.0]}
+    return _centred_at(beam, ((x0 + x1) / 2, 0.0, (v0 + v1) / 2))
+
+
+# Block letters as strokes between points of the unit box (x right, z up), the holes and gaps of type.
+_GLYPH_STROKES = {
+    "A": [((0, 0), (0.5, 1)), ((1, 0), (0.5, 1)), ((0.25, 0.4), (0.75, 0.4))],
+    "E": [((0, 0), (0, 1)), ((0, 0), (1, 0)), ((0, 0.5), (0.8, 0.5)), ((0, 1), (1, 1))],
+    "F": [((0, 0), (0, 1)), ((0, 0.5), (0.8, 0.5)), ((0, 1), (1, 1))],
+    "H": [((0, 0), (0, 1)), ((1, 0), (1, 1)), ((0, 0.5), (1, 0.5))],
+    "K": [((0, 0), (0, 1)), ((0, 0.45), (1, 1)), ((0.3, 0.6), (1, 0))],
+    "M": [((0, 0), (0, 1)), ((1, 0), (1, 1)), ((0, 1), (0.5, 0.4)), ((1, 1), (0.5, 0.4))],
+    "N": [((0, 0), (0, 1)), ((1, 0), (1, 1)), ((0, 1), (1, 0))],
+    "O": [((0, 0), (0, 1)), ((1, 0), (1, 1)), ((0, 0), (1, 0)), ((0, 1), (1, 1))],
+    "P": [((0, 0), (0, 1)), ((0, 1), (1, 1)), ((1, 1), (1, 0.5)), ((0, 0.5), (1, 0.5))],
+    "T": [((0.5, 0), (0.5, 1)), ((0, 1), (1, 1))],
+    "U": [((0, 0), (0, 1)), ((1, 0), (1, 1)), ((0, 0), (1, 0))],
+    "W": [((0, 1), (0.25, 0)), ((0.25, 0), (0.5, 0.6)), ((0.5, 0.6), (0.75, 0)), ((0.75, 0), (1, 1))],
+    "X": [((0, 0), (1, 1)), ((1, 0), (0, 1))],
+    "Y": [((0.5, 0), (0.5, 0.5)), ((0.5, 0.5), (0, 1)), ((0.5, 0.5), (1, 1))],
+    "Z": [((0, 1), (1, 1)), ((1, 1), (0, 0)), ((0, 0), (1, 0))],
+}
+
+
+def _glyph_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
+    """Block letters standing up (one, or a word of two or three side by side), or one lying flat: strokes of type
+    with the holes and gaps between them."""
+    letters = "".join(rng.choice(sorted(_GLYPH_STROKES), size=int(rng.choice([1, 1, 2, 3]))))
+    width, height = float(rng.uniform(0.5, 1.0)), float(rng.uniform(0.7, 1.4))
+    stroke, depth = height * float(rng.uniform(0.06, 0.16)), float(rng.uniform(0.06, 0.4))
+    pitch = width + float(rng.uniform(0.15, 0.4))
+    lying = len(letters) == 1 and rng.uniform() < 0.25  # on its back: only its thickness stands up
+    parts = []
+    for k, letter in enumerate(letters):
+        left = (k - (len(letters) - 1) / 2) * pitch - width / 2
+        for (x0, z0), (x1, z1) in _GLYPH_STROKES[letter]:
+            start = (left + x0 * width, stroke / 2 + z0 * (height - stroke))
+            end = (left + x1 * width, stroke / 2 + z1 * (height - stroke))
+            parts.append(_beam(start, end, stroke, depth, lying))
+    return ("lying-" if lying else "") + letters, parts
+
+
+def _shelf_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
+    """Boards with overhangs and open compartments: bookcases, cubby grids, cantilevered desks, open stairs, canopies."""
+    kind = str(rng.choice(["bookcase", "cubby", "cantilever", "stairs", "canopy"]))
+    board = float(rng.uniform(0.02, 0.06))
+    width, depth, height = (float(v) for v in rng.uniform([0.6, 0.25, 0.8], [1.6, 0.6, 2.0]))
+    if kind in ("bookcase", "cubby"):
+        rows = int(rng.integers(2, 6)) if kind == "bookcase" else int(rng.integers(2, 4))
+        cols = 1 if kind == "bookcase" else int(rng.integers(2, 5))
+        height = height if kind == "bookcase" else rows * width / cols
+        parts = [
+            _set_down({"shape": "box", "dims": [board, depth, height]}, 0.0, (float(x), 0.0))
+            for x in np.linspace(-width / 2, width / 2, cols + 1)
+        ]
+        for z in np.linspace(0.0, height - board, rows + 1):
+            parts.append(_set_down({"shape": "box", "dims": [width + board, depth, board]}, float(z)))
+        if rng.uniform() < 0.4:  # a back panel: the compartments closed on one side
+            parts.append(_set_down({"shape": "box", "dims": [width + board, board, height]}, 0.0, (0, -depth / 2)))
+        return kind, parts
+    if kind == "cantilever":  # a top on one pedestal at one end, the rest of it in the air
+        top_height = float(rng.uniform(0.5, 1.0))
+        pedestal = float(rng.uniform(0.15, 0.35)) * width
+        parts = [
+            _set_down(
+                {"shape": "box", "dims": [pedestal, depth, top_height - board]}, 0.0, (-(width - pedestal) / 2, 0)
+            ),
+            _set_down({"shape": "box", "dims": [width, depth, board]}, top_height - board),
+        ]
+        if rng.uniform() < 0.5:  # a shelf halfway, sticking out the same way
+            parts.append(_set_down({"shape": "box", "dims": [0.6 * width, depth, board]}, top_height / 2, (0.0, 0.0)))
+        return kind, parts
+    if kind == "stairs":  # open treads on two thin stringers
+        steps = int(rng.integers(3, 8))
+        rise, run = height / steps, float(rng.uniform(0.15, 0.3))
+        parts = []
+        for k in range(steps):
+            parts.append(
+                _set_down({"shape": "box", "dims": [width, run * 1.1, board]}, (k + 1) * rise - board, (0, k * run))
+            )
+        for x in (-width / 2, width / 2):
+            bottom, top = np.array([x, -run / 2, 0.0]), np.array([x, (steps - 0.5) * run, steps * rise - board])
+            parts.append(_rod(bottom, top, board))
+        return kind, parts
+    # canopy: a back panel on the ground and a roof sticking out forward over open ground, on one or two front posts
+    roof_depth = float(rng.uniform(0.5, 1.2))
+    parts = [
+        _set_down({"shape": "box", "dims": [width, board, height]}, 0.0, (0.0, 0.0)),
+        _set_down({"shape": "box", "dims": [width + 0.1, roof_depth, board]}, height, (0.0, roof_depth / 2)),
+    ]
+    for x in (-width / 2, width / 2) if rng.uniform() < 0.5 else ():
+        parts.append(_rod((x, roof_depth - 0.05, 0.0), (x, roof_depth - 0.05, height), board * 0.8))
+    return kind, parts
+
+
+def _sticks_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
+    """Loose thin rods: a pile of pick-up sticks, a teepee of poles, an easel, a sawbuck of crossed poles."""
+    kind = str(rng.choice(["pile", "teepee", "easel", "sawbuck"]))
+    rod = float(rng.uniform(0.01, 0.035))
+    if kind == "pile":  # lying across each other, some propped up at one end
+        parts = []
+        for _ in range(int(rng.integers(4, 11))):
+            length, azimuth = float(rng.uniform(0.8, 2.0)), float(rng.uniform(0.0, 2 * np.pi))
+            centre = rng.uniform(-0.4, 0.4, size=2)
+            half = 0.5 * length * np.array([math.cos(azimuth), math.sin(azimuth)])
+            lift = float(rng.choice([0.0, rng.uniform(0.05, 0.4)]))
+            parts.append(_rod((*(centre - half), rod), (*(centre + half), rod + lift), rod))
+        return kind, parts
+    if kind == "teepee":  # poles from a circle on the ground crossing at the top and sticking out above it
+        count, spread, height = int(rng.integers(3, 7)), float(rng.uniform(0.3, 0.8)), float(rng.uniform(1.0, 2.0))
+        overshoot = float(rng.uniform(0.1, 0.35))
+        parts = []
+        for k in range(count):
+            azimuth = 2 * np.pi * k / count + float(rng.uniform(-0.2, 0.2))
+            foot = np.array([spread * math.cos(azimuth), spread * math.sin(azimuth), 0.0])
+            apex = np.array([0.0, 0.0, height])
+            parts.append(_rod(foot, apex + overshoot * (apex - foot), rod))
+        return kind, parts
+    if kind == "easel":  # two front legs and one back leg meeting at the top, a ledge, maybe a board on the ledge
+        height, spread = float(rng.uniform(1.2, 2.0)), float(rng.uniform(0.25, 0.5))
+        lean = float(rng.uniform(0.15, 0.35)) * height
+        top = (0.0, 0.0, height)
+        parts = [_rod((sign * spread, -lean, 0.0), top, rod) for sign in (-1, 1)]
+        parts.append(_rod((0.0, lean * float(rng.uniform(1.5, 3.0)), 0.0), (0.0, 0.0, 0.92 * height), rod))
+        ledge_z = float(rng.uniform(0.3, 0.5)) * height
+        ledge_y = -lean * (1 - ledge_z / height)
+        parts.append(_rod((-spread, ledge_y, ledge_z), (spread, ledge_y, ledge_z), rod * 1.5))
+        if rng.uniform() < 0.5:
+            board_height = float(rng.uniform(0.3, 0.5)) * height
+            board = {"shape": "box", "dims": [2 * spread * float(rng.uniform(1.0, 1.6)), 0.02, board_height]}
+            board["rotation_deg"] = [-math.degrees(math.atan2(lean, height)), 0.0, 0.0]
+            parts.append(_centred_at(board, (0.0, ledge_y + 0.03, ledge_z + board_height / 2)))
+        return kind, parts
+    # sawbuck: two X's of crossed poles, a log or a rail lying in their forks
+    length, height = float(rng.uniform(0.8, 1.8)), float(rng.uniform(0.5, 1.0))
+    splay = float(rng.uniform(0.3, 0.6)) * height
+    parts = []
+    for x in (-length / 2, length / 2):
+        parts += [
+            _rod((x, -splay, 0.0), (x, splay, height), rod * 1.5),
+            _rod((x, splay, 0.0), (x, -splay, height), rod * 1.5),
+        ]
+    fork = height / 2 + float(rng.uniform(0.05, 0.15)) * height
+    log = float(rng.choice([rod * 2, rng.uniform(0.05, 0.12)]))
+    parts.append(_rod((-length / 2 - 0.3, 0.0, fork + log), (length / 2 + 0.3, 0.0, fork + log), log))
+    return kind, parts
+
+
 _THIN_BUILDERS = {
     "legged": _legged_parts,
     "pole": _pole_parts,
@@ -1102,6 +1321,10 @@ _THIN_BUILDERS = {
     "lathe": _lathe_parts,
     "frame": _frame_parts,
     "figure": _figure_parts,
+    "wire": _wire_parts,
+    "glyph": _glyph_parts,
+    "shelf": _shelf_parts,
+    "sticks": _sticks_parts,
 }
 
 
