@@ -38,9 +38,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 import render_shadow_dataset as rsd  # noqa: E402
+from generate_shadows import load_pipeline  # noqa: E402
 from pipeline_shadow import (  # noqa: E402
     Light,
-    ShadowPipeline,
     area_light_irradiance,
     compose_light_maps,
     equirect_directions,
@@ -81,8 +81,26 @@ def environment_light_set() -> tuple[str, float]:
     return text, found.ambient
 
 
+def light_set_metadata(data: Path) -> dict:
+    """metadata.json of a folder rendered with `--light_sets ... --single_light_maps` (recipes/multi_light.sh), or a
+    ValueError naming --data and what it should be."""
+    what = "a folder rendered by render_shadow_dataset.py --light_sets ... --single_light_maps (recipes/multi_light.sh)"
+    path = data / "metadata.json"
+    if not path.is_file():
+        raise ValueError(f"--data {data} has no metadata.json: give {what}.")
+    try:
+        metadata = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"--data {path} cannot be read as JSON: {error}") from None
+    if not isinstance(metadata, dict) or not any(
+        isinstance(m, dict) and m.get("lights") and m.get("light_shadows") for m in metadata.values()
+    ):
+        raise ValueError(f"--data {data} holds no light-set sample with per-light shadow maps: give {what}.")
+    return metadata
+
+
 def _samples(data: Path):
-    for key, metadata in sorted(json.loads((data / "metadata.json").read_text()).items()):
+    for key, metadata in sorted(light_set_metadata(data).items()):
         lights = [Light(m["theta"], m["phi"], m["size"], m["power"]) for m in metadata["lights"]]
         singles = np.stack([rsd.load_gray(data / p) for p in metadata["light_shadows"]])
         yield key, metadata, lights, rsd.load_gray(data / "shadows" / f"{key}.png"), singles
@@ -148,7 +166,12 @@ def _square_crop(region: np.ndarray, margin: int = 6) -> tuple[slice, slice]:
 
 def irradiance(data: Path, radius: float = 4.0) -> dict:
     rows, ratios = [], []
-    for path in sorted(data.glob("*.npz")):
+    found = sorted(data.glob("*.npz"))
+    if not found:
+        raise ValueError(
+            f"--data {data} holds no <light>.npz: give benchmarks/render_ground_irradiance.py's --output_dir."
+        )
+    for path in found:
         saved = np.load(path)
         theta, phi, size = (float(v) for v in saved["light"])
         light = Light(theta, phi, size, power=500.0)  # the renderer's default watts
@@ -181,7 +204,8 @@ def _tile(rgb: np.ndarray, size: int) -> PIL.Image.Image:
 def contact_sheet(data: Path, model: str, out: Path, object_index: int = 0, cell: int = 128) -> Path:
     """One object under each light set of `data` (columns; the set equal to the example sky's lights is labelled as
     the environment and gets its ambient share): renderer ground truth above, the model's composed prediction below."""
-    pipe = ShadowPipeline.from_pretrained(model)
+    light_set_metadata(data)  # the data's mistakes before the model loads
+    pipe = load_pipeline(model, torch.float32, "cpu")
     pipe.set_progress_bar_config(disable=True)
     environment, ambient = environment_light_set()
     columns, extent = [], []
@@ -256,4 +280,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, OSError) as error:
+        sys.exit(f"bench_multi_light.py: error: {error}")

@@ -23,7 +23,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline_shadow import ShadowPipeline, composite, gray_to_tensor  # noqa: E402, I001
 
-from generate_shadows import contact_sheet  # noqa: E402
+from generate_shadows import contact_sheet, load_pipeline  # noqa: E402
 
 GROUND_RGB = (214, 205, 188)  # the beige ground of the README's other sheets
 SHADOW_OPACITY = 0.8
@@ -96,7 +96,7 @@ def main(argv=None) -> Path:
     args = parse_args(argv)
     if args.samples_per_family < 1:
         raise ValueError(f"`--samples_per_family` must be >= 1, got {args.samples_per_family}.")
-    pipe = ShadowPipeline.from_pretrained(args.model)
+    pipe = load_pipeline(args.model, torch.float32, "cpu", "--pretrained_model_name_or_path")
     pipe.set_progress_bar_config(disable=True)
     rows, labels = [], []
     for data_dir in map(Path, args.data_dirs):

@@ -194,3 +194,29 @@ def test_compare_evals_pairs_two_evaluations_image_by_image(tmp_path, tiny_shado
     with pytest.raises(SystemExit, match="no evaluate_shadow.py records.jsonl under .* for: test-c"):
         compare_evals.main(["--baseline_root", str(tmp_path / "old"), "--candidate_root", str(tmp_path / "new"),
                             "--folders", "test-a", "test-c"])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("bench_multi_light", ["composition", "--data", "{tmp}"], "has no metadata.json: give a folder rendered by"),
+        ("bench_multi_light", ["sheet", "--data", "{custom}", "--model", "{tmp}"], "holds no light-set sample"),
+        ("bench_multi_light", ["irradiance", "--data", "{tmp}"], "holds no <light>.npz"),
+        (
+            "family_sheet",
+            ["--model", "{tmp}/nothing", "--data_dirs", "{custom}", "--out", "{tmp}/s.png"],
+            "--pretrained_model_name_or_path {tmp}/nothing is not a folder",
+        ),
+    ],  # fmt: skip
+)
+def test_a_benchmark_given_the_wrong_folder_says_which_flag_in_one_line(tmp_path, script, args, message):
+    """A wrong --data or --model was a FileNotFoundError / diffusers OSError traceback, or (irradiance) an empty
+    table with NaN."""
+    from data_factory import make_custom_dataset
+
+    custom = make_custom_dataset(tmp_path / "custom", n=2, size=32)
+    fill = {"tmp": str(tmp_path), "custom": str(custom)}
+    argv = [a.format(**fill) for a in args]
+    result = subprocess.run([sys.executable, str(BENCHMARKS / f"{script}.py"), *argv], capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"{script}.py: error: ") and message.format(**fill) in result.stderr
