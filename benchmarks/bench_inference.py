@@ -34,7 +34,7 @@ from pipeline_shadow import (  # noqa: E402
 from random_sdxl import random_unet, vae_config  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine_info import cpu_model  # noqa: E402
+from machine_info import cpu_model, refuse_bad_arguments  # noqa: E402
 
 
 def build_pipeline(size: str, device: str, dtype: torch.dtype) -> ShadowPipeline:
@@ -116,6 +116,12 @@ def main(argv=None):
     parser.add_argument("--compile_mode", default="max-autotune", help="torch.compile mode for --fast.")
     parser.add_argument("--compile_backend", default="inductor", help="torch.compile backend for --fast.")
     args = parser.parse_args(argv)
+    refuse_bad_arguments(
+        parser,
+        device=args.device,
+        resolutions=[("--resolutions", args.resolutions)],
+        counts=[("--repeats", args.repeats)],
+    )
     dtype_name = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
     dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
     if args.device.startswith("cuda"):

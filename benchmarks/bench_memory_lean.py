@@ -46,7 +46,7 @@ from random_sdxl import random_unet, random_vae, save_random_sdxl  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_training import make_batches  # noqa: E402
-from machine_info import cpu_model  # noqa: E402
+from machine_info import cpu_model, refuse_bad_arguments  # noqa: E402
 
 ARMS = ("default", "--memory_lean", "plain bf16 AdamW")
 
@@ -212,6 +212,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--timing_steps", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    refuse_bad_arguments(
+        parser,
+        device=args.device,
+        resolutions=[("--resolution", [args.resolution])],
+        counts=[("--train_batch_size", args.batch_size), ("--timing_steps", args.timing_steps)],
+    )
+    if args.steps < 0 or not (args.steps or args.step_size):
+        parser.error(f"`--steps` {args.steps} and no --step_size: nothing to measure (--steps >= 1, or --step_size).")
     device = torch.device(args.device)
     hardware = torch.cuda.get_device_name() if device.type == "cuda" else cpu_model()
     result = {}

@@ -15,6 +15,7 @@ that other load on a shared machine barely changes). Needs `bpy`, so run it with
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -30,7 +31,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import render_shadow_dataset as rsd  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine_info import cpu_description  # noqa: E402
+from machine_info import cpu_description, refuse_bad_arguments  # noqa: E402
 
 
 def bench(resolution: int, denoise: bool, args, output_dir: Path) -> dict:
@@ -105,6 +106,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args()
+    counts = [(f"--{name}", getattr(args, name)) for name in ("samples_per_core", "spp", "workers", "threads")]
+    refuse_bad_arguments(parser, counts=counts)
+    for (
+        resolution
+    ) in args.resolutions:  # the renderer's rule (pipeline_shadow needs torch, which Blender's Python lacks)
+        if resolution < 8 or resolution % 8:
+            parser.error(f"`--resolutions` must be multiples of 8 (>= 8), got {resolution}.")
+    if importlib.util.find_spec("bpy") is None:
+        parser.error("needs Blender's Python module `bpy`: run it with .venv-render/bin/python (`make render-setup`).")
 
     rows = []
     with tempfile.TemporaryDirectory() as scratch:

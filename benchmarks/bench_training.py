@@ -31,7 +31,7 @@ from pipeline_shadow import ShadowUNet, rf_interpolate, rf_model_timestep, rf_ve
 from random_sdxl import random_unet, random_vae  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine_info import cpu_model  # noqa: E402
+from machine_info import cpu_model, refuse_bad_arguments  # noqa: E402
 
 
 def make_batches(vae, batch_size: int, resolution: int, device) -> tuple[dict, dict]:
@@ -103,6 +103,12 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--peak_tflops", type=float, default=790.0, help="The card's measured bf16 matmul peak.")
     args = parser.parse_args(argv)
+    refuse_bad_arguments(
+        parser,
+        device=args.device,
+        resolutions=[("--resolution", [args.resolution])],
+        counts=[("--train_batch_size", args.batch_size), ("--steps", args.steps)],
+    )
     device = torch.device(args.device)
     autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
     unet = ShadowUNet.from_sdxl_unet(random_unet(args.size)).to(device).train()

@@ -41,6 +41,9 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=5, help="How many of the longest functions to list per file.")
     args = parser.parse_args()
     paths = args.paths or sorted(REPO.glob("*.py"))
+    for path in paths:
+        if not path.is_file():
+            parser.error(f"{path} is not a file (give Python files).")
 
     total = 0
     print(f"{'file':<28} {'lines':>6} {'funcs':>6} {'>60 lines':>10}")

@@ -18,3 +18,24 @@ def cpu_model() -> str:
 
 def cpu_description() -> str:
     return f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def refuse_bad_arguments(parser, *, device=None, resolutions=(), counts=()) -> None:
+    """The benchmarks' argument checks, each an argparse error (usage and one line) instead of a traceback from deep
+    in a run: `device` must be one this machine has (pipeline_shadow.check_device), every value of each
+    (flag, values) in `resolutions` a processing size (check_resolution), each (flag, value) in `counts` >= 1."""
+    for flag, value in counts:
+        if value < 1:
+            parser.error(f"`{flag}` must be >= 1, got {value}.")
+    if device is None and not resolutions:
+        return
+    from pipeline_shadow import check_device, check_resolution  # torch: imported only by the scripts that have it
+
+    try:
+        if device is not None:
+            check_device(device)
+        for flag, values in resolutions:
+            for value in values:
+                check_resolution(value, flag)
+    except ValueError as error:
+        parser.error(str(error))

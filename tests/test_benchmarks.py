@@ -220,3 +220,27 @@ def test_a_benchmark_given_the_wrong_folder_says_which_flag_in_one_line(tmp_path
     result = subprocess.run([sys.executable, str(BENCHMARKS / f"{script}.py"), *argv], capture_output=True, text=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith(f"{script}.py: error: ") and message.format(**fill) in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "message"),
+    [
+        ("bench_inference", ["--resolutions", "0"], "`--resolutions` must be a positive multiple of 8"),
+        ("bench_inference", ["--device", "gpu"], "`--device` 'gpu' is not a device"),
+        ("bench_inference", ["--size", "tiny", "--repeats", "0"], "`--repeats` must be >= 1, got 0"),
+        ("bench_training", ["--device", "cuda:99"], "`--device` cuda:99: this machine has"),
+        ("bench_training", ["--size", "tiny", "--steps", "0"], "`--steps` must be >= 1, got 0"),
+        ("bench_memory_lean", ["--steps", "0"], "nothing to measure"),
+        ("bench_render", ["--resolutions", "-3"], "`--resolutions` must be multiples of 8 (>= 8), got -3"),
+        ("bench_render", ["--spp", "0"], "`--spp` must be >= 1, got 0"),
+        ("code_shape", ["/no/such.py"], "/no/such.py is not a file"),
+    ],
+)
+def test_a_benchmark_refuses_bad_arguments_before_it_runs(monkeypatch, capsys, script, argv, message):
+    """A CPU-only machine asked for cuda, a zero size or count: torch's AssertionError or a conv RuntimeError from
+    deep inside the run, before; now argparse's usage and one line."""
+    module = _load(script)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *argv])
+    with pytest.raises(SystemExit) as raised:
+        module.main(argv) if script not in ("bench_render", "code_shape") else module.main()
+    assert raised.value.code == 2 and message in capsys.readouterr().err
