@@ -543,9 +543,8 @@ def _check_args(args: argparse.Namespace) -> tuple[dataset_loading.ShadowDataset
     check_deepspeed_environment(args)
     dataset = _validate_data_args(args)
     _validate_output_dir(args.output_dir, args)
-    cache_dir = Path(args.latent_cache_dir or dataset_loading.DEFAULT_LATENT_CACHE_DIR)
-    if args.cache_latents and cache_dir.exists() and not cache_dir.is_dir():
-        raise ValueError(f"`--latent_cache_dir` {str(cache_dir)!r} exists and is not a folder.")
+    if args.cache_latents:
+        dataset_loading.check_latent_cache_dir(args.latent_cache_dir or dataset_loading.DEFAULT_LATENT_CACHE_DIR)
     # raises for a missing or broken explicit checkpoint; `latest` falls back to the newest intact one
     resume_dir = resolve_resume_checkpoint(args, check=lambda path: checkpoint_problems(path, args))
     if resume_dir is not None:

@@ -672,6 +672,9 @@ def test_a_latent_cache_dir_that_is_a_file_is_refused(data_dir, tmp_path):
     (tmp_path / "a_file").write_text("")
     with pytest.raises(train.ConfigurationError, match=r"`--latent_cache_dir` '.*a_file' exists and is not a folder"):
         _check(data_dir, tmp_path, "--cache_latents", "--latent_cache_dir", tmp_path / "a_file")
+    # a folder that cannot be made: found before the models load, not by mkdir's traceback at the first encode
+    with pytest.raises(train.ConfigurationError, match=r"'.*a_file/cache' cannot be created: Not a directory"):
+        _check(data_dir, tmp_path, "--cache_latents", "--latent_cache_dir", tmp_path / "a_file" / "cache")
 
 
 def test_resuming_with_a_model_of_another_shape_names_the_difference(tmp_path, data_dir, tiny_sdxl_dir):
