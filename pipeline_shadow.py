@@ -1305,7 +1305,8 @@ class ShadowPipelineOutput(BaseOutput):
     Args:
         shadow_maps: the model's raw shadow maps at each input's size, 1 = full shadow, 0 on the object itself
             (intensity is NOT applied): "pil": list of mode-"L" images; "np": [B,H,W] float32 in [0, 1]; "pt":
-            [B,1,H,W] float32 in [0, 1].
+            [B,1,H,W] float32 in [0, 1]; "latent": the predicted shadow latents, undecoded, [B,4,h,w] at the
+            processing size (`decode_shadow(pipe.vae, latents)` draws the padded, processing-size maps).
         images: composites (object over the background darkened by intensity x shadow) when a `background` was
             given, else None. "pil": list of RGB images; "np": [B,H,W,3] float32 in [0, 1]; "pt": [B,3,H,W].
         light_maps: with `lights=` and `return_light_maps=True`, each image's single-light maps (the ones
@@ -1709,8 +1710,13 @@ class ShadowPipeline(DiffusionPipeline):
     ):
         """Raises ValueError naming the argument and what is allowed; `objects`/`masks` are already split lists.
         `objects_checked`: they come from `encode_object`, which checked them (and warned about them) once already."""
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"`output_type` must be one of 'pil', 'np', 'pt', got {output_type!r}.")
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"`output_type` must be one of 'pil', 'np', 'pt', 'latent', got {output_type!r}.")
+        if output_type == "latent" and background is not None:
+            raise ValueError(
+                "`output_type='latent'` returns the shadow latents undecoded, so nothing can be composited: drop "
+                "`background`, or use 'pil', 'np' or 'pt'."
+            )
         if (
             isinstance(num_inference_steps, bool)
             or not isinstance(num_inference_steps, (int, np.integer))
@@ -1919,7 +1925,7 @@ class ShadowPipeline(DiffusionPipeline):
             generator: torch generator(s) for the starting noise.
             background: optional background image(s); when given, `images` holds the composites.
             intensity: shadow strength(s) >= 0 used for compositing only; `shadow_maps` stay raw.
-            output_type: "pil", "np" or "pt" (see [`ShadowPipelineOutput`]).
+            output_type: "pil", "np", "pt" or "latent" (see [`ShadowPipelineOutput`]).
             object_latents: the result of `encode_object` to skip re-encoding the same objects.
             lights: several lights at once instead of theta/phi/size: a list of lights for every image, or one list
                 per image; each a `Light`, a dict {theta, phi, size, power} or a (theta, phi, size[, power]) tuple,
@@ -1965,6 +1971,11 @@ class ShadowPipeline(DiffusionPipeline):
                 )
             light_lists = check_lights(lights, batch_size)
             ambient = check_ambient(ambient)
+            if output_type == "latent":
+                raise ValueError(
+                    "`output_type='latent'` does not go with `lights=`: several lights' maps are composed after "
+                    "decoding. Use 'pt' (or `return_light_maps=True` for each light's map)."
+                )
             rows = [b for b, group in enumerate(light_lists) for _ in group]  # the image of each predicted map
             flat = [light for group in light_lists for light in group]
             lights = tuple([getattr(light, key) for light in flat] for key in LIGHT_KEYS)
@@ -2009,6 +2020,9 @@ class ShadowPipeline(DiffusionPipeline):
         # 3. One (or more) rectified-flow steps from noise
         light = torch.tensor(lights, dtype=torch.float64).T  # [N,3] raw degrees / size; phi wrapped in the UNet
         latents = self.predict_latents(prepared, light, num_inference_steps, generator, rows, latents)  # [N,4,h,w]
+        if output_type == "latent":  # undecoded, as diffusers' pipelines give them: decode_shadow(pipe.vae, latents)
+            self.maybe_free_model_hooks()
+            return (latents, None) if not return_dict else ShadowPipelineOutput(shadow_maps=latents, images=None)
 
         # 4. Decode the gray map and undo the resize
         with self._vae_dtype_context():

@@ -755,3 +755,29 @@ def test_latents_is_the_starting_noise_as_diffusers_pipelines_take_it(tiny_pipel
     ):
         with pytest.raises(ValueError, match=message):
             tiny_pipeline(cutouts, latents=bad)
+
+
+def test_output_type_latent_gives_the_undecoded_shadow_latents(tiny_pipeline):
+    """diffusers' habit: `output_type="latent"` stops before the decoder; decoding those latents as the pipeline does
+    gives its 'pt' maps."""
+    cutouts = [_rgba_object(), _rgba_object(box=(5, 40, 8, 30))]
+    prepared = tiny_pipeline.encode_object(cutouts)
+    kwargs = {"object_latents": prepared, "theta": 25.0, "phi": 60.0, "size": 3.0}
+    latents = tiny_pipeline(**kwargs, generator=torch.Generator().manual_seed(4), output_type="latent").shadow_maps
+    assert latents.shape == prepared.object_latents.shape and latents.dtype == torch.float32  # [2,4,h,w]
+    maps = tiny_pipeline(**kwargs, generator=torch.Generator().manual_seed(4), output_type="pt").shadow_maps
+    decoded = ps.decode_shadow(tiny_pipeline.vae, latents)
+    for n, shadow_map in enumerate(maps):
+        redrawn = ps.unpad_and_resize(decoded[n : n + 1], prepared.boxes[n], prepared.sizes[n])[0].clamp(0, 1)
+        torch.testing.assert_close(ps.clear_under_object(redrawn, prepared.masks[n]), shadow_map)
+    as_tuple = tiny_pipeline(
+        **kwargs, generator=torch.Generator().manual_seed(4), output_type="latent", return_dict=False
+    )
+    torch.testing.assert_close(as_tuple[0], latents)
+    assert as_tuple[1] is None
+    with pytest.raises(ValueError, match="nothing can be composited: drop `background`"):
+        tiny_pipeline(**kwargs, output_type="latent", background=PIL.Image.new("RGB", (32, 32)))
+    with pytest.raises(ValueError, match="does not go with `lights=`"):
+        tiny_pipeline(object_latents=prepared, lights=[[(30.0, 0.0, 2.0)]] * 2, output_type="latent")
+    with pytest.raises(ValueError, match="must be one of 'pil', 'np', 'pt', 'latent', got 'latents'"):
+        tiny_pipeline(**kwargs, output_type="latents")
