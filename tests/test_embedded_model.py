@@ -62,9 +62,9 @@ def test_raising_size_softens_the_edge(shipped):
 
 
 FAMILIES = REPO / "tests" / "assets" / "unseen_families"
-# The shipped model scores 0.439 on these ten renders, its predecessors 0.434, 0.402 and 0.378 (BENCHMARKS.md: 0.477,
-# 0.472, 0.457 and 0.431 on all 120): the threshold tells the last two versions from the earlier ones.
-MIN_UNSEEN_FAMILY_IOU = 0.42
+# The shipped model scores 0.472 on these ten renders, its predecessors 0.439, 0.434, 0.402 and 0.378 (BENCHMARKS.md:
+# 0.497, 0.477, 0.472, 0.457 and 0.431 on all 120): the threshold tells the shipped weights from every earlier version.
+MIN_UNSEEN_FAMILY_IOU = 0.45
 
 
 def _family_samples():
