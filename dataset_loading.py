@@ -2010,21 +2010,6 @@ def _write_cache(dataset: ShadowDataset, vae, folder: Path, key: dict, key_hash:
     _atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=1))  # written last: marks completion
 
 
-def check_latent_cache_dir(path, flag: str = "--latent_cache_dir") -> Path:
-    """The latent cache's folder, created now if it is missing, or a ValueError naming `flag` (a file in the way, a
-    folder that cannot be made or written), found before any model loads or image is encoded."""
-    folder = Path(path).expanduser()
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"`{flag}` {str(folder)!r} exists and is not a folder.")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ValueError(f"`{flag}` {str(folder)!r} cannot be created: {error.strerror or error}.") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"`{flag}` {str(folder)!r} is not writable.")
-    return folder
-
-
 def build_latent_cache(
     dataset: ShadowDataset,
     vae,
@@ -2315,7 +2300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if getattr(args, name) < (1 if name == "batch_size" else 0):
                 flag = "--encode_batch_size" if name == "batch_size" else "--dataloader_num_workers"
                 raise ValueError(f"`{flag}` must be >= {1 if name == 'batch_size' else 0}, got {getattr(args, name)}.")
-        check_latent_cache_dir(args.latent_cache_dir)
+        from generate_shadows import prepare_output_dir  # the scripts' one rule for a folder they write (see below)
+
+        prepare_output_dir(args.latent_cache_dir, "--latent_cache_dir")
         source = ShadowDataSource(args.dataset_type, args.data_dir, args.dataset_name, **_source_fields(args))
         dataset = open_shadow_dataset(source, image_size=args.resolution, random_flip=args.random_flip)
     except (DatasetVerificationError, ValueError) as exc:

@@ -284,14 +284,16 @@ def load_vae(name_or_path: str, flag: str = "--vae") -> AutoencoderKL:
         )
 
 
-def prepare_output_dir(path: str) -> Path:
+def prepare_output_dir(path: str, flag: str = "--output_dir") -> Path:
+    """The folder a script writes into, created now (before any model loads), or a ValueError naming `flag`: a file
+    in the way, or a folder that cannot be made. Shared by the scripts' --output_dir and --latent_cache_dir."""
     output_dir = Path(path)
     if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"--output_dir {output_dir} exists and is not a folder.")
+        raise ValueError(f"{flag} {output_dir} exists and is not a folder.")
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ValueError(f"--output_dir {output_dir} cannot be created: {error}") from None
+        raise ValueError(f"{flag} {output_dir} cannot be created: {error}") from None
     return output_dir
 
 

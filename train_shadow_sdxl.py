@@ -83,7 +83,7 @@ from tqdm.auto import tqdm
 
 import dataset_loading
 import hub_card
-from generate_shadows import is_local_model, named_load_errors
+from generate_shadows import is_local_model, named_load_errors, prepare_output_dir
 from hub_card import (
     GRID_COLUMNS,
     GRID_INFO_KEY,
@@ -543,8 +543,8 @@ def _check_args(args: argparse.Namespace) -> tuple[dataset_loading.ShadowDataset
     check_deepspeed_environment(args)
     dataset = _validate_data_args(args)
     _validate_output_dir(args.output_dir, args)
-    if args.cache_latents:
-        dataset_loading.check_latent_cache_dir(args.latent_cache_dir or dataset_loading.DEFAULT_LATENT_CACHE_DIR)
+    if args.cache_latents:  # made now: a folder that cannot be is named before the models load
+        prepare_output_dir(args.latent_cache_dir or dataset_loading.DEFAULT_LATENT_CACHE_DIR, "--latent_cache_dir")
     # raises for a missing or broken explicit checkpoint; `latest` falls back to the newest intact one
     resume_dir = resolve_resume_checkpoint(args, check=lambda path: checkpoint_problems(path, args))
     if resume_dir is not None:

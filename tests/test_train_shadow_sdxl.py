@@ -670,10 +670,12 @@ def test_an_output_dir_that_would_overwrite_what_is_not_a_runs_is_refused(data_d
 
 def test_a_latent_cache_dir_that_is_a_file_is_refused(data_dir, tmp_path):
     (tmp_path / "a_file").write_text("")
-    with pytest.raises(train.ConfigurationError, match=r"`--latent_cache_dir` '.*a_file' exists and is not a folder"):
+    with pytest.raises(train.ConfigurationError, match=r"--latent_cache_dir .*a_file exists and is not a folder"):
         _check(data_dir, tmp_path, "--cache_latents", "--latent_cache_dir", tmp_path / "a_file")
     # a folder that cannot be made: found before the models load, not by mkdir's traceback at the first encode
-    with pytest.raises(train.ConfigurationError, match=r"'.*a_file/cache' cannot be created: Not a directory"):
+    with pytest.raises(
+        train.ConfigurationError, match=r"--latent_cache_dir .*a_file/cache cannot be created: .*Not a directory"
+    ):
         _check(data_dir, tmp_path, "--cache_latents", "--latent_cache_dir", tmp_path / "a_file" / "cache")
 
 
