@@ -388,7 +388,7 @@ def test_background_gives_composites(tiny_pipeline):
         ({"height": -8}, "`height` must be a positive multiple of 8 and >= 32"),
         ({"width": 63}, "`width` must be a positive multiple of 8 and >= 32"),
         ({"num_inference_steps": 0}, "`num_inference_steps` must be an integer >= 1"),
-        ({"output_type": "latent"}, "`output_type` must be one of"),
+        ({"output_type": "tensor"}, "`output_type` must be one of"),
         ({"phi": [0.0, 90.0]}, "`phi` has 2 values but the batch has 1 images"),
         ({"theta": "steep"}, "`theta` must be a finite number"),
         ({"theta": float("nan")}, "`theta` must be a finite number"),
