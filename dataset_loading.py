@@ -2300,7 +2300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if getattr(args, name) < (1 if name == "batch_size" else 0):
                 flag = "--encode_batch_size" if name == "batch_size" else "--dataloader_num_workers"
                 raise ValueError(f"`{flag}` must be >= {1 if name == 'batch_size' else 0}, got {getattr(args, name)}.")
-        from generate_shadows import prepare_output_dir  # the scripts' one rule for a folder they write (see below)
+        # The scripts' shared rules for a folder they write and a model they load ("Cannot load FLAG NAME as WHAT:
+        # reason"); imported here, not at the top, so that the data module itself stays free of the scripts.
+        from generate_shadows import is_local_model, named_load_errors, prepare_output_dir
 
         prepare_output_dir(args.latent_cache_dir, "--latent_cache_dir")
         source = ShadowDataSource(args.dataset_type, args.data_dir, args.dataset_name, **_source_fields(args))
@@ -2308,10 +2310,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DatasetVerificationError, ValueError) as exc:
         print(exc, file=sys.stderr)
         return 1
-    # The scripts' shared loader messages ("Cannot load FLAG NAME as WHAT: reason"); imported here, not at the top,
-    # so that the data module itself stays free of the command-line scripts.
-    from generate_shadows import is_local_model, named_load_errors
-
     flag, name = "--pretrained_model_name_or_path", args.pretrained_model_name_or_path
     what = f"a model folder with an AutoencoderKL in {args.vae_subfolder}/ (--vae_subfolder)"
     try:

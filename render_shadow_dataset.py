@@ -2624,8 +2624,10 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error(f"`--num_samples` must be >= 1, got {args.num_samples}.")
     if args.num_objects is not None and args.num_objects < 1:
         parser.error(f"`--num_objects` must be >= 1, got {args.num_objects}.")
-    if args.resolution < 8 or args.resolution % 8:
-        parser.error(f"`--resolution` must be a multiple of 8 (>= 8), got {args.resolution}.")
+    try:
+        check_render_resolution(args.resolution)
+    except ValueError as error:
+        parser.error(str(error))
     for name in ("spp", "workers", "num_shards", "contact_sheet_columns"):
         if getattr(args, name) < 1:
             parser.error(f"`--{name}` must be >= 1, got {getattr(args, name)}.")
@@ -2759,6 +2761,12 @@ def _check_config(output_dir: Path, config: dict) -> None:
             )
     else:
         _atomic_write(path, lambda handle: handle.write(json.dumps(config, indent=1).encode()))
+
+
+def check_render_resolution(value: int, flag: str = "--resolution") -> None:
+    """The renderer's size rule: a multiple of 8 (the VAE's factor) and >= 8. ValueError naming `flag`."""
+    if value < 8 or value % 8:
+        raise ValueError(f"`{flag}` must be a multiple of 8 (>= 8), got {value}.")
 
 
 def _blender_available() -> bool:

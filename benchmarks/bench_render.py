@@ -15,7 +15,6 @@ that other load on a shared machine barely changes). Needs `bpy`, so run it with
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import multiprocessing
 import os
@@ -108,12 +107,12 @@ def main() -> None:
     args = parser.parse_args()
     counts = [(f"--{name}", getattr(args, name)) for name in ("samples_per_core", "spp", "workers", "threads")]
     refuse_bad_arguments(parser, counts=counts)
-    for (
-        resolution
-    ) in args.resolutions:  # the renderer's rule (pipeline_shadow needs torch, which Blender's Python lacks)
-        if resolution < 8 or resolution % 8:
-            parser.error(f"`--resolutions` must be multiples of 8 (>= 8), got {resolution}.")
-    if importlib.util.find_spec("bpy") is None:
+    try:  # the renderer's own rule (pipeline_shadow's needs torch, which Blender's Python lacks)
+        for resolution in args.resolutions:
+            rsd.check_render_resolution(resolution, "--resolutions")
+    except ValueError as error:
+        parser.error(str(error))
+    if not rsd._blender_available():
         parser.error("needs Blender's Python module `bpy`: run it with .venv-render/bin/python (`make render-setup`).")
 
     rows = []

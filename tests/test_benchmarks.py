@@ -234,7 +234,7 @@ def test_a_benchmark_given_the_wrong_folder_says_which_flag_in_one_line(tmp_path
         ("bench_training", ["--device", "cuda:99"], "`--device` cuda:99: this machine has"),
         ("bench_training", ["--size", "tiny", "--steps", "0"], "`--steps` must be >= 1, got 0"),
         ("bench_memory_lean", ["--steps", "0"], "nothing to measure"),
-        ("bench_render", ["--resolutions", "-3"], "`--resolutions` must be multiples of 8 (>= 8), got -3"),
+        ("bench_render", ["--resolutions", "-3"], "`--resolutions` must be a multiple of 8 (>= 8), got -3"),
         ("bench_render", ["--spp", "0"], "`--spp` must be >= 1, got 0"),
         ("code_shape", ["/no/such.py"], "/no/such.py is not a file"),
     ],
