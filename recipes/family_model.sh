@@ -16,6 +16,7 @@
 #   STAGES="encoder128 evaluate-more128" bash recipes/family_model.sh  # a new encoder for the decoder, and fine-tune
 #   STAGES="single-step128 evaluate-more128" bash recipes/family_model.sh  # the default fine-tuned at t = 1 only
 #   STAGES="shapes128 evaluate-more128" bash recipes/family_model.sh  # 6,000 renders of four new families, fine-tune
+#   STAGES="mixed128 evaluate-more128" bash recipes/family_model.sh   # 4,000 renders of all fourteen, fine-tune
 #
 # Why 256 px: SDXL's latent is one cell per 8 x 8 pixels, so at 128 px a 16 x 16 latent has to carry a chair's legs
 # and a fence's gaps in sub-cell detail; the same VAE round-trips the same true maps better at 256 px (0.760 vs
@@ -25,7 +26,7 @@ set -euo pipefail
 DATA=${DATA:-data/families}
 WORK=${WORK:-work/family-model}
 BASE=${BASE:-models/shadow-small}  # the warm start: the embedded default (128 px, trained on the classic families only)
-STAGES=${STAGES:-data vae unet decoder ship evaluate unet128 evaluate128 default128 more128 encoder128 shapes128 evaluate-more128}
+STAGES=${STAGES:-data vae unet decoder ship evaluate unet128 evaluate128 default128 more128 encoder128 shapes128 mixed128 evaluate-more128}
 RESOLUTION=${RESOLUTION:-256}
 TRAIN_SAMPLES=${TRAIN_SAMPLES:-2400}
 UNET_STEPS=${UNET_STEPS:-3500}
@@ -276,9 +277,27 @@ if has_stage shapes128; then
         "$DATA_SHAPES/train/train" "$WORK/latents-shapes128"
     average_unets "$WORK/encoder128-average" "$WORK/run-shapes128" "${SHAPES_KEEP:-0.65}" "$WORK/shapes128-average"
 fi
+# 14. Old and new kinds of shapes together (stage `mixed128`): 4,000 renders (2,000 objects x 2 lights) drawn from all
+#     fourteen training families at once -- the ten of stages 8-10 and the four of stage 13 --, at 128 px, 32 spp; the
+#     embedded default of stage 13 (commit 35c3be6) fine-tuned on them 3,000 steps as in stage 9 and averaged with
+#     itself before (MIXED_KEEP of it). Stage 13 alone traded the seen-family control for the unseen families; this
+#     asks whether training on both keeps the one while adding to the other.
+if has_stage mixed128; then
+    DATA_MIXED=${DATA_MIXED:-$DATA-mixed128}
+    RESOLUTION=128 DATA=$DATA_MIXED STAGES=train-data TRAIN_SAMPLES=${MIXED_SAMPLES:-4000} \
+        TRAIN_FAMILIES="single stack leaning cluster table arch ladder lathe frame figure wire glyph shelf sticks" \
+        bash recipes/family_split.sh
+    $P dataset_loading.py verify "$DATA_MIXED/train/train"
+    STARTING=${STARTING:-35c3be6}
+    mkdir -p "$WORK/default-$STARTING"
+    git archive "$STARTING" models/shadow-small | tar -x -C "$WORK/default-$STARTING" --strip-components=2
+    finetune128 "$WORK/default-$STARTING" "$WORK/run-mixed128" "${MIXED_STEPS:-3000}" 500 \
+        "$DATA_MIXED/train/train" "$WORK/latents-mixed128"
+    average_unets "$WORK/default-$STARTING" "$WORK/run-mixed128" "${MIXED_KEEP:-0.5}" "$WORK/mixed128-average"
+fi
 if has_stage evaluate-more128; then
     for candidate in run-more128 more128-average run-encoder128 encoder128-average run-single-step128 \
-        run-shapes128 shapes128-average ${WIDTHS:-}; do
+        run-shapes128 shapes128-average run-mixed128 mixed128-average ${WIDTHS:-}; do
         [ -f "$WORK/$candidate/model_index.json" ] || { echo "skip $candidate: not trained under $WORK"; continue; }
         RESOLUTION=128 DATA=$DATA WORK=$WORK/eval-$candidate MODEL=$WORK/$candidate HIRES_SAMPLES=0 \
             STAGES=evaluate bash recipes/family_split.sh
