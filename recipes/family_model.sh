@@ -281,7 +281,10 @@ fi
 #     fourteen training families at once -- the ten of stages 8-10 and the four of stage 13 --, at 128 px, 32 spp; the
 #     embedded default of stage 13 (commit 35c3be6) fine-tuned on them 3,000 steps as in stage 9 and averaged with
 #     itself before (MIXED_KEEP of it). Stage 13 alone traded the seen-family control for the unseen families; this
-#     asks whether training on both keeps the one while adding to the other.
+#     asks whether training on both keeps the one while adding to the other. Measured (BENCHMARKS.md "Seventh
+#     round"), not shipped: the half-and-half average gains on the unseen families' random lights (0.497 -> 0.511,
+#     median direction error 5.2 -> 4.6 degrees) and on the control (0.625 -> 0.638), not on their track designs
+#     (0.467 -> 0.463).
 if has_stage mixed128; then
     DATA_MIXED=${DATA_MIXED:-$DATA-mixed128}
     RESOLUTION=128 DATA=$DATA_MIXED STAGES=train-data TRAIN_SAMPLES=${MIXED_SAMPLES:-4000} \
