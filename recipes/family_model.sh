@@ -67,6 +67,18 @@ pipe.save_pretrained(output)
 EOF
 }
 
+# The embedded default as committed at REVISION, extracted from git into OUTPUT: each stage's warm start is the default
+# it improved on, while models/shadow-small holds the latest one.
+default_at() {  # REVISION OUTPUT
+    mkdir -p "$2"
+    git archive "$1" models/shadow-small | tar -x -C "$2" --strip-components=2
+}
+
+# The training families, by round: the ten every set up to stage 10 was drawn from (family_split.sh's default) and
+# the four the generator gained for stage 13.
+FAMILIES_TEN="single stack leaning cluster table arch ladder lathe frame figure"
+FAMILIES_NEW_SHAPES="wire glyph shelf sticks"
+
 # 1. Data: the clean family-held-out test split (legged, pole, ring, slats, bridge + the classic control; 256 spp)
 #    and its three track designs (64 spp + OpenImageDenoise), then a training set of every OTHER family: the classic
 #    six and the four training-only thin families (ladder, lathe, frame, figure), 2 random lights per object, 32 spp.
@@ -165,9 +177,7 @@ fi
 if has_stage default128; then
     # The warm start is the PREVIOUS default (recipes/small_model.sh's), taken from git: models/shadow-small is now
     # this stage's own result.
-    PREVIOUS=${PREVIOUS:-7641714}
-    mkdir -p "$WORK/previous-default"
-    git archive "$PREVIOUS" models/shadow-small | tar -x -C "$WORK/previous-default" --strip-components=2
+    default_at "${PREVIOUS:-7641714}" "$WORK/previous-default"
     finetune128 "$WORK/previous-default" "$WORK/run-default128" 1500 250
     # Then the average of the fine-tuned UNet's weights and the previous default's, half and half (as WiSE-FT does
     # for fine-tuned image models): the fine-tune alone scored 0.461 pooled but lost legged furniture (0.661 -> 0.608)
@@ -188,8 +198,7 @@ if has_stage more128; then
     RESOLUTION=128 DATA=$DATA128 STAGES=train-data TRAIN_SAMPLES=${MORE_SAMPLES:-8000} bash recipes/family_split.sh
     $P dataset_loading.py verify "$DATA128/train/train"
     STARTING=${STARTING:-1a0bd5d}
-    mkdir -p "$WORK/default-$STARTING"
-    git archive "$STARTING" models/shadow-small | tar -x -C "$WORK/default-$STARTING" --strip-components=2
+    default_at "$STARTING" "$WORK/default-$STARTING"
     finetune128 "$WORK/default-$STARTING" "$WORK/run-more128" "${MORE_STEPS:-3000}" 500 "$DATA128/train/train" \
         "$WORK/latents-more128"
     average_unets "$WORK/default-$STARTING" "$WORK/run-more128" 0.5 "$WORK/more128-average"
@@ -206,8 +215,7 @@ fi
 if has_stage encoder128; then
     DATA128=${DATA128:-$DATA-128}
     STARTING=${STARTING:-1a497be}
-    mkdir -p "$WORK/default-$STARTING"
-    git archive "$STARTING" models/shadow-small | tar -x -C "$WORK/default-$STARTING" --strip-components=2
+    default_at "$STARTING" "$WORK/default-$STARTING"
     OMP_NUM_THREADS=${TRAIN_THREADS:-1} $P train_vae.py --data_dir "$DATA128/train/train" --resolution 128 \
         --pretrained_vae_model_name_or_path "$WORK/default-$STARTING/vae" --encoder_only \
         --output_dir "$WORK/vae-encoder128" --max_train_steps "${ENCODER_STEPS:-1000}" --batch_size 8 \
@@ -271,7 +279,7 @@ fi
 if has_stage shapes128; then
     DATA_SHAPES=${DATA_SHAPES:-$DATA-shapes128}
     RESOLUTION=128 DATA=$DATA_SHAPES STAGES=train-data TRAIN_SAMPLES=${SHAPES_SAMPLES:-6000} \
-        TRAIN_FAMILIES="wire glyph shelf sticks" bash recipes/family_split.sh
+        TRAIN_FAMILIES="$FAMILIES_NEW_SHAPES" bash recipes/family_split.sh
     $P dataset_loading.py verify "$DATA_SHAPES/train/train"
     finetune128 "$WORK/encoder128-average" "$WORK/run-shapes128" "${SHAPES_STEPS:-3000}" 500 \
         "$DATA_SHAPES/train/train" "$WORK/latents-shapes128"
@@ -288,12 +296,11 @@ fi
 if has_stage mixed128; then
     DATA_MIXED=${DATA_MIXED:-$DATA-mixed128}
     RESOLUTION=128 DATA=$DATA_MIXED STAGES=train-data TRAIN_SAMPLES=${MIXED_SAMPLES:-4000} \
-        TRAIN_FAMILIES="single stack leaning cluster table arch ladder lathe frame figure wire glyph shelf sticks" \
+        TRAIN_FAMILIES="$FAMILIES_TEN $FAMILIES_NEW_SHAPES" \
         bash recipes/family_split.sh
     $P dataset_loading.py verify "$DATA_MIXED/train/train"
     STARTING=${STARTING:-35c3be6}
-    mkdir -p "$WORK/default-$STARTING"
-    git archive "$STARTING" models/shadow-small | tar -x -C "$WORK/default-$STARTING" --strip-components=2
+    default_at "$STARTING" "$WORK/default-$STARTING"
     finetune128 "$WORK/default-$STARTING" "$WORK/run-mixed128" "${MIXED_STEPS:-3000}" 500 \
         "$DATA_MIXED/train/train" "$WORK/latents-mixed128"
     average_unets "$WORK/default-$STARTING" "$WORK/run-mixed128" "${MIXED_KEEP:-0.5}" "$WORK/mixed128-average"
