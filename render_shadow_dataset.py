@@ -601,8 +601,22 @@ def _hsv_to_rgb(hue: float, saturation: float, value: float) -> list[float]:
 CLASSIC_FAMILIES = ("single", "stack", "leaning", "cluster", "table", "arch")
 THIN_FAMILIES = ("legged", "pole", "ring", "slats", "bridge")  # the family-held-out test split's families
 # More thin structures, for TRAINING sets that hold the five above out: rungs, stems, wire frames, limbs, branches;
-# then bent wire, block letters, overhanging boards and loose rods (added after the 7,600-render set was drawn).
-EXTRA_THIN_FAMILIES = ("ladder", "lathe", "frame", "figure", "wire", "glyph", "shelf", "sticks")
+# then bent wire, block letters, overhanging boards and loose rods (added after the 7,600-render set was drawn); then
+# wheeled bodies, braced lattices, plants and panels with openings (added after the fourteen-family set was drawn).
+EXTRA_THIN_FAMILIES = (
+    "ladder",
+    "lathe",
+    "frame",
+    "figure",
+    "wire",
+    "glyph",
+    "shelf",
+    "sticks",
+    "cart",
+    "tower",
+    "plant",
+    "panel",
+)
 FAMILIES = CLASSIC_FAMILIES + THIN_FAMILIES + EXTRA_THIN_FAMILIES
 DEFAULT_FAMILIES = CLASSIC_FAMILIES  # what a run without --families draws: the data the shipped model was trained on
 FAMILY_WEIGHTS = {
@@ -629,6 +643,10 @@ FAMILY_DESCRIPTIONS = {
     "glyph": "block letters of thin strokes: one letter or a word of two or three standing up, a letter lying flat",
     "shelf": "boards with overhangs and compartments: bookcases, cubby grids, cantilevered desks, open stairs, canopies",
     "sticks": "loose thin rods: piles of pick-up sticks, teepees of poles, easels, sawbucks of crossed poles",
+    "cart": "bodies on wheels: wagons, wheelbarrows, bicycles, hand trolleys (solid or spoked wheels)",
+    "tower": "braced lattices: tapering masts, pylons with crossarms, scaffolding with a plank, tanks on braced legs",
+    "plant": "plants: leafy stems in a pot, grass tufts, cacti with arms, palms with drooping fronds",
+    "panel": "flat panels with openings: walls with windows, perforated partitions, folding screens, picture frames",
 }
 
 
@@ -1311,6 +1329,271 @@ def _sticks_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
     return kind, parts
 
 
+def _block(low, high) -> dict:
+    """An axis-aligned box from corner `low` to corner `high` (x, y, z)."""
+    low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    return _centred_at({"shape": "box", "dims": [float(v) for v in high - low]}, (low + high) / 2)
+
+
+def _wheel(centre, radius: float, tyre: float, spokes: int) -> list[dict]:
+    """A wheel standing in the xz plane at `centre` (its axle along y): a tyre ring, and `spokes` spokes to a hub,
+    or a solid disc when there are none."""
+    x, y, z = centre
+    if spokes == 0:
+        return [_rod((x, y - tyre, z), (x, y + tyre, z), radius)]
+    ring = _centred_at({"shape": "torus", "dims": [radius - tyre, tyre], "rotation_deg": [90.0, 0.0, 0.0]}, centre)
+    parts = [ring]
+    for k in range(spokes):
+        angle = math.pi * k / spokes  # each spoke a diameter through the hub
+        reach = np.array([math.cos(angle), 0.0, math.sin(angle)]) * (radius - tyre)
+        parts.append(_rod(np.asarray(centre) - reach, np.asarray(centre) + reach, tyre * 0.35))
+    return parts
+
+
+def _cart_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
+    """Bodies on wheels: a wagon, a wheelbarrow, a bicycle, a hand trolley; light passes under the body, between the
+    wheels and through their spokes."""
+    kind = str(rng.choice(["wagon", "wheelbarrow", "bicycle", "trolley"]))
+    spokes = int(rng.choice([0, 3, 4, 6]))
+    if kind == "wagon":  # an open box on two axles, a pull handle
+        length, width = float(rng.uniform(0.8, 1.6)), float(rng.uniform(0.4, 0.8))
+        wheel = float(rng.uniform(0.12, 0.25))
+        tyre, wall = wheel * 0.18, float(rng.uniform(0.02, 0.05))
+        floor, side = wheel * float(rng.uniform(1.2, 1.9)), float(rng.uniform(0.1, 0.35))  # on its wheels
+        parts = [_block((-length / 2, -width / 2, floor), (length / 2, width / 2, floor + wall))]
+        for y in (-width / 2, width / 2 - wall):  # the box's long sides
+            parts.append(_block((-length / 2, y, floor), (length / 2, y + wall, floor + side)))
+        for x in (-length / 2, length / 2 - wall):
+            parts.append(_block((x, -width / 2, floor), (x + wall, width / 2, floor + side)))
+        for x in (-0.35 * length, 0.35 * length):
+            parts.append(_rod((x, -width / 2 - tyre, wheel), (x, width / 2 + tyre, wheel), tyre * 0.5))
+            for y in (-width / 2 - tyre, width / 2 + tyre):
+                parts += _wheel((x, y, wheel), wheel, tyre, spokes)
+        handle = float(rng.uniform(0.4, 0.9))
+        parts.append(_rod((length / 2, 0.0, floor), (length / 2 + handle, 0.0, floor + handle * 0.6), wall))
+        return kind, parts
+    if kind == "wheelbarrow":  # a tray on one front wheel and two legs, two handles out the back
+        length, width = float(rng.uniform(0.7, 1.2)), float(rng.uniform(0.4, 0.7))
+        wheel, rail = float(rng.uniform(0.15, 0.25)), float(rng.uniform(0.015, 0.03))
+        tray_z = float(rng.uniform(0.35, 0.55))
+        tray = {"shape": "cone", "dims": [width * 0.3, width / 2, float(rng.uniform(0.15, 0.3))]}
+        parts = [_set_down(tray, tray_z)]
+        for y in (-width * 0.3, width * 0.3):
+            parts.append(_rod((length / 2, y * 0.3, wheel), (-length, y, tray_z + 0.1), rail))  # frame + handle
+            parts.append(_rod((-length * 0.3, y, 0.0), (-length * 0.3, y, tray_z), rail))  # leg
+        parts += _wheel((length / 2, 0.0, wheel), wheel, wheel * 0.2, spokes)
+        return kind, parts
+    if kind == "bicycle":  # two spoked wheels, a diamond frame, a saddle and handlebars
+        wheel, tube = float(rng.uniform(0.25, 0.4)), float(rng.uniform(0.012, 0.025))
+        base = wheel * float(rng.uniform(2.4, 3.0))
+        rear, front = np.array([-base / 2, 0.0, wheel]), np.array([base / 2, 0.0, wheel])
+        crank = np.array([-base * 0.05, 0.0, wheel * 0.9])
+        seat, head = (
+            crank + np.array([-0.2 * wheel, 0.0, 1.3 * wheel]),
+            front + np.array([-0.3 * wheel, 0, 1.4 * wheel]),
+        )
+        parts = _wheel(rear, wheel, wheel * 0.08, max(spokes, 4)) + _wheel(front, wheel, wheel * 0.08, max(spokes, 4))
+        for start, end in ((rear, crank), (rear, seat), (crank, seat), (crank, head), (seat, head), (head, front)):
+            parts.append(_rod(start, end, tube))
+        parts.append(_centred_at({"shape": "box", "dims": [0.2 * wheel, 0.1 * wheel, 0.04]}, seat + (0, 0, 0.04)))
+        bar = head + np.array([0.0, 0.0, 0.15 * wheel])
+        parts.append(_rod(head, bar, tube))
+        parts.append(_rod(bar - (0, 0.35 * wheel, 0), bar + (0, 0.35 * wheel, 0), tube))
+        return kind, parts
+    # trolley: a hand truck, a tall frame on two small wheels with a toe plate, leaning back or upright
+    height, width = float(rng.uniform(0.9, 1.4)), float(rng.uniform(0.35, 0.6))
+    wheel, rail = float(rng.uniform(0.08, 0.15)), float(rng.uniform(0.015, 0.03))
+    lean = float(rng.choice([0.0, rng.uniform(0.1, 0.4)])) * height
+    parts = [_block((-0.02, -width / 2, 0.0), (0.3 * width, width / 2, 0.02))]  # the toe plate
+    for y in (-width / 2, width / 2):
+        parts.append(_rod((0.0, y, 0.02), (-lean, y, height), rail))
+        parts += _wheel((-wheel * 0.6, y + np.sign(y) * wheel * 0.3, wheel), wheel, wheel * 0.25, spokes)
+    for f in np.linspace(0.3, 1.0, int(rng.integers(2, 5))):
+        parts.append(_rod((-lean * f, -width / 2, height * f), (-lean * f, width / 2, height * f), rail))
+    return kind, parts
+
+
+def _tower_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
+    """Braced lattices: a tapering lattice mast, an electricity pylon with crossarms, scaffolding with a plank, a water
+    tank on braced legs."""
+    kind = str(rng.choice(["mast", "pylon", "scaffold", "tank"]))
+    rod = float(rng.uniform(0.01, 0.03))
+    if kind in ("mast", "pylon"):
+        legs = 3 if kind == "mast" and rng.uniform() < 0.5 else 4
+        height = float(rng.uniform(1.2, 2.5))
+        foot, top = float(rng.uniform(0.2, 0.5)), float(rng.uniform(0.3, 0.8))
+        top *= foot
+        levels = int(rng.integers(3, 8))
+
+        def corner(k: int, z: float) -> np.ndarray:
+            radius = foot + (top - foot) * z / height
+            angle = 2 * np.pi * k / legs + np.pi / legs
+            return np.array([radius * math.cos(angle), radius * math.sin(angle), z])
+
+        zs = np.linspace(0.0, height, levels + 1)
+        parts = [_rod(corner(k, 0.0), corner(k, height), rod * 1.5) for k in range(legs)]
+        for a, b in zip(zs[:-1], zs[1:]):
+            for k in range(legs):  # a ring of struts and one diagonal a face at each level
+                parts.append(_rod(corner(k, b), corner(k + 1, b), rod))
+                parts.append(_rod(corner(k, a), corner(k + 1, b), rod * 0.8))
+        if kind == "pylon":  # crossarms sticking out both ways near the top
+            for z in np.linspace(0.7, 0.95, int(rng.integers(1, 4))) * height:
+                reach = float(rng.uniform(2.0, 4.0)) * top
+                parts.append(_rod((-reach, 0.0, z), (reach, 0.0, z), rod * 1.2))
+        return kind, parts
+    if kind == "scaffold":  # a grid of standards and ledgers, a cross brace, a plank on one lift
+        bays, lifts = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        bay, lift, depth = float(rng.uniform(0.5, 0.9)), float(rng.uniform(0.5, 0.8)), float(rng.uniform(0.3, 0.6))
+        xs = (np.arange(bays + 1) - bays / 2) * bay
+        parts = []
+        for x in xs:
+            for y in (-depth / 2, depth / 2):
+                parts.append(_rod((x, y, 0.0), (x, y, lifts * lift), rod))
+        for z in np.arange(1, lifts + 1) * lift:
+            for y in (-depth / 2, depth / 2):
+                parts.append(_rod((xs[0], y, z), (xs[-1], y, z), rod))
+            for x in xs:
+                parts.append(_rod((x, -depth / 2, z), (x, depth / 2, z), rod))
+        parts.append(_rod((xs[0], depth / 2, 0.0), (xs[-1], depth / 2, lifts * lift), rod))
+        z = int(rng.integers(1, lifts + 1)) * lift
+        parts.append(_block((xs[0], -depth / 2, z + rod), (xs[-1], depth / 2, z + rod + 0.03)))
+        return kind, parts
+    # tank: a cylinder or a ball high on four legs with X bracing between them
+    leg_height, spread = float(rng.uniform(0.8, 1.6)), float(rng.uniform(0.25, 0.5))
+    radius = spread * float(rng.uniform(1.1, 1.6))
+    corners = [np.array([sx * spread, sy * spread]) for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1))]
+    parts = [_rod((*c, 0.0), (*c, leg_height), rod * 1.5) for c in corners]
+    for a, b in zip(corners, corners[1:] + corners[:1]):
+        parts.append(_rod((*a, 0.0), (*b, leg_height * 0.5), rod))
+        parts.append(_rod((*b, 0.0), (*a, leg_height * 0.5), rod))
+    if rng.uniform() < 0.5:
+        parts.append(_set_down({"shape": "cylinder", "dims": [radius, float(rng.uniform(0.4, 0.9))]}, leg_height))
+    else:
+        parts.append(_set_down({"shape": "sphere", "dims": [radius, 1.0]}, leg_height))
+    return kind, parts
+
+
+def _leaf(base, length: float, width: float, polar: float, azimuth: float) -> dict:
+    """A flat blade `length` long and `width` wide from point `base`, `polar` degrees from straight up, turned to
+    `azimuth` (degrees about z)."""
+    direction = np.array(
+        [
+            math.sin(math.radians(polar)) * math.cos(math.radians(azimuth)),
+            math.sin(math.radians(polar)) * math.sin(math.radians(azimuth)),
+            math.cos(math.radians(polar)),
+        ]
+    )
+    blade = {"shape": "box", "dims": [0.012, width, length], "rotation_deg": [0.0, polar, azimuth]}  # face up
+    return _centred_at(blade, np.asarray(base, dtype=np.float64) + direction * length / 2)
+
+
+def _plant_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
+    """Plants: a pot of leafy stems, a grass tuft of blades, a cactus with arms, a palm with drooping fronds."""
+    kind = str(rng.choice(["potted", "tuft", "cactus", "palm"]))
+    if kind == "potted":  # a pot, several thin stems fanning out, a leaf or two on each
+        pot, height = float(rng.uniform(0.15, 0.35)), float(rng.uniform(0.2, 0.45))
+        parts = [_set_down({"shape": "cone", "dims": [pot * 0.75, pot, height]})]
+        for _ in range(int(rng.integers(3, 8))):
+            polar, azimuth = float(rng.uniform(0.0, 45.0)), float(rng.uniform(0.0, 360.0))
+            length, stem = float(rng.uniform(0.4, 1.2)), float(rng.uniform(0.008, 0.02))
+            tip = np.array([0.0, 0.0, height]) + length * np.array(
+                [
+                    math.sin(math.radians(polar)) * math.cos(math.radians(azimuth)),
+                    math.sin(math.radians(polar)) * math.sin(math.radians(azimuth)),
+                    math.cos(math.radians(polar)),
+                ]
+            )
+            parts.append(_rod((0.0, 0.0, height * 0.8), tip, stem))
+            parts.append(_leaf(tip, float(rng.uniform(0.12, 0.3)), float(rng.uniform(0.06, 0.15)), polar + 40, azimuth))
+        return kind, parts
+    if kind == "tuft":  # thin blades from one point on the ground, fanning out and up
+        parts = []
+        for _ in range(int(rng.integers(5, 12))):
+            polar, azimuth = float(rng.uniform(5.0, 60.0)), float(rng.uniform(0.0, 360.0))
+            parts.append(
+                _leaf((0.0, 0.0, 0.0), float(rng.uniform(0.4, 1.2)), float(rng.uniform(0.02, 0.06)), polar, azimuth)
+            )
+        return kind, parts
+    if kind == "cactus":  # a column with arms bent upward, each arm a sideways stub and an upright
+        trunk, height = float(rng.uniform(0.08, 0.18)), float(rng.uniform(0.8, 1.8))
+        parts = [_set_down({"shape": "cylinder", "dims": [trunk, height]})]
+        parts.append(_set_down({"shape": "sphere", "dims": [trunk, 1.0]}, height - trunk))
+        for _ in range(int(rng.integers(1, 4))):
+            z, azimuth = float(rng.uniform(0.3, 0.7)) * height, float(rng.uniform(0.0, 2 * np.pi))
+            reach, rise, arm = float(rng.uniform(0.2, 0.45)), float(rng.uniform(0.2, 0.6)), trunk * 0.6
+            out = np.array([math.cos(azimuth), math.sin(azimuth), 0.0]) * reach
+            elbow = np.array([0.0, 0.0, z]) + out
+            parts.append(_rod((0.0, 0.0, z), elbow, arm))
+            parts.append(_rod(elbow - (0, 0, arm), elbow + (0, 0, rise), arm))
+        return kind, parts
+    # palm: a leaning trunk, a crown of fronds drooping away from its top
+    height, trunk = float(rng.uniform(1.0, 2.0)), float(rng.uniform(0.03, 0.07))
+    lean = float(rng.uniform(0.0, 0.35)) * height
+    top = np.array([lean, 0.0, height])
+    path = np.array([[0.0, 0.0, 0.0], [lean * 0.2, 0.0, height * 0.5], top])
+    parts = [dict(_wire(trunk, _chaikin(path)), offset=[0.0, 0.0, 0.0])]
+    for k in range(int(rng.integers(4, 9))):
+        azimuth = 360.0 * k / 8 + float(rng.uniform(-20.0, 20.0))
+        parts.append(_leaf(top, float(rng.uniform(0.4, 0.9)), float(rng.uniform(0.06, 0.14)), 100.0, azimuth))
+    return kind, parts
+
+
+def _panel_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
+    """Flat panels with openings: a wall with windows, a folding screen of framed panes, a picture frame propped up, a
+    perforated partition of holes in rows."""
+    kind = str(rng.choice(["windows", "screen", "frame", "perforated"]))
+    thick = float(rng.uniform(0.03, 0.1))
+    if kind in ("windows", "perforated"):  # a standing wall, openings cut in rows and columns
+        width, height = float(rng.uniform(1.0, 2.0)), float(rng.uniform(0.6, 1.5))
+        cols = int(rng.integers(1, 4)) if kind == "windows" else int(rng.integers(4, 8))
+        rows = 1 if kind == "windows" else int(rng.integers(2, 5))
+        fill = float(rng.uniform(0.4, 0.7))  # the share of each bay that is opening
+        xs, zs = np.linspace(-width / 2, width / 2, cols + 1), np.linspace(0.0, height, rows + 1)
+        parts = []
+        sill, lintel = (zs[0] + 0.25 * height, zs[1] - 0.15 * height) if kind == "windows" else (None, None)
+        for x0, x1 in zip(xs[:-1], xs[1:]):
+            pier = (x1 - x0) * (1 - fill) / 2
+            parts.append(_block((x0, -thick / 2, 0.0), (x0 + pier, thick / 2, height)))
+            parts.append(_block((x1 - pier, -thick / 2, 0.0), (x1, thick / 2, height)))
+            for z0, z1 in zip(zs[:-1], zs[1:]):
+                low, high = (
+                    (sill, lintel)
+                    if sill is not None
+                    else (z0 + (z1 - z0) * (1 - fill) / 2, z1 - (z1 - z0) * (1 - fill) / 2)
+                )
+                parts.append(_block((x0 + pier, -thick / 2, z0), (x1 - pier, thick / 2, low)))
+                parts.append(_block((x0 + pier, -thick / 2, high), (x1 - pier, thick / 2, z1)))
+        return kind, parts
+    if kind == "screen":  # hinged panes in a zigzag, each a frame round an opening
+        panes, width, height = int(rng.integers(2, 5)), float(rng.uniform(0.3, 0.6)), float(rng.uniform(0.9, 1.6))
+        bar, fold = float(rng.uniform(0.03, 0.08)), float(rng.uniform(20.0, 50.0))
+        parts, x = [], 0.0
+        for k in range(panes):
+            azimuth = fold if k % 2 == 0 else -fold
+            along = np.array([math.cos(math.radians(azimuth)), math.sin(math.radians(azimuth)), 0.0])
+            start = np.array([x, 0.0 if k % 2 == 0 else width * math.sin(math.radians(fold)), 0.0])
+            end = start + along * width
+            for z in (0.0, height - bar):  # the bottom and top rails
+                parts.append(_rod(start + (0, 0, z + bar / 2), end + (0, 0, z + bar / 2), bar / 2))
+            for post in (start, end):
+                parts.append(_rod(post, post + (0, 0, height), bar / 2))
+            x = end[0]
+        return kind, parts
+    # frame: a rectangular frame standing, leaning back on a prop, or lying flat (turned about its bottom rail)
+    width, height, bar = float(rng.uniform(0.4, 1.0)), float(rng.uniform(0.4, 1.0)), float(rng.uniform(0.02, 0.06))
+    tilt = math.radians(float(rng.choice([0.0, rng.uniform(10.0, 25.0), 90.0])))
+
+    def tilted(x: float, z: float) -> np.ndarray:
+        return np.array([x, z * math.sin(tilt), z * math.cos(tilt)])
+
+    corners = [tilted(-width / 2, 0.0), tilted(width / 2, 0.0), tilted(width / 2, height), tilted(-width / 2, height)]
+    parts = [_rod(a, b, bar) for a, b in zip(corners, corners[1:] + corners[:1])]
+    if 0.0 < tilt < math.pi / 2:  # the prop behind it
+        parts.append(_rod((0.0, height * math.sin(tilt) + 0.3 * height, 0.0), tilted(0.0, 0.6 * height), bar / 2))
+    kind = "standing-frame" if tilt == 0.0 else "propped-frame" if tilt < math.pi / 2 else "lying-frame"
+    return kind, parts
+
+
 _THIN_BUILDERS = {
     "legged": _legged_parts,
     "pole": _pole_parts,
@@ -1325,6 +1608,10 @@ _THIN_BUILDERS = {
     "glyph": _glyph_parts,
     "shelf": _shelf_parts,
     "sticks": _sticks_parts,
+    "cart": _cart_parts,
+    "tower": _tower_parts,
+    "plant": _plant_parts,
+    "panel": _panel_parts,
 }
 
 

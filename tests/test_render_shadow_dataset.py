@@ -505,6 +505,38 @@ def test_wire_glyph_shelf_and_sticks_are_thin_shapes_with_gaps_and_overhangs():
             assert gaps >= 1, recipe["kind"]
 
 
+def _openings(recipe: dict, pixels: int = 96) -> dict[str, int]:
+    """Holes in the object's silhouette along each view, the ground closing the gaps under it."""
+    return {view: holes(silhouette(recipe, view, pixels=pixels, ground=True)[0]) for view in ("top", "front", "side")}
+
+
+def test_cart_tower_plant_and_panel_let_light_through_their_own_ways():
+    """The eighth round's training families (none of them the held-out split's five): light passes under a cart's
+    body and through its spokes, through a lattice's bays, between a plant's thin stems and blades, and through a
+    panel's openings."""
+    for recipe in _family_recipes("cart", 16):
+        wheels = [p for p in recipe["parts"] if p["shape"] == "torus" or p.get("rotation_deg", [0])[0] == 90.0]
+        discs = [p for p in recipe["parts"] if p["shape"] == "cylinder" and p["dims"][1] < p["dims"][0]]
+        assert wheels or discs, recipe["kind"]  # a tyre ring standing up, or a solid wheel (a disc thinner than wide)
+        assert max(_openings(recipe).values()) >= 1, recipe["kind"]
+    for recipe in _family_recipes("tower", 16):
+        openings = _openings(recipe)
+        assert max(openings.values()) >= (10 if recipe["kind"] in ("mast", "pylon") else 1), (recipe["kind"], openings)
+    for recipe in _family_recipes("plant", 16):
+        extent = np.ptp(rsd.recipe_mesh(recipe)[0], axis=0).max()
+        thickness = {"box": lambda dims: min(dims), "cylinder": lambda dims: 2 * dims[0], "tube": lambda d: 2 * d[0]}
+        thin = [p for p in recipe["parts"] if thickness.get(p["shape"], max)(p["dims"]) <= 0.05 * extent]
+        if recipe["kind"] == "cactus":  # a column with arms: wider seen from above than its trunk
+            trunk = 2 * recipe["parts"][0]["dims"][0]
+            assert np.ptp(rsd.recipe_mesh(recipe)[0][:, :2], axis=0).max() > 1.3 * trunk
+        else:
+            assert len(thin) >= 3, recipe["kind"]  # stems, blades, fronds
+    for recipe in _family_recipes("panel", 24):
+        openings = _openings(recipe)
+        view = "top" if recipe["kind"] == "lying-frame" else "front"
+        assert openings[view] >= (4 if recipe["kind"] == "perforated" else 1), (recipe["kind"], openings)
+
+
 def _plan_args(**overrides):
     values = dict(
         meshes=None,
