@@ -48,6 +48,7 @@ import math
 import os
 import posixpath
 import re
+import shutil
 import sys
 import tarfile
 import time
@@ -1694,6 +1695,48 @@ def verify_dataset(
     return report
 
 
+def merge_custom_datasets(sources: Sequence[str | Path], output: str | Path) -> int:
+    """Custom folders `sources` joined into ONE custom folder `output`, so that training reads them as one set: sample
+    `key` of the i-th source becomes `<i>-<key>` (files hard-linked where the file system allows, else copied), and its
+    `object_id` `<i>-<object_id>`, so that objects of different sources never share an id (training splits its
+    validation by object). Every source is verified first (headers and metadata); any error stops the merge before
+    anything is written. Returns the number of samples merged."""
+    if len(sources) < 2:
+        raise ValueError(f"`merge` needs at least two source folders, got {len(sources)}.")
+    output = Path(output)
+    if output.exists() and any(output.iterdir()):
+        raise ValueError(f"Output folder {output} is not empty; merge into a new folder.")
+    scanned = []
+    for source in sources:
+        report = _build_report("custom", str(source), "quick")
+        files, records = _scan_custom(Path(source), report)
+        if not report.ok:
+            raise DatasetVerificationError(report)
+        metadata = {key: entry for key, (entry, _) in _read_custom_metadata(Path(source), report).items()}
+        scanned.append((files, records, metadata))
+    for folder_name in CUSTOM_FOLDERS.values():
+        (output / folder_name).mkdir(parents=True, exist_ok=True)
+    merged = {}
+    for index, (files, records, metadata) in enumerate(scanned):
+        for record, refs in zip(records, files.refs):
+            key = f"{index}-{record.id}"
+            for role, path in refs.items():
+                target = output / CUSTOM_FOLDERS[role] / f"{key}{path.suffix}"
+                try:
+                    os.link(path, target)
+                except OSError:  # another file system, or links not allowed
+                    shutil.copy2(path, target)
+            entry = dict(metadata[record.id])
+            entry.pop("file_name", None)  # metadata.jsonl's link to the images: the key says it in metadata.json
+            if entry.get("object_id") is not None:
+                entry["object_id"] = f"{index}-{entry['object_id']}"
+            merged[key] = entry
+    partial = output / "metadata.json.partial"
+    partial.write_text(json.dumps(merged, indent=1))
+    os.replace(partial, output / "metadata.json")  # the folder is a dataset only once its metadata is whole
+    return len(merged)
+
+
 def infer_dataset_type(path: str | Path) -> DatasetType:
     """custom / hf / benchmark from what a path looks like (a Hub id that is not a local path means hf)."""
     candidate = Path(path)
@@ -2264,6 +2307,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     verify_parser.add_argument("--all_warnings", action="store_true", help="list every warning, not 10 per kind")
     _add_column_arguments(verify_parser)
 
+    merge_parser = commands.add_parser(
+        "merge", help="Join custom folders into one (keys and object ids prefixed by the source's number)."
+    )
+    merge_parser.add_argument("output", help="the new custom folder (must not exist, or be empty)")
+    merge_parser.add_argument("sources", nargs="+", help="two or more custom folders")
+
     cache_parser = commands.add_parser("cache", help="Build (or check) the latent cache that training will reuse.")
     cache_parser.add_argument("--dataset_type", choices=DATASET_TYPES, default="custom")
     cache_parser.add_argument("--train_data_dir", "--data_dir", dest="data_dir", default=None)
@@ -2290,6 +2339,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(report.format(max_warnings_per_kind=None if args.all_warnings else 10))
         return 0 if report.ok else 1
+    if args.command == "merge":
+        try:
+            count = merge_custom_datasets(args.sources, args.output)
+        except (DatasetVerificationError, ValueError) as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        print(f"Merged {count} samples of {len(args.sources)} folders into {args.output}.")
+        return 0
 
     from diffusers import AutoencoderKL
 

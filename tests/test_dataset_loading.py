@@ -1099,3 +1099,38 @@ def test_cache_command_names_a_bad_device_folder_or_vae(custom_root, tmp_path, c
     ):  # fmt: skip
         assert dataset_loading.main([*base, *extra]) == 1
         assert message in capsys.readouterr().err
+
+
+def test_merge_joins_custom_folders_keeping_their_objects_apart(tmp_path, capsys):
+    first = make_custom_dataset(tmp_path / "first", n=6, size=32, seed=1)
+    second = make_custom_dataset(tmp_path / "second", n=4, size=32, seed=2, metadata_format="jsonl")
+    merged = tmp_path / "merged"
+    assert main(["merge", str(merged), str(first), str(second)]) == 0
+    assert "Merged 10 samples of 2 folders" in capsys.readouterr().out
+    assert verify_dataset(merged).ok
+    metadata = json.loads((merged / "metadata.json").read_text())
+    assert sorted(metadata) == [f"0-sample_{i:03d}" for i in range(6)] + [f"1-sample_{i:03d}" for i in range(4)]
+    # both sources call their first object object_000; merged, they are two objects
+    assert metadata["0-sample_000"]["object_id"] != metadata["1-sample_000"]["object_id"]
+    assert len({entry["object_id"] for entry in metadata.values()}) == 3 + 2
+    source_entry = json.loads((second / "metadata.jsonl").read_text().splitlines()[3])
+    assert {k: v for k, v in source_entry.items() if k not in ("file_name", "object_id")} == {
+        k: v for k, v in metadata["1-sample_003"].items() if k != "object_id"
+    }
+    for folder in ("objects", "masks", "shadows"):
+        assert (merged / folder / "1-sample_003.png").read_bytes() == (second / folder / "sample_003.png").read_bytes()
+
+
+def test_merge_refuses_a_broken_source_or_a_used_output_before_writing(tmp_path, capsys):
+    first = make_custom_dataset(tmp_path / "first", n=4, size=32)
+    second = make_custom_dataset(tmp_path / "second", n=4, size=32)
+    (second / "shadows" / "sample_002.png").unlink()
+    out = tmp_path / "merged"
+    assert main(["merge", str(out), str(first), str(second)]) == 1
+    assert "shadows/sample_002" in capsys.readouterr().err and not out.exists()
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["merge", str(out), str(first), str(first)]) == 1
+    assert "not empty" in capsys.readouterr().err and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert main(["merge", str(tmp_path / "one"), str(first)]) == 1
+    assert "at least two source folders" in capsys.readouterr().err
