@@ -17,6 +17,7 @@
 #   STAGES="single-step128 evaluate-more128" bash recipes/family_model.sh  # the default fine-tuned at t = 1 only
 #   STAGES="shapes128 evaluate-more128" bash recipes/family_model.sh  # 6,000 renders of four new families, fine-tune
 #   STAGES="mixed128 evaluate-more128" bash recipes/family_model.sh   # 4,000 renders of all fourteen, fine-tune
+#   STAGES="mixed128 variety128 evaluate-more128" bash recipes/family_model.sh  # + 4,000 of four more, fine-tune
 #
 # Why 256 px: SDXL's latent is one cell per 8 x 8 pixels, so at 128 px a 16 x 16 latent has to carry a chair's legs
 # and a fence's gaps in sub-cell detail; the same VAE round-trips the same true maps better at 256 px (0.760 vs
@@ -26,7 +27,7 @@ set -euo pipefail
 DATA=${DATA:-data/families}
 WORK=${WORK:-work/family-model}
 BASE=${BASE:-models/shadow-small}  # the warm start: the embedded default (128 px, trained on the classic families only)
-STAGES=${STAGES:-data vae unet decoder ship evaluate unet128 evaluate128 default128 more128 encoder128 shapes128 mixed128 evaluate-more128}
+STAGES=${STAGES:-data vae unet decoder ship evaluate unet128 evaluate128 default128 more128 encoder128 shapes128 mixed128 variety128 evaluate-more128}
 RESOLUTION=${RESOLUTION:-256}
 TRAIN_SAMPLES=${TRAIN_SAMPLES:-2400}
 UNET_STEPS=${UNET_STEPS:-3500}
@@ -75,9 +76,10 @@ default_at() {  # REVISION OUTPUT
 }
 
 # The training families, by round: the ten every set up to stage 10 was drawn from (family_split.sh's default) and
-# the four the generator gained for stage 13.
+# the four the generator gained for stage 13, and the four it gained for stage 15.
 FAMILIES_TEN="single stack leaning cluster table arch ladder lathe frame figure"
 FAMILIES_NEW_SHAPES="wire glyph shelf sticks"
+FAMILIES_MORE_SHAPES="cart tower plant panel"
 
 # 1. Data: the clean family-held-out test split (legged, pole, ring, slats, bridge + the classic control; 256 spp)
 #    and its three track designs (64 spp + OpenImageDenoise), then a training set of every OTHER family: the classic
@@ -305,9 +307,29 @@ if has_stage mixed128; then
         "$DATA_MIXED/train/train" "$WORK/latents-mixed128"
     average_unets "$WORK/default-$STARTING" "$WORK/run-mixed128" "${MIXED_KEEP:-0.5}" "$WORK/mixed128-average"
 fi
+# 15. Four more kinds of shapes, trained with the fourteen (stage `variety128`, after stage 14's data): 4,000 renders
+#     (2,000 objects x 2 lights) of four families the generator gained for it -- bodies on wheels, braced lattices,
+#     plants, flat panels with openings (`cart tower plant panel`; none of the test split's five) -- at 128 px, 32 spp,
+#     joined with stage 14's 3,800 training renders of the fourteen into one set (`dataset_loading.py merge`); the
+#     embedded default of stage 13 fine-tuned on the 7,600 as in stage 14 and averaged with itself before
+#     (VARIETY_KEEP of it). Stage 14 with more kinds of shapes: the lever that paid most so far (stage 13).
+if has_stage variety128; then
+    DATA_MIXED=${DATA_MIXED:-$DATA-mixed128}
+    DATA_VARIETY=${DATA_VARIETY:-$DATA-variety128}
+    RESOLUTION=128 DATA=$DATA_VARIETY STAGES=train-data TRAIN_SAMPLES=${VARIETY_SAMPLES:-4000} \
+        TRAIN_FAMILIES="$FAMILIES_MORE_SHAPES" bash recipes/family_split.sh
+    [ -f "$DATA_VARIETY/merged/metadata.json" ] ||
+        $P dataset_loading.py merge "$DATA_VARIETY/merged" "$DATA_MIXED/train/train" "$DATA_VARIETY/train/train"
+    $P dataset_loading.py verify "$DATA_VARIETY/merged"
+    STARTING=${STARTING:-35c3be6}
+    default_at "$STARTING" "$WORK/default-$STARTING"
+    finetune128 "$WORK/default-$STARTING" "$WORK/run-variety128" "${VARIETY_STEPS:-3000}" 500 \
+        "$DATA_VARIETY/merged" "$WORK/latents-variety128"
+    average_unets "$WORK/default-$STARTING" "$WORK/run-variety128" "${VARIETY_KEEP:-0.5}" "$WORK/variety128-average"
+fi
 if has_stage evaluate-more128; then
     for candidate in run-more128 more128-average run-encoder128 encoder128-average run-single-step128 \
-        run-shapes128 shapes128-average run-mixed128 mixed128-average ${WIDTHS:-}; do
+        run-shapes128 shapes128-average run-mixed128 mixed128-average run-variety128 variety128-average ${WIDTHS:-}; do
         [ -f "$WORK/$candidate/model_index.json" ] || { echo "skip $candidate: not trained under $WORK"; continue; }
         RESOLUTION=128 DATA=$DATA WORK=$WORK/eval-$candidate MODEL=$WORK/$candidate HIRES_SAMPLES=0 \
             STAGES=evaluate bash recipes/family_split.sh
