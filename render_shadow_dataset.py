@@ -1476,15 +1476,8 @@ def _tower_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
 def _leaf(base, length: float, width: float, polar: float, azimuth: float) -> dict:
     """A flat blade `length` long and `width` wide from point `base`, `polar` degrees from straight up, turned to
     `azimuth` (degrees about z)."""
-    direction = np.array(
-        [
-            math.sin(math.radians(polar)) * math.cos(math.radians(azimuth)),
-            math.sin(math.radians(polar)) * math.sin(math.radians(azimuth)),
-            math.cos(math.radians(polar)),
-        ]
-    )
     blade = {"shape": "box", "dims": [0.012, width, length], "rotation_deg": [0.0, polar, azimuth]}  # face up
-    return _centred_at(blade, np.asarray(base, dtype=np.float64) + direction * length / 2)
+    return _centred_at(blade, np.asarray(base, dtype=np.float64) + light_position(polar, azimuth, length / 2))
 
 
 def _plant_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
@@ -1496,13 +1489,7 @@ def _plant_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
         for _ in range(int(rng.integers(3, 8))):
             polar, azimuth = float(rng.uniform(0.0, 45.0)), float(rng.uniform(0.0, 360.0))
             length, stem = float(rng.uniform(0.4, 1.2)), float(rng.uniform(0.008, 0.02))
-            tip = np.array([0.0, 0.0, height]) + length * np.array(
-                [
-                    math.sin(math.radians(polar)) * math.cos(math.radians(azimuth)),
-                    math.sin(math.radians(polar)) * math.sin(math.radians(azimuth)),
-                    math.cos(math.radians(polar)),
-                ]
-            )
+            tip = np.array([0.0, 0.0, height]) + light_position(polar, azimuth, length)  # polar/azimuth as a light's
             parts.append(_rod((0.0, 0.0, height * 0.8), tip, stem))
             parts.append(_leaf(tip, float(rng.uniform(0.12, 0.3)), float(rng.uniform(0.06, 0.15)), polar + 40, azimuth))
         return kind, parts
