@@ -82,6 +82,11 @@ default_at() {  # REVISION OUTPUT
 FAMILIES_TEN="single stack leaning cluster table arch ladder lathe frame figure"
 FAMILIES_NEW_SHAPES="wire glyph shelf sticks"
 FAMILIES_MORE_SHAPES="cart tower plant panel"
+# Stages 14 and 15 share the fourteen-family set and the warm start, the fifth embedded default (commit 35c3be6).
+# Each stage that starts from a committed default sets STARTING itself (MORE_START, ENCODER_START, MIXED_START
+# override them), so that running several stages in one call never hands one stage's warm start to the next.
+DATA_MIXED=${DATA_MIXED:-$DATA-mixed128}
+MIXED_START=${MIXED_START:-35c3be6}
 
 # 1. Data: the clean family-held-out test split (legged, pole, ring, slats, bridge + the classic control; 256 spp)
 #    and its three track designs (64 spp + OpenImageDenoise), then a training set of every OTHER family: the classic
@@ -201,7 +206,7 @@ if has_stage more128; then
     DATA128=${DATA128:-$DATA-128}
     RESOLUTION=128 DATA=$DATA128 STAGES=train-data TRAIN_SAMPLES=${MORE_SAMPLES:-8000} bash recipes/family_split.sh
     $P dataset_loading.py verify "$DATA128/train/train"
-    STARTING=${STARTING:-1a0bd5d}
+    STARTING=${MORE_START:-1a0bd5d}
     default_at "$STARTING" "$WORK/default-$STARTING"
     finetune128 "$WORK/default-$STARTING" "$WORK/run-more128" "${MORE_STEPS:-3000}" 500 "$DATA128/train/train" \
         "$WORK/latents-more128"
@@ -218,7 +223,7 @@ fi
 #     cp "$WORK/encoder128-average"/{unet,vae}/diffusion_pytorch_model.safetensors into models/shadow-small/{unet,vae}/
 if has_stage encoder128; then
     DATA128=${DATA128:-$DATA-128}
-    STARTING=${STARTING:-1a497be}
+    STARTING=${ENCODER_START:-1a497be}
     default_at "$STARTING" "$WORK/default-$STARTING"
     OMP_NUM_THREADS=${TRAIN_THREADS:-1} $P train_vae.py --data_dir "$DATA128/train/train" --resolution 128 \
         --pretrained_vae_model_name_or_path "$WORK/default-$STARTING/vae" --encoder_only \
@@ -298,12 +303,11 @@ fi
 #     median direction error 5.2 -> 4.6 degrees) and on the control (0.625 -> 0.638), not on their track designs
 #     (0.467 -> 0.463).
 if has_stage mixed128; then
-    DATA_MIXED=${DATA_MIXED:-$DATA-mixed128}
     RESOLUTION=128 DATA=$DATA_MIXED STAGES=train-data TRAIN_SAMPLES=${MIXED_SAMPLES:-4000} \
         TRAIN_FAMILIES="$FAMILIES_TEN $FAMILIES_NEW_SHAPES" \
         bash recipes/family_split.sh
     $P dataset_loading.py verify "$DATA_MIXED/train/train"
-    STARTING=${STARTING:-35c3be6}
+    STARTING=$MIXED_START
     default_at "$STARTING" "$WORK/default-$STARTING"
     finetune128 "$WORK/default-$STARTING" "$WORK/run-mixed128" "${MIXED_STEPS:-3000}" 500 \
         "$DATA_MIXED/train/train" "$WORK/latents-mixed128"
@@ -319,14 +323,13 @@ fi
 #     median direction error 5.2 -> 4.6 degrees, tracks level (0.467 -> 0.466), control 0.625 -> 0.633. Install:
 #     cp "$WORK/variety128-average/unet/diffusion_pytorch_model.safetensors" models/shadow-small/unet/
 if has_stage variety128; then
-    DATA_MIXED=${DATA_MIXED:-$DATA-mixed128}
     DATA_VARIETY=${DATA_VARIETY:-$DATA-variety128}
     RESOLUTION=128 DATA=$DATA_VARIETY STAGES=train-data TRAIN_SAMPLES=${VARIETY_SAMPLES:-4000} \
         TRAIN_FAMILIES="$FAMILIES_MORE_SHAPES" bash recipes/family_split.sh
     [ -f "$DATA_VARIETY/merged/metadata.json" ] ||
         $P dataset_loading.py merge "$DATA_VARIETY/merged" "$DATA_MIXED/train/train" "$DATA_VARIETY/train/train"
     $P dataset_loading.py verify "$DATA_VARIETY/merged"
-    STARTING=${STARTING:-35c3be6}
+    STARTING=$MIXED_START
     default_at "$STARTING" "$WORK/default-$STARTING"
     finetune128 "$WORK/default-$STARTING" "$WORK/run-variety128" "${VARIETY_STEPS:-3000}" 500 \
         "$DATA_VARIETY/merged" "$WORK/latents-variety128"
