@@ -155,6 +155,37 @@ def test_family_sheet_pairs_the_renderer_and_the_model_per_family(tmp_path, tiny
         family_sheet.one_sample_per_object(tmp_path, 2)
 
 
+def test_inference_levers_start_from_the_evaluation_and_score_each_lever_against_it(tmp_path, tiny_shadow_dir):
+    import json
+
+    import numpy as np
+    from data_factory import make_custom_dataset
+
+    import evaluate_shadow
+
+    levers = _load("inference_levers")
+    data = make_custom_dataset(tmp_path / "test-things", n=3, size=64)
+    evaluate_shadow.main(["--model", str(tiny_shadow_dir), "--dataset_type", "custom", "--data_dir", str(data),
+                          "--num_seeds", "2", "--resolution", "64", "--output_dir", str(tmp_path / "eval")])  # fmt: skip
+    records = [json.loads(line) for line in (tmp_path / "eval" / "records.jsonl").read_text().splitlines()]
+    out = tmp_path / "levers.json"
+    results = levers.main(["--model", str(tiny_shadow_dir), "--data_dirs", str(data), "--resolution", "64",
+                           "--num_seeds", "2", "--gains", "1", "1.5", "--eval_batch_size", "2",
+                           "--output_json", str(out)])  # fmt: skip
+    rows = results["folders"][str(data)]
+    # the baseline is evaluate_shadow.py's own prediction (same tensors, same noise seeds), image by image
+    assert rows["one step"]["count"] == len(records) == 6
+    assert rows["one step"]["iou"] == pytest.approx(np.mean([r["iou"] for r in records]), abs=1e-6)
+    assert rows["gain 1"]["difference"] == 0.0 and rows["gain 1"]["better"] == 0.0
+    # the oracle's grid holds gain 1, so it never scores below the plain map; the others are real, paired scores
+    assert rows["best gain per image (oracle)"]["difference"] >= 0.0
+    assert {"mirror alone", "mirror average", "two draws", "gain 1.5"} <= set(rows)
+    assert json.loads(out.read_text())["folders"][str(data)]["one step"] == rows["one step"]
+    maps = np.full((1, 4, 4), 0.6)
+    assert levers.with_gain(maps, 2.0).max() == 1.0 and levers.with_gain(maps, 0.5).max() == pytest.approx(0.3)
+    assert levers.paired([0.5, 0.7], [0.4, 0.8])["better"] == 0.5
+
+
 def test_compare_evals_pairs_two_evaluations_image_by_image(tmp_path, tiny_shadow_dir):
     import json
 
@@ -207,6 +238,11 @@ def test_compare_evals_pairs_two_evaluations_image_by_image(tmp_path, tiny_shado
             ["--model", "{tmp}/nothing", "--data_dirs", "{custom}", "--out", "{tmp}/s.png"],
             "--pretrained_model_name_or_path {tmp}/nothing is not a folder",
         ),
+        (
+            "inference_levers",
+            ["--model", "{tmp}/nothing", "--data_dirs", "{custom}"],
+            "--pretrained_model_name_or_path {tmp}/nothing is not a folder",
+        ),
     ],  # fmt: skip
 )
 def test_a_benchmark_given_the_wrong_folder_says_which_flag_in_one_line(tmp_path, monkeypatch, script, args, message):
@@ -237,6 +273,8 @@ def test_a_benchmark_given_the_wrong_folder_says_which_flag_in_one_line(tmp_path
         ("bench_render", ["--resolutions", "-3"], "`--resolutions` must be a multiple of 8 (>= 8), got -3"),
         ("bench_render", ["--spp", "0"], "`--spp` must be >= 1, got 0"),
         ("code_shape", ["/no/such.py"], "/no/such.py is not a file"),
+        ("inference_levers", ["--model", "m", "--data_dirs", "d", "--num_seeds", "0"], "`--num_seeds` must be >= 1"),
+        ("inference_levers", ["--model", "m", "--data_dirs", "d", "--gains", "-1"], "`--gains` must be > 0"),
     ],
 )
 def test_a_benchmark_refuses_bad_arguments_before_it_runs(monkeypatch, capsys, script, argv, message):
