@@ -20,6 +20,7 @@
 #   STAGES="shapes128 evaluate-more128" bash recipes/family_model.sh  # 6,000 renders of four new families, fine-tune
 #   STAGES="mixed128 evaluate-more128" bash recipes/family_model.sh   # 4,000 renders of all fourteen, fine-tune
 #   STAGES="mixed128 variety128 evaluate-more128" bash recipes/family_model.sh  # + 4,000 of four more, fine-tune
+#   STAGES="all128 evaluate-more128" bash recipes/family_model.sh  # 4,000 fresh renders of all eighteen, fine-tune
 #
 # Why 256 px: SDXL's latent is one cell per 8 x 8 pixels, so at 128 px a 16 x 16 latent has to carry a chair's legs
 # and a fence's gaps in sub-cell detail; the same VAE round-trips the same true maps better at 256 px (0.760 vs
@@ -29,7 +30,7 @@ set -euo pipefail
 DATA=${DATA:-data/families}
 WORK=${WORK:-work/family-model}
 BASE=${BASE:-models/shadow-small}  # the warm start: the embedded default (128 px, trained on the classic families only)
-STAGES=${STAGES:-data vae unet decoder ship evaluate unet128 evaluate128 default128 more128 encoder128 shapes128 mixed128 variety128 evaluate-more128}
+STAGES=${STAGES:-data vae unet decoder ship evaluate unet128 evaluate128 default128 more128 encoder128 shapes128 mixed128 variety128 all128 evaluate-more128}
 RESOLUTION=${RESOLUTION:-256}
 TRAIN_SAMPLES=${TRAIN_SAMPLES:-2400}
 UNET_STEPS=${UNET_STEPS:-3500}
@@ -335,9 +336,27 @@ if has_stage variety128; then
         "$DATA_VARIETY/merged" "$WORK/latents-variety128"
     average_unets "$WORK/default-$STARTING" "$WORK/run-variety128" "${VARIETY_KEEP:-0.5}" "$WORK/variety128-average"
 fi
+# 16. Fresh renders of all eighteen families (stage `all128`): 4,000 renders (2,000 objects x 2 lights) drawn with
+#     render seed ALL_SEED (1; every earlier training set used 0, the test split 1000, so none of these objects
+#     occurs in them) from the eighteen training families at once, at 128 px, 32 spp; the embedded default of stage
+#     15 (commit cda464b) fine-tuned on them as in stage 14 and averaged with itself before (ALL_KEEP of it).
+#     Stage 15's lever -- more renders of more kinds of shapes -- once more, with no render reused. Not yet run to
+#     the end: its renders were made (36 min on a 2-core Xeon, 0 failed), the session ended before the fine-tune.
+if has_stage all128; then
+    DATA_ALL=${DATA_ALL:-$DATA-all128}
+    RESOLUTION=128 DATA=$DATA_ALL STAGES=train-data TRAIN_SAMPLES=${ALL_SAMPLES:-4000} TRAIN_SEED=${ALL_SEED:-1} \
+        TRAIN_FAMILIES="$FAMILIES_TEN $FAMILIES_NEW_SHAPES $FAMILIES_MORE_SHAPES" bash recipes/family_split.sh
+    $P dataset_loading.py verify "$DATA_ALL/train/train"
+    STARTING=${ALL_START:-cda464b}
+    default_at "$STARTING" "$WORK/default-$STARTING"
+    finetune128 "$WORK/default-$STARTING" "$WORK/run-all128" "${ALL_STEPS:-3000}" 500 \
+        "$DATA_ALL/train/train" "$WORK/latents-all128"
+    average_unets "$WORK/default-$STARTING" "$WORK/run-all128" "${ALL_KEEP:-0.5}" "$WORK/all128-average"
+fi
 if has_stage evaluate-more128; then
     for candidate in run-more128 more128-average run-encoder128 encoder128-average run-single-step128 \
-        run-shapes128 shapes128-average run-mixed128 mixed128-average run-variety128 variety128-average ${WIDTHS:-}; do
+        run-shapes128 shapes128-average run-mixed128 mixed128-average run-variety128 variety128-average run-all128 \
+        all128-average ${WIDTHS:-}; do
         [ -f "$WORK/$candidate/model_index.json" ] || { echo "skip $candidate: not trained under $WORK"; continue; }
         RESOLUTION=128 DATA=$DATA WORK=$WORK/eval-$candidate MODEL=$WORK/$candidate HIRES_SAMPLES=0 \
             STAGES=evaluate bash recipes/family_split.sh
