@@ -38,9 +38,10 @@ from pipeline_shadow import ShadowPipeline  # noqa: E402, I001
 from diffusers.utils.torch_utils import randn_tensor  # noqa: E402
 from machine_info import cpu_description  # noqa: E402
 
-from dataset_loading import DatasetVerificationError, create_dataloaders, infer_dataset_type, mirror_phi  # noqa: E402
+from dataset_loading import DatasetVerificationError, mirror_phi  # noqa: E402
 from evaluate_shadow import generator_seed, soft_iou  # noqa: E402
 from generate_shadows import load_pipeline  # noqa: E402
+from vae_ceiling import in_order_loader  # noqa: E402
 
 ORACLE_GAINS = np.geomspace(0.25, 4.0, 41)  # includes 1.0 (the 21st), so the oracle is never below `one step`
 BASELINE = "one step"
@@ -112,16 +113,7 @@ class LeverRun:
 
 
 def score_folder(run: LeverRun, data_dir: Path, resolution: int, batch_size: int, limit: int | None) -> dict:
-    loader, _ = create_dataloaders(
-        dataset_type=infer_dataset_type(data_dir),
-        data_dir=data_dir,
-        batch_size=batch_size,
-        num_workers=0,
-        image_size=resolution,
-        val_fraction=0.0,
-        random_flip=False,
-        shuffle=False,
-    )
+    loader = in_order_loader(data_dir, resolution, batch_size)
     scores: dict[str, list[float]] = {}
     count = 0
     for batch in loader:

@@ -97,7 +97,8 @@ def folder_label(data_dir: Path) -> str:
     return data_dir.name
 
 
-def _loader(data_dir: Path, resolution: int, batch_size: int):
+def in_order_loader(data_dir: Path, resolution: int, batch_size: int):
+    """Every sample of `data_dir` once, in its own order, unflipped, at `resolution` (no validation split)."""
     loader, _ = create_dataloaders(
         dataset_type=infer_dataset_type(data_dir),
         data_dir=data_dir,
@@ -127,8 +128,8 @@ def score_folder(
     256 spp), also how far this folder's maps are from those (`target_vs_reference`: the best a perfect model scores
     against these targets) and how close the VAE's round trip comes to them (`vae_vs_reference`)."""
     resolution = resolution or native_resolution(data_dir)
-    batches = _loader(data_dir, resolution, batch_size)
-    references = _loader(reference_dir, resolution, batch_size) if reference_dir is not None else None
+    batches = in_order_loader(data_dir, resolution, batch_size)
+    references = in_order_loader(reference_dir, resolution, batch_size) if reference_dir is not None else None
     names = ["vae_iou", "vae_rmse", "grid_iou", "shadow_fraction"] + (["inverted_iou"] if invert_steps else [])
     names += ["target_vs_reference_iou", "vae_vs_reference_iou"] if references is not None else []
     scores = {name: [] for name in names}
