@@ -80,16 +80,27 @@ default_at() {  # REVISION OUTPUT
     git archive "$1" models/shadow-small | tar -x -C "$2" --strip-components=2
 }
 
+# Stages 9 and 14-17: the default committed at REVISION fine-tuned on TRAIN_DIR (finetune128, into $WORK/run-NAME, latents
+# cached in $WORK/latents-NAME), then averaged with itself, KEEP of it, into $WORK/NAME-average.
+finetune_and_average() {  # NAME REVISION STEPS CHECKPOINT_STEPS TRAIN_DIR KEEP
+    default_at "$2" "$WORK/default-$2"
+    finetune128 "$WORK/default-$2" "$WORK/run-$1" "$3" "$4" "$5" "$WORK/latents-$1"
+    average_unets "$WORK/default-$2" "$WORK/run-$1" "$6" "$WORK/$1-average"
+}
+
 # The training families, by round: the ten every set up to stage 10 was drawn from (family_split.sh's default) and
 # the four the generator gained for stage 13, and the four it gained for stage 15.
 FAMILIES_TEN="single stack leaning cluster table arch ladder lathe frame figure"
 FAMILIES_NEW_SHAPES="wire glyph shelf sticks"
 FAMILIES_MORE_SHAPES="cart tower plant panel"
+FAMILIES_ALL="$FAMILIES_TEN $FAMILIES_NEW_SHAPES $FAMILIES_MORE_SHAPES"  # the eighteen of stages 16 and 17
 # Stages 14 and 15 share the fourteen-family set and the warm start, the fifth embedded default (commit 35c3be6).
-# Each stage that starts from a committed default sets STARTING itself (MORE_START, ENCODER_START, MIXED_START
-# override them), so that running several stages in one call never hands one stage's warm start to the next.
+# Each stage that starts from a committed default names it itself (MORE_START, ENCODER_START, MIXED_START, ALL_START,
+# FRESH_START override them), so that running several stages in one call never hands one stage's warm start to the
+# next.
 DATA_MIXED=${DATA_MIXED:-$DATA-mixed128}
 MIXED_START=${MIXED_START:-35c3be6}
+DATA_ALL=${DATA_ALL:-$DATA-all128}  # stage 16's renders, which stage 17 joins with its own
 
 # 1. Data: the clean family-held-out test split (legged, pole, ring, slats, bridge + the classic control; 256 spp)
 #    and its three track designs (64 spp + OpenImageDenoise), then a training set of every OTHER family: the classic
@@ -209,11 +220,7 @@ if has_stage more128; then
     DATA128=${DATA128:-$DATA-128}
     RESOLUTION=128 DATA=$DATA128 STAGES=train-data TRAIN_SAMPLES=${MORE_SAMPLES:-8000} bash recipes/family_split.sh
     $P dataset_loading.py verify "$DATA128/train/train"
-    STARTING=${MORE_START:-1a0bd5d}
-    default_at "$STARTING" "$WORK/default-$STARTING"
-    finetune128 "$WORK/default-$STARTING" "$WORK/run-more128" "${MORE_STEPS:-3000}" 500 "$DATA128/train/train" \
-        "$WORK/latents-more128"
-    average_unets "$WORK/default-$STARTING" "$WORK/run-more128" 0.5 "$WORK/more128-average"
+    finetune_and_average more128 "${MORE_START:-1a0bd5d}" "${MORE_STEPS:-3000}" 500 "$DATA128/train/train" 0.5
 fi
 # 10. The encoder (stage `encoder128`): the VAE's decoder draws the unseen families' true maps at ~0.86 soft IoU from
 #     16 x 16 latents optimised map by map, but only at 0.71 from its encoder's own (benchmarks/vae_ceiling.py
@@ -310,11 +317,8 @@ if has_stage mixed128; then
         TRAIN_FAMILIES="$FAMILIES_TEN $FAMILIES_NEW_SHAPES" \
         bash recipes/family_split.sh
     $P dataset_loading.py verify "$DATA_MIXED/train/train"
-    STARTING=$MIXED_START
-    default_at "$STARTING" "$WORK/default-$STARTING"
-    finetune128 "$WORK/default-$STARTING" "$WORK/run-mixed128" "${MIXED_STEPS:-3000}" 500 \
-        "$DATA_MIXED/train/train" "$WORK/latents-mixed128"
-    average_unets "$WORK/default-$STARTING" "$WORK/run-mixed128" "${MIXED_KEEP:-0.5}" "$WORK/mixed128-average"
+    finetune_and_average mixed128 "$MIXED_START" "${MIXED_STEPS:-3000}" 500 "$DATA_MIXED/train/train" \
+        "${MIXED_KEEP:-0.5}"
 fi
 # 15. Four more kinds of shapes, trained with the fourteen (stage `variety128`, after stage 14's data): 4,000 renders
 #     (2,000 objects x 2 lights) of four families the generator gained for it -- bodies on wheels, braced lattices,
@@ -322,8 +326,9 @@ fi
 #     joined with stage 14's 3,800 training renders of the fourteen into one set (`dataset_loading.py merge`); the
 #     embedded default of stage 13 fine-tuned on the 7,600 as in stage 14 and averaged with itself before
 #     (VARIETY_KEEP of it). Stage 14 with more kinds of shapes, the lever that paid most (stage 13). The embedded
-#     default of 2026-12-02 until stage 17 (BENCHMARKS.md "Eighth round"): pooled soft IoU on the unseen families 0.497 -> 0.517,
-#     median direction error 5.2 -> 4.6 degrees, tracks level (0.467 -> 0.466), control 0.625 -> 0.633. Install:
+#     default of 2026-12-02 until stage 17 (BENCHMARKS.md "Eighth round"): pooled soft IoU on the unseen families
+#     0.497 -> 0.517, median direction error 5.2 -> 4.6 degrees, tracks level (0.467 -> 0.466), control 0.625 ->
+#     0.633. Install:
 #     cp "$WORK/variety128-average/unet/diffusion_pytorch_model.safetensors" models/shadow-small/unet/
 if has_stage variety128; then
     DATA_VARIETY=${DATA_VARIETY:-$DATA-variety128}
@@ -332,11 +337,8 @@ if has_stage variety128; then
     [ -f "$DATA_VARIETY/merged/metadata.json" ] ||
         $P dataset_loading.py merge "$DATA_VARIETY/merged" "$DATA_MIXED/train/train" "$DATA_VARIETY/train/train"
     $P dataset_loading.py verify "$DATA_VARIETY/merged"
-    STARTING=$MIXED_START
-    default_at "$STARTING" "$WORK/default-$STARTING"
-    finetune128 "$WORK/default-$STARTING" "$WORK/run-variety128" "${VARIETY_STEPS:-3000}" 500 \
-        "$DATA_VARIETY/merged" "$WORK/latents-variety128"
-    average_unets "$WORK/default-$STARTING" "$WORK/run-variety128" "${VARIETY_KEEP:-0.5}" "$WORK/variety128-average"
+    finetune_and_average variety128 "$MIXED_START" "${VARIETY_STEPS:-3000}" 500 "$DATA_VARIETY/merged" \
+        "${VARIETY_KEEP:-0.5}"
 fi
 # 16. Fresh renders of all eighteen families (stage `all128`): 4,000 renders (2,000 objects x 2 lights) drawn with
 #     render seed ALL_SEED (1; every earlier training set used 0, the test split 1000, so none of these objects
@@ -346,15 +348,11 @@ fi
 #     shipped (BENCHMARKS.md "Tenth round"): the average +0.005 +- 0.003 on the unseen families' random lights,
 #     -0.003 +- 0.001 on their tracks; the fine-tune alone -0.005 and -0.012.
 if has_stage all128; then
-    DATA_ALL=${DATA_ALL:-$DATA-all128}
     RESOLUTION=128 DATA=$DATA_ALL STAGES=train-data TRAIN_SAMPLES=${ALL_SAMPLES:-4000} TRAIN_SEED=${ALL_SEED:-1} \
-        TRAIN_FAMILIES="$FAMILIES_TEN $FAMILIES_NEW_SHAPES $FAMILIES_MORE_SHAPES" bash recipes/family_split.sh
+        TRAIN_FAMILIES="$FAMILIES_ALL" bash recipes/family_split.sh
     $P dataset_loading.py verify "$DATA_ALL/train/train"
-    STARTING=${ALL_START:-cda464b}
-    default_at "$STARTING" "$WORK/default-$STARTING"
-    finetune128 "$WORK/default-$STARTING" "$WORK/run-all128" "${ALL_STEPS:-3000}" 500 \
-        "$DATA_ALL/train/train" "$WORK/latents-all128"
-    average_unets "$WORK/default-$STARTING" "$WORK/run-all128" "${ALL_KEEP:-0.5}" "$WORK/all128-average"
+    finetune_and_average all128 "${ALL_START:-cda464b}" "${ALL_STEPS:-3000}" 500 "$DATA_ALL/train/train" \
+        "${ALL_KEEP:-0.5}"
 fi
 # 17. Twice as many fresh renders, twice as long (stage `fresh128`, after stage 16's data): 6,000 more renders (3,000
 #     objects x 2 lights) of the eighteen families at render seed FRESH_SEED (2), joined with stage 16's 3,800
@@ -367,18 +365,13 @@ fi
 #     cp "$WORK/fresh128-average/unet/diffusion_pytorch_model.safetensors" models/shadow-small/unet/
 if has_stage fresh128; then
     DATA_FRESH=${DATA_FRESH:-$DATA-fresh128}
-    DATA_ALL=${DATA_ALL:-$DATA-all128}
     RESOLUTION=128 DATA=$DATA_FRESH STAGES=train-data TRAIN_SAMPLES=${FRESH_SAMPLES:-6000} \
-        TRAIN_SEED=${FRESH_SEED:-2} TRAIN_FAMILIES="$FAMILIES_TEN $FAMILIES_NEW_SHAPES $FAMILIES_MORE_SHAPES" \
-        bash recipes/family_split.sh
+        TRAIN_SEED=${FRESH_SEED:-2} TRAIN_FAMILIES="$FAMILIES_ALL" bash recipes/family_split.sh
     [ -f "$DATA_FRESH/merged/metadata.json" ] ||
         $P dataset_loading.py merge "$DATA_FRESH/merged" "$DATA_ALL/train/train" "$DATA_FRESH/train/train"
     $P dataset_loading.py verify "$DATA_FRESH/merged"
-    STARTING=${FRESH_START:-cda464b}
-    default_at "$STARTING" "$WORK/default-$STARTING"
-    finetune128 "$WORK/default-$STARTING" "$WORK/run-fresh128" "${FRESH_STEPS:-6000}" 1000 \
-        "$DATA_FRESH/merged" "$WORK/latents-fresh128"
-    average_unets "$WORK/default-$STARTING" "$WORK/run-fresh128" "${FRESH_KEEP:-0.5}" "$WORK/fresh128-average"
+    finetune_and_average fresh128 "${FRESH_START:-cda464b}" "${FRESH_STEPS:-6000}" 1000 "$DATA_FRESH/merged" \
+        "${FRESH_KEEP:-0.5}"
 fi
 if has_stage evaluate-more128; then
     for candidate in run-more128 more128-average run-encoder128 encoder128-average run-single-step128 \
