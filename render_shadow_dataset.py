@@ -602,7 +602,8 @@ CLASSIC_FAMILIES = ("single", "stack", "leaning", "cluster", "table", "arch")
 THIN_FAMILIES = ("legged", "pole", "ring", "slats", "bridge")  # the family-held-out test split's families
 # More thin structures, for TRAINING sets that hold the five above out: rungs, stems, wire frames, limbs, branches;
 # then bent wire, block letters, overhanging boards and loose rods (added after the 7,600-render set was drawn); then
-# wheeled bodies, braced lattices, plants and panels with openings (added after the fourteen-family set was drawn).
+# wheeled bodies, braced lattices, plants and panels with openings (added after the fourteen-family set was drawn);
+# then spikes, bladed rotors, thin bands and scattered small things (added after the eighteen-family sets were drawn).
 EXTRA_THIN_FAMILIES = (
     "ladder",
     "lathe",
@@ -616,6 +617,10 @@ EXTRA_THIN_FAMILIES = (
     "tower",
     "plant",
     "panel",
+    "spiky",
+    "fan",
+    "ribbon",
+    "scatter",
 )
 FAMILIES = CLASSIC_FAMILIES + THIN_FAMILIES + EXTRA_THIN_FAMILIES
 DEFAULT_FAMILIES = CLASSIC_FAMILIES  # what a run without --families draws: the data the shipped model was trained on
@@ -647,6 +652,10 @@ FAMILY_DESCRIPTIONS = {
     "tower": "braced lattices: tapering masts, pylons with crossarms, scaffolding with a plank, tanks on braced legs",
     "plant": "plants: leafy stems in a pot, grass tufts, cacti with arms, palms with drooping fronds",
     "panel": "flat panels with openings: walls with windows, perforated partitions, folding screens, picture frames",
+    "spiky": "spikes from a core: sea urchins, toy jacks, caltrops, starbursts",
+    "fan": "blades round a hub: propellers and pinwheels lying flat, windmill rotors, desk fans",
+    "ribbon": "thin bands: wavy bands on edge, twisting bands, scrolls, a band arching off the ground",
+    "scatter": "many small separate things: pebbles, skittles in a triangle, strewn toy blocks",
 }
 
 
@@ -1581,6 +1590,187 @@ def _panel_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
     return kind, parts
 
 
+def _euler_from_matrix(rotation: np.ndarray) -> list[float]:
+    """The XYZ Euler angles in degrees (euler_matrix's order) of a 3x3 rotation; at pitch +-90 degrees (the box's x
+    axis straight up or down), where roll and yaw turn about the same axis, all of the turn goes to the roll."""
+    pitch = math.asin(max(-1.0, min(1.0, -rotation[2, 0])))
+    if abs(rotation[2, 0]) > 1.0 - 1e-9:
+        return [math.degrees(math.atan2(-rotation[1, 2], rotation[1, 1])), math.degrees(pitch), 0.0]
+    roll = math.atan2(rotation[2, 1], rotation[2, 2])
+    yaw = math.atan2(rotation[1, 0], rotation[0, 0])
+    return [math.degrees(roll), math.degrees(pitch), math.degrees(yaw)]
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random 3x3 rotation (the Q of a Gaussian matrix's QR, signs fixed)."""
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+def _slab(centre, along, across, length: float, width: float, thickness: float) -> dict:
+    """A thin box `length` along the unit vector `along`, `width` along `across` (perpendicular to it) and `thickness`
+    through both, centred at `centre`: a blade, a strip of ribbon."""
+    along = _unit(np.asarray(along, dtype=np.float64))
+    across = _unit(np.asarray(across, dtype=np.float64) - np.dot(across, along) * along)
+    rotation = np.stack([along, across, np.cross(along, across)], axis=1)  # box x, y, z -> world
+    box = {"shape": "box", "dims": [length, width, thickness], "rotation_deg": _euler_from_matrix(rotation)}
+    return _centred_at(box, centre)
+
+
+def _spike(base, direction, length: float, radius: float) -> dict:
+    """A cone from a disc of `radius` at point `base` to a point `length` along the unit vector `direction`."""
+    direction = _unit(np.asarray(direction, dtype=np.float64))
+    polar = math.degrees(math.acos(max(-1.0, min(1.0, direction[2]))))
+    azimuth = math.degrees(math.atan2(direction[1], direction[0]))
+    return {"shape": "cone", "dims": [radius, 0.0, length], "rotation_deg": [0.0, polar, azimuth], "offset": list(base)}
+
+
+def _spiky_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
+    """Spikes from a core: a sea urchin of many thin cones, a toy jack of six ball-tipped arms, a caltrop of four
+    spikes, a starburst of spikes in one tilted plane."""
+    kind = str(rng.choice(["urchin", "jack", "caltrop", "starburst"]))
+    core = float(rng.uniform(0.08, 0.3))
+    centre = np.array([0.0, 0.0, 1.0])  # the object is set down on its lowest point afterwards
+    parts = [_centred_at({"shape": "sphere", "dims": [core, 1.0]}, centre)]
+    if kind == "jack":  # three rods through the centre, a ball on each end
+        rotation, reach = _random_rotation(rng), float(rng.uniform(0.4, 0.9))
+        rod, ball = float(rng.uniform(0.015, 0.04)), float(rng.uniform(0.04, 0.1))
+        for axis in rotation.T:
+            parts.append(_rod(centre - reach * axis, centre + reach * axis, rod))
+            parts += [_centred_at({"shape": "sphere", "dims": [ball, 1.0]}, centre + s * reach * axis) for s in (-1, 1)]
+        return kind, parts
+    if kind == "caltrop":  # the four directions of a tetrahedron's corners, turned at random
+        directions = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=np.float64) @ _random_rotation(
+            rng
+        )
+        count = 4
+    elif kind == "urchin":  # directions spread over the sphere
+        count = int(rng.integers(8, 22))
+        directions = rng.normal(size=(count, 3))
+    else:  # starburst: directions round a circle in a tilted plane
+        count = int(rng.integers(5, 13))
+        angles = 2 * np.pi * (np.arange(count) + rng.uniform(-0.2, 0.2, size=count)) / count
+        plane = _random_rotation(rng)
+        directions = np.cos(angles)[:, None] * plane[:, 0] + np.sin(angles)[:, None] * plane[:, 1]
+    for direction in directions:
+        length = core + float(rng.uniform(0.3, 0.9))
+        parts.append(_spike(centre, direction, length, float(rng.uniform(0.02, 0.08))))
+    return kind, parts
+
+
+def _fan_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
+    """Blades round a hub, with light between them: a propeller lying on the ground, a windmill's rotor on a squat
+    tower, a desk fan on its base, a pinwheel of pitched vanes lying flat."""
+    kind = str(rng.choice(["propeller", "windmill", "desk", "pinwheel"]))
+    blades, hub = int(rng.integers(2, 7)), float(rng.uniform(0.05, 0.15))
+    length, width = float(rng.uniform(0.4, 0.9)), float(rng.uniform(0.06, 0.25))
+    pitch = math.radians(float(rng.uniform(10.0, 45.0)))
+    if kind in ("propeller", "pinwheel"):  # the rotor's axis straight up
+        axis, centre, parts = np.array([0.0, 0.0, 1.0]), np.array([0.0, 0.0, hub]), []
+        parts.append(_centred_at({"shape": "cylinder", "dims": [hub, hub * 1.5]}, centre))
+    else:  # the rotor's axis level, at the top of a tower (windmill) or a short neck on a disc (desk)
+        axis = np.array([math.cos(rng.uniform(0, 2 * np.pi)), 0.0, 0.0])
+        axis[1] = math.sqrt(1.0 - axis[0] ** 2)
+        height = length + hub + float(rng.uniform(0.05, 0.4))
+        centre = np.array([0.0, 0.0, height])
+        if kind == "windmill":
+            base = float(rng.uniform(0.15, 0.35))
+            parts = [_set_down({"shape": "cone", "dims": [base, base * 0.5, height - hub]})]
+        else:
+            foot = float(rng.uniform(0.15, 0.3))
+            parts = [_set_down({"shape": "cylinder", "dims": [foot, 0.04]})]
+            parts.append(_rod((0.0, 0.0, 0.04), centre, float(rng.uniform(0.03, 0.06))))
+        parts.append(_rod(centre - hub * axis, centre + hub * axis, hub))
+    side = _unit(np.cross(axis, [0.0, 0.0, 1.0]) if abs(axis[2]) < 0.9 else np.array([1.0, 0.0, 0.0]))
+    start = float(rng.uniform(0.0, 2 * np.pi))
+    for k in range(blades):
+        angle = start + 2 * np.pi * k / blades
+        radial = math.cos(angle) * side + math.sin(angle) * np.cross(axis, side)
+        tangent = np.cross(axis, radial)
+        across = math.cos(pitch) * tangent + math.sin(pitch) * axis  # the blade's face turned by its pitch
+        blade_width = width * (2.0 if kind == "pinwheel" else 1.0)
+        parts.append(_slab(centre + radial * (hub + length / 2), radial, across, length, blade_width, 0.015))
+    return kind, parts
+
+
+def _strip_along(path_xy: np.ndarray, height: float, thickness: float, z0: float = 0.0) -> list[dict]:
+    """A band standing on its edge along the polyline `path_xy` [N,2]: one thin slab a segment, overlapping at the
+    joints."""
+    parts = []
+    for a, b in zip(path_xy[:-1], path_xy[1:]):
+        along = np.array([b[0] - a[0], b[1] - a[1], 0.0])
+        centre = ((a[0] + b[0]) / 2, (a[1] + b[1]) / 2, z0 + height / 2)
+        parts.append(_slab(centre, along, (0.0, 0.0, 1.0), float(np.linalg.norm(along)) + thickness, height, thickness))
+    return parts
+
+
+def _ribbon_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
+    """Thin bands: a wavy band standing on its edge, a band twisting as it rises, a scroll curled into a spiral, a
+    band looping over in a wave above the ground on two feet."""
+    kind = str(rng.choice(["wave", "twist", "scroll", "arching"]))
+    thickness = float(rng.uniform(0.015, 0.04))
+    if kind == "wave":
+        length, amplitude = float(rng.uniform(1.2, 2.4)), float(rng.uniform(0.1, 0.45))
+        x = np.linspace(-length / 2, length / 2, 24)
+        y = amplitude * np.sin(2 * np.pi * float(rng.uniform(0.5, 2.0)) * x / length + rng.uniform(0, 2 * np.pi))
+        return kind, _strip_along(np.stack([x, y], axis=1), float(rng.uniform(0.2, 0.8)), thickness)
+    if kind == "scroll":
+        turns, outer = float(rng.uniform(1.0, 2.5)), float(rng.uniform(0.3, 0.7))
+        angle = np.linspace(0.0, 2 * np.pi * turns, int(24 * turns))
+        radius = outer * (0.25 + 0.75 * angle / angle[-1])
+        path = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
+        return kind, _strip_along(path, float(rng.uniform(0.2, 0.9)), thickness)
+    if kind == "twist":  # level slabs stacked, each turned a little further about the vertical
+        height, width = float(rng.uniform(0.8, 1.6)), float(rng.uniform(0.25, 0.6))
+        total, count = math.radians(float(rng.uniform(90.0, 360.0))), 20
+        step, start = height / count, float(rng.uniform(0, 2 * np.pi))
+        parts = []
+        for k in range(count):
+            angle = start + total * k / (count - 1)
+            along = (math.cos(angle), math.sin(angle), 0.0)
+            parts.append(_slab((0.0, 0.0, (k + 0.5) * step), (0.0, 0.0, 1.0), along, step * 1.1, width, thickness))
+        return kind, parts
+    # arching: a band lying on its face rising off the ground in a hump between its two ends
+    length, width = float(rng.uniform(1.0, 2.2)), float(rng.uniform(0.15, 0.5))
+    rise = float(rng.uniform(0.2, 0.6))
+    x = np.linspace(-length / 2, length / 2, 20)
+    z = rise * np.sin(np.pi * (x + length / 2) / length) ** 2
+    parts = []
+    for k in range(len(x) - 1):
+        along = np.array([x[k + 1] - x[k], 0.0, z[k + 1] - z[k]])
+        centre = ((x[k] + x[k + 1]) / 2, 0.0, (z[k] + z[k + 1]) / 2 + thickness / 2)
+        parts.append(_slab(centre, along, (0.0, 1.0, 0.0), float(np.linalg.norm(along)) + thickness, width, thickness))
+    return kind, parts
+
+
+def _scatter_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
+    """Many small separate things on the ground, each casting its own shadow: a scatter of pebbles, skittles set up in
+    a triangle, toy blocks strewn about."""
+    kind = str(rng.choice(["pebbles", "skittles", "blocks"]))
+    parts, spread = [], float(rng.uniform(0.5, 1.1))
+    if kind == "skittles":  # rows of one, two, three... bottle shapes: a body and a head
+        rows, gap = int(rng.integers(2, 5)), float(rng.uniform(0.2, 0.4))
+        body, height = float(rng.uniform(0.04, 0.09)), float(rng.uniform(0.25, 0.6))
+        for row in range(rows):
+            for k in range(row + 1):
+                xy = ((k - row / 2) * gap, row * gap * 0.87)
+                parts.append(_set_down({"shape": "cone", "dims": [body, body * 0.5, height * 0.7]}, 0.0, xy))
+                parts.append(_set_down({"shape": "sphere", "dims": [body * 0.7, 1.3]}, height * 0.68, xy))
+        return kind, parts
+    count = int(rng.integers(5, 14))
+    for _ in range(count):
+        radius, angle = spread * math.sqrt(float(rng.uniform())), float(rng.uniform(0, 2 * np.pi))
+        xy = (radius * math.cos(angle), radius * math.sin(angle))
+        if kind == "pebbles":
+            part = {"shape": "sphere", "dims": [float(rng.uniform(0.05, 0.18)), float(rng.uniform(0.35, 0.9))]}
+        else:
+            part = {"shape": "box", "dims": rng.uniform(0.08, 0.3, size=3).tolist()}
+            part["rotation_deg"] = [0.0, 0.0, float(rng.uniform(0, 360))]
+        parts.append(_set_down(part, 0.0, xy))
+    return kind, parts
+
+
 _THIN_BUILDERS = {
     "legged": _legged_parts,
     "pole": _pole_parts,
@@ -1599,6 +1789,10 @@ _THIN_BUILDERS = {
     "tower": _tower_parts,
     "plant": _plant_parts,
     "panel": _panel_parts,
+    "spiky": _spiky_parts,
+    "fan": _fan_parts,
+    "ribbon": _ribbon_parts,
+    "scatter": _scatter_parts,
 }
 
 

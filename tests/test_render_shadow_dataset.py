@@ -537,6 +537,51 @@ def test_cart_tower_plant_and_panel_let_light_through_their_own_ways():
         assert openings[view] >= (4 if recipe["kind"] == "perforated" else 1), (recipe["kind"], openings)
 
 
+def test_euler_angles_of_a_rotation_give_it_back_also_pointing_straight_up():
+    """A blade or a ribbon's strip is a box turned by a rotation matrix written as Euler angles; a strip standing
+    straight up is the decomposition's singular case (its roll and yaw turn about the same axis)."""
+    rng = np.random.default_rng(0)
+    rotations = [rsd._random_rotation(rng) for _ in range(50)]
+    for angle in np.linspace(0.0, 2 * np.pi, 9):
+        for up in (1.0, -1.0):
+            along, across = np.array([0.0, 0.0, up]), np.array([math.cos(angle), math.sin(angle), 0.0])
+            rotations.append(np.stack([along, across, np.cross(along, across)], axis=1))
+    for rotation in rotations:
+        assert np.linalg.det(rotation) == pytest.approx(1.0)
+        assert np.allclose(rsd.euler_matrix(rsd._euler_from_matrix(rotation)), rotation, atol=1e-9)
+
+
+def test_spiky_fan_ribbon_and_scatter_cast_spikes_blades_bands_and_many_shadows():
+    """The ninth round's training families (none of them the held-out split's five): spikes that fill little of what
+    they span, blades with light between them, bands thin from above or twisting as they rise, and many separate
+    small things on the ground."""
+
+    def fill(recipe: dict, view: str) -> float:
+        return float(silhouette(recipe, view, pixels=64)[0].mean())
+
+    def thin_boxes(recipe: dict) -> int:
+        return sum(p["shape"] == "box" and min(p["dims"]) <= 0.02 for p in recipe["parts"])
+
+    for recipe in _family_recipes("spiky", 16):
+        assert fill(recipe, "top") < 0.3, recipe["kind"]
+        assert sum(p["shape"] in ("cone", "cylinder") for p in recipe["parts"]) >= 3, recipe["kind"]
+    for recipe in _family_recipes("fan", 16):
+        assert thin_boxes(recipe) >= 2, recipe["kind"]  # the blades
+        if recipe["kind"] in ("propeller", "pinwheel"):  # lying: light between the blades, seen from above
+            assert fill(recipe, "top") < 0.6, recipe["kind"]
+    for recipe in _family_recipes("ribbon", 24):
+        if recipe["kind"] in ("wave", "scroll"):  # a band on its edge: a thin line from above
+            assert fill(recipe, "top") < 0.3, recipe["kind"]
+        elif recipe["kind"] == "twist":  # full width face on, a sliver edge on
+            widths = [int(row.sum()) for row in silhouette(recipe, "front", pixels=64)[0] if row.any()]
+            assert max(widths) > 2 * min(widths), widths
+        else:  # arching: the gap under the hump
+            assert _openings(recipe)["front"] >= 1, recipe["kind"]
+    for recipe in _family_recipes("scatter", 16):
+        top = silhouette(recipe, "top", pixels=96)[0]
+        assert holes(~top) >= 3, recipe["kind"]  # separate pieces (the picture's margin is empty)
+
+
 def _plan_args(**overrides):
     values = dict(
         meshes=None,
