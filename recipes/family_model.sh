@@ -23,6 +23,7 @@
 #   STAGES="mixed128 variety128 evaluate-more128" bash recipes/family_model.sh  # + 4,000 of four more, fine-tune
 #   STAGES="all128 evaluate-more128" bash recipes/family_model.sh  # 4,000 fresh renders of all eighteen, fine-tune
 #   STAGES="all128 fresh128 evaluate-more128" bash recipes/family_model.sh  # + 6,000 more, 6,000 steps on the 9,500
+#   STAGES="spikes128 evaluate-more128" bash recipes/family_model.sh  # 4,000 of four new kinds + 4,000 of the eighteen
 #
 # Why 256 px: SDXL's latent is one cell per 8 x 8 pixels, so at 128 px a 16 x 16 latent has to carry a chair's legs
 # and a fence's gaps in sub-cell detail; the same VAE round-trips the same true maps better at 256 px (0.760 vs
@@ -32,7 +33,7 @@ set -euo pipefail
 DATA=${DATA:-data/families}
 WORK=${WORK:-work/family-model}
 BASE=${BASE:-models/shadow-small}  # the warm start: the embedded default (128 px, trained on the classic families only)
-STAGES=${STAGES:-data vae unet decoder ship evaluate unet128 evaluate128 default128 more128 encoder128 shapes128 mixed128 variety128 all128 fresh128 evaluate-more128}
+STAGES=${STAGES:-data vae unet decoder ship evaluate unet128 evaluate128 default128 more128 encoder128 shapes128 mixed128 variety128 all128 fresh128 spikes128 evaluate-more128}
 RESOLUTION=${RESOLUTION:-256}
 TRAIN_SAMPLES=${TRAIN_SAMPLES:-2400}
 UNET_STEPS=${UNET_STEPS:-3500}
@@ -80,7 +81,7 @@ default_at() {  # REVISION OUTPUT
     git archive "$1" models/shadow-small | tar -x -C "$2" --strip-components=2
 }
 
-# Stages 9 and 14-17: the default committed at REVISION fine-tuned on TRAIN_DIR (finetune128, into $WORK/run-NAME, latents
+# Stages 9 and 14-18: the default committed at REVISION fine-tuned on TRAIN_DIR (finetune128, into $WORK/run-NAME, latents
 # cached in $WORK/latents-NAME), then averaged with itself, KEEP of it, into $WORK/NAME-average.
 finetune_and_average() {  # NAME REVISION STEPS CHECKPOINT_STEPS TRAIN_DIR KEEP
     default_at "$2" "$WORK/default-$2"
@@ -94,6 +95,7 @@ FAMILIES_TEN="single stack leaning cluster table arch ladder lathe frame figure"
 FAMILIES_NEW_SHAPES="wire glyph shelf sticks"
 FAMILIES_MORE_SHAPES="cart tower plant panel"
 FAMILIES_ALL="$FAMILIES_TEN $FAMILIES_NEW_SHAPES $FAMILIES_MORE_SHAPES"  # the eighteen of stages 16 and 17
+FAMILIES_NINTH="spiky fan ribbon scatter"  # the four the generator gained for stage 18
 # Stages 14 and 15 share the fourteen-family set and the warm start, the fifth embedded default (commit 35c3be6).
 # Each stage that starts from a committed default names it itself (MORE_START, ENCODER_START, MIXED_START, ALL_START,
 # FRESH_START override them), so that running several stages in one call never hands one stage's warm start to the
@@ -373,10 +375,29 @@ if has_stage fresh128; then
     finetune_and_average fresh128 "${FRESH_START:-cda464b}" "${FRESH_STEPS:-6000}" 1000 "$DATA_FRESH/merged" \
         "${FRESH_KEEP:-0.5}"
 fi
+# 18. Four more kinds of shapes (stage `spikes128`): spikes from a core, blades round a hub, thin bands and scattered
+#     small things (`spiky fan ribbon scatter`, added to the generator for it; none of the test split's five), 4,000
+#     renders (2,000 objects x 2 lights), joined with 4,000 fresh renders of the eighteen earlier training families,
+#     both at render seed SPIKES_SEED (3; no object of any earlier training set), 128 px, 32 spp: 7,600 training
+#     renders. The embedded default of stage 17 (commit 23e49d8) fine-tuned on them SPIKES_STEPS (6,000) steps as in
+#     stage 14 and averaged with itself before (SPIKES_KEEP of it). Stage 13's and 15's lever -- new kinds of shapes,
+#     which paid +0.020 twice -- once more, after stages 16 and 17 found more renders of the same kinds paying less.
+if has_stage spikes128; then
+    DATA_SPIKES=${DATA_SPIKES:-$DATA-spikes128}
+    RESOLUTION=128 DATA=$DATA_SPIKES/new STAGES=train-data TRAIN_SAMPLES=${SPIKES_SAMPLES:-4000} \
+        TRAIN_SEED=${SPIKES_SEED:-3} TRAIN_FAMILIES="$FAMILIES_NINTH" bash recipes/family_split.sh
+    RESOLUTION=128 DATA=$DATA_SPIKES/old STAGES=train-data TRAIN_SAMPLES=${SPIKES_SAMPLES:-4000} \
+        TRAIN_SEED=${SPIKES_SEED:-3} TRAIN_FAMILIES="$FAMILIES_ALL" bash recipes/family_split.sh
+    [ -f "$DATA_SPIKES/merged/metadata.json" ] ||
+        $P dataset_loading.py merge "$DATA_SPIKES/merged" "$DATA_SPIKES/new/train/train" "$DATA_SPIKES/old/train/train"
+    $P dataset_loading.py verify "$DATA_SPIKES/merged"
+    finetune_and_average spikes128 "${SPIKES_START:-23e49d8}" "${SPIKES_STEPS:-6000}" 1000 "$DATA_SPIKES/merged" \
+        "${SPIKES_KEEP:-0.5}"
+fi
 if has_stage evaluate-more128; then
     for candidate in run-more128 more128-average run-encoder128 encoder128-average run-single-step128 \
         run-shapes128 shapes128-average run-mixed128 mixed128-average run-variety128 variety128-average run-all128 \
-        all128-average run-fresh128 fresh128-average ${WIDTHS:-}; do
+        all128-average run-fresh128 fresh128-average run-spikes128 spikes128-average ${WIDTHS:-}; do
         [ -f "$WORK/$candidate/model_index.json" ] || { echo "skip $candidate: not trained under $WORK"; continue; }
         RESOLUTION=128 DATA=$DATA WORK=$WORK/eval-$candidate MODEL=$WORK/$candidate HIRES_SAMPLES=0 \
             STAGES=evaluate bash recipes/family_split.sh
