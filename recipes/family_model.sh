@@ -382,6 +382,10 @@ fi
 #     renders. The embedded default of stage 17 (commit 23e49d8) fine-tuned on them SPIKES_STEPS (6,000) steps as in
 #     stage 14 and averaged with itself before (SPIKES_KEEP of it). Stage 13's and 15's lever -- new kinds of shapes,
 #     which paid +0.020 twice -- once more, after stages 16 and 17 found more renders of the same kinds paying less.
+#     Measured at step 4,500 of the 6,000, the run's best-validation pipeline averaged the same way (BENCHMARKS.md
+#     "Eleventh round"; the run did not finish in its session): unseen families' random lights 0.527 -> 0.535
+#     (+0.008 +- 0.004), tracks 0.469 -> 0.484 (+0.015 +- 0.002), control 0.653 -> 0.671. Renders 24 + 24 min,
+#     latent cache 14 min, training 2 it/s on a 2-core EPYC.
 if has_stage spikes128; then
     DATA_SPIKES=${DATA_SPIKES:-$DATA-spikes128}
     RESOLUTION=128 DATA=$DATA_SPIKES/new STAGES=train-data TRAIN_SAMPLES=${SPIKES_SAMPLES:-4000} \
