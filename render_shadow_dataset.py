@@ -934,14 +934,19 @@ def _bridge_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
     return kind, parts
 
 
+def _polar_azimuth(vector: np.ndarray) -> tuple[float, float]:
+    """The rotation (degrees from straight up, degrees about z) that turns a part built along z to point along
+    `vector`: its `rotation_deg` is [0, polar, azimuth]."""
+    polar = math.degrees(math.acos(max(-1.0, min(1.0, vector[2] / float(np.linalg.norm(vector))))))
+    return polar, math.degrees(math.atan2(vector[1], vector[0]))
+
+
 def _rod(start, end, radius: float) -> dict:
     """A cylinder of `radius` from point `start` to point `end` (x, y, z)."""
     start, end = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)
     axis = end - start
-    length = float(np.linalg.norm(axis))
-    polar = math.degrees(math.acos(max(-1.0, min(1.0, axis[2] / length))))
-    azimuth = math.degrees(math.atan2(axis[1], axis[0]))
-    rod = {"shape": "cylinder", "dims": [radius, length], "rotation_deg": [0.0, polar, azimuth]}
+    polar, azimuth = _polar_azimuth(axis)
+    rod = {"shape": "cylinder", "dims": [radius, float(np.linalg.norm(axis))], "rotation_deg": [0.0, polar, azimuth]}
     return _centred_at(rod, (start + end) / 2)
 
 
@@ -1608,6 +1613,9 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q if np.linalg.det(q) > 0 else -q
 
 
+_UP = (0.0, 0.0, 1.0)
+
+
 def _slab(centre, along, across, length: float, width: float, thickness: float) -> dict:
     """A thin box `length` along the unit vector `along`, `width` along `across` (perpendicular to it) and `thickness`
     through both, centred at `centre`: a blade, a strip of ribbon."""
@@ -1619,10 +1627,8 @@ def _slab(centre, along, across, length: float, width: float, thickness: float) 
 
 
 def _spike(base, direction, length: float, radius: float) -> dict:
-    """A cone from a disc of `radius` at point `base` to a point `length` along the unit vector `direction`."""
-    direction = _unit(np.asarray(direction, dtype=np.float64))
-    polar = math.degrees(math.acos(max(-1.0, min(1.0, direction[2]))))
-    azimuth = math.degrees(math.atan2(direction[1], direction[0]))
+    """A cone from a disc of `radius` at point `base` to a point `length` along the vector `direction`."""
+    polar, azimuth = _polar_azimuth(np.asarray(direction, dtype=np.float64))
     return {"shape": "cone", "dims": [radius, 0.0, length], "rotation_deg": [0.0, polar, azimuth], "offset": list(base)}
 
 
@@ -1670,8 +1676,8 @@ def _fan_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
         axis, centre, parts = np.array([0.0, 0.0, 1.0]), np.array([0.0, 0.0, hub]), []
         parts.append(_centred_at({"shape": "cylinder", "dims": [hub, hub * 1.5]}, centre))
     else:  # the rotor's axis level, at the top of a tower (windmill) or a short neck on a disc (desk)
-        axis = np.array([math.cos(rng.uniform(0, 2 * np.pi)), 0.0, 0.0])
-        axis[1] = math.sqrt(1.0 - axis[0] ** 2)
+        turn = float(rng.uniform(0, 2 * np.pi))
+        axis = np.array([math.cos(turn), abs(math.sin(turn)), 0.0])
         height = length + hub + float(rng.uniform(0.05, 0.4))
         centre = np.array([0.0, 0.0, height])
         if kind == "windmill":
@@ -1684,43 +1690,43 @@ def _fan_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
         parts.append(_rod(centre - hub * axis, centre + hub * axis, hub))
     side = _unit(np.cross(axis, [0.0, 0.0, 1.0]) if abs(axis[2]) < 0.9 else np.array([1.0, 0.0, 0.0]))
     start = float(rng.uniform(0.0, 2 * np.pi))
+    blade_width = width * (2.0 if kind == "pinwheel" else 1.0)
     for k in range(blades):
         angle = start + 2 * np.pi * k / blades
         radial = math.cos(angle) * side + math.sin(angle) * np.cross(axis, side)
         tangent = np.cross(axis, radial)
         across = math.cos(pitch) * tangent + math.sin(pitch) * axis  # the blade's face turned by its pitch
-        blade_width = width * (2.0 if kind == "pinwheel" else 1.0)
         parts.append(_slab(centre + radial * (hub + length / 2), radial, across, length, blade_width, 0.015))
     return kind, parts
 
 
-def _strip_along(path_xy: np.ndarray, height: float, thickness: float, z0: float = 0.0) -> list[dict]:
-    """A band standing on its edge along the polyline `path_xy` [N,2]: one thin slab a segment, overlapping at the
-    joints."""
-    parts = []
-    for a, b in zip(path_xy[:-1], path_xy[1:]):
-        along = np.array([b[0] - a[0], b[1] - a[1], 0.0])
-        centre = ((a[0] + b[0]) / 2, (a[1] + b[1]) / 2, z0 + height / 2)
-        parts.append(_slab(centre, along, (0.0, 0.0, 1.0), float(np.linalg.norm(along)) + thickness, height, thickness))
-    return parts
+def _strip_along(path: np.ndarray, across, width: float, thickness: float) -> list[dict]:
+    """A band `width` wide along `across` whose midline is the polyline `path` [N,3]: one thin slab a segment,
+    overlapping at the joints."""
+    return [
+        _slab((a + b) / 2, b - a, across, float(np.linalg.norm(b - a)) + thickness, width, thickness)
+        for a, b in zip(path[:-1], path[1:])
+    ]
 
 
 def _ribbon_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
     """Thin bands: a wavy band standing on its edge, a band twisting as it rises, a scroll curled into a spiral, a
-    band looping over in a wave above the ground on two feet."""
+    band lying on its face that rises off the ground in a hump between its two ends."""
     kind = str(rng.choice(["wave", "twist", "scroll", "arching"]))
     thickness = float(rng.uniform(0.015, 0.04))
     if kind == "wave":
         length, amplitude = float(rng.uniform(1.2, 2.4)), float(rng.uniform(0.1, 0.45))
         x = np.linspace(-length / 2, length / 2, 24)
         y = amplitude * np.sin(2 * np.pi * float(rng.uniform(0.5, 2.0)) * x / length + rng.uniform(0, 2 * np.pi))
-        return kind, _strip_along(np.stack([x, y], axis=1), float(rng.uniform(0.2, 0.8)), thickness)
+        height = float(rng.uniform(0.2, 0.8))
+        return kind, _strip_along(np.stack([x, y, np.full_like(x, height / 2)], axis=1), _UP, height, thickness)
     if kind == "scroll":
         turns, outer = float(rng.uniform(1.0, 2.5)), float(rng.uniform(0.3, 0.7))
         angle = np.linspace(0.0, 2 * np.pi * turns, int(24 * turns))
         radius = outer * (0.25 + 0.75 * angle / angle[-1])
-        path = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
-        return kind, _strip_along(path, float(rng.uniform(0.2, 0.9)), thickness)
+        height = float(rng.uniform(0.2, 0.9))
+        path = np.stack([radius * np.cos(angle), radius * np.sin(angle), np.full_like(angle, height / 2)], axis=1)
+        return kind, _strip_along(path, _UP, height, thickness)
     if kind == "twist":  # level slabs stacked, each turned a little further about the vertical
         height, width = float(rng.uniform(0.8, 1.6)), float(rng.uniform(0.25, 0.6))
         total, count = math.radians(float(rng.uniform(90.0, 360.0))), 20
@@ -1729,19 +1735,14 @@ def _ribbon_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
         for k in range(count):
             angle = start + total * k / (count - 1)
             along = (math.cos(angle), math.sin(angle), 0.0)
-            parts.append(_slab((0.0, 0.0, (k + 0.5) * step), (0.0, 0.0, 1.0), along, step * 1.1, width, thickness))
+            parts.append(_slab((0.0, 0.0, (k + 0.5) * step), _UP, along, step * 1.1, width, thickness))
         return kind, parts
     # arching: a band lying on its face rising off the ground in a hump between its two ends
     length, width = float(rng.uniform(1.0, 2.2)), float(rng.uniform(0.15, 0.5))
     rise = float(rng.uniform(0.2, 0.6))
     x = np.linspace(-length / 2, length / 2, 20)
-    z = rise * np.sin(np.pi * (x + length / 2) / length) ** 2
-    parts = []
-    for k in range(len(x) - 1):
-        along = np.array([x[k + 1] - x[k], 0.0, z[k + 1] - z[k]])
-        centre = ((x[k] + x[k + 1]) / 2, 0.0, (z[k] + z[k + 1]) / 2 + thickness / 2)
-        parts.append(_slab(centre, along, (0.0, 1.0, 0.0), float(np.linalg.norm(along)) + thickness, width, thickness))
-    return kind, parts
+    z = rise * np.sin(np.pi * (x + length / 2) / length) ** 2 + thickness / 2
+    return kind, _strip_along(np.stack([x, np.zeros_like(x), z], axis=1), (0.0, 1.0, 0.0), width, thickness)
 
 
 def _scatter_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
