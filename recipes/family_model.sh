@@ -81,6 +81,13 @@ default_at() {  # REVISION OUTPUT
     git archive "$1" models/shadow-small | tar -x -C "$2" --strip-components=2
 }
 
+# Stages 15, 17 and 18: the training folders SOURCE... joined into OUTPUT once (a rerun keeps the merged set), then
+# checked in full.
+merge_and_verify() {  # OUTPUT SOURCE...
+    [ -f "$1/metadata.json" ] || $P dataset_loading.py merge "$@"
+    $P dataset_loading.py verify "$1"
+}
+
 # Stages 9 and 14-18: the default committed at REVISION fine-tuned on TRAIN_DIR (finetune128, into $WORK/run-NAME, latents
 # cached in $WORK/latents-NAME), then averaged with itself, KEEP of it, into $WORK/NAME-average.
 finetune_and_average() {  # NAME REVISION STEPS CHECKPOINT_STEPS TRAIN_DIR KEEP
@@ -336,9 +343,7 @@ if has_stage variety128; then
     DATA_VARIETY=${DATA_VARIETY:-$DATA-variety128}
     RESOLUTION=128 DATA=$DATA_VARIETY STAGES=train-data TRAIN_SAMPLES=${VARIETY_SAMPLES:-4000} \
         TRAIN_FAMILIES="$FAMILIES_MORE_SHAPES" bash recipes/family_split.sh
-    [ -f "$DATA_VARIETY/merged/metadata.json" ] ||
-        $P dataset_loading.py merge "$DATA_VARIETY/merged" "$DATA_MIXED/train/train" "$DATA_VARIETY/train/train"
-    $P dataset_loading.py verify "$DATA_VARIETY/merged"
+    merge_and_verify "$DATA_VARIETY/merged" "$DATA_MIXED/train/train" "$DATA_VARIETY/train/train"
     finetune_and_average variety128 "$MIXED_START" "${VARIETY_STEPS:-3000}" 500 "$DATA_VARIETY/merged" \
         "${VARIETY_KEEP:-0.5}"
 fi
@@ -369,9 +374,7 @@ if has_stage fresh128; then
     DATA_FRESH=${DATA_FRESH:-$DATA-fresh128}
     RESOLUTION=128 DATA=$DATA_FRESH STAGES=train-data TRAIN_SAMPLES=${FRESH_SAMPLES:-6000} \
         TRAIN_SEED=${FRESH_SEED:-2} TRAIN_FAMILIES="$FAMILIES_ALL" bash recipes/family_split.sh
-    [ -f "$DATA_FRESH/merged/metadata.json" ] ||
-        $P dataset_loading.py merge "$DATA_FRESH/merged" "$DATA_ALL/train/train" "$DATA_FRESH/train/train"
-    $P dataset_loading.py verify "$DATA_FRESH/merged"
+    merge_and_verify "$DATA_FRESH/merged" "$DATA_ALL/train/train" "$DATA_FRESH/train/train"
     finetune_and_average fresh128 "${FRESH_START:-cda464b}" "${FRESH_STEPS:-6000}" 1000 "$DATA_FRESH/merged" \
         "${FRESH_KEEP:-0.5}"
 fi
@@ -392,9 +395,7 @@ if has_stage spikes128; then
         TRAIN_SEED=${SPIKES_SEED:-3} TRAIN_FAMILIES="$FAMILIES_NINTH" bash recipes/family_split.sh
     RESOLUTION=128 DATA=$DATA_SPIKES/old STAGES=train-data TRAIN_SAMPLES=${SPIKES_SAMPLES:-4000} \
         TRAIN_SEED=${SPIKES_SEED:-3} TRAIN_FAMILIES="$FAMILIES_ALL" bash recipes/family_split.sh
-    [ -f "$DATA_SPIKES/merged/metadata.json" ] ||
-        $P dataset_loading.py merge "$DATA_SPIKES/merged" "$DATA_SPIKES/new/train/train" "$DATA_SPIKES/old/train/train"
-    $P dataset_loading.py verify "$DATA_SPIKES/merged"
+    merge_and_verify "$DATA_SPIKES/merged" "$DATA_SPIKES/new/train/train" "$DATA_SPIKES/old/train/train"
     finetune_and_average spikes128 "${SPIKES_START:-23e49d8}" "${SPIKES_STEPS:-6000}" 1000 "$DATA_SPIKES/merged" \
         "${SPIKES_KEEP:-0.5}"
 fi
