@@ -6,8 +6,9 @@
 # averaged with the previous default, did (0.457), and stage 9 (more128), 8,000 more renders at 128 px, then replaced
 # that one the same way (0.472), and stage 10 (encoder128), a VAE encoder retrained for its decoder, that one (0.477);
 # stage 13 (shapes128), four new kinds of shapes, that one (0.497), and stage 15 (variety128), eighteen families at
-# once, that one (0.517), and stage 17 (fresh128), 9,500 fresh renders of the same eighteen, that one (0.527). Each run
-# writes its pipeline under $WORK, never into models/.
+# once, that one (0.517), and stage 17 (fresh128), 9,500 fresh renders of the same eighteen, that one (0.527), and
+# stage 18 (spikes128), four more new kinds with fresh renders of the eighteen, that one (0.534). Each run writes its
+# pipeline under $WORK, never into models/.
 # Run from the repository root after `make setup render-setup`; on a GPU machine accelerate trains on the GPU (the
 # renders stay on the CPU).
 #
@@ -385,10 +386,10 @@ fi
 #     renders. The embedded default of stage 17 (commit 23e49d8) fine-tuned on them SPIKES_STEPS (6,000) steps as in
 #     stage 14 and averaged with itself before (SPIKES_KEEP of it). Stage 13's and 15's lever -- new kinds of shapes,
 #     which paid +0.020 twice -- once more, after stages 16 and 17 found more renders of the same kinds paying less.
-#     Measured at step 4,500 of the 6,000, the run's best-validation pipeline averaged the same way (BENCHMARKS.md
-#     "Eleventh round"; the run did not finish in its session): unseen families' random lights 0.527 -> 0.535
-#     (+0.008 +- 0.004), tracks 0.469 -> 0.484 (+0.015 +- 0.002), control 0.653 -> 0.671. Renders 24 + 24 min,
-#     latent cache 14 min, training 2 it/s on a 2-core EPYC.
+#     The embedded default since 2026-12-03 (BENCHMARKS.md "Eleventh round"): random lights 0.527 -> 0.534
+#     (+0.007 +- 0.004), tracks 0.469 -> 0.484 (+0.015 +- 0.002), control 0.653 -> 0.671 (renders 24 + 24 min,
+#     latent cache 14 min, 6,000 steps 48 min on a 2-core EPYC). Install:
+#     cp "$WORK/spikes128-average/unet/diffusion_pytorch_model.safetensors" models/shadow-small/unet/
 if has_stage spikes128; then
     DATA_SPIKES=${DATA_SPIKES:-$DATA-spikes128}
     RESOLUTION=128 DATA=$DATA_SPIKES/new STAGES=train-data TRAIN_SAMPLES=${SPIKES_SAMPLES:-4000} \

@@ -62,11 +62,11 @@ def test_raising_size_softens_the_edge(shipped):
 
 
 FAMILIES = REPO / "tests" / "assets" / "unseen_families"
-# The shipped model scores 0.467 on these ten renders, its predecessors 0.478, 0.472, 0.439, 0.434, 0.402 and 0.378
-# (BENCHMARKS.md: 0.527, 0.517, 0.497, 0.477, 0.472, 0.457 and 0.431 on all 120): the threshold tells the three latest
-# versions from every earlier one (ten renders are too few to tell those three apart: the latest is 0.010 better on
-# all 120 and 0.011 worse on these ten, within the noise of ten images).
-MIN_UNSEEN_FAMILY_IOU = 0.45
+# The shipped model scores 0.505 on these ten renders, its predecessors 0.467, 0.478, 0.472, 0.439, 0.434, 0.402 and
+# 0.378 (BENCHMARKS.md: 0.534, 0.527, 0.517, 0.497, 0.477, 0.472, 0.457 and 0.431 on all 120): the threshold tells
+# the latest version from every earlier one (its lead over the seventh, +0.038 here, is +0.007 on all 120: ten
+# images are a noisy sample, so this guards against a regression, it does not measure the gain).
+MIN_UNSEEN_FAMILY_IOU = 0.49
 
 
 def _family_samples():

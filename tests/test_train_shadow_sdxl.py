@@ -516,18 +516,21 @@ def _decoded_iou_distance(pipeline_dir, data_dir) -> float:
 
 def test_shadow_iou_weight_trains_the_decoded_maps_toward_the_true_ones(data_dir, tmp_path):
     """The same run (the embedded model, whose decoder draws shadows; same seed, data, steps) with and without the
-    term: with it, the decoded one-step shadows of the training data end closer to the decoded true ones in soft IoU
-    (measured here: 0.207 against 0.245), the term it adds; the flag is recorded with the run."""
+    term: with it, the decoded one-step shadows of the training data end closer to the decoded true ones in soft IoU,
+    the term it adds (measured here: 0.443 against 0.473 with the eighth embedded default, 0.446 against 0.474 with
+    the seventh); the flag is recorded with the run. Compared early in training, at a small learning rate, where each
+    run still follows its own gradient: later the velocity loss alone closes the same gap (both runs reach ~0.13 in 40
+    steps at 1e-4) and which one ends lower is down to the trajectory, not the term."""
     embedded = Path(__file__).resolve().parents[1] / "models" / "shadow-small"
-    common = ["--max_train_steps", 20, "--learning_rate", 3e-4, "--lr_warmup_steps", 0, "--val_fraction", 0,
+    common = ["--max_train_steps", 10, "--learning_rate", 2e-5, "--lr_warmup_steps", 0, "--val_fraction", 0,
               "--timestep_sampling", "single_step", "--checkpointing_steps", 100]  # fmt: skip
     train.main(_argv(embedded, data_dir, tmp_path / "plain", *common))
     reset_accelerate()
-    train.main(_argv(embedded, data_dir, tmp_path / "iou", *common, "--shadow_iou_weight", 1.0))
+    train.main(_argv(embedded, data_dir, tmp_path / "iou", *common, "--shadow_iou_weight", 3.0))
     plain, weighted = (_decoded_iou_distance(tmp_path / name, data_dir) for name in ("plain", "iou"))
     assert weighted < plain - 0.015, (plain, weighted)
     config = json.loads((tmp_path / "iou" / "training_config.json").read_text())
-    assert config["shadow_iou_weight"] == 1.0
+    assert config["shadow_iou_weight"] == 3.0
 
 
 def test_shadow_iou_samples_decodes_only_the_first_samples_of_the_micro_batch(tiny_shadow_dir):
