@@ -29,6 +29,12 @@ the UNet's TARGET latents move; fine-tune the shadow UNet on them afterwards (a 
 
     python train_vae.py --data_dir renders/train --pretrained_vae_model_name_or_path small-vae --encoder_only \
         --output_dir small-vae-enc --max_train_steps 3000 --learning_rate 1e-4
+
+Every `--checkpointing_steps` (500) the run writes `checkpoint-N/` in --output_dir (the VAE so far, loadable on its
+own, and the optimizer, schedule and random states), in the same layout and as atomically as train_shadow_sdxl.py:
+built under a hidden name, renamed into place, then the `latest` link moved onto it. Run the same command with
+`--resume_from_checkpoint latest` and it continues exactly where it stopped: the same batches, flips, crops and noise
+as a run that never stopped.
 """
 
 from __future__ import annotations
@@ -39,9 +45,12 @@ import pipeline_shadow  # noqa: F401  (first: it imports diffusers without the e
 
 import argparse
 import copy
+import itertools
 import json
 import logging
 import math
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -50,7 +59,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
-from dataset_loading import create_dataloaders
+from dataset_loading import create_dataloaders, set_epoch
 from generate_shadows import load_pipeline, load_vae
 from pipeline_shadow import (
     ObjectLatents,
@@ -63,6 +72,13 @@ from pipeline_shadow import (
     vae_output_to_shadow,
 )
 from random_sdxl import vae_config
+from train_shadow_sdxl import (
+    TRAINING_STATE_FILE,
+    clean_leftovers,
+    resolve_resume_checkpoint,
+    rotate_checkpoints,
+    update_latest_link,
+)
 
 logger = logging.getLogger("train_vae")
 
@@ -118,6 +134,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--dataloader_num_workers", "--num_workers", dest="num_workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--checkpointing_steps", type=int, default=500, help="Write checkpoint-N/ every N steps (0 = never)."
+    )
+    parser.add_argument(
+        "--checkpoints_total_limit",
+        type=int,
+        default=None,
+        help="Keep at most this many checkpoint-N folders (the oldest go; the one `latest` points to never does).",
+    )
+    parser.add_argument(
+        "--resume_from_checkpoint",
+        default=None,
+        help='A checkpoint-N folder, the `latest` link, or "latest" (the newest in --output_dir; starts fresh if none).',
+    )
     args = parser.parse_args(argv)
     for name, value in vars(args).items():  # NaN passes every `<` / `>` check below: refused once, for every flag
         if isinstance(value, float) and not math.isfinite(value):
@@ -139,6 +169,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--crop_size must be a multiple of 8 in [8, --resolution], got {args.crop_size}.")
     if args.max_train_steps < 1:
         parser.error(f"--max_train_steps must be >= 1, got {args.max_train_steps}.")
+    if args.checkpointing_steps < 0:
+        parser.error(f"--checkpointing_steps must be >= 0 (0 = never), got {args.checkpointing_steps}.")
+    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
+        parser.error(f"--checkpoints_total_limit must be >= 1, got {args.checkpoints_total_limit}.")
     if args.decoder_only and not args.pretrained_vae_model_name_or_path:
         parser.error("--decoder_only fine-tunes an existing VAE's decoder: give --pretrained_vae_model_name_or_path.")
     if args.encoder_only and args.decoder_only:
@@ -305,6 +339,76 @@ def latent_scaling_factor(vae: AutoencoderKL, loader, max_batches: int = 20) -> 
     return float(1.0 / torch.cat(latents).std())
 
 
+# Flags that may change between a run and its resumption: where it writes and how often, and how it loads data (the
+# batches are a pure function of the seed, epoch and index whatever the worker count). Every other flag defines the
+# run and must match the checkpoint's.
+RESUMABLE_CHANGES = {
+    "output_dir",
+    "resume_from_checkpoint",
+    "checkpointing_steps",
+    "checkpoints_total_limit",
+    "num_workers",
+}
+OPTIMIZER_STATE_FILE = "optimizer.pt"
+
+
+def save_checkpoint(output_dir: Path, step: int, vae, optimizer, schedule, generator, history, args, limit) -> Path:
+    """checkpoint-N/ = vae/ (save_pretrained: a VAE of its own) + the optimizer, schedule and random states + the
+    step, the loss history and the flags; built under `.checkpoint-N.tmp` and renamed into place, so a checkpoint-N
+    folder is always complete, then `latest` is moved onto it and old ones are rotated."""
+    name = f"checkpoint-{step}"
+    final_path, temporary = output_dir / name, output_dir / f".{name}.tmp"
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    vae.save_pretrained(temporary / "vae")
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        },
+        temporary / OPTIMIZER_STATE_FILE,
+    )
+    state = {"global_step": step, "history": history, "args": vars(args)}
+    (temporary / TRAINING_STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+    if final_path.exists():
+        shutil.rmtree(final_path)
+    os.replace(temporary, final_path)
+    update_latest_link(output_dir, name)
+    removed = rotate_checkpoints(output_dir, limit)
+    logger.info(
+        "Saved checkpoint %s%s", final_path, f" (removed {', '.join(p.name for p in removed)})" if removed else ""
+    )
+    return final_path
+
+
+def load_checkpoint(checkpoint: Path, args, vae, optimizer, schedule, generator) -> tuple[int, list[float]]:
+    """Restores what save_checkpoint wrote into the freshly built run -> (step, loss history). Refuses a checkpoint
+    of a different run (another flag than RESUMABLE_CHANGES differs), naming the flags."""
+    state = json.loads((checkpoint / TRAINING_STATE_FILE).read_text())
+    saved = state.get("args", {})
+    if "global_step" not in state or not (checkpoint / OPTIMIZER_STATE_FILE).is_file():
+        raise ValueError(f"`--resume_from_checkpoint` {checkpoint} is not a train_vae.py checkpoint.")
+    differing = [
+        f"--{name} {saved.get(name)!r} -> {value!r}"
+        for name, value in sorted(vars(args).items())
+        if name not in RESUMABLE_CHANGES and saved.get(name) != value
+    ]
+    if differing:
+        raise ValueError(
+            f"`--resume_from_checkpoint` {checkpoint} belongs to a run with other flags ({'; '.join(differing)}). "
+            "Resume with the flags it was started with, or start a new run in another --output_dir."
+        )
+    vae.load_state_dict(AutoencoderKL.from_pretrained(checkpoint / "vae").state_dict())
+    states = torch.load(checkpoint / OPTIMIZER_STATE_FILE, weights_only=False)
+    optimizer.load_state_dict(states["optimizer"])
+    schedule.load_state_dict(states["schedule"])
+    generator.set_state(states["generator"])
+    torch.set_rng_state(states["torch_rng"])
+    return int(state["global_step"]), list(state["history"])
+
+
 def main(argv=None) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
@@ -332,11 +436,23 @@ def main(argv=None) -> Path:
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, args.max_train_steps) / args.max_train_steps))
     )
     generator = torch.Generator().manual_seed(args.seed)
-    progress = tqdm(total=args.max_train_steps, desc="vae")
+    output_dir = Path(args.output_dir)
+    for done in clean_leftovers(output_dir):
+        logger.info("Start-up clean-up of %s: %s", output_dir, done)
     step, history = 0, []
+    checkpoint = resolve_resume_checkpoint(args)
+    if checkpoint is not None:
+        step, history = load_checkpoint(checkpoint, args, vae, optimizer, schedule, generator)
+        logger.info("Resuming from %s (step %d of %d).", checkpoint, step, args.max_train_steps)
+    # A resumed run starts in the epoch it stopped in and skips the batches that epoch already served.
+    batches_per_epoch = len(train_loader)
+    set_epoch(train_loader, step // batches_per_epoch)
+    skip = step % batches_per_epoch
+    progress = tqdm(total=args.max_train_steps, initial=step, desc="vae")
     vae.train()
     while step < args.max_train_steps:
-        for batch in train_loader:
+        batches, skip = itertools.islice(train_loader, skip, None), 0
+        for batch in batches:
             loss, reconstruction = batch_loss(vae, batch, args, generator, predictor, args.crop_size, reference)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"Non-finite VAE loss at step {step} (batch {batch['id']}); lower --learning_rate.")
@@ -349,6 +465,10 @@ def main(argv=None) -> Path:
             history.append(reconstruction.item())
             progress.update(1)
             progress.set_postfix(rec=f"{history[-1]:.4f}")
+            if args.checkpointing_steps and step % args.checkpointing_steps == 0:
+                save_checkpoint(
+                    output_dir, step, vae, optimizer, schedule, generator, history, args, args.checkpoints_total_limit
+                )
             if step >= args.max_train_steps:
                 break
     vae.eval()
@@ -360,7 +480,6 @@ def main(argv=None) -> Path:
         keep_scale = args.decoder_only or args.encoder_only
         scaling = vae.config.scaling_factor if keep_scale else latent_scaling_factor(vae, train_loader)
     vae.register_to_config(scaling_factor=scaling, force_upcast=False)
-    output_dir = Path(args.output_dir)
     vae.save_pretrained(output_dir)
     summary = {
         "steps": step,

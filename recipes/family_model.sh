@@ -41,6 +41,7 @@ UNET_STEPS=${UNET_STEPS:-3500}
 DECODER_STEPS=${DECODER_STEPS:-300}
 P=${PYTHON:-.venv/bin/python}
 TRAIN=("$P" -m accelerate.commands.launch --num_processes 1 train_shadow_sdxl.py)
+TRAIN_VAE=("$P" train_vae.py --resume_from_checkpoint latest)  # a stage run again continues its VAE run
 has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
 
 # The 128 px fine-tune of stages 7-9: START's pipeline on the renders of TRAIN_DIR at the model's own 128 px, batch 16,
@@ -126,7 +127,7 @@ fi
 # 2. The VAE's decoder at 256 px on the TRUE shadow maps of the training set (encoder frozen, so the latent space,
 #    the scaling factor and the warm-start UNet stay valid), on 128 px crops then on whole images.
 if has_stage vae; then
-    $P train_vae.py --train_data_dir "$DATA/train/train" --resolution "$RESOLUTION" --crop_size 128 \
+    "${TRAIN_VAE[@]}" --train_data_dir "$DATA/train/train" --resolution "$RESOLUTION" --crop_size 128 \
         --pretrained_vae_model_name_or_path "$BASE/vae" --decoder_only --output_dir "$WORK/vae-true" \
         --max_train_steps 600 --train_batch_size 8 --learning_rate 3e-4 --seed 4
 fi
@@ -154,8 +155,8 @@ fi
 # 4. The decoder once more, on that UNet's one-step predictions for the training renders mapped to the true maps
 #    (it learns to undo the one-step blur), on 128 px crops; one thread.
 if has_stage decoder; then
-    OMP_NUM_THREADS=1 $P train_vae.py --train_data_dir "$DATA/train/train" --resolution "$RESOLUTION" --crop_size 128 \
-        --pretrained_vae_model_name_or_path "$WORK/vae-true" --decoder_only --prediction_model "$WORK/run/best" \
+    OMP_NUM_THREADS=1 "${TRAIN_VAE[@]}" --train_data_dir "$DATA/train/train" --resolution "$RESOLUTION" \
+        --crop_size 128 --pretrained_vae_model_name_or_path "$WORK/vae-true" --decoder_only --prediction_model "$WORK/run/best" \
         --output_dir "$WORK/vae-decoder" --max_train_steps "$DECODER_STEPS" --train_batch_size 4 \
         --learning_rate 1e-4 --seed 5
 fi
@@ -185,7 +186,7 @@ fi
 #    steps, lr 1e-4, cosine), then its decoder on its predictions (250 steps on 64 px crops); one thread each.
 if has_stage unet128; then
     finetune128 "$BASE" "$WORK/run128" 2000 500
-    OMP_NUM_THREADS=1 $P train_vae.py --train_data_dir "$DATA/train/train" --resolution 128 --crop_size 64 \
+    OMP_NUM_THREADS=1 "${TRAIN_VAE[@]}" --train_data_dir "$DATA/train/train" --resolution 128 --crop_size 64 \
         --pretrained_vae_model_name_or_path "$BASE/vae" --decoder_only --prediction_model "$WORK/run128/best" \
         --output_dir "$WORK/vae-decoder128" --max_train_steps 250 --train_batch_size 8 --learning_rate 1e-4 --seed 5
     $P - <<EOF
@@ -245,7 +246,7 @@ if has_stage encoder128; then
     DATA128=${DATA128:-$DATA-128}
     STARTING=${ENCODER_START:-1a497be}
     default_at "$STARTING" "$WORK/default-$STARTING"
-    OMP_NUM_THREADS=${TRAIN_THREADS:-1} $P train_vae.py --data_dir "$DATA128/train/train" --resolution 128 \
+    OMP_NUM_THREADS=${TRAIN_THREADS:-1} "${TRAIN_VAE[@]}" --data_dir "$DATA128/train/train" --resolution 128 \
         --pretrained_vae_model_name_or_path "$WORK/default-$STARTING/vae" --encoder_only \
         --output_dir "$WORK/vae-encoder128" --max_train_steps "${ENCODER_STEPS:-1000}" --batch_size 8 \
         --learning_rate 3e-4 --shadow_iou_weight 0.05

@@ -9,6 +9,7 @@ DATA=${DATA:-data/synth128}
 WORK=${WORK:-work/small}
 R=.venv-render/bin/python
 P=.venv/bin/python
+TRAIN_VAE=("$P" train_vae.py --resume_from_checkpoint latest)  # run again, a stopped VAE run continues
 WORKERS=${WORKERS:-$(nproc)}
 
 # 1. Synthetic renders at 128 px: 800 procedural objects x 3 random lights, split BY OBJECT (10 % held out),
@@ -20,9 +21,9 @@ $R render_shadow_dataset.py --output_dir "$DATA-tracks" --tracks --num_objects 1
 $P dataset_loading.py verify "$DATA/train"
 
 # 2. The small VAE (objects on white and shadow maps) on 64 px crops, in two stages; latent scale calibrated.
-$P train_vae.py --train_data_dir "$DATA/train" --resolution 128 --crop_size 64 --output_dir "$WORK/vae-stage1" \
+"${TRAIN_VAE[@]}" --train_data_dir "$DATA/train" --resolution 128 --crop_size 64 --output_dir "$WORK/vae-stage1" \
     --max_train_steps 900 --train_batch_size 8 --learning_rate 1e-3
-$P train_vae.py --train_data_dir "$DATA/train" --resolution 128 --crop_size 64 --output_dir "$WORK/vae" \
+"${TRAIN_VAE[@]}" --train_data_dir "$DATA/train" --resolution 128 --crop_size 64 --output_dir "$WORK/vae" \
     --pretrained_vae_model_name_or_path "$WORK/vae-stage1" --max_train_steps 600 --train_batch_size 8 --learning_rate 3e-4 \
     --seed 1
 
@@ -45,10 +46,10 @@ $P -m accelerate.commands.launch --num_processes 1 train_shadow_sdxl.py \
     --output_dir "$WORK/run2"
 #    First on 64 px crops (4x cheaper), then briefly on whole images, where the decoder's attention sees all 16 x 16
 #    latents as it does at inference.
-$P train_vae.py --train_data_dir "$DATA/train" --resolution 128 --crop_size 64 --pretrained_vae_model_name_or_path "$WORK/vae" \
+"${TRAIN_VAE[@]}" --train_data_dir "$DATA/train" --resolution 128 --crop_size 64 --pretrained_vae_model_name_or_path "$WORK/vae" \
     --decoder_only --prediction_model "$WORK/run2/best" --output_dir "$WORK/vae-decoder-crops" --max_train_steps 1500 \
     --train_batch_size 16 --learning_rate 3e-4 --seed 2
-$P train_vae.py --train_data_dir "$DATA/train" --resolution 128 --pretrained_vae_model_name_or_path "$WORK/vae-decoder-crops" \
+"${TRAIN_VAE[@]}" --train_data_dir "$DATA/train" --resolution 128 --pretrained_vae_model_name_or_path "$WORK/vae-decoder-crops" \
     --decoder_only --prediction_model "$WORK/run2/best" --output_dir "$WORK/vae-decoder" --max_train_steps 600 \
     --train_batch_size 8 --learning_rate 1e-4 --seed 3
 
