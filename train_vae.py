@@ -75,6 +75,7 @@ from random_sdxl import vae_config
 from train_shadow_sdxl import (
     TRAINING_STATE_FILE,
     clean_leftovers,
+    list_checkpoints,
     resolve_resume_checkpoint,
     rotate_checkpoints,
     update_latest_link,
@@ -444,6 +445,13 @@ def main(argv=None) -> Path:
     if checkpoint is not None:
         step, history = load_checkpoint(checkpoint, args, vae, optimizer, schedule, generator)
         logger.info("Resuming from %s (step %d of %d).", checkpoint, step, args.max_train_steps)
+    elif earlier := list_checkpoints(output_dir):
+        logger.warning(
+            "%s holds %s of an earlier run: starting afresh, its checkpoints are replaced as this run reaches their "
+            "steps. To continue that run instead, add --resume_from_checkpoint latest.",
+            output_dir,
+            earlier[-1].name,
+        )
     # A resumed run starts in the epoch it stopped in and skips the batches that epoch already served.
     batches_per_epoch = len(train_loader)
     set_epoch(train_loader, step // batches_per_epoch)

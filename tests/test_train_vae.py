@@ -243,7 +243,7 @@ def test_a_stopped_run_resumes_exactly_from_its_checkpoints(tmp_path):
         assert summary["steps"] == 5 and summary["last_10_reconstruction"] == history
 
 
-def test_resuming_with_other_flags_is_refused_naming_them(tmp_path):
+def test_resuming_with_other_flags_is_refused_naming_them(tmp_path, caplog):
     data = make_custom_dataset(tmp_path / "data", n=8, size=32)
     common = ["--data_dir", str(data), "--resolution", "32", "--output_dir", str(tmp_path / "vae"), "--batch_size",
               "2", "--checkpointing_steps", "2", "--max_train_steps", "2"]  # fmt: skip
@@ -252,3 +252,6 @@ def test_resuming_with_other_flags_is_refused_naming_them(tmp_path):
         train_vae.main([*common, "--learning_rate", "5e-4", "--resume_from_checkpoint", "latest"])
     with pytest.raises(ValueError, match="no-such-checkpoint.*does not exist"):
         train_vae.main([*common, "--resume_from_checkpoint", "no-such-checkpoint"])
+    with caplog.at_level("WARNING", logger="train_vae"):  # a fresh start over an earlier run's checkpoints says so
+        train_vae.main(common)
+    assert "holds checkpoint-2 of an earlier run" in caplog.text and "--resume_from_checkpoint latest" in caplog.text
