@@ -340,15 +340,18 @@ def latent_scaling_factor(vae: AutoencoderKL, loader, max_batches: int = 20) -> 
     return float(1.0 / torch.cat(latents).std())
 
 
-# Flags that may change between a run and its resumption: where it writes and how often, and how it loads data (the
-# batches are a pure function of the seed, epoch and index whatever the worker count). Every other flag defines the
-# run and must match the checkpoint's.
+# Flags that may change between a run and its resumption: where it writes and how often, how it loads data (the
+# batches are a pure function of the seed, epoch and index whatever the worker count), where the data folder now is,
+# and how long it runs (a longer run goes on with its cosine schedule stretched to the new length, as in diffusers'
+# scripts). Every other flag defines the run and must match the checkpoint's.
 RESUMABLE_CHANGES = {
     "output_dir",
     "resume_from_checkpoint",
     "checkpointing_steps",
     "checkpoints_total_limit",
     "num_workers",
+    "data_dir",
+    "max_train_steps",
 }
 OPTIMIZER_STATE_FILE = "optimizer.pt"
 
