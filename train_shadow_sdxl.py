@@ -933,6 +933,17 @@ def rotate_checkpoints(output_dir: str | Path, total_limit: int | None) -> list[
     return removed
 
 
+def publish_checkpoint(output_dir: Path, temporary: Path, name: str, total_limit: int | None) -> list[Path]:
+    """A complete checkpoint built in `temporary` renamed into place as `name` (over an older one of that name), then
+    `latest` moved onto it and old checkpoints rotated -> the removed ones. Shared by train_vae.py."""
+    final_path = output_dir / name
+    if final_path.exists():
+        shutil.rmtree(final_path)
+    os.replace(temporary, final_path)
+    update_latest_link(output_dir, name)
+    return rotate_checkpoints(output_dir, total_limit)
+
+
 def clean_leftovers(output_dir: str | Path) -> list[str]:
     """Removes what a killed run left in --output_dir (main process, at start-up): partial `.checkpoint-N.tmp` and
     `.checkpoint-N.deleting` folders, `.latest.tmp-<pid>` links, partial `.best.tmp` / `.final-pipeline.tmp` (and older `.final.tmp`) pipelines; a
@@ -2058,11 +2069,7 @@ def save_checkpoint(accelerator: Accelerator, args, state: TrainingState) -> Pat
         if accelerator.is_main_process:
             (temporary / TRAINING_STATE_FILE).write_text(json.dumps(state.to_json(), indent=2) + "\n")
     if accelerator.is_main_process:
-        if final_path.exists():
-            shutil.rmtree(final_path)
-        os.replace(temporary, final_path)
-        update_latest_link(output_dir, name)
-        removed = rotate_checkpoints(output_dir, args.checkpoints_total_limit)
+        removed = publish_checkpoint(output_dir, temporary, name, args.checkpoints_total_limit)
         logger.info(
             "Saved checkpoint %s%s", final_path, f" (removed {', '.join(p.name for p in removed)})" if removed else ""
         )

@@ -49,7 +49,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -76,9 +75,8 @@ from train_shadow_sdxl import (
     TRAINING_STATE_FILE,
     clean_leftovers,
     list_checkpoints,
+    publish_checkpoint,
     resolve_resume_checkpoint,
-    rotate_checkpoints,
-    update_latest_link,
 )
 
 logger = logging.getLogger("train_vae")
@@ -356,12 +354,12 @@ RESUMABLE_CHANGES = {
 OPTIMIZER_STATE_FILE = "optimizer.pt"
 
 
-def save_checkpoint(output_dir: Path, step: int, vae, optimizer, schedule, generator, history, args, limit) -> Path:
+def save_checkpoint(output_dir: Path, step: int, vae, optimizer, schedule, generator, history, args) -> Path:
     """checkpoint-N/ = vae/ (save_pretrained: a VAE of its own) + the optimizer, schedule and random states + the
     step, the loss history and the flags; built under `.checkpoint-N.tmp` and renamed into place, so a checkpoint-N
     folder is always complete, then `latest` is moved onto it and old ones are rotated."""
     name = f"checkpoint-{step}"
-    final_path, temporary = output_dir / name, output_dir / f".{name}.tmp"
+    temporary = output_dir / f".{name}.tmp"
     if temporary.exists():
         shutil.rmtree(temporary)
     vae.save_pretrained(temporary / "vae")
@@ -376,15 +374,13 @@ def save_checkpoint(output_dir: Path, step: int, vae, optimizer, schedule, gener
     )
     state = {"global_step": step, "history": history, "args": vars(args)}
     (temporary / TRAINING_STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
-    if final_path.exists():
-        shutil.rmtree(final_path)
-    os.replace(temporary, final_path)
-    update_latest_link(output_dir, name)
-    removed = rotate_checkpoints(output_dir, limit)
+    removed = publish_checkpoint(output_dir, temporary, name, args.checkpoints_total_limit)
     logger.info(
-        "Saved checkpoint %s%s", final_path, f" (removed {', '.join(p.name for p in removed)})" if removed else ""
+        "Saved checkpoint %s%s",
+        output_dir / name,
+        f" (removed {', '.join(p.name for p in removed)})" if removed else "",
     )
-    return final_path
+    return output_dir / name
 
 
 def load_checkpoint(checkpoint: Path, args, vae, optimizer, schedule, generator) -> tuple[int, list[float]]:
@@ -477,9 +473,7 @@ def main(argv=None) -> Path:
             progress.update(1)
             progress.set_postfix(rec=f"{history[-1]:.4f}")
             if args.checkpointing_steps and step % args.checkpointing_steps == 0:
-                save_checkpoint(
-                    output_dir, step, vae, optimizer, schedule, generator, history, args, args.checkpoints_total_limit
-                )
+                save_checkpoint(output_dir, step, vae, optimizer, schedule, generator, history, args)
             if step >= args.max_train_steps:
                 break
     vae.eval()

@@ -157,8 +157,8 @@ fi
 #    (it learns to undo the one-step blur), on 128 px crops; one thread.
 if has_stage decoder; then
     OMP_NUM_THREADS=1 "${TRAIN_VAE[@]}" --train_data_dir "$DATA/train/train" --resolution "$RESOLUTION" \
-        --crop_size 128 --pretrained_vae_model_name_or_path "$WORK/vae-true" --decoder_only --prediction_model "$WORK/run/best" \
-        --output_dir "$WORK/vae-decoder" --max_train_steps "$DECODER_STEPS" --train_batch_size 4 \
+        --crop_size 128 --pretrained_vae_model_name_or_path "$WORK/vae-true" --decoder_only \
+        --prediction_model "$WORK/run/best" --output_dir "$WORK/vae-decoder" --max_train_steps "$DECODER_STEPS" --train_batch_size 4 \
         --learning_rate 1e-4 --seed 5
 fi
 
