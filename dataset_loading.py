@@ -69,6 +69,7 @@ from pipeline_shadow import (
     DEFAULT_RESOLUTION,
     GRAY_MODES,
     LIGHT_KEYS,
+    MASK_CHANNELS,
     MIN_IMAGE_SIDE,
     SHADOW_FILL,
     THETA_MAX_DEG,
@@ -76,8 +77,10 @@ from pipeline_shadow import (
     check_image_extent,
     check_resolution,
     encode_latents,
+    flip_mask_latent,
     gray_to_tensor,
     image_to_tensor,
+    mask_samples_per_side,
     mask_to_latent,
     not_gray_reason,
     preprocess_object,
@@ -1817,8 +1820,10 @@ def vae_identity(vae) -> str:
     return f"{type(vae).__name__}:{config_hash[:16]}:{weights.hexdigest()[:16]}:{str(dtype).removeprefix('torch.')}"
 
 
-def latent_cache_key(dataset: ShadowDataset, vae, dtype: torch.dtype, with_flip: bool) -> dict:
-    return {
+def latent_cache_key(
+    dataset: ShadowDataset, vae, dtype: torch.dtype, with_flip: bool, mask_channels: int = MASK_CHANNELS
+) -> dict:
+    key = {
         "format": LATENT_CACHE_FORMAT,
         "dataset": dataset.fingerprint(),
         "vae": vae_identity(vae),
@@ -1826,6 +1831,9 @@ def latent_cache_key(dataset: ShadowDataset, vae, dtype: torch.dtype, with_flip:
         "dtype": str(dtype).removeprefix("torch."),
         "orientations": ["original", "flipped"] if with_flip else ["original"],
     }
+    if mask_channels != MASK_CHANNELS:  # named only when not the area-averaged mask: earlier caches keep their key
+        key["mask_channels"] = mask_channels
+    return key
 
 
 def _key_hash(key: dict) -> str:
@@ -1883,7 +1891,7 @@ class LatentCache:
         return self._handles[shard]
 
     def read(self, index: int, flipped: bool = False) -> dict[str, torch.Tensor]:
-        """`object_latents` [4,h,w], `shadow_latents` [4,h,w], `mask_latent` [1,h,w], float32."""
+        """`object_latents` [4,h,w], `shadow_latents` [4,h,w], `mask_latent` [k*k,h,w] (`mask_to_latent`), float32."""
         if flipped and not self.with_flip:
             raise ValueError(
                 f"The latent cache at {self.folder} holds no flipped latents; rebuild it with with_flip=True."
@@ -1898,8 +1906,8 @@ class LatentCache:
             "shadow_latents": handle.get_slice(names[1])[row : row + 1][0].float(),
             "mask_latent": handle.get_slice("mask_latent")[row : row + 1][0].float(),
         }
-        if flipped:  # area averaging over aligned 8x8 blocks commutes with the flip exactly
-            sample["mask_latent"] = torch.flip(sample["mask_latent"], dims=[-1])
+        if flipped:  # area averaging over aligned blocks commutes with the flip exactly
+            sample["mask_latent"] = flip_mask_latent(sample["mask_latent"])
         return sample
 
 
@@ -1958,23 +1966,25 @@ def _explain_miss(cache_dir: Path, key: dict, label: str) -> str:
         "resolution": "resolution",
         "dtype": "dtype",
         "orientations": "flip orientations",
+        "mask_channels": "mask channels",
     }
     return f"changed since {best[2].name}: {', '.join(names.get(part, part) for part in best[1])}"
 
 
 @torch.no_grad()
-def _encode_batch(vae, batch: dict, with_flip: bool, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _encode_batch(vae, batch: dict, spec: _CacheBuild) -> dict[str, torch.Tensor]:
     object_images = batch["object_image"]
     shadow_inputs = shadow_to_vae_input(batch["shadow_map"])
     encoded = {
         "object_latents": encode_latents(vae, object_images),
         "shadow_latents": encode_latents(vae, shadow_inputs),
     }
-    encoded["mask_latent"] = mask_to_latent(batch["mask"], tuple(encoded["object_latents"].shape[-2:]))
-    if with_flip:  # encode the flipped images: flipping a latent is not the latent of the flipped image
+    latent_hw = tuple(encoded["object_latents"].shape[-2:])
+    encoded["mask_latent"] = mask_to_latent(batch["mask"], latent_hw, spec.mask_channels)
+    if spec.with_flip:  # encode the flipped images: flipping a latent is not the latent of the flipped image
         encoded["object_latents_flipped"] = encode_latents(vae, torch.flip(object_images, dims=[-1]))
         encoded["shadow_latents_flipped"] = encode_latents(vae, torch.flip(shadow_inputs, dims=[-1]))
-    return {name: tensor.to("cpu", dtype) for name, tensor in encoded.items()}
+    return {name: tensor.to("cpu", spec.dtype) for name, tensor in encoded.items()}
 
 
 def _shard_is_complete(path: Path, key_hash: str, rows: int) -> bool:
@@ -1992,13 +2002,15 @@ def _shard_is_complete(path: Path, key_hash: str, rows: int) -> bool:
 
 @dataclass(frozen=True)
 class _CacheBuild:
-    """How `build_latent_cache` encodes: storage dtype, flipped copies, encode batch, loading workers, shard rows."""
+    """How `build_latent_cache` encodes: storage dtype, flipped copies, encode batch, loading workers, shard rows,
+    the mask's channels (`mask_to_latent`)."""
 
     dtype: torch.dtype
     with_flip: bool
     batch_size: int
     num_workers: int
     shard_size: int
+    mask_channels: int = MASK_CHANNELS
 
 
 def _write_cache(dataset: ShadowDataset, vae, folder: Path, key: dict, key_hash: str, spec: _CacheBuild) -> None:
@@ -2026,7 +2038,7 @@ def _write_cache(dataset: ShadowDataset, vae, folder: Path, key: dict, key_hash:
             )
             parts: dict[str, list[torch.Tensor]] = {}
             for batch in loader:
-                for tensor_name, tensor in _encode_batch(vae, batch, spec.with_flip, spec.dtype).items():
+                for tensor_name, tensor in _encode_batch(vae, batch, spec).items():
                     parts.setdefault(tensor_name, []).append(tensor)
             tensors = {tensor_name: torch.cat(chunks).contiguous() for tensor_name, chunks in parts.items()}
             latent_shape = list(tensors["object_latents"].shape[1:])
@@ -2063,11 +2075,13 @@ def build_latent_cache(
     batch_size: int = 8,
     num_workers: int = 0,
     shard_size: int = 1024,
+    mask_channels: int = MASK_CHANNELS,
     accelerator=None,
 ) -> LatentCache:
     """Encodes every sample of `dataset` with `vae` once and stores the latents in `latent_cache_dir`, or reuses a cache
     with the same key (dataset fingerprint + VAE identity + resolution + dtype + orientations). `with_flip` also encodes
-    the flipped images (the latent of a flipped image is not the flipped latent). With an `accelerate` Accelerator only
+    the flipped images (the latent of a flipped image is not the flipped latent). `mask_channels` is the UNet's
+    (`ShadowUNet.mask_channels`): the mask latent it takes, 1 = area-averaged (the key names it when not 1). With an `accelerate` Accelerator only
     the local main process encodes and writes; the others wait, then read. The one latent-cache API:
     `create_dataloaders(..., cache_latents=True)` calls it."""
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
@@ -2076,9 +2090,10 @@ def build_latent_cache(
         raise ValueError(f"`dtype` must be torch.float16, torch.bfloat16 or torch.float32, got {dtype}.")
     if next(vae.parameters()).dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
         logger.warning("This VAE asks for float32 (force_upcast): encoding in float16 may overflow to NaN.")
-    spec = _CacheBuild(dtype, with_flip, batch_size, num_workers, shard_size)
+    mask_samples_per_side(mask_channels)
+    spec = _CacheBuild(dtype, with_flip, batch_size, num_workers, shard_size, mask_channels)
     cache_dir = Path(latent_cache_dir)
-    key = latent_cache_key(dataset, vae, dtype, with_flip)
+    key = latent_cache_key(dataset, vae, dtype, with_flip, mask_channels)
     key_hash = _key_hash(key)
     folder = cache_dir / f"latents-{dataset.image_size}px-{key_hash[:16]}"
 
@@ -2110,7 +2125,7 @@ def build_latent_cache(
 
 class CachedLatentDataset(Dataset):
     """Cached latents + the light of each sample: `object_latents` [4,h,w], `shadow_latents` [4,h,w], `mask_latent`
-    [1,h,w], `light` [3], `theta`/`phi`/`size`, `id`, `track` (docs/design.md §8). With `random_flip` half the items
+    [k*k,h,w], `light` [3], `theta`/`phi`/`size`, `id`, `track` (docs/design.md §8). With `random_flip` half the items
     read the latents of the flipped images, with phi mirrored."""
 
     def __init__(self, cache: LatentCache, records: list[SampleRecord], random_flip: bool = False, flip_seed: int = 0):
@@ -2162,6 +2177,7 @@ def create_dataloaders(
     cache_latents: bool = False,
     vae=None,
     latent_cache_dir: str | Path | None = None,
+    mask_channels: int = MASK_CHANNELS,
     accelerator=None,
     drop_last: bool = False,
     pin_memory: bool = False,
@@ -2182,7 +2198,8 @@ def create_dataloaders(
 
     `cache_latents=True` with the `vae` (and `latent_cache_dir`, default DEFAULT_LATENT_CACHE_DIR): both loaders yield
     cached latents instead of images (built once by `build_latent_cache`; with an `accelerator` only the local main
-    process writes, the others wait and read). Raises `DatasetVerificationError` listing every problem of the dataset.
+    process writes, the others wait and read; `mask_channels`: the UNet's, `ShadowUNet.mask_channels`). Raises
+    `DatasetVerificationError` listing every problem of the dataset.
 
     A sample that passed the checks but fails to load later (e.g. a truncated PNG) raises `SampleLoadError` naming its
     files; with `skip_bad_samples=True` it is left out of its batch instead and listed in the batch's `skipped`.
@@ -2228,6 +2245,7 @@ def create_dataloaders(
             vae,
             latent_cache_dir or DEFAULT_LATENT_CACHE_DIR,
             with_flip=random_flip,
+            mask_channels=mask_channels,
             accelerator=accelerator,
         )
         train_dataset: Dataset = CachedLatentDataset(cache, dataset.records, random_flip=random_flip, flip_seed=seed)
@@ -2323,6 +2341,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache_parser.add_argument("--latent_cache_dir", required=True, help="where the latent shards are written")
     cache_parser.add_argument("--random_flip", action="store_true", help="also encode the flipped images")
     cache_parser.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    cache_parser.add_argument(
+        "--mask_channels", type=int, default=MASK_CHANNELS, help="the UNet's mask channels (train --mask_channels)"
+    )
     cache_parser.add_argument("--vae_dtype", choices=("float16", "bfloat16", "float32"), default="float32")
     cache_parser.add_argument("--device", default=None, help="Default: cuda when available, else cpu.")
     cache_parser.add_argument("--encode_batch_size", dest="batch_size", type=int, default=8, help="images per VAE call")
@@ -2357,6 +2378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if getattr(args, name) < (1 if name == "batch_size" else 0):
                 flag = "--encode_batch_size" if name == "batch_size" else "--dataloader_num_workers"
                 raise ValueError(f"`{flag}` must be >= {1 if name == 'batch_size' else 0}, got {getattr(args, name)}.")
+        try:
+            mask_samples_per_side(args.mask_channels)
+        except ValueError as exc:
+            raise ValueError(f"`--mask_channels`: {exc}") from None
         # The scripts' shared rules for a folder they write and a model they load ("Cannot load FLAG NAME as WHAT:
         # reason"); imported here, not at the top, so that the data module itself stays free of the scripts.
         from generate_shadows import is_local_model, named_load_errors, prepare_output_dir
@@ -2386,6 +2411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with_flip=args.random_flip,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
+        mask_channels=args.mask_channels,
     )
     print(f"{'Reused' if cache.hit else 'Built'} latent cache: {cache.folder} ({cache.num_samples} samples).")
     return 0

@@ -83,6 +83,9 @@ MIN_PROCESSING_SIZE = 32
 MIN_IMAGE_SIDE = 8
 NUM_TRAIN_TIMESTEPS = 1000  # SDXL's time embedding was trained on 0..1000 (docs/design.md §3)
 LATENT_CHANNELS = 4
+# The mask's channels in the UNet input: 1 = the mask area-averaged to the latent grid (the paper's design); k * k = the
+# mask at k x k samples per latent cell, one channel each (`mask_to_latent`), e.g. 64 = every pixel of SDXL's 8 x 8 cell
+# for shapes thinner than a cell. A UNet's own count is its `in_channels` minus the two latents' (`ShadowUNet`).
 MASK_CHANNELS = 1
 UNET_IN_CHANNELS = LATENT_CHANNELS + MASK_CHANNELS + LATENT_CHANNELS  # [z_t, z_m, z_o]
 LIGHT_EMBEDDING_DIM = 256  # per light parameter, as SDXL's timestep embedding
@@ -445,9 +448,34 @@ def preprocess_object(
     return object_image, resized_mask, box
 
 
-def mask_to_latent(mask: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
-    """[B,1,H,W] mask -> [B,1,h,w] by area averaging, kept in [0, 1] (not rescaled to [-1, 1])."""
-    return F.interpolate(mask, size=latent_hw, mode="area")
+def mask_samples_per_side(mask_channels: int) -> int:
+    """k for a mask of k * k channels (`MASK_CHANNELS`); raises ValueError naming the allowed counts otherwise."""
+    side = math.isqrt(max(int(mask_channels), 0))
+    if side < 1 or side * side != mask_channels:
+        raise ValueError(
+            f"A shadow UNet's mask must have a square number of channels (1 = area-averaged, 4, 16, 64 = 8 x 8 "
+            f"samples per latent cell, ...): its in_channels minus {2 * LATENT_CHANNELS}; got {mask_channels}."
+        )
+    return side
+
+
+def mask_to_latent(mask: torch.Tensor, latent_hw: tuple[int, int], channels: int = MASK_CHANNELS) -> torch.Tensor:
+    """[B,1,H,W] mask -> [B,channels,h,w], kept in [0, 1] (not rescaled to [-1, 1]): area-averaged to k x k samples per
+    latent cell (channels = k * k), each sample one channel (pixel-unshuffled, row-major within the cell). The mean
+    over the channels is the area-averaged mask of channels = 1, whatever k is."""
+    side = mask_samples_per_side(channels)
+    height, width = latent_hw
+    samples = F.interpolate(mask, size=(height * side, width * side), mode="area")
+    return F.pixel_unshuffle(samples, side) if side > 1 else samples
+
+
+def flip_mask_latent(mask_latent: torch.Tensor) -> torch.Tensor:
+    """The `mask_to_latent` of the horizontally flipped mask, from the unflipped one's [B,k*k,h,w] (or [k*k,h,w]):
+    the cells flip and so do the samples inside each cell."""
+    side = mask_samples_per_side(mask_latent.shape[-3])
+    if side == 1:
+        return torch.flip(mask_latent, dims=[-1])
+    return F.pixel_unshuffle(torch.flip(F.pixel_shuffle(mask_latent, side), dims=[-1]), side)
 
 
 def shadow_to_vae_input(shadow_map: torch.Tensor) -> torch.Tensor:
@@ -1033,7 +1061,8 @@ def inference_sigmas(num_inference_steps: int) -> list[float]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# 3. The shadow UNet: SDXL without text cross-attention, 9 input channels, light added to the time embedding.
+# 3. The shadow UNet: SDXL without text cross-attention, 9 input channels (or 8 + a detailed mask's), light added
+#    to the time embedding.
 # --------------------------------------------------------------------------------------------------------------------
 
 
@@ -1097,8 +1126,9 @@ class ShadowUNetOutput(BaseOutput):
 
 
 class ShadowUNet(ModelMixin, ConfigMixin):
-    """SDXL's UNet with every text cross-attention removed (no attn2/norm2), 9 input channels [z_t, z_m, z_o], and the
-    light (theta deg, phi deg, size) embedded like a timestep and added to the time embedding (paper §3.2).
+    """SDXL's UNet with every text cross-attention removed (no attn2/norm2), 9 input channels [z_t, z_m, z_o] (8 + k*k
+    with a detailed mask, `with_mask_channels`), and the light (theta deg, phi deg, size) embedded like a timestep and
+    added to the time embedding (paper §3.2).
 
     A thin wrapper because a `UNet2DConditionModel` subclass does not round-trip through `from_pretrained` (it passes
     config values by the subclass's own `__init__` signature). Its config alone rebuilds it: the stock UNet config plus
@@ -1119,6 +1149,7 @@ class ShadowUNet(ModelMixin, ConfigMixin):
             raise ValueError(
                 f"`unet_config.projection_class_embeddings_input_dim` must be {expected} (3 x {light_embedding_dim})."
             )
+        mask_samples_per_side(unet_config.get("in_channels", UNET_IN_CHANNELS) - 2 * LATENT_CHANNELS)
         self.unet = UNet2DConditionModel.from_config(unet_config)
         _strip_cross_attention(self.unet)
         # Weightless: the fixed sinusoids of each light value; what learns is the projection in `unet.class_embedding`.
@@ -1141,6 +1172,34 @@ class ShadowUNet(ModelMixin, ConfigMixin):
     def sample_size(self) -> int:
         return self.unet.config.sample_size
 
+    @property
+    def mask_channels(self) -> int:
+        """The mask's channels between the two latents of the input (`MASK_CHANNELS`, `mask_to_latent`)."""
+        return self.in_channels - 2 * LATENT_CHANNELS
+
+    def with_mask_channels(self, mask_channels: int) -> ShadowUNet:
+        """This UNet taking its mask at `mask_channels` = k * k samples per latent cell, from one that takes it
+        area-averaged: each new mask channel gets 1 / (k * k) of the old mask weights, so the new model computes
+        exactly what this one does (the mean of the samples is the area average) until training uses the detail.
+        Returns self when the count is already `mask_channels`."""
+        mask_samples_per_side(mask_channels)
+        if mask_channels == self.mask_channels:
+            return self
+        if self.mask_channels != MASK_CHANNELS:
+            raise ValueError(
+                f"Only a UNet with an area-averaged mask ({MASK_CHANNELS} channel) can be given more mask channels; "
+                f"this one has {self.mask_channels}."
+            )
+        config = dict(self.config.unet_config, in_channels=2 * LATENT_CHANNELS + mask_channels)
+        with torch.device("meta"):  # built empty, then given copies of this one's tensors (their dtype and device)
+            detailed = type(self)(unet_config=config, light_embedding_dim=self.config.light_embedding_dim)
+        state = {name: tensor.clone() for name, tensor in self.state_dict().items()}
+        z_t, mask, z_o = state["unet.conv_in.weight"].split([LATENT_CHANNELS, MASK_CHANNELS, LATENT_CHANNELS], dim=1)
+        mask = (mask / mask_channels).expand(-1, mask_channels, -1, -1)
+        state["unet.conv_in.weight"] = torch.cat([z_t, mask, z_o], dim=1)  # [C_out, 8 + k*k, kh, kw]
+        detailed.load_state_dict(state, strict=True, assign=True)
+        return detailed
+
     def light_embedding(self, light: torch.Tensor) -> torch.Tensor:
         """[B,3] raw (theta deg, phi deg, size) -> [B, 3*256] sinusoidal embedding. Raw degrees resolve well at the
         sinusoid's highest frequencies; [0,1]-normalised inputs would make all lights look alike (docs/design.md §3)."""
@@ -1154,7 +1213,8 @@ class ShadowUNet(ModelMixin, ConfigMixin):
         return torch.cat(parts, dim=1)
 
     def forward(self, sample: torch.Tensor, timestep, light: torch.Tensor, return_dict: bool = True):
-        """sample [B,9,h,w] = cat(z_t, z_m, z_o); timestep = t * 1000; light [B,3] raw -> velocity [B,4,h,w]."""
+        """sample [B,8+k*k,h,w] = cat(z_t, z_m, z_o) (k*k = `mask_channels`, 1 by default); timestep = t * 1000;
+        light [B,3] raw -> velocity [B,4,h,w]."""
         light_embedding = self.light_embedding(light).to(sample.dtype)
         velocity = self.unet(sample, timestep, encoder_hidden_states=None, class_labels=light_embedding).sample
         return ShadowUNetOutput(sample=velocity) if return_dict else (velocity,)
@@ -1325,7 +1385,7 @@ class ObjectLatents:
     UNet and the decoder only)."""
 
     object_latents: torch.Tensor  # [B,4,h,w]
-    mask_latent: torch.Tensor  # [B,1,h,w]
+    mask_latent: torch.Tensor  # [B,k*k,h,w] (`mask_to_latent` for the UNet's mask channels)
     boxes: list[PadBox]
     sizes: list[tuple[int, int]]  # each input's (H, W)
     objects: list[torch.Tensor]  # [3,H,W] in [0, 1] at input size, for compositing
@@ -1845,7 +1905,7 @@ class ShadowPipeline(DiffusionPipeline):
         latent_hw = tuple(object_latents.shape[-2:])
         return ObjectLatents(
             object_latents=object_latents,
-            mask_latent=mask_to_latent(mask_batch.to(device, torch.float32), latent_hw),  # [B,1,h,w]
+            mask_latent=mask_to_latent(mask_batch.to(device, torch.float32), latent_hw, self.unet.mask_channels),
             boxes=boxes,
             sizes=[tuple(o.shape[-2:]) for o in objects],
             objects=objects,
@@ -1880,7 +1940,7 @@ class ShadowPipeline(DiffusionPipeline):
         timesteps = self.scheduler.timesteps
         light = light.to(device)
         for timestep in self.progress_bar(timesteps) if num_inference_steps > 1 else timesteps:
-            model_input = torch.cat([latents, mask_latent, object_latents], dim=1)  # [B,9,h,w]
+            model_input = torch.cat([latents, mask_latent, object_latents], dim=1)  # [B,8+k*k,h,w]
             velocity = self.unet(model_input, timestep.expand(latents.shape[0]), light).sample  # [B,4,h,w]
             latents = self.scheduler.step(velocity, timestep, latents).prev_sample
         return latents

@@ -98,6 +98,7 @@ from pipeline_shadow import (
     LORA_FULL_WEIGHTS,
     LORA_INFO,
     LORA_SUBFOLDER,
+    MASK_CHANNELS,
     TIMESTEP_SAMPLING_CHOICES,
     ShadowPipeline,
     ShadowUNet,
@@ -106,6 +107,7 @@ from pipeline_shadow import (
     encode_latents,
     find_pipeline_folders,
     load_lora_state,
+    mask_samples_per_side,
     mask_to_latent,
     rf_interpolate,
     rf_model_timestep,
@@ -193,6 +195,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="fp32",
         choices=VAE_PRECISION_CHOICES,
         help="dtype of the frozen VAE. The stock SDXL VAE overflows in fp16; keep fp32 unless the VAE is fp16-safe.",
+    )
+    model.add_argument(
+        "--mask_channels",
+        type=int,
+        default=None,
+        help="The object mask's channels in the UNet input: 1 = area-averaged to the latent grid (the paper's), k*k = "
+        "k x k mask samples per latent cell (64 = every pixel of SDXL's 8 x 8 cell: poles and legs thinner than a "
+        "cell). A model with 1 is converted exactly (ShadowUNet.with_mask_channels) and learns the detail in training. "
+        "Default: the pretrained model's own (1 for an SDXL base).",
     )
     model.add_argument("--revision", default=None, help="Revision of the pretrained model on the Hub.")
     model.add_argument("--variant", default=None, help="Variant of the model files, e.g. fp16.")
@@ -527,6 +538,11 @@ def _check_args(args: argparse.Namespace) -> tuple[dataset_loading.ShadowDataset
     for name, value in vars(args).items():  # NaN passes every `<` / `>` check below: refused once, for every flag
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"`--{name}` must be a finite number, got {value}.")
+    if args.mask_channels is not None:
+        try:
+            mask_samples_per_side(args.mask_channels)
+        except ValueError as error:
+            raise ValueError(f"`--mask_channels`: {error}") from None
     if args.learning_rate <= 0 or args.max_grad_norm < 0:
         raise ValueError("`--learning_rate` must be > 0 and `--max_grad_norm` >= 0.")
     _check_optimizer_args(args)
@@ -603,8 +619,34 @@ def _check_pretrained_folders(args: argparse.Namespace) -> None:
                 f"the shadow model is converted from an SDXL base UNet with {LATENT_CHANNELS} and {LATENT_CHANNELS} "
                 "(e.g. stabilityai/stable-diffusion-xl-base-1.0, not an inpainting or refiner model)."
             )
+    elif isinstance(in_channels := (unet.get("unet_config") or {}).get("in_channels"), int):
+        check_mask_channels(in_channels - 2 * LATENT_CHANNELS, args.mask_channels, named)
     if vae_folder is None:
         _check_vae_config(folder / "vae" / "config.json", flag)
+
+
+def _run_mask_channels(args: argparse.Namespace) -> int | None:
+    """The mask channels this run's UNet will have: --mask_channels, else a local pretrained model's own (1 for an
+    SDXL base); None for a Hub id, which is only known once it loads."""
+    if args.mask_channels is not None:
+        return args.mask_channels
+    folder = Path(args.pretrained_model_name_or_path)
+    if not folder.is_dir():
+        return None
+    if not is_shadow_pipeline(str(folder)):
+        return MASK_CHANNELS
+    in_channels = ((_read_config(folder / "unet" / "config.json") or {}).get("unet_config") or {}).get("in_channels")
+    return in_channels - 2 * LATENT_CHANNELS if isinstance(in_channels, int) else None
+
+
+def check_mask_channels(pretrained: int, wanted: int | None, named: str) -> None:
+    """A pretrained UNet taking its mask in `pretrained` channels can train with --mask_channels `wanted`: its own
+    count, or any square count when it takes the mask area-averaged (1 channel, `ShadowUNet.with_mask_channels`)."""
+    if wanted is not None and wanted != pretrained and pretrained != MASK_CHANNELS:
+        raise ValueError(
+            f"{named} takes its mask in {pretrained} channels; `--mask_channels {wanted}` can only convert a model "
+            f"with an area-averaged ({MASK_CHANNELS}-channel) mask: leave the flag out, or pass {pretrained}."
+        )
 
 
 def _check_vae_config(path: Path, flag: str) -> None:
@@ -740,6 +782,15 @@ def _check_resume_compatible(args: argparse.Namespace, resume_dir: Path) -> None
             f"`--resume_from_checkpoint` {str(resume_dir)!r} was trained with `--split_seed {recorded_split}`, this "
             f"run has `--split_seed {args.split_seed}`: another validation split would put validation objects into "
             f"training. Resume with `--split_seed {recorded_split}`."
+        )
+    checkpoint_unet = _read_config(resume_dir / "unet" / "config.json") or {}  # full fine-tuning's checkpoints
+    there = (checkpoint_unet.get("unet_config") or {}).get("in_channels")
+    here = _run_mask_channels(args)
+    if isinstance(there, int) and here is not None and there - 2 * LATENT_CHANNELS != here:
+        raise ValueError(
+            f"`--resume_from_checkpoint` {str(resume_dir)!r} holds a UNet taking its mask in "
+            f"{there - 2 * LATENT_CHANNELS} channels, this run's takes it in {here}: resume with "
+            f"`--mask_channels {there - 2 * LATENT_CHANNELS}`, as the checkpoint was trained."
         )
     recorded = bool(saved.get("memory_lean", False))
     if recorded != args.memory_lean:
@@ -1359,6 +1410,15 @@ def build_models(args: argparse.Namespace, accelerator: Accelerator) -> Models:
             pipe = ShadowPipeline.from_sdxl(
                 args.pretrained_model_name_or_path, vae=vae, variant=args.variant, **hub_kwargs
             )
+    if args.mask_channels is not None:  # Hub models are checked here, local folders already in validate_args
+        named = f"`--pretrained_model_name_or_path` {args.pretrained_model_name_or_path!r}"
+        try:
+            check_mask_channels(pipe.unet.mask_channels, args.mask_channels, named)
+        except ValueError as error:
+            raise ConfigurationError(str(error)) from None
+        if pipe.unet.mask_channels != args.mask_channels:
+            logger.info("The UNet takes its mask in %d channels from now on (--mask_channels).", args.mask_channels)
+            pipe.unet = pipe.unet.with_mask_channels(args.mask_channels)
     unet, vae = pipe.unet, pipe.vae
     # Weights stay fp32 (mixed precision autocasts the compute): pure bf16 weights at lr 1e-5 lose most updates
     # (docs/design.md §6). --memory_lean keeps them in bf16 and makes up for it with stochastic rounding in the optimizer.
@@ -1639,6 +1699,12 @@ def load_unet_state(model: ShadowUNet, checkpoint_dir: Path, args: argparse.Name
     loaded = ShadowUNet.from_pretrained(checkpoint_dir, subfolder="unet", use_safetensors=True)  # never a pickle
     ours, theirs = (json.loads(json.dumps(m.config.get("unet_config") or {}, default=str)) for m in (model, loaded))
     differing = sorted(k for k in ours.keys() & theirs.keys() if not k.startswith("_") and ours[k] != theirs[k])
+    if "in_channels" in differing:  # the one shape a flag of this script changes
+        there, here = (m.mask_channels for m in (loaded, model))
+        raise ValueError(
+            f"{checkpoint_dir / 'unet'} holds a UNet taking its mask in {there} channels, this run's takes it in "
+            f"{here}: resume with `--mask_channels {there}`, as the checkpoint was trained."
+        )
     if differing:  # else load_state_dict lists every mismatched tensor (hundreds of lines)
         shown = "; ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differing[:3])
         raise ValueError(
@@ -1666,10 +1732,12 @@ def data_source(args: argparse.Namespace) -> dataset_loading.ShadowDataSource:
     )
 
 
-def build_data(args: argparse.Namespace, accelerator: Accelerator, vae: AutoencoderKL, dataset):
+def build_data(
+    args: argparse.Namespace, accelerator: Accelerator, vae: AutoencoderKL, dataset, mask_channels: int = MASK_CHANNELS
+):
     """(train_loader, val_loader) over the `dataset` that `validate_args` opened (no second scan); val_loader is None
     without a validation split. With --cache_latents both yield cached latents (built once; only the local main
-    process encodes)."""
+    process encodes), the mask in the UNet's `mask_channels`."""
     kwargs = {
         "batch_size": args.train_batch_size,
         "num_workers": args.dataloader_num_workers,
@@ -1681,7 +1749,13 @@ def build_data(args: argparse.Namespace, accelerator: Accelerator, vae: Autoenco
         "skip_bad_samples": args.skip_bad_samples,
     }
     if args.cache_latents:
-        kwargs.update(cache_latents=True, vae=vae, latent_cache_dir=args.latent_cache_dir, accelerator=accelerator)
+        kwargs.update(
+            cache_latents=True,
+            vae=vae,
+            latent_cache_dir=args.latent_cache_dir,
+            accelerator=accelerator,
+            mask_channels=mask_channels,
+        )
     train_loader, val_loader = dataset_loading.create_dataloaders(dataset, **kwargs)
     if len(train_loader) == 0:
         raise ValueError("The training split is empty: add samples or lower `--val_fraction`.")
@@ -1696,17 +1770,20 @@ def batch_light(batch: dict, device: torch.device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def batch_latents(vae: AutoencoderKL, batch: dict, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """(object_latents [B,4,h,w], mask_latent [B,1,h,w], shadow_latents [B,4,h,w]) in fp32: taken from a cached-latent
-    batch, else encoded by the frozen VAE (posterior means, deterministic; docs/design.md §8)."""
+def batch_latents(
+    vae: AutoencoderKL, batch: dict, device: torch.device, mask_channels: int = MASK_CHANNELS
+) -> tuple[torch.Tensor, ...]:
+    """(object_latents [B,4,h,w], mask_latent [B,mask_channels,h,w], shadow_latents [B,4,h,w]) in fp32: taken from a
+    cached-latent batch (built for the same mask channels), else encoded by the frozen VAE (posterior means,
+    deterministic; docs/design.md §8)."""
     if "object_latents" in batch:
         return tuple(batch[k].to(device, torch.float32) for k in ("object_latents", "mask_latent", "shadow_latents"))
     object_image = batch["object_image"].to(device)  # [B,3,H,W] in [-1,1], white outside the mask
     shadow_input = shadow_to_vae_input(batch["shadow_map"].to(device))  # [B,3,H,W] in [-1,1]
     latents = encode_latents(vae, torch.cat([object_image, shadow_input])).float()  # one VAE call, [2B,4,h,w]
     object_latents, shadow_latents = latents.chunk(2)
-    mask_latent = mask_to_latent(batch["mask"].to(device, torch.float32), tuple(latents.shape[-2:]))
-    return object_latents, mask_latent, shadow_latents
+    mask = batch["mask"].to(device, torch.float32)
+    return object_latents, mask_to_latent(mask, tuple(latents.shape[-2:]), mask_channels), shadow_latents
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -1725,7 +1802,7 @@ def rectified_flow_velocity(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(predicted velocity, x_t), both [B,4,h,w], at x_t = t * noise + (1 - t) * x0 (docs/design.md §3)."""
     x_t = rf_interpolate(shadow_latents, noise, t)  # [B,4,h,w]
-    model_input = torch.cat([x_t, mask_latent, object_latents], dim=1)  # [B,9,h,w]
+    model_input = torch.cat([x_t, mask_latent, object_latents], dim=1)  # [B,8+mask channels,h,w]
     return unet(model_input, rf_model_timestep(t), light).sample, x_t
 
 
@@ -1778,7 +1855,7 @@ def training_loss(args, unet, vae, batch: dict, generator: torch.Generator, devi
     """The loss of one micro-batch (scalar, fp32): latents (cached or encoded), noise and t from `generator`, the
     velocity MSE (+ --shadow_iou_weight x the decoded maps' soft-IoU distance). With `accelerator.backward` and
     `optimizer_step` this is the whole training step, e.g. to time it."""
-    object_latents, mask_latent, shadow_latents = batch_latents(vae, batch, device)
+    object_latents, mask_latent, shadow_latents = batch_latents(vae, batch, device, unwrap_any(unet).mask_channels)
     noise, t = sample_noise_and_t(args, shadow_latents.shape, generator, device)
     light = batch_light(batch, device)
     velocity, x_t = rectified_flow_velocity(unet, object_latents, mask_latent, shadow_latents, light, t, noise)
@@ -1924,7 +2001,7 @@ def validate(args, accelerator: Accelerator, unet, vae, val_loader, step: int) -
         for batch in val_loader:
             if not report_skipped_samples(batch, None, "validation"):
                 continue  # every sample of the batch was skipped (--skip_bad_samples)
-            object_latents, mask_latent, shadow_latents = batch_latents(vae, batch, device)
+            object_latents, mask_latent, shadow_latents = batch_latents(vae, batch, device, model.mask_channels)
             light = batch_light(batch, device)
             noises, ts = [], []
             for offset in range(object_latents.shape[0]):
@@ -2436,7 +2513,7 @@ def _run(args, accelerator: Accelerator, resume_dir: Path | None, dataset) -> Tr
         logger.info("Cleaned up after an interrupted run in %s: %s.", args.output_dir, "; ".join(cleaned))
     accelerate_set_seed(args.seed)  # model construction (the light projection's first layer) is reproducible too
     models = build_models(args, accelerator)
-    train_loader, val_loader = build_data(args, accelerator, models.vae, dataset)
+    train_loader, val_loader = build_data(args, accelerator, models.vae, dataset, models.unet.mask_channels)
     if args.max_train_steps is None:
         batches_per_process = math.ceil(len(train_loader) / accelerator.num_processes)
         per_epoch = math.ceil(batches_per_process / args.gradient_accumulation_steps)

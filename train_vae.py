@@ -262,7 +262,7 @@ def one_step_latents(pipe: ShadowPipeline, batch: dict, generator: torch.Generat
     """The shadow pipeline's one-step prediction for a data batch (its objects, masks and lights): the scaled latents
     its decoder receives at inference."""
     object_latents = encode_latents(pipe.vae, batch["object_image"])
-    mask_latent = mask_to_latent(batch["mask"], tuple(object_latents.shape[-2:]))
+    mask_latent = mask_to_latent(batch["mask"], tuple(object_latents.shape[-2:]), pipe.unet.mask_channels)
     prepared = ObjectLatents(object_latents, mask_latent, boxes=[], sizes=[], objects=[], masks=[])
     light = batch["light"].double()  # [B,3] (theta, phi, size)
     return pipe.predict_latents(prepared, light, num_inference_steps=1, generator=generator)

@@ -26,6 +26,7 @@
 #   STAGES="all128 fresh128 evaluate-more128" bash recipes/family_model.sh  # + 6,000 more, 6,000 steps on the 9,500
 #   STAGES="spikes128 evaluate-more128" bash recipes/family_model.sh  # 4,000 of four new kinds + 4,000 of the eighteen
 #   STAGES=encoder-spikes128 bash recipes/family_model.sh  # the encoder continued on those: the VAE ceiling again
+#   STAGES="mask-detail128 evaluate-more128" bash recipes/family_model.sh  # the mask at 8 x 8 samples a cell vs 1
 #
 # Why 256 px: SDXL's latent is one cell per 8 x 8 pixels, so at 128 px a 16 x 16 latent has to carry a chair's legs
 # and a fence's gaps in sub-cell detail; the same VAE round-trips the same true maps better at 256 px (0.760 vs
@@ -35,7 +36,7 @@ set -euo pipefail
 DATA=${DATA:-data/families}
 WORK=${WORK:-work/family-model}
 BASE=${BASE:-models/shadow-small}  # the warm start: the embedded default (128 px, trained on the classic families only)
-STAGES=${STAGES:-data vae unet decoder ship evaluate unet128 evaluate128 default128 more128 encoder128 shapes128 mixed128 variety128 all128 fresh128 spikes128 encoder-spikes128 evaluate-more128}
+STAGES=${STAGES:-data vae unet decoder ship evaluate unet128 evaluate128 default128 more128 encoder128 shapes128 mixed128 variety128 all128 fresh128 spikes128 encoder-spikes128 mask-detail128 evaluate-more128}
 RESOLUTION=${RESOLUTION:-256}
 TRAIN_SAMPLES=${TRAIN_SAMPLES:-2400}
 UNET_STEPS=${UNET_STEPS:-3500}
@@ -47,18 +48,20 @@ has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
 
 # The 128 px fine-tune of stages 7-9: START's pipeline on the renders of TRAIN_DIR at the model's own 128 px, batch 16,
 # lr 1e-4 with cosine decay after 50 warm-up steps, shifted t (or TIMESTEP_SAMPLING), random flips, cached latents, one
-# thread (or TRAIN_THREADS); it resumes from OUTPUT's latest checkpoint when there is one.
-finetune128() {  # START OUTPUT STEPS CHECKPOINT_STEPS [TRAIN_DIR] [LATENT_CACHE_DIR]
+# thread (or TRAIN_THREADS); it resumes from OUTPUT's latest checkpoint when there is one. Flags after the sixth
+# argument go to the training script as they are.
+finetune128() {  # START OUTPUT STEPS CHECKPOINT_STEPS [TRAIN_DIR] [LATENT_CACHE_DIR] [FLAG...]
     OMP_NUM_THREADS=${TRAIN_THREADS:-1} "${TRAIN[@]}" --pretrained_model_name_or_path "$1" --dataset_type custom \
         --train_data_dir "${5:-$DATA/train/train}" --resolution 128 --train_batch_size 16 --learning_rate 1e-4 \
         --lr_scheduler cosine --lr_warmup_steps 50 --max_train_steps "$3" \
         --timestep_sampling "${TIMESTEP_SAMPLING:-shifted}" --random_flip --cache_latents \
         --latent_cache_dir "${6:-$WORK/latents128}" --checkpointing_steps "$4" --validation_steps 500 --logging_steps 50 \
-        --dataloader_num_workers 0 --seed 0 --report_to none --output_dir "$2" --resume_from_checkpoint latest
+        --dataloader_num_workers 0 --seed 0 --report_to none --output_dir "$2" --resume_from_checkpoint latest "${@:7}"
 }
 
 # The weight-by-weight average of two pipelines' UNets (WiSE-FT): WEIGHT x FIRST's + (1 - WEIGHT) x SECOND's, in
-# SECOND's pipeline, its UNet stored in fp16 (it loads as fp32).
+# SECOND's pipeline, its UNet stored in fp16 (it loads as fp32). FIRST's UNet is given SECOND's mask channels first
+# (ShadowUNet.with_mask_channels, which computes exactly what it did).
 average_unets() {  # FIRST SECOND WEIGHT OUTPUT
     $P - "$@" <<'EOF'
 import sys
@@ -68,8 +71,9 @@ import torch
 from pipeline_shadow import ShadowPipeline
 
 first, second, weight, output = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
-kept = ShadowPipeline.from_pretrained(first, torch_dtype=torch.float32).unet.state_dict()
 pipe = ShadowPipeline.from_pretrained(second, torch_dtype=torch.float32)
+first_unet = ShadowPipeline.from_pretrained(first, torch_dtype=torch.float32).unet
+kept = first_unet.with_mask_channels(pipe.unet.mask_channels).state_dict()
 tuned = pipe.unet.state_dict()
 pipe.unet.load_state_dict({name: weight * kept[name] + (1 - weight) * tuned[name] for name in tuned})
 pipe.unet.to(torch.float16)
@@ -418,10 +422,37 @@ if has_stage encoder-spikes128; then
     $P benchmarks/vae_ceiling.py --vae "$WORK/vae-encoder-spikes128" --resolution 128 \
         --data_dirs "$DATA"/test-{legged,pole,ring,slats,bridge} --output_json "$WORK/vae-encoder-spikes128.json"
 fi
+# 20. The mask in detail (stage `mask-detail128`): the UNet sees the object's mask area-averaged to the 16 x 16 latent
+#     grid, so a pole one pixel wide is 1/8 grey in its cell, whichever pixel it is; with --mask_channels 64 it sees
+#     every pixel of each 8 x 8 cell, one channel each (ShadowUNet.with_mask_channels: the converted model computes
+#     exactly what it did, and training may use the detail). A controlled pair on DETAIL_SAMPLES (4,000) fresh renders
+#     of all twenty-two training families (seed 4): the eighth embedded default (commit 1abb8a5) fine-tuned
+#     DETAIL_STEPS (3,000) steps twice, side by side with one thread each -- with the area-averaged mask (the control:
+#     what the data round alone gives) and with 64 mask channels -- each then averaged 0.5 with the default.
+if has_stage mask-detail128; then
+    DATA_DETAIL=${DATA_DETAIL:-$DATA-fresh22}
+    RESOLUTION=128 DATA=$DATA_DETAIL STAGES=train-data TRAIN_SAMPLES=${DETAIL_SAMPLES:-4000} \
+        TRAIN_SEED=${DETAIL_SEED:-4} TRAIN_FAMILIES="$FAMILIES_ALL $FAMILIES_NINTH" bash recipes/family_split.sh
+    $P dataset_loading.py verify "$DATA_DETAIL/train/train"
+    start=${DETAIL_START:-1abb8a5}
+    default_at "$start" "$WORK/default-$start"
+    pids=()
+    for variant in area:1 detail:64; do
+        name=mask-${variant%%:*}128
+        TRAIN_THREADS=1 finetune128 "$WORK/default-$start" "$WORK/run-$name" "${DETAIL_STEPS:-3000}" 500 \
+            "$DATA_DETAIL/train/train" "$WORK/latents-$name" --mask_channels "${variant##*:}" &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid"; done  # set -e: a failed run fails the stage
+    for name in mask-area128 mask-detail128; do
+        average_unets "$WORK/default-$start" "$WORK/run-$name" "${DETAIL_KEEP:-0.5}" "$WORK/$name-average"
+    done
+fi
 if has_stage evaluate-more128; then
     for candidate in run-more128 more128-average run-encoder128 encoder128-average run-single-step128 \
         run-shapes128 shapes128-average run-mixed128 mixed128-average run-variety128 variety128-average run-all128 \
-        all128-average run-fresh128 fresh128-average run-spikes128 spikes128-average ${WIDTHS:-}; do
+        all128-average run-fresh128 fresh128-average run-spikes128 spikes128-average run-mask-area128 \
+        mask-area128-average run-mask-detail128 mask-detail128-average ${WIDTHS:-}; do
         [ -f "$WORK/$candidate/model_index.json" ] || { echo "skip $candidate: not trained under $WORK"; continue; }
         RESOLUTION=128 DATA=$DATA WORK=$WORK/eval-$candidate MODEL=$WORK/$candidate HIRES_SAMPLES=0 \
             STAGES=evaluate bash recipes/family_split.sh

@@ -45,7 +45,7 @@ from dataset_loading import (
     split_indices,
     verify_dataset,
 )
-from pipeline_shadow import encode_latents, shadow_to_vae_input
+from pipeline_shadow import encode_latents, mask_to_latent, shadow_to_vae_input
 from random_sdxl import random_vae
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -879,6 +879,39 @@ def test_cache_invalidation(custom_root, tiny_vae, tmp_path):
     assert build_latent_cache(dataset, other_vae, cache_dir).hit is False  # the dataset changed under it too
 
 
+def test_cache_holds_the_mask_in_the_unets_channels(custom_root, tiny_vae, tmp_path):
+    dataset = open_shadow_dataset("custom", custom_root, image_size=32)
+    area = build_latent_cache(dataset, tiny_vae, tmp_path / "cache", dtype=torch.float32, with_flip=True)
+    assert "mask_channels" not in area.manifest["key"]  # the area-averaged mask's key is what it always was
+    detailed = build_latent_cache(
+        dataset, tiny_vae, tmp_path / "cache", dtype=torch.float32, with_flip=True, mask_channels=16
+    )
+    assert not detailed.hit and "mask channels" in detailed.reason and detailed.folder != area.folder
+    plain_area, plain, flipped = (
+        CachedLatentDataset(cache, dataset.records).load_sample(3, flip=flip)
+        for cache, flip in ((area, False), (detailed, False), (detailed, True))
+    )
+    mask = dataset.load_sample(3)["mask"][None]
+    assert plain["mask_latent"].shape == (16, 4, 4)
+    torch.testing.assert_close(plain["mask_latent"], mask_to_latent(mask, (4, 4), 16)[0])
+    torch.testing.assert_close(flipped["mask_latent"], mask_to_latent(mask.flip(-1), (4, 4), 16)[0])
+    torch.testing.assert_close(plain["mask_latent"].mean(0, keepdim=True), plain_area["mask_latent"])
+    torch.testing.assert_close(plain["object_latents"], plain_area["object_latents"])
+    assert build_latent_cache(dataset, tiny_vae, tmp_path / "cache", dtype=torch.float32, with_flip=True).hit
+    train, _ = create_dataloaders(
+        dataset,
+        batch_size=2,
+        num_workers=0,
+        val_fraction=0,
+        **{"cache_latents": True, "vae": tiny_vae},
+        latent_cache_dir=tmp_path / "cache",
+        mask_channels=64,
+    )
+    assert next(iter(train))["mask_latent"].shape == (2, 64, 4, 4)
+    with pytest.raises(ValueError, match="square number of channels.*got 3"):
+        build_latent_cache(dataset, tiny_vae, tmp_path / "cache", mask_channels=3)
+
+
 def test_flip_needs_a_flip_cache(custom_root, tiny_vae, tmp_path):
     dataset = open_shadow_dataset("custom", custom_root, image_size=32)
     cache = build_latent_cache(dataset, tiny_vae, tmp_path / "cache")
@@ -1087,6 +1120,8 @@ def test_cache_command_names_a_bad_device_folder_or_vae(custom_root, tmp_path, c
         (["--pretrained_model_name_or_path", "x", "--latent_cache_dir", str(tmp_path / "c"), "--device", "banana"],
          "`--device` 'banana' is not a device"),
         (["--pretrained_model_name_or_path", "x", "--latent_cache_dir", str(a_file)], "exists and is not a folder"),
+        (["--pretrained_model_name_or_path", "x", "--latent_cache_dir", str(tmp_path / "c"), "--mask_channels", "8"],
+         "`--mask_channels`: A shadow UNet's mask must have a square number of channels"),
         (["--pretrained_model_name_or_path", "x", "--latent_cache_dir", str(a_file / "c")],
          f"--latent_cache_dir {a_file / 'c'} cannot be created: [Errno 20] Not a directory"),  # was mkdir's traceback
         (["--pretrained_model_name_or_path", str(tmp_path / "no-vae"), "--latent_cache_dir", str(tmp_path / "c")],

@@ -97,6 +97,77 @@ def test_mask_to_latent_area_average():
     assert torch.equal(latent, torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]]))
 
 
+def test_detailed_mask_latent_keeps_what_the_area_average_loses():
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., :, 3] = 1.0  # a one-pixel pole: 1/8 of a latent cell's width
+    area = ps.mask_to_latent(mask, (2, 2))
+    detailed = ps.mask_to_latent(mask, (2, 2), channels=64)
+    assert detailed.shape == (1, 64, 2, 2)
+    torch.testing.assert_close(detailed.mean(dim=1, keepdim=True), area)  # the mean is the paper's mask, for any k
+    assert set(detailed[0, :, 0, 0].unique().tolist()) == {0.0, 1.0}  # every pixel of the cell, not 0.125 smeared
+    assert detailed[0, 3, 0, 0] == 1.0 and detailed[0, 4, 0, 0] == 0.0  # row-major inside the cell: column 3 is set
+    assert detailed[0, :, 0, 1].sum() == 0.0
+    mid = ps.mask_to_latent(mask, (2, 2), channels=4)  # 2 x 2 samples a cell: pixel column 3 lies in sample column 0
+    assert torch.equal(mid[0, :, 0, 0], torch.tensor([0.25, 0.0, 0.25, 0.0]))
+
+
+@pytest.mark.parametrize("channels", [1, 4, 64])
+def test_flipped_mask_latent_is_the_latent_of_the_flipped_mask(channels):
+    mask = (torch.rand(2, 1, 32, 24, generator=torch.Generator().manual_seed(0)) > 0.6).float()
+    latent = ps.mask_to_latent(mask, (4, 3), channels)
+    assert torch.equal(ps.flip_mask_latent(latent), ps.mask_to_latent(mask.flip(-1), (4, 3), channels))
+    assert torch.equal(ps.flip_mask_latent(latent[0]), ps.mask_to_latent(mask[:1].flip(-1), (4, 3), channels)[0])
+
+
+@pytest.mark.parametrize("channels", [0, 2, 8, 63, -4])
+def test_mask_channels_must_be_a_square(channels):
+    with pytest.raises(ValueError, match=f"square number of channels.*got {channels}"):
+        ps.mask_to_latent(torch.zeros(1, 1, 8, 8), (1, 1), channels)
+
+
+def test_with_mask_channels_computes_what_the_area_mask_model_does(tiny_pipeline, tmp_path):
+    unet = tiny_pipeline.unet
+    _activate_light(unet)
+    with torch.no_grad():  # a mask weight that matters: the converted model starts with zeros there
+        unet.unet.conv_in.weight[:, 4:5].normal_(0.0, 0.5, generator=torch.Generator().manual_seed(1))
+    detailed = unet.with_mask_channels(16)
+    assert (unet.mask_channels, detailed.mask_channels, detailed.in_channels) == (1, 16, 24)
+    assert detailed.config.unet_config["in_channels"] == 24 and unet.config.unet_config["in_channels"] == 9
+    generator = torch.Generator().manual_seed(2)
+    mask = (torch.rand(2, 1, 64, 64, generator=generator) > 0.5).float()
+    z_t, z_o = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 4, 8, 8, generator=generator)
+    light, timestep = torch.tensor([[30.0, 90.0, 4.0], [10.0, 200.0, 2.0]]), torch.tensor([1000.0, 1000.0])
+
+    def velocity(model, channels):
+        inputs = torch.cat([z_t, ps.mask_to_latent(mask, (8, 8), channels), z_o], dim=1)
+        with torch.no_grad():
+            return model(inputs, timestep, light).sample
+
+    torch.testing.assert_close(velocity(detailed, 16), velocity(unet, 1), atol=1e-5, rtol=1e-4)
+    assert unet.with_mask_channels(1) is unet
+    with pytest.raises(ValueError, match="area-averaged .*this one has 16"):
+        detailed.with_mask_channels(64)
+    detailed.save_pretrained(tmp_path / "unet")
+    reloaded = ShadowUNet.from_pretrained(tmp_path / "unet")
+    assert reloaded.mask_channels == 16
+    torch.testing.assert_close(velocity(reloaded, 16), velocity(detailed, 16))
+
+
+def test_pipeline_feeds_a_detailed_mask_to_its_unet(tiny_pipeline, tmp_path):
+    _activate_light(tiny_pipeline.unet)
+    with torch.no_grad():
+        tiny_pipeline.unet.unet.conv_in.weight[:, 4:5].normal_(0.0, 0.5, generator=torch.Generator().manual_seed(1))
+    image = _rgba_object()
+    area = _call(tiny_pipeline, image, theta=30.0, phi=45.0, size=3.0)
+    tiny_pipeline.unet = tiny_pipeline.unet.with_mask_channels(64)
+    detailed = _call(tiny_pipeline, image, theta=30.0, phi=45.0, size=3.0)
+    np.testing.assert_allclose(detailed, area, atol=1e-4)  # the same model, its mask at 8 x 8 samples a cell
+    tiny_pipeline.save_pretrained(tmp_path / "pipe")
+    reloaded = ShadowPipeline.from_pretrained(tmp_path / "pipe")
+    assert reloaded.unet.mask_channels == 64
+    np.testing.assert_allclose(_call(reloaded, image, theta=30.0, phi=45.0, size=3.0), detailed, atol=1e-6)
+
+
 # ----- rectified flow --------------------------------------------------------------------------------------------
 
 

@@ -168,6 +168,7 @@ def test_unknown_choices_are_refused(argv, message, capsys):
         (["--output_dir", "UNDER_A_FILE"], "`--output_dir` .* is not writable"),
         (["--resume_from", "nowhere/checkpoint-7"], "does not exist"),
         (["--gradient_accumulation", "0"], "`--gradient_accumulation_steps` must be an integer >= 1"),
+        (["--mask_channels", "8"], r"`--mask_channels`: .*square number of channels .*got 8"),
     ],
 )
 def test_mistakes_are_caught_before_any_model_loads(tmp_path, data_dir, extra, message):
@@ -695,3 +696,32 @@ def test_resuming_with_a_model_of_another_shape_names_the_difference(tmp_path, d
     message = str(error.value)
     assert "checkpoint-1/unet holds a UNet of another shape than --pretrained_model_name_or_path" in message
     assert "block_out_channels: [32, 64, 64] there, [64, 128, 128] here" in message and len(message) < 600
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_mask_channels_trains_a_detailed_mask_from_an_area_mask_pipeline(tiny_shadow_dir, data_dir, tmp_path, cached):
+    """--mask_channels 16 on a 1-channel pipeline: the UNet is converted (conv_in's mask weight spread over 16
+    channels), trained on 4 x 4 mask samples per latent cell (encoded, or read from a cache built for 16), saved with
+    25 input channels; a resumed run keeps them, and one that forgets the flag is told to pass it."""
+    output_dir = tmp_path / "out"
+    extra = ["--max_train_steps", 2, "--mask_channels", 16, "--checkpointing_steps", 1, "--val_fraction", 0.25]
+    if cached:
+        extra += ["--cache_latents", "--random_flip", "--latent_cache_dir", tmp_path / "cache"]
+    train.main(tiny_run_argv(tiny_shadow_dir, data_dir, output_dir, *extra))
+    pipe = ShadowPipeline.from_pretrained(output_dir)
+    assert pipe.unet.mask_channels == 16 and pipe.unet.unet.conv_in.weight.shape[1] == 24
+    start = ShadowPipeline.from_pretrained(tiny_shadow_dir).unet.unet.conv_in.weight
+    assert not torch.allclose(pipe.unet.unet.conv_in.weight[:, :4], start[:, :4])  # it trained
+    if cached:
+        manifests = [json.loads(m.read_text()) for m in (tmp_path / "cache").glob("*/manifest.json")]
+        assert [m["key"].get("mask_channels") for m in manifests] == [16]
+    reset_accelerate()
+    resumed = tiny_run_argv(tiny_shadow_dir, data_dir, output_dir, *extra[4:], "--max_train_steps", 3,
+                            "--resume_from_checkpoint", "latest")  # fmt: skip
+    with pytest.raises(train.ConfigurationError, match=r"mask in 16 channels, this run's takes it in 1: .*16"):
+        train.main(resumed)
+    assert train.main([*resumed, "--mask_channels", "16"]).global_step == 3
+    reset_accelerate()
+    again = tiny_run_argv(output_dir, data_dir, tmp_path / "more", "--max_train_steps", 1, "--mask_channels", 64)
+    with pytest.raises(train.ConfigurationError, match="takes its mask in 16 channels; `--mask_channels 64` can only"):
+        train.main(again)
