@@ -552,3 +552,18 @@ def test_wandb_gets_each_validation_row_captioned_with_its_light(monkeypatch):
     assert first.startswith("obj_a: theta 30°, phi 45°, size 4") and "ground truth" in first
     assert second.startswith("obj_b: theta 10°, phi 380°, size 2")
     assert "obj_a: theta 30°" in values["validation"][0].caption
+
+
+def test_a_lora_trained_with_a_detailed_mask_loads_onto_the_area_mask_base(tiny_sdxl_dir, data_dir, tmp_path):
+    """--use_lora --mask_channels 4: conv_in (fully trained) takes 12 input channels; `load_lora_weights` on the
+    freshly converted 1-channel base gives it the same mask channels first, and draws what the merged pipeline does."""
+    output_dir = tmp_path / "out"
+    extra = ["--use_lora", "--lora_rank", 4, "--max_train_steps", 2, "--mask_channels", 4, "--val_fraction", 0]
+    train.main(_argv(tiny_sdxl_dir, data_dir, output_dir, *extra))
+    assert load_file(str(output_dir / LORA_SUBFOLDER / LORA_FULL_WEIGHTS))["conv_in.weight"].shape[1] == 12
+    merged = ShadowPipeline.from_pretrained(output_dir)
+    with_adapter = ShadowPipeline.from_sdxl(tiny_sdxl_dir).load_lora_weights(output_dir)
+    assert merged.unet.mask_channels == with_adapter.unet.mask_channels == 4
+    torch.testing.assert_close(
+        _shadow_maps(with_adapter), _shadow_maps(merged), atol=1e-4, rtol=0
+    )  # the split mask weights round apart

@@ -1726,6 +1726,9 @@ class ShadowPipeline(DiffusionPipeline):
                 "This pipeline's UNet already carries a LoRA: load the adapter onto a fresh base pipeline."
             )
         folder = _lora_folder(pretrained_model_name_or_path, subfolder, **kwargs)
+        trained_mask_channels = _lora_mask_channels(folder)
+        if trained_mask_channels not in (None, self.unet.mask_channels):  # trained with --mask_channels
+            self.unet = self.unet.with_mask_channels(trained_mask_channels)
         self.unet.unet.add_adapter(LoraConfig.from_pretrained(str(folder)))
         load_lora_state(self.unet, folder)
         info_path = folder / LORA_INFO
@@ -2192,6 +2195,19 @@ def load_lora_state(unet: ShadowUNet, folder: str | os.PathLike) -> None:
     if wrong:
         raise ValueError(f"{folder / LORA_FULL_WEIGHTS} does not fit this UNet: {wrong[:3]} (shape or name).")
     inner.load_state_dict(full, strict=False)
+
+
+def _lora_mask_channels(folder: Path) -> int | None:
+    """The mask channels of the conv_in a LoRA folder's fully trained modules hold (None when they hold none)."""
+    from safetensors import safe_open
+
+    path = folder / LORA_FULL_WEIGHTS
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as handle:
+        if "conv_in.weight" not in handle.keys():
+            return None
+        return handle.get_slice("conv_in.weight").get_shape()[1] - 2 * LATENT_CHANNELS
 
 
 def _lora_folder(name_or_path: str | os.PathLike, subfolder: str | None, **kwargs) -> Path:
