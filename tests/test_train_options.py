@@ -564,6 +564,5 @@ def test_a_lora_trained_with_a_detailed_mask_loads_onto_the_area_mask_base(tiny_
     merged = ShadowPipeline.from_pretrained(output_dir)
     with_adapter = ShadowPipeline.from_sdxl(tiny_sdxl_dir).load_lora_weights(output_dir)
     assert merged.unet.mask_channels == with_adapter.unet.mask_channels == 4
-    torch.testing.assert_close(
-        _shadow_maps(with_adapter), _shadow_maps(merged), atol=1e-4, rtol=0
-    )  # the split mask weights round apart
+    # unmerged adapter vs merged weights, and the mask weight split four ways: rounding apart, 1e-5 at most here
+    torch.testing.assert_close(_shadow_maps(with_adapter), _shadow_maps(merged), atol=1e-4, rtol=0)
