@@ -429,6 +429,9 @@ fi
 #     of all twenty-two training families (seed 4): the eighth embedded default (commit 1abb8a5) fine-tuned
 #     DETAIL_STEPS (3,000) steps twice, side by side with one thread each -- with the area-averaged mask (the control:
 #     what the data round alone gives) and with 64 mask channels -- each then averaged 0.5 with the default.
+#     Measured (BENCHMARKS.md "Twelfth round"; renders 19 min, latent caches 9 min and the two runs 23 min side by side
+#     on a 2-core EPYC): 64 channels against the control +0.003 +- 0.001 on random lights, -0.004 +- 0.001 on the
+#     tracks (averaged), poles unchanged at 0.40; both below the shipped default (-0.004 / -0.022): not shipped.
 if has_stage mask-detail128; then
     DATA_DETAIL=${DATA_DETAIL:-$DATA-fresh22}
     RESOLUTION=128 DATA=$DATA_DETAIL STAGES=train-data TRAIN_SAMPLES=${DETAIL_SAMPLES:-4000} \
