@@ -639,6 +639,14 @@ def _run_mask_channels(args: argparse.Namespace) -> int | None:
     return in_channels - 2 * LATENT_CHANNELS if isinstance(in_channels, int) else None
 
 
+def mask_channels_mismatch(checkpoint: str, there: int, here: int) -> ValueError:
+    """The error for a checkpoint whose UNet takes its mask in other channels than this run's (--mask_channels)."""
+    return ValueError(
+        f"{checkpoint} holds a UNet taking its mask in {there} channels, this run's takes it in {here}: resume with "
+        f"`--mask_channels {there}`, as the checkpoint was trained."
+    )
+
+
 def check_mask_channels(pretrained: int, wanted: int | None, named: str) -> None:
     """A pretrained UNet taking its mask in `pretrained` channels can train with --mask_channels `wanted`: its own
     count, or any square count when it takes the mask area-averaged (1 channel, `ShadowUNet.with_mask_channels`)."""
@@ -787,10 +795,8 @@ def _check_resume_compatible(args: argparse.Namespace, resume_dir: Path) -> None
     there = (checkpoint_unet.get("unet_config") or {}).get("in_channels")
     here = _run_mask_channels(args)
     if isinstance(there, int) and here is not None and there - 2 * LATENT_CHANNELS != here:
-        raise ValueError(
-            f"`--resume_from_checkpoint` {str(resume_dir)!r} holds a UNet taking its mask in "
-            f"{there - 2 * LATENT_CHANNELS} channels, this run's takes it in {here}: resume with "
-            f"`--mask_channels {there - 2 * LATENT_CHANNELS}`, as the checkpoint was trained."
+        raise mask_channels_mismatch(
+            f"`--resume_from_checkpoint` {str(resume_dir)!r}", there - 2 * LATENT_CHANNELS, here
         )
     recorded = bool(saved.get("memory_lean", False))
     if recorded != args.memory_lean:
@@ -1700,11 +1706,7 @@ def load_unet_state(model: ShadowUNet, checkpoint_dir: Path, args: argparse.Name
     ours, theirs = (json.loads(json.dumps(m.config.get("unet_config") or {}, default=str)) for m in (model, loaded))
     differing = sorted(k for k in ours.keys() & theirs.keys() if not k.startswith("_") and ours[k] != theirs[k])
     if "in_channels" in differing:  # the one shape a flag of this script changes
-        there, here = (m.mask_channels for m in (loaded, model))
-        raise ValueError(
-            f"{checkpoint_dir / 'unet'} holds a UNet taking its mask in {there} channels, this run's takes it in "
-            f"{here}: resume with `--mask_channels {there}`, as the checkpoint was trained."
-        )
+        raise mask_channels_mismatch(str(checkpoint_dir / "unet"), loaded.mask_channels, model.mask_channels)
     if differing:  # else load_state_dict lists every mismatched tensor (hundreds of lines)
         shown = "; ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differing[:3])
         raise ValueError(

@@ -725,3 +725,14 @@ def test_mask_channels_trains_a_detailed_mask_from_an_area_mask_pipeline(tiny_sh
     again = tiny_run_argv(output_dir, data_dir, tmp_path / "more", "--max_train_steps", 1, "--mask_channels", 64)
     with pytest.raises(train.ConfigurationError, match="takes its mask in 16 channels; `--mask_channels 64` can only"):
         train.main(again)
+
+
+def test_loading_a_checkpoint_with_other_mask_channels_names_the_flag(tiny_shadow_dir, tmp_path):
+    """The load-time guard for what validate_args cannot see (a Hub model, whose channels are known once loaded)."""
+    area = ShadowPipeline.from_pretrained(tiny_shadow_dir).unet
+    area.with_mask_channels(4).save_pretrained(tmp_path / "checkpoint-3" / "unet")
+    args = train.parse_args(["--output_dir", str(tmp_path)])
+    with pytest.raises(
+        ValueError, match=r"mask in 4 channels, this run's takes it in 1: resume with `--mask_channels 4`"
+    ):
+        train.load_unet_state(area, tmp_path / "checkpoint-3", args)
