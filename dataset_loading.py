@@ -2081,9 +2081,9 @@ def build_latent_cache(
     """Encodes every sample of `dataset` with `vae` once and stores the latents in `latent_cache_dir`, or reuses a cache
     with the same key (dataset fingerprint + VAE identity + resolution + dtype + orientations). `with_flip` also encodes
     the flipped images (the latent of a flipped image is not the flipped latent). `mask_channels` is the UNet's
-    (`ShadowUNet.mask_channels`): the mask latent it takes, 1 = area-averaged (the key names it when not 1). With an `accelerate` Accelerator only
-    the local main process encodes and writes; the others wait, then read. The one latent-cache API:
-    `create_dataloaders(..., cache_latents=True)` calls it."""
+    (`ShadowUNet.mask_channels`): the mask latent it takes, 1 = area-averaged (the key names it when not 1). With an
+    `accelerate` Accelerator only the local main process encodes and writes; the others wait, then read. The one
+    latent-cache API: `create_dataloaders(..., cache_latents=True)` calls it."""
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"`shard_size` must be a positive integer, got {shard_size!r}.")
     if dtype not in (torch.float16, torch.bfloat16, torch.float32):
@@ -2378,10 +2378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if getattr(args, name) < (1 if name == "batch_size" else 0):
                 flag = "--encode_batch_size" if name == "batch_size" else "--dataloader_num_workers"
                 raise ValueError(f"`{flag}` must be >= {1 if name == 'batch_size' else 0}, got {getattr(args, name)}.")
-        try:
-            mask_samples_per_side(args.mask_channels)
-        except ValueError as exc:
-            raise ValueError(f"`--mask_channels`: {exc}") from None
+        mask_samples_per_side(args.mask_channels, "--mask_channels")
         # The scripts' shared rules for a folder they write and a model they load ("Cannot load FLAG NAME as WHAT:
         # reason"); imported here, not at the top, so that the data module itself stays free of the scripts.
         from generate_shadows import is_local_model, named_load_errors, prepare_output_dir

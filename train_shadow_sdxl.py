@@ -539,10 +539,7 @@ def _check_args(args: argparse.Namespace) -> tuple[dataset_loading.ShadowDataset
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"`--{name}` must be a finite number, got {value}.")
     if args.mask_channels is not None:
-        try:
-            mask_samples_per_side(args.mask_channels)
-        except ValueError as error:
-            raise ValueError(f"`--mask_channels`: {error}") from None
+        mask_samples_per_side(args.mask_channels, "--mask_channels")
     if args.learning_rate <= 0 or args.max_grad_norm < 0:
         raise ValueError("`--learning_rate` must be > 0 and `--max_grad_norm` >= 0.")
     _check_optimizer_args(args)
@@ -619,10 +616,16 @@ def _check_pretrained_folders(args: argparse.Namespace) -> None:
                 f"the shadow model is converted from an SDXL base UNet with {LATENT_CHANNELS} and {LATENT_CHANNELS} "
                 "(e.g. stabilityai/stable-diffusion-xl-base-1.0, not an inpainting or refiner model)."
             )
-    elif isinstance(in_channels := (unet.get("unet_config") or {}).get("in_channels"), int):
-        check_mask_channels(in_channels - 2 * LATENT_CHANNELS, args.mask_channels, named)
+    elif (own := saved_mask_channels(unet)) is not None:
+        check_mask_channels(own, args.mask_channels, named)
     if vae_folder is None:
         _check_vae_config(folder / "vae" / "config.json", flag)
+
+
+def saved_mask_channels(unet_config_file: dict | None) -> int | None:
+    """The mask channels of a saved ShadowUNet, from its unet/config.json (None when it names no input channels)."""
+    in_channels = ((unet_config_file or {}).get("unet_config") or {}).get("in_channels")
+    return in_channels - 2 * LATENT_CHANNELS if isinstance(in_channels, int) else None
 
 
 def _run_mask_channels(args: argparse.Namespace) -> int | None:
@@ -635,8 +638,7 @@ def _run_mask_channels(args: argparse.Namespace) -> int | None:
         return None
     if not is_shadow_pipeline(str(folder)):
         return MASK_CHANNELS
-    in_channels = ((_read_config(folder / "unet" / "config.json") or {}).get("unet_config") or {}).get("in_channels")
-    return in_channels - 2 * LATENT_CHANNELS if isinstance(in_channels, int) else None
+    return saved_mask_channels(_read_config(folder / "unet" / "config.json"))
 
 
 def mask_channels_mismatch(checkpoint: str, there: int, here: int) -> ValueError:
@@ -791,13 +793,10 @@ def _check_resume_compatible(args: argparse.Namespace, resume_dir: Path) -> None
             f"run has `--split_seed {args.split_seed}`: another validation split would put validation objects into "
             f"training. Resume with `--split_seed {recorded_split}`."
         )
-    checkpoint_unet = _read_config(resume_dir / "unet" / "config.json") or {}  # full fine-tuning's checkpoints
-    there = (checkpoint_unet.get("unet_config") or {}).get("in_channels")
+    there = saved_mask_channels(_read_config(resume_dir / "unet" / "config.json"))  # full fine-tuning's checkpoints
     here = _run_mask_channels(args)
-    if isinstance(there, int) and here is not None and there - 2 * LATENT_CHANNELS != here:
-        raise mask_channels_mismatch(
-            f"`--resume_from_checkpoint` {str(resume_dir)!r}", there - 2 * LATENT_CHANNELS, here
-        )
+    if there is not None and here is not None and there != here:
+        raise mask_channels_mismatch(f"`--resume_from_checkpoint` {str(resume_dir)!r}", there, here)
     recorded = bool(saved.get("memory_lean", False))
     if recorded != args.memory_lean:
         raise ValueError(

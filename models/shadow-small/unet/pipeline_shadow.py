@@ -448,12 +448,15 @@ def preprocess_object(
     return object_image, resized_mask, box
 
 
-def mask_samples_per_side(mask_channels: int) -> int:
-    """k for a mask of k * k channels (`MASK_CHANNELS`); raises ValueError naming the allowed counts otherwise."""
+def mask_samples_per_side(mask_channels: int, name: str | None = None) -> int:
+    """k for a mask of k * k channels (`MASK_CHANNELS`): the one rule for a mask's channel count, shared by the UNet,
+    `mask_to_latent`, the latent cache and every script's `--mask_channels`. Raises ValueError naming the allowed
+    counts (and `name`, the flag or argument, when given) otherwise."""
     side = math.isqrt(max(int(mask_channels), 0))
     if side < 1 or side * side != mask_channels:
         raise ValueError(
-            f"A shadow UNet's mask must have a square number of channels (1 = area-averaged, 4, 16, 64 = 8 x 8 "
+            ("" if name is None else f"`{name}`: ")
+            + f"A shadow UNet's mask must have a square number of channels (1 = area-averaged, 4, 16, 64 = 8 x 8 "
             f"samples per latent cell, ...): its in_channels minus {2 * LATENT_CHANNELS}; got {mask_channels}."
         )
     return side
