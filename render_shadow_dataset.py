@@ -603,7 +603,8 @@ THIN_FAMILIES = ("legged", "pole", "ring", "slats", "bridge")  # the family-held
 # More thin structures, for TRAINING sets that hold the five above out: rungs, stems, wire frames, limbs, branches;
 # then bent wire, block letters, overhanging boards and loose rods (added after the 7,600-render set was drawn); then
 # wheeled bodies, braced lattices, plants and panels with openings (added after the fourteen-family set was drawn);
-# then spikes, bladed rotors, thin bands and scattered small things (added after the eighteen-family sets were drawn).
+# then spikes, bladed rotors, thin bands and scattered small things (added after the eighteen-family sets were drawn);
+# then cages, play frames, strung frames and long-handled tools (added after the twenty-two-family sets were drawn).
 EXTRA_THIN_FAMILIES = (
     "ladder",
     "lathe",
@@ -621,6 +622,10 @@ EXTRA_THIN_FAMILIES = (
     "fan",
     "ribbon",
     "scatter",
+    "cage",
+    "playground",
+    "strung",
+    "tool",
 )
 FAMILIES = CLASSIC_FAMILIES + THIN_FAMILIES + EXTRA_THIN_FAMILIES
 DEFAULT_FAMILIES = CLASSIC_FAMILIES  # what a run without --families draws: the data the shipped model was trained on
@@ -656,6 +661,10 @@ FAMILY_DESCRIPTIONS = {
     "fan": "blades round a hub: propellers and pinwheels lying flat, windmill rotors, desk fans",
     "ribbon": "thin bands: wavy bands on edge, twisting bands, scrolls, a band arching off the ground",
     "scatter": "many small separate things: pebbles, skittles in a triangle, strewn toy blocks",
+    "cage": "bars round an enclosure: bird cages, flaring wire baskets, wire crates, lanterns",
+    "playground": "play frames of pipes and ropes: swing sets, monkey bars, climbing domes, slides",
+    "strung": "frames strung with thin strings: harps, lyres, strung bows, weaving frames leaning on a prop",
+    "tool": "long-handled rakes, brooms, pitchforks and spades leaning on a crate, propped on a log or lying",
 }
 
 
@@ -1144,6 +1153,11 @@ def _wire(radius: float, path, closed: bool = False) -> dict:
     return {"shape": "tube", "dims": [radius, 1.0 if closed else 0.0, *path.reshape(-1).tolist()]}
 
 
+def _wire_in_place(radius: float, path, closed: bool = False) -> dict:
+    """A tube along `path` where the path lies: one part of an object put together in place."""
+    return dict(_wire(radius, path, closed), offset=[0.0, 0.0, 0.0])
+
+
 def _wire_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
     """Bent wire: one thin round tube along a curve -- a spring, a coat hanger, a spiral, a wavy loop, a zigzag."""
     kind = str(rng.choice(["spring", "hanger", "spiral", "loop", "zigzag"]))
@@ -1532,7 +1546,7 @@ def _plant_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
     lean = float(rng.uniform(0.0, 0.35)) * height
     top = np.array([lean, 0.0, height])
     path = np.array([[0.0, 0.0, 0.0], [lean * 0.2, 0.0, height * 0.5], top])
-    parts = [dict(_wire(trunk, _chaikin(path)), offset=[0.0, 0.0, 0.0])]
+    parts = [_wire_in_place(trunk, _chaikin(path))]
     for k in range(int(rng.integers(4, 9))):
         azimuth = 360.0 * k / 8 + float(rng.uniform(-20.0, 20.0))
         parts.append(_leaf(top, float(rng.uniform(0.4, 0.9)), float(rng.uniform(0.06, 0.14)), 100.0, azimuth))
@@ -1772,6 +1786,288 @@ def _scatter_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
     return kind, parts
 
 
+def _cage_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
+    """Thin bars round an enclosure, light between them: a round bird cage (a floor, upright bars, hoops, a dome of
+    half-hoops), a wire basket flaring towards its rim, a square crate of wire bars, a lantern of corner posts under a
+    roof."""
+    kind = str(rng.choice(["birdcage", "basket", "crate", "lantern"]))
+    bar = float(rng.uniform(0.008, 0.025))
+    if kind in ("birdcage", "basket"):
+        radius, height = float(rng.uniform(0.3, 0.7)), float(rng.uniform(0.6, 1.5))
+        rim = radius * (float(rng.uniform(1.2, 1.6)) if kind == "basket" else 1.0)
+        floor = float(rng.uniform(0.03, 0.08))
+        parts = [_set_down({"shape": "cylinder", "dims": [radius * (1.08 if kind == "birdcage" else 1.0), floor]})]
+        count, start = int(rng.integers(8, 21)), float(rng.uniform(0, 2 * np.pi))
+        for k in range(count):
+            angle = start + 2 * np.pi * k / count
+            out = np.array([math.cos(angle), math.sin(angle), 0.0])
+            parts.append(_rod(out * radius + (0.0, 0.0, floor / 2), out * rim + (0.0, 0.0, height), bar))
+        hoops = [height] + ([float(rng.uniform(0.3, 0.7)) * height] if rng.uniform() < 0.6 else [])
+        for z in hoops:
+            hoop_radius = radius + (rim - radius) * (z - floor / 2) / (height - floor / 2)
+            parts.append(_centred_at({"shape": "torus", "dims": [hoop_radius, bar * 1.3]}, (0.0, 0.0, z)))
+        if kind == "birdcage":  # half-hoops crossing over the top, a ring to hang it by
+            dome, t = float(rng.uniform(0.3, 1.0)) * radius, np.linspace(0.0, np.pi, 25)
+            for k in range(int(rng.integers(2, 5))):
+                angle = start + np.pi * k / 3
+                x, y = radius * np.cos(t) * math.cos(angle), radius * np.cos(t) * math.sin(angle)
+                parts.append(_wire_in_place(bar, np.stack([x, y, height + dome * np.sin(t)], axis=1)))
+            hook = float(rng.uniform(0.04, 0.1))
+            ring = {"shape": "torus", "dims": [hook, bar], "rotation_deg": [90.0, 0.0, 0.0]}
+            parts.append(_centred_at(ring, (0.0, 0.0, height + dome + hook)))
+        return kind, parts
+    if kind == "crate":  # the twelve edges of a box, wire bars across its sides at a spacing, an open or barred top
+        size = rng.uniform((0.6, 0.4, 0.4), (1.4, 1.0, 1.0))
+        low, high = np.array([-size[0] / 2, -size[1] / 2, 0.0]), np.array([size[0] / 2, size[1] / 2, size[2]])
+        corners = _box_corners(low, high)
+        parts = [
+            _rod(corners[i], corners[j], bar * 1.6)
+            for i in range(8)
+            for j in range(i + 1, 8)
+            if np.count_nonzero(corners[i] != corners[j]) == 1
+        ]
+        spacing, barred_top = float(rng.uniform(0.08, 0.18)), rng.uniform() < 0.5
+        for axis in (0, 1):  # upright bars on the two faces across x, then the two across y (and top bars along x)
+            positions = np.arange(low[axis] + spacing, high[axis] - spacing / 2, spacing)
+            for position in positions:
+                for side in (low[1 - axis], high[1 - axis]):
+                    point = np.zeros(3)
+                    point[axis], point[1 - axis] = position, side
+                    parts.append(_rod(point, point + (0.0, 0.0, size[2]), bar))
+                if barred_top and axis == 1:
+                    parts.append(_rod((low[0], position, size[2]), (high[0], position, size[2]), bar))
+        return kind, parts
+    # lantern: a base plate, four corner posts, a frame round the top, a round roof, a candle, a ring on top
+    side, height = float(rng.uniform(0.25, 0.6)), float(rng.uniform(0.5, 1.2))
+    plate = float(rng.uniform(0.03, 0.06))
+    parts = [_set_down({"shape": "box", "dims": [side * 1.15, side * 1.15, plate]})]
+    half, post = side / 2, bar * 1.8
+    corners = [np.array([sx * half, sy * half, 0.0]) for sx, sy in ((1, 1), (1, -1), (-1, -1), (-1, 1))]
+    for k, corner in enumerate(corners):
+        parts.append(_rod(corner + (0.0, 0.0, plate), corner + (0.0, 0.0, height), post))
+        parts.append(_rod(corner + (0.0, 0.0, height), corners[(k + 1) % 4] + (0.0, 0.0, height), post))
+    roof = float(rng.uniform(0.15, 0.4))
+    parts.append(_set_down({"shape": "cone", "dims": [side * 0.85, 0.0, roof]}, height))
+    parts.append(_set_down({"shape": "cylinder", "dims": [side * 0.12, height * float(rng.uniform(0.2, 0.5))]}, plate))
+    ring = {"shape": "torus", "dims": [float(rng.uniform(0.04, 0.09)), bar], "rotation_deg": [90.0, 0.0, 0.0]}
+    parts.append(_set_down(ring, height + roof - 0.01))
+    return kind, parts
+
+
+def _playground_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
+    """Play frames of pipes and ropes: a swing set (A-frame ends, a top bar, ropes down to seats, some of them swung
+    out), monkey bars over two end ladders, a climbing dome of crossing arcs and hoops, a slide (a ladder up to a
+    platform on posts, a chute down the other side)."""
+    kind = str(rng.choice(["swing", "monkeybars", "dome", "slide"]))
+    pipe = float(rng.uniform(0.02, 0.045))
+    if kind == "swing":
+        length, height = float(rng.uniform(1.2, 2.4)), float(rng.uniform(1.0, 1.8))
+        splay = float(rng.uniform(0.25, 0.5)) * height
+        parts = []
+        for x in (-length / 2, length / 2):
+            parts += [_rod((x, sign * splay, 0.0), (x, 0.0, height), pipe) for sign in (-1, 1)]
+        parts.append(_rod((-length / 2 - 2 * pipe, 0.0, height), (length / 2 + 2 * pipe, 0.0, height), pipe * 1.2))
+        seats, rope = int(rng.integers(1, 4)), float(rng.uniform(0.006, 0.015))
+        slot = length / seats
+        for k in range(seats):
+            x, seat = -length / 2 + (k + 0.5) * slot, float(rng.uniform(0.35, 0.7)) * slot
+            drop = height - float(rng.uniform(0.25, 0.5))
+            swung = math.radians(float(rng.choice([0.0, rng.uniform(-40.0, 40.0)])))
+            bottom = np.array([0.0, drop * math.sin(swung), height - drop * math.cos(swung)])
+            for dx in (-seat / 2, seat / 2):
+                parts.append(_rod((x + dx, 0.0, height), bottom + (x + dx, 0.0, 0.0), rope))
+            parts.append(_slab(bottom + (x, 0.0, -0.015), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), seat * 1.1, 0.15, 0.03))
+        return kind, parts
+    if kind == "monkeybars":  # two rails with rungs between, on two ladders of posts and rungs at the ends
+        length, width = float(rng.uniform(1.2, 2.4)), float(rng.uniform(0.35, 0.7))
+        height = float(rng.uniform(0.9, 1.6))
+        rungs = int(length / float(rng.uniform(0.15, 0.3)))
+        parts = _ladder_rods(
+            (-length / 2, 0.0, height), (length / 2, 0.0, height), width, rungs, pipe, pipe * 0.7, side=(0.0, 1.0, 0.0)
+        )
+        steps = int(rng.integers(2, 6))
+        for x in (-length / 2, length / 2):
+            parts += _ladder_rods(
+                (x, 0.0, 0.0), (x, 0.0, height), width, steps, pipe * 1.2, pipe * 0.7, side=(0.0, 1.0, 0.0)
+            )
+        return kind, parts
+    if kind == "dome":  # half-circle arcs through the top, hoops round it at a few heights, a ring on the ground
+        radius, t = float(rng.uniform(0.5, 1.0)), np.linspace(0.0, np.pi, 33)
+        arcs, start = int(rng.integers(3, 7)), float(rng.uniform(0, np.pi))
+        parts = []
+        for k in range(arcs):
+            angle = start + np.pi * k / arcs
+            x, y = radius * np.cos(t) * math.cos(angle), radius * np.cos(t) * math.sin(angle)
+            parts.append(_wire_in_place(pipe, np.stack([x, y, pipe + radius * np.sin(t)], axis=1)))
+        latitudes = [0.0, *np.sort(rng.uniform(15.0, 65.0, size=int(rng.integers(1, 4))))]
+        for latitude in np.radians(latitudes):
+            hoop = {"shape": "torus", "dims": [radius * math.cos(latitude), pipe]}
+            parts.append(_centred_at(hoop, (0.0, 0.0, pipe + radius * math.sin(latitude))))
+        return kind, parts
+    # slide: a platform on four posts, a ladder up to it on one side and a chute with rails down the other
+    height, side = float(rng.uniform(0.6, 1.2)), float(rng.uniform(0.3, 0.5))
+    climb, run = float(rng.uniform(0.2, 0.5)) * height, float(rng.uniform(1.0, 1.8)) * height
+    parts = [_block((-side / 2, -side / 2, height - 0.04), (side / 2, side / 2, height))]
+    for sx, sy in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
+        parts.append(_rod((sx * side / 2, sy * side / 2, 0.0), (sx * side / 2, sy * side / 2, height), pipe))
+    parts += _ladder_rods(
+        (-side / 2 - climb, 0.0, 0.0),
+        (-side / 2, 0.0, height),
+        side * 0.8,
+        int(rng.integers(3, 7)),
+        pipe,
+        pipe * 0.7,
+        side=(0.0, 1.0, 0.0),
+    )
+    top, foot = np.array([side / 2, 0.0, height - 0.02]), np.array([side / 2 + run, 0.0, 0.05])
+    parts.append(
+        _slab((top + foot) / 2, foot - top, (0.0, 1.0, 0.0), float(np.linalg.norm(foot - top)), side * 0.8, 0.02)
+    )
+    for sy in (-1, 1):
+        lift = np.array([0.0, sy * side * 0.4, 0.08])
+        parts.append(_rod(top + lift, foot + lift, pipe * 0.6))
+    return kind, parts
+
+
+def _strung_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
+    """Frames strung with thin strings, light between them: a harp (a pillar, a slanting sound box, a curved neck,
+    strings falling in length between them), a lyre (two curving arms over a sound box, a crossbar, strings), a strung
+    bow lying flat or propped up on its tips, a weaving frame leaning back on a prop with its threads half woven."""
+    kind = str(rng.choice(["harp", "lyre", "bow", "loom"]))
+    string = float(rng.uniform(0.006, 0.014))
+    if kind == "harp":
+        height, depth = float(rng.uniform(1.0, 1.8)), float(rng.uniform(0.4, 0.8))
+        shoulder = height * float(rng.uniform(0.75, 0.9))
+        parts = [_block((-0.06, -0.08, 0.0), (depth * 0.3, 0.08, 0.08))]  # the foot joining pillar and sound box
+        parts.append(_rod((0.0, 0.0, 0.04), (0.0, 0.0, height), float(rng.uniform(0.025, 0.05))))
+        box_foot, box_top = np.array([0.1, 0.0, 0.08]), np.array([depth, 0.0, shoulder])
+        parts.append(
+            _slab(
+                (box_foot + box_top) / 2,
+                box_top - box_foot,
+                (0.0, 1.0, 0.0),
+                float(np.linalg.norm(box_top - box_foot)),
+                float(rng.uniform(0.1, 0.2)),
+                float(rng.uniform(0.05, 0.12)),
+            )
+        )
+        x = np.linspace(0.0, depth, 20)
+        neck_z = shoulder + (height - shoulder) * (1 - x / depth) + 0.04 * np.sin(np.pi * x / depth)
+        parts.append(_wire_in_place(float(rng.uniform(0.02, 0.04)), np.stack([x, np.zeros_like(x), neck_z], axis=1)))
+        for x_string in np.linspace(0.12, depth - 0.06, int(rng.integers(8, 21))):
+            top = float(np.interp(x_string, x, neck_z))
+            bottom = 0.08 + (x_string - 0.1) / (depth - 0.1) * (shoulder - 0.08)
+            if top - bottom > 0.05:
+                parts.append(_rod((x_string, 0.0, bottom), (x_string, 0.0, top), string))
+        return kind, parts
+    if kind == "lyre":
+        width, box = float(rng.uniform(0.3, 0.6)), float(rng.uniform(0.15, 0.35))
+        reach, spread = float(rng.uniform(0.5, 1.1)), float(rng.uniform(0.05, 0.25))
+        parts = [_block((-width / 2, -0.06, 0.0), (width / 2, 0.06, box))]
+        t = np.linspace(0.0, 1.0, 16)
+        arm = float(rng.uniform(0.02, 0.04))
+        for sign in (-1, 1):
+            x = sign * (width / 2 - arm + spread * np.sin(np.pi * t) + 0.1 * spread * t)
+            parts.append(_wire_in_place(arm, np.stack([x, np.zeros_like(t), box - arm + reach * t], axis=1)))
+        bar_z = box + reach * 0.9
+        parts.append(_rod((-width / 2 - 0.15 * spread, 0.0, bar_z), (width / 2 + 0.15 * spread, 0.0, bar_z), arm))
+        for x_string in np.linspace(-width * 0.35, width * 0.35, int(rng.integers(4, 11))):
+            parts.append(_rod((x_string, 0.0, box), (x_string, 0.0, bar_z), string))
+        return kind, parts
+    if kind == "bow":  # the limb bulging away from the string, in a plane tilted up from the ground by `tilt`
+        chord, limb = float(rng.uniform(1.0, 1.8)), float(rng.uniform(0.015, 0.03))
+        bulge, tilt = float(rng.uniform(0.12, 0.3)) * chord, math.radians(float(rng.choice([0.0, rng.uniform(30, 80)])))
+        u = np.linspace(-1.0, 1.0, 25)
+        sag = bulge * (1 - u**2)
+        path = np.stack([chord / 2 * u, sag * math.cos(tilt), sag * math.sin(tilt)], axis=1)
+        parts = [_wire_in_place(limb, path), _rod((-chord / 2, 0.0, 0.0), (chord / 2, 0.0, 0.0), string * 0.8)]
+        if rng.uniform() < 0.5:  # an arrow across the string's middle
+            arrow = float(rng.uniform(0.6, 0.9)) * chord
+            direction = np.array([0.0, math.cos(tilt), math.sin(tilt)])
+            parts.append(_rod(-0.05 * arrow * direction, 0.95 * arrow * direction, string * 1.2))
+        return kind, parts
+    # loom: a frame of four bars in a plane leaning back by `lean`, a prop behind it, threads between its top and
+    # bottom bars, the lower part of them woven into a band
+    width, height = float(rng.uniform(0.6, 1.2)), float(rng.uniform(0.6, 1.2))
+    lean, beam = math.radians(float(rng.uniform(10.0, 35.0))), float(rng.uniform(0.02, 0.04))
+    up = np.array([0.0, math.sin(lean), math.cos(lean)])
+
+    def at(x: float, s: float) -> np.ndarray:  # a point of the frame's plane: x across, s up it
+        return np.array([x, 0.0, beam]) + s * up
+
+    parts = [
+        _rod(at(-width / 2, 0.0), at(width / 2, 0.0), beam),
+        _rod(at(-width / 2, height), at(width / 2, height), beam),
+        *(_rod(at(x, 0.0), at(x, height), beam) for x in (-width / 2, width / 2)),
+    ]
+    top = at(0.0, height)
+    prop_angle = math.radians(float(rng.uniform(20.0, 40.0)))
+    parts.append(_rod(top, (0.0, top[1] + top[2] * math.tan(prop_angle), 0.0), beam))
+    for x in np.linspace(-width / 2 + 0.05, width / 2 - 0.05, int(rng.integers(10, 31))):
+        parts.append(_rod(at(x, 0.0), at(x, height), string))
+    woven = float(rng.uniform(0.1, 0.4)) * height
+    parts.append(_slab(at(0.0, woven / 2 + beam), (1.0, 0.0, 0.0), up, width - 2 * beam, woven, 0.02))
+    return kind, parts
+
+
+def _tool_head(rng: np.random.Generator, tool: str, foot, along, across) -> list[dict]:
+    """The head of a long-handled tool at the handle's `foot` end: the handle runs from there along the unit vector
+    `along`; `across` is level and perpendicular to it."""
+    foot, along, across = (np.asarray(v, dtype=np.float64) for v in (foot, along, across))
+    normal = np.cross(along, across)  # perpendicular to both: down from a handle leaning up is -normal
+    tine = float(rng.uniform(0.006, 0.014))
+    if tool == "rake":  # a bar across the foot, short tines off it towards the ground
+        width, length = float(rng.uniform(0.3, 0.6)), float(rng.uniform(0.06, 0.15))
+        parts = [_rod(foot - across * width / 2, foot + across * width / 2, float(rng.uniform(0.015, 0.03)))]
+        for offset in np.linspace(-width / 2, width / 2, int(rng.integers(6, 15))):
+            start = foot + offset * across
+            parts.append(_rod(start, start - normal * length, tine))
+        return parts
+    if tool == "broom":  # a block of bristles across the foot
+        width, depth = float(rng.uniform(0.25, 0.5)), float(rng.uniform(0.1, 0.2))
+        return [_slab(foot - normal * depth / 2, across, normal, width, depth, float(rng.uniform(0.04, 0.09)))]
+    if tool == "fork":  # a crossbar and three to five long tines carrying on past the foot
+        width, length = float(rng.uniform(0.15, 0.3)), float(rng.uniform(0.25, 0.45))
+        parts = [_rod(foot - across * width / 2, foot + across * width / 2, tine * 1.5)]
+        for offset in np.linspace(-width / 2, width / 2, int(rng.integers(3, 6))):
+            start = foot + offset * across
+            parts.append(_rod(start, start - along * length, tine * 1.3))
+        return parts
+    # spade: a flat blade carrying on past the foot
+    length, width = float(rng.uniform(0.25, 0.4)), float(rng.uniform(0.15, 0.25))
+    return [_slab(foot - along * length / 2, along, across, length, width, 0.012)]
+
+
+def _tool_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
+    """Long-handled tools (a rake, a broom, a pitchfork, a spade) leaning on a crate, propped on a log or lying on the
+    ground: long thin handles at a slant, their heads' tines and blades at the ground."""
+    tool = str(rng.choice(["rake", "broom", "fork", "spade"]))
+    support = str(rng.choice(["crate", "log", "lying"]))
+    length, handle = float(rng.uniform(1.0, 1.8)), float(rng.uniform(0.012, 0.03))
+    slant = {"crate": rng.uniform(25.0, 60.0), "log": rng.uniform(8.0, 18.0), "lying": 0.0}[support]
+    slant = math.radians(float(slant))
+    along, across = np.array([math.cos(slant), 0.0, math.sin(slant)]), np.array([0.0, 1.0, 0.0])
+    if support == "lying" and rng.uniform() < 0.5:
+        across = -across  # tines and blades up rather than down
+    parts = [_rod((0.0, 0.0, 0.0), along * length, handle)]
+    if tool == "spade":  # a T-grip at the top
+        parts.append(_rod(along * length - across * 0.07, along * length + across * 0.07, handle))
+    parts += _tool_head(rng, tool, (0.0, 0.0, 0.0), along, across)
+    ground = min(float(part_vertices(part)[0][:, 2].min()) for part in parts)  # the head's lowest point
+    rest = float(rng.uniform(0.55, 0.85)) * length  # where along the handle it lies on its support
+    if support == "crate":  # a box whose near top edge the handle rests on
+        edge = along * rest - np.cross(along, across) * handle
+        crate = rng.uniform((0.3, 0.3), (0.7, 0.8))
+        parts.append(_block((edge[0], -crate[1] / 2, ground), (edge[0] + crate[0], crate[1] / 2, edge[2])))
+    elif support == "log":  # a log lying across, under the handle, its bottom at the head's lowest point
+        normal = np.cross(along, across)
+        radius = (rest * math.sin(slant) - handle - ground) / (1.0 + abs(normal[2]))
+        centre = along * rest - np.sign(normal[2]) * normal * (handle + radius)
+        span = float(rng.uniform(0.4, 0.9))
+        parts.append(_rod(centre - (0.0, span / 2, 0.0), centre + (0.0, span / 2, 0.0), max(radius, 0.03)))
+    return f"{tool}+{support}", parts
+
+
 _THIN_BUILDERS = {
     "legged": _legged_parts,
     "pole": _pole_parts,
@@ -1794,6 +2090,10 @@ _THIN_BUILDERS = {
     "fan": _fan_parts,
     "ribbon": _ribbon_parts,
     "scatter": _scatter_parts,
+    "cage": _cage_parts,
+    "playground": _playground_parts,
+    "strung": _strung_parts,
+    "tool": _tool_parts,
 }
 
 

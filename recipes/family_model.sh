@@ -27,6 +27,7 @@
 #   STAGES="spikes128 evaluate-more128" bash recipes/family_model.sh  # 4,000 of four new kinds + 4,000 of the eighteen
 #   STAGES=encoder-spikes128 bash recipes/family_model.sh  # the encoder continued on those: the VAE ceiling again
 #   STAGES="mask-detail128 evaluate-more128" bash recipes/family_model.sh  # the mask at 8 x 8 samples a cell vs 1
+#   STAGES="cages128 evaluate-more128" bash recipes/family_model.sh  # 4,000 of four new kinds + stage 20's 4,000
 #
 # Why 256 px: SDXL's latent is one cell per 8 x 8 pixels, so at 128 px a 16 x 16 latent has to carry a chair's legs
 # and a fence's gaps in sub-cell detail; the same VAE round-trips the same true maps better at 256 px (0.760 vs
@@ -36,7 +37,7 @@ set -euo pipefail
 DATA=${DATA:-data/families}
 WORK=${WORK:-work/family-model}
 BASE=${BASE:-models/shadow-small}  # the warm start: the embedded default (128 px, trained on the classic families only)
-STAGES=${STAGES:-data vae unet decoder ship evaluate unet128 evaluate128 default128 more128 encoder128 shapes128 mixed128 variety128 all128 fresh128 spikes128 encoder-spikes128 mask-detail128 evaluate-more128}
+STAGES=${STAGES:-data vae unet decoder ship evaluate unet128 evaluate128 default128 more128 encoder128 shapes128 mixed128 variety128 all128 fresh128 spikes128 encoder-spikes128 mask-detail128 cages128 evaluate-more128}
 RESOLUTION=${RESOLUTION:-256}
 TRAIN_SAMPLES=${TRAIN_SAMPLES:-2400}
 UNET_STEPS=${UNET_STEPS:-3500}
@@ -110,6 +111,7 @@ FAMILIES_NEW_SHAPES="wire glyph shelf sticks"
 FAMILIES_MORE_SHAPES="cart tower plant panel"
 FAMILIES_ALL="$FAMILIES_TEN $FAMILIES_NEW_SHAPES $FAMILIES_MORE_SHAPES"  # the eighteen of stages 16 and 17
 FAMILIES_NINTH="spiky fan ribbon scatter"  # the four the generator gained for stage 18
+FAMILIES_CAGES="cage playground strung tool"  # the four the generator gained for stage 21
 # Stages 14 and 15 share the fourteen-family set and the warm start, the fifth embedded default (commit 35c3be6).
 # Each stage that starts from a committed default names it itself (MORE_START, ENCODER_START, MIXED_START, ALL_START,
 # FRESH_START override them), so that running several stages in one call never hands one stage's warm start to the
@@ -451,11 +453,30 @@ if has_stage mask-detail128; then
         average_unets "$WORK/default-$start" "$WORK/run-$name" "${DETAIL_KEEP:-0.5}" "$WORK/$name-average"
     done
 fi
+# 21. Four more kinds of shapes (stage `cages128`): bars round an enclosure, play frames of pipes and ropes, frames
+#     strung with thin strings and long-handled tools at a slant (`cage playground strung tool`, added to the
+#     generator for it; none of the test split's five), 4,000 renders (2,000 objects x 2 lights, render seed
+#     CAGES_SEED, 5: no object of any earlier training set), joined with stage 20's 4,000 renders of the twenty-two
+#     earlier training families (seed 4; rendered here when stage 20 has not run): 7,600 training renders. The
+#     eighth embedded default (commit 1abb8a5) fine-tuned on them CAGES_STEPS (4,000) steps as in stage 18 and
+#     averaged with itself before (CAGES_KEEP of it). Stage 18's recipe once more: new kinds of shapes, the one data
+#     lever that kept paying, after stage 20 found fresh renders of the known kinds no longer paying.
+if has_stage cages128; then
+    DATA_CAGES=${DATA_CAGES:-$DATA-cages128}
+    DATA_DETAIL=${DATA_DETAIL:-$DATA-fresh22}
+    RESOLUTION=128 DATA=$DATA_CAGES STAGES=train-data TRAIN_SAMPLES=${CAGES_SAMPLES:-4000} \
+        TRAIN_SEED=${CAGES_SEED:-5} TRAIN_FAMILIES="$FAMILIES_CAGES" bash recipes/family_split.sh
+    RESOLUTION=128 DATA=$DATA_DETAIL STAGES=train-data TRAIN_SAMPLES=${DETAIL_SAMPLES:-4000} \
+        TRAIN_SEED=${DETAIL_SEED:-4} TRAIN_FAMILIES="$FAMILIES_ALL $FAMILIES_NINTH" bash recipes/family_split.sh
+    merge_and_verify "$DATA_CAGES/merged" "$DATA_CAGES/train/train" "$DATA_DETAIL/train/train"
+    finetune_and_average cages128 "${CAGES_START:-1abb8a5}" "${CAGES_STEPS:-4000}" 1000 "$DATA_CAGES/merged" \
+        "${CAGES_KEEP:-0.5}"
+fi
 if has_stage evaluate-more128; then
     for candidate in run-more128 more128-average run-encoder128 encoder128-average run-single-step128 \
         run-shapes128 shapes128-average run-mixed128 mixed128-average run-variety128 variety128-average run-all128 \
         all128-average run-fresh128 fresh128-average run-spikes128 spikes128-average run-mask-area128 \
-        mask-area128-average run-mask-detail128 mask-detail128-average ${WIDTHS:-}; do
+        mask-area128-average run-mask-detail128 mask-detail128-average run-cages128 cages128-average ${WIDTHS:-}; do
         [ -f "$WORK/$candidate/model_index.json" ] || { echo "skip $candidate: not trained under $WORK"; continue; }
         RESOLUTION=128 DATA=$DATA WORK=$WORK/eval-$candidate MODEL=$WORK/$candidate HIRES_SAMPLES=0 \
             STAGES=evaluate bash recipes/family_split.sh
