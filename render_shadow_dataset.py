@@ -1929,6 +1929,13 @@ def _playground_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
     return kind, parts
 
 
+def _strings_across(low: float, high: float, count: int, radius: float) -> tuple[np.ndarray, float]:
+    """`count` strings spread evenly from `low` to `high`: their positions, and `radius` made no thicker than a quarter
+    of their spacing, so that light passes between each two (a gap of at least half the spacing)."""
+    positions = np.linspace(low, high, count)
+    return positions, min(radius, (high - low) / (count - 1) / 4)
+
+
 def _strung_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
     """Frames strung with thin strings, light between them: a harp (a pillar, a slanting sound box, a curved neck,
     strings falling in length between them), a lyre (two curving arms over a sound box, a crossbar, strings), a strung
@@ -1954,7 +1961,8 @@ def _strung_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
         x = np.linspace(0.0, depth, 20)
         neck_z = shoulder + (height - shoulder) * (1 - x / depth) + 0.04 * np.sin(np.pi * x / depth)
         parts.append(_wire_in_place(float(rng.uniform(0.02, 0.04)), np.stack([x, np.zeros_like(x), neck_z], axis=1)))
-        for x_string in np.linspace(0.12, depth - 0.06, int(rng.integers(8, 21))):
+        positions, string = _strings_across(0.12, depth - 0.06, int(rng.integers(8, 21)), string)
+        for x_string in positions:
             top = float(np.interp(x_string, x, neck_z))
             bottom = 0.08 + (x_string - 0.1) / (depth - 0.1) * (shoulder - 0.08)
             if top - bottom > 0.05:
@@ -1971,7 +1979,8 @@ def _strung_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
             parts.append(_wire_in_place(arm, np.stack([x, np.zeros_like(t), box - arm + reach * t], axis=1)))
         bar_z = box + reach * 0.9
         parts.append(_rod((-width / 2 - 0.15 * spread, 0.0, bar_z), (width / 2 + 0.15 * spread, 0.0, bar_z), arm))
-        for x_string in np.linspace(-width * 0.35, width * 0.35, int(rng.integers(4, 11))):
+        positions, string = _strings_across(-width * 0.35, width * 0.35, int(rng.integers(4, 11)), string)
+        for x_string in positions:
             parts.append(_rod((x_string, 0.0, box), (x_string, 0.0, bar_z), string))
         return kind, parts
     if kind == "bow":  # the limb bulging away from the string, in a plane tilted up from the ground by `tilt`
@@ -2003,8 +2012,8 @@ def _strung_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
     top = at(0.0, height)
     prop_angle = math.radians(float(rng.uniform(20.0, 40.0)))
     parts.append(_rod(top, (0.0, top[1] + top[2] * math.tan(prop_angle), 0.0), beam))
-    for x in np.linspace(-width / 2 + 0.05, width / 2 - 0.05, int(rng.integers(10, 31))):
-        parts.append(_rod(at(x, 0.0), at(x, height), string))
+    positions, string = _strings_across(-width / 2 + 0.05, width / 2 - 0.05, int(rng.integers(10, 31)), string)
+    parts += [_rod(at(x, 0.0), at(x, height), string) for x in positions]
     woven = float(rng.uniform(0.1, 0.4)) * height
     parts.append(_slab(at(0.0, woven / 2 + beam), (1.0, 0.0, 0.0), up, width - 2 * beam, woven, 0.02))
     return kind, parts

@@ -1149,3 +1149,37 @@ def test_contact_sheet(tmp_path):
     path = rsd.make_contact_sheet([root], "custom", tmp_path / "sheet.png")
     with Image.open(path) as sheet:
         assert sheet.size == (72 + 3 * 32, 14 + 4 * 32)
+
+
+def test_cage_playground_strung_and_tool_are_thin_bars_strings_and_slanted_handles():
+    """The thirteenth round's training families (none of the held-out split's five): bars round an enclosure with light
+    between them, play frames of pipes and ropes, frames strung with strings thinner than their frame, and long tool
+    handles lying at a slant, never standing up as a pole does, their heads and supports on the ground."""
+
+    def thin(part: dict) -> bool:  # a rod, a rope, a bent pipe or a hoop
+        return {"cylinder": 0, "tube": 0, "torus": 1}.get(part["shape"]) is not None and min(part["dims"][:2]) <= 0.05
+
+    for recipe in _family_recipes("cage", 16):
+        openings = _openings(recipe)
+        least = 1 if recipe["kind"] == "lantern" else 3  # four corner posts; bars all round
+        assert max(openings["front"], openings["side"]) >= least, (recipe["kind"], openings)
+    for recipe in _family_recipes("playground", 16):
+        assert sum(map(thin, recipe["parts"])) >= 4, recipe["kind"]
+        assert max(_openings(recipe).values()) >= 1, recipe["kind"]
+    for recipe in _family_recipes("strung", 24):
+        strings = [p for p in recipe["parts"] if p["shape"] == "cylinder" and p["dims"][0] <= 0.015]
+        frame = [p for p in recipe["parts"] if p not in strings]
+        assert strings and frame, recipe["kind"]
+        if recipe["kind"] != "bow":  # four or more strings side by side across x, light between each two
+            across = np.sort([rsd.part_vertices(p)[0][:, 0].mean() for p in strings])
+            assert len(strings) >= 4 and np.diff(across).min() > 2 * max(p["dims"][0] for p in strings), recipe["kind"]
+    for recipe in _family_recipes("tool", 24):
+        tool, support = recipe["kind"].split("+")
+        handle = recipe["parts"][0]
+        assert handle["shape"] == "cylinder" and handle["dims"][1] >= 1.0 and handle["dims"][0] <= 0.03
+        assert handle["rotation_deg"][1] >= 30.0, recipe["kind"]  # at least 30 degrees off the vertical
+        lowest = [float(rsd.part_vertices(p)[0][:, 2].min()) for p in recipe["parts"]]
+        head_lowest = min(lowest[1:-1] if support != "lying" else lowest[1:])
+        assert head_lowest < 0.02, recipe["kind"]  # the head on the ground
+        if support != "lying":
+            assert lowest[-1] < 0.02, recipe["kind"]  # and the crate or log it leans on
