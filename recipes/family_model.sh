@@ -28,6 +28,7 @@
 #   STAGES=encoder-spikes128 bash recipes/family_model.sh  # the encoder continued on those: the VAE ceiling again
 #   STAGES="mask-detail128 evaluate-more128" bash recipes/family_model.sh  # the mask at 8 x 8 samples a cell vs 1
 #   STAGES="cages128 evaluate-more128" bash recipes/family_model.sh  # 4,000 of four new kinds + stage 20's 4,000
+#   STAGES="cages128 cages-only128 evaluate-more128" bash recipes/family_model.sh  # the four new kinds alone
 #
 # Why 256 px: SDXL's latent is one cell per 8 x 8 pixels, so at 128 px a 16 x 16 latent has to carry a chair's legs
 # and a fence's gaps in sub-cell detail; the same VAE round-trips the same true maps better at 256 px (0.760 vs
@@ -37,7 +38,7 @@ set -euo pipefail
 DATA=${DATA:-data/families}
 WORK=${WORK:-work/family-model}
 BASE=${BASE:-models/shadow-small}  # the warm start: the embedded default (128 px, trained on the classic families only)
-STAGES=${STAGES:-data vae unet decoder ship evaluate unet128 evaluate128 default128 more128 encoder128 shapes128 mixed128 variety128 all128 fresh128 spikes128 encoder-spikes128 mask-detail128 cages128 evaluate-more128}
+STAGES=${STAGES:-data vae unet decoder ship evaluate unet128 evaluate128 default128 more128 encoder128 shapes128 mixed128 variety128 all128 fresh128 spikes128 encoder-spikes128 mask-detail128 cages128 cages-only128 evaluate-more128}
 RESOLUTION=${RESOLUTION:-256}
 TRAIN_SAMPLES=${TRAIN_SAMPLES:-2400}
 UNET_STEPS=${UNET_STEPS:-3500}
@@ -472,11 +473,20 @@ if has_stage cages128; then
     finetune_and_average cages128 "${CAGES_START:-1abb8a5}" "${CAGES_STEPS:-4000}" 1000 "$DATA_CAGES/merged" \
         "${CAGES_KEEP:-0.5}"
 fi
+# 22. The four new kinds alone (stage `cages-only128`, after stage 21's data): the eighth embedded default fine-tuned
+#     CAGES_ONLY_STEPS (3,000) steps on stage 21's 3,800 training renders of `cage playground strung tool` only, as
+#     in stage 13, and averaged with itself before (CAGES_ONLY_KEEP of it). Stage 21 trained the new kinds with
+#     stage 20's fresh renders of the known ones, which alone lose (stage 20); this leaves them out.
+if has_stage cages-only128; then
+    finetune_and_average cages-only128 "${CAGES_START:-1abb8a5}" "${CAGES_ONLY_STEPS:-3000}" 500 \
+        "${DATA_CAGES:-$DATA-cages128}/train/train" "${CAGES_ONLY_KEEP:-0.5}"
+fi
 if has_stage evaluate-more128; then
     for candidate in run-more128 more128-average run-encoder128 encoder128-average run-single-step128 \
         run-shapes128 shapes128-average run-mixed128 mixed128-average run-variety128 variety128-average run-all128 \
         all128-average run-fresh128 fresh128-average run-spikes128 spikes128-average run-mask-area128 \
-        mask-area128-average run-mask-detail128 mask-detail128-average run-cages128 cages128-average ${WIDTHS:-}; do
+        mask-area128-average run-mask-detail128 mask-detail128-average run-cages128 cages128-average \
+        run-cages-only128 cages-only128-average ${WIDTHS:-}; do
         [ -f "$WORK/$candidate/model_index.json" ] || { echo "skip $candidate: not trained under $WORK"; continue; }
         RESOLUTION=128 DATA=$DATA WORK=$WORK/eval-$candidate MODEL=$WORK/$candidate HIRES_SAMPLES=0 \
             STAGES=evaluate bash recipes/family_split.sh
