@@ -8,8 +8,10 @@ this; a lower ceiling than the target means the VAE, not the UNet, is what to ch
 Beside it, the same maps through a plain grid of the latent's size (area down by 8, bilinear up, one value a cell):
 what the latent resolution alone keeps of thin legs, slats and holes, whatever the VAE. Folders may be at different
 resolutions (e.g. the same scenes at 128 and 256 px: 16 x 16 and 32 x 32 latents); each is scored at its own size
-unless `--resolution` is given; `--limit N` scores the first N images only (the same scenes in both). With `--eval_root`, the table also shows the model's one-step scores from
-`<eval_root>/<folder name>/metrics.json` (evaluate_shadow.py's output for that folder).
+unless `--resolution` is given; `--limit N` scores the first N images only (the same scenes in both). With
+`--eval_root`, the table also shows the model's one-step scores over all of the folder's images from
+`<eval_root>/<folder name>/records.jsonl` (evaluate_shadow.py's output for that folder; a benchmark folder's three
+tracks read as one set).
 
     python benchmarks/vae_ceiling.py --vae models/shadow-small/vae --data_dirs data/families/test-* \
         --eval_root work/families/eval --output_json vae_ceiling.json
@@ -79,10 +81,11 @@ def grid_round_trip(shadow_map: torch.Tensor, mask: torch.Tensor, factor: int = 
 
 
 def native_resolution(data_dir: Path) -> int:
-    """The side of the first shadow map in a custom or benchmark folder."""
-    found = sorted((data_dir / "shadows").glob("*.png")) or sorted(data_dir.glob("*.shadow.png"))
+    """The side of the first shadow map in a custom or benchmark folder (the public benchmark keeps its tracks in
+    subfolders)."""
+    found = sorted((data_dir / "shadows").glob("*.png")) or sorted(data_dir.rglob("*.shadow.png"))
     if not found:
-        raise ValueError(f"`--data_dirs {data_dir}` holds no shadow map (shadows/*.png or *.shadow.png).")
+        raise ValueError(f"`--data_dirs {data_dir}` holds no shadow map (shadows/*.png or **/*.shadow.png).")
     with Image.open(found[0]) as image:
         return max(image.size)
 
@@ -166,18 +169,21 @@ def score_folder(
 
 
 def model_scores(eval_dir: Path) -> dict | None:
-    """One-step soft IoU and direction figures from evaluate_shadow.py's metrics.json for that folder, if present."""
-    path = eval_dir / "metrics.json"
-    if not path.is_file():
-        return None
-    metrics = json.loads(path.read_text())
-    summary, control = metrics["summary"], metrics["control"]
-    track = ALL_TRACK if ALL_TRACK in summary else next(iter(summary))
+    """One-step soft IoU and direction figures over ALL of that folder's images (evaluate_shadow.py's records.jsonl,
+    every track of a benchmark folder read as one set), if present."""
+    records = pooled_records([eval_dir])
+    return model_figures(records) if records else None
+
+
+def model_figures(records: list[dict]) -> dict:
+    """The model's soft IoU (mean and std over images), median direction error and wrong-side rate over `records`,
+    read as one set (their track is ALL_TRACK)."""
+    summary, control = summarize(records)[ALL_TRACK], control_summary(records)[ALL_TRACK]
     return {
-        "iou": summary[track]["iou"]["mean"],
-        "iou_std": summary[track]["iou"]["std"],
-        "direction_median_deg": control[track]["direction_abs_error_median_deg"],
-        "wrong_side_rate": control[track]["wrong_side_rate"],
+        "iou": summary["iou"]["mean"],
+        "iou_std": summary["iou"]["std"],
+        "direction_median_deg": control["direction_abs_error_median_deg"],
+        "wrong_side_rate": control["wrong_side_rate"],
     }
 
 
@@ -214,13 +220,7 @@ def pooled_row(rows: list[dict], eval_dirs: list[Path] | None) -> dict:
             row[name] = weighted(name)
     records = pooled_records(eval_dirs) if eval_dirs else []
     if records:
-        summary, control = summarize(records)[ALL_TRACK], control_summary(records)[ALL_TRACK]
-        row["model"] = {
-            "iou": summary["iou"]["mean"],
-            "iou_std": summary["iou"]["std"],
-            "direction_median_deg": control["direction_abs_error_median_deg"],
-            "wrong_side_rate": control["wrong_side_rate"],
-        }
+        row["model"] = model_figures(records)
     return row
 
 

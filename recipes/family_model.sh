@@ -7,8 +7,9 @@
 # that one the same way (0.472), and stage 10 (encoder128), a VAE encoder retrained for its decoder, that one (0.477);
 # stage 13 (shapes128), four new kinds of shapes, that one (0.497), and stage 15 (variety128), eighteen families at
 # once, that one (0.517), and stage 17 (fresh128), 9,500 fresh renders of the same eighteen, that one (0.527), and
-# stage 18 (spikes128), four more new kinds with fresh renders of the eighteen, that one (0.534). Each run writes its
-# pipeline under $WORK, never into models/.
+# stage 18 (spikes128), four more new kinds with fresh renders of the eighteen, that one (0.534); stages 20-22 (the
+# mask in detail, four more kinds with and without fresh renders) did not beat it. Each run writes its pipeline under
+# $WORK, never into models/.
 # Run from the repository root after `make setup render-setup`; on a GPU machine accelerate trains on the GPU (the
 # renders stay on the CPU).
 #
@@ -461,7 +462,10 @@ fi
 #     earlier training families (seed 4; rendered here when stage 20 has not run): 7,600 training renders. The
 #     eighth embedded default (commit 1abb8a5) fine-tuned on them CAGES_STEPS (4,000) steps as in stage 18 and
 #     averaged with itself before (CAGES_KEEP of it). Stage 18's recipe once more: new kinds of shapes, the one data
-#     lever that kept paying, after stage 20 found fresh renders of the known kinds no longer paying.
+#     lever that kept paying, after stage 20 found fresh renders of the known kinds no longer paying. Measured
+#     (BENCHMARKS.md "Thirteenth round"; renders 13 min, latent cache 10 min, 4,000 steps 20 min on a 2-core EPYC):
+#     +0.008 +- 0.004 on the random lights against stage 20's control, but level with the shipped default (+0.001 +-
+#     0.003, tracks -0.006 +- 0.006; CAGES_KEEP 0.35 / 0.65 no better): not shipped.
 if has_stage cages128; then
     DATA_CAGES=${DATA_CAGES:-$DATA-cages128}
     DATA_DETAIL=${DATA_DETAIL:-$DATA-fresh22}
@@ -476,7 +480,9 @@ fi
 # 22. The four new kinds alone (stage `cages-only128`, after stage 21's data): the eighth embedded default fine-tuned
 #     CAGES_ONLY_STEPS (3,000) steps on stage 21's 3,800 training renders of `cage playground strung tool` only, as
 #     in stage 13, and averaged with itself before (CAGES_ONLY_KEEP of it). Stage 21 trained the new kinds with
-#     stage 20's fresh renders of the known ones, which alone lose (stage 20); this leaves them out.
+#     stage 20's fresh renders of the known ones, which alone lose (stage 20); this leaves them out. Measured
+#     (BENCHMARKS.md "Thirteenth round"): it forgets -- alone -0.066 on the random lights, averaged -0.010, control
+#     -0.017 --: not shipped.
 if has_stage cages-only128; then
     finetune_and_average cages-only128 "${CAGES_START:-1abb8a5}" "${CAGES_ONLY_STEPS:-3000}" 500 \
         "${DATA_CAGES:-$DATA-cages128}/train/train" "${CAGES_ONLY_KEEP:-0.5}"

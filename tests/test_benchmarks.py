@@ -67,7 +67,7 @@ def test_vae_ceiling_scores_each_folder_and_joins_the_model_scores(tmp_path, tin
     import json
 
     import torch
-    from data_factory import make_custom_dataset
+    from data_factory import make_benchmark_folder, make_custom_dataset
 
     import evaluate_shadow
 
@@ -105,6 +105,15 @@ def test_vae_ceiling_scores_each_folder_and_joins_the_model_scores(tmp_path, tin
                  for line in (tmp_path / "eval" / folder / "records.jsonl").read_text().splitlines()]  # fmt: skip
     assert pooled["model"]["iou"] == pytest.approx(sum(per_image) / len(per_image))
     assert "| pooled | 64 | 8x8 | 6 |" in capsys.readouterr().out
+    # a benchmark folder of three tracks: the model's score is over all its images, not its first track's
+    tracks = make_benchmark_folder(tmp_path / "tracks-things", n_per_track=2, size=64)
+    evaluate_shadow.main(["--model", str(tiny_shadow_dir), "--dataset_type", "benchmark", "--data_dir", str(tracks),
+                          "--num_seeds", "1", "--output_dir", str(tmp_path / "eval" / "tracks-things")])  # fmt: skip
+    (track_row,) = vae_ceiling.main(["--vae", str(tiny_shadow_dir), "--data_dirs", str(tracks), "--eval_root",
+                                     str(tmp_path / "eval")])  # fmt: skip
+    records = (tmp_path / "eval" / "tracks-things" / "records.jsonl").read_text().splitlines()
+    per_image = [json.loads(line)["iou"] for line in records]
+    assert len(per_image) == 6 and track_row["model"]["iou"] == pytest.approx(sum(per_image) / 6)
     # latents optimised to reproduce the maps decode closer to them than the encoder's own latents
     (inverted,) = vae_ceiling.main(["--vae", str(tiny_shadow_dir), "--data_dirs", str(data), "--limit", "2",
                                     "--invert_steps", "15"])  # fmt: skip
