@@ -2062,14 +2062,14 @@ def _tool_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
     if tool == "spade":  # a T-grip at the top
         parts.append(_rod(along * length - across * 0.07, along * length + across * 0.07, handle))
     parts += _tool_head(rng, tool, (0.0, 0.0, 0.0), along, across)
-    ground = min(float(part_vertices(part)[0][:, 2].min()) for part in parts)  # the head's lowest point
+    ground = _lowest(parts)  # the head's lowest point
     rest = float(rng.uniform(0.55, 0.85)) * length  # where along the handle it lies on its support
+    normal = np.cross(along, across)  # perpendicular to the handle, as in `_tool_head`
     if support == "crate":  # a box whose near top edge the handle rests on
-        edge = along * rest - np.cross(along, across) * handle
+        edge = along * rest - normal * handle
         crate = rng.uniform((0.3, 0.3), (0.7, 0.8))
         parts.append(_block((edge[0], -crate[1] / 2, ground), (edge[0] + crate[0], crate[1] / 2, edge[2])))
     elif support == "log":  # a log lying across, under the handle, its bottom at the head's lowest point
-        normal = np.cross(along, across)
         radius = (rest * math.sin(slant) - handle - ground) / (1.0 + abs(normal[2]))
         centre = along * rest - np.sign(normal[2]) * normal * (handle + radius)
         span = float(rng.uniform(0.4, 0.9))
@@ -2106,9 +2106,14 @@ _THIN_BUILDERS = {
 }
 
 
+def _lowest(parts: list[dict]) -> float:
+    """The lowest z of any of the parts."""
+    return min(float(part_vertices(part)[0][:, 2].min()) for part in parts)
+
+
 def _rest_on_ground(parts: list[dict]) -> list[dict]:
     """The parts moved up or down together so that the object's lowest point is on z = 0."""
-    low = min(float(part_vertices(part)[0][:, 2].min()) for part in parts)
+    low = _lowest(parts)
     return [dict(part, offset=[part["offset"][0], part["offset"][1], part["offset"][2] - low]) for part in parts]
 
 

@@ -106,6 +106,7 @@ from pipeline_shadow import (
     decode_shadow,
     encode_latents,
     find_pipeline_folders,
+    input_mask_channels,
     load_lora_state,
     mask_samples_per_side,
     mask_to_latent,
@@ -625,7 +626,7 @@ def _check_pretrained_folders(args: argparse.Namespace) -> None:
 def saved_mask_channels(unet_config_file: dict | None) -> int | None:
     """The mask channels of a saved ShadowUNet, from its unet/config.json (None when it names no input channels)."""
     in_channels = ((unet_config_file or {}).get("unet_config") or {}).get("in_channels")
-    return in_channels - 2 * LATENT_CHANNELS if isinstance(in_channels, int) else None
+    return input_mask_channels(in_channels) if isinstance(in_channels, int) else None
 
 
 def _run_mask_channels(args: argparse.Namespace) -> int | None:

@@ -448,6 +448,11 @@ def preprocess_object(
     return object_image, resized_mask, box
 
 
+def input_mask_channels(in_channels: int) -> int:
+    """The mask's channels in a shadow UNet input of `in_channels` channels: [z_t, z_m, z_o] less the two latents."""
+    return in_channels - 2 * LATENT_CHANNELS
+
+
 def mask_samples_per_side(mask_channels: int, name: str | None = None) -> int:
     """k for a mask of k * k channels (`MASK_CHANNELS`): the one rule for a mask's channel count, shared by the UNet,
     `mask_to_latent`, the latent cache and every script's `--mask_channels`. Raises ValueError naming the allowed
@@ -1152,7 +1157,7 @@ class ShadowUNet(ModelMixin, ConfigMixin):
             raise ValueError(
                 f"`unet_config.projection_class_embeddings_input_dim` must be {expected} (3 x {light_embedding_dim})."
             )
-        mask_samples_per_side(unet_config.get("in_channels", UNET_IN_CHANNELS) - 2 * LATENT_CHANNELS)
+        mask_samples_per_side(input_mask_channels(unet_config.get("in_channels", UNET_IN_CHANNELS)))
         self.unet = UNet2DConditionModel.from_config(unet_config)
         _strip_cross_attention(self.unet)
         # Weightless: the fixed sinusoids of each light value; what learns is the projection in `unet.class_embedding`.
@@ -1178,7 +1183,7 @@ class ShadowUNet(ModelMixin, ConfigMixin):
     @property
     def mask_channels(self) -> int:
         """The mask's channels between the two latents of the input (`MASK_CHANNELS`, `mask_to_latent`)."""
-        return self.in_channels - 2 * LATENT_CHANNELS
+        return input_mask_channels(self.in_channels)
 
     def with_mask_channels(self, mask_channels: int) -> ShadowUNet:
         """This UNet taking its mask at `mask_channels` = k * k samples per latent cell, from one that takes it
@@ -2210,7 +2215,7 @@ def _lora_mask_channels(folder: Path) -> int | None:
     with safe_open(str(path), framework="pt") as handle:
         if "conv_in.weight" not in handle.keys():
             return None
-        return handle.get_slice("conv_in.weight").get_shape()[1] - 2 * LATENT_CHANNELS
+        return input_mask_channels(handle.get_slice("conv_in.weight").get_shape()[1])
 
 
 def _lora_folder(name_or_path: str | os.PathLike, subfolder: str | None, **kwargs) -> Path:
