@@ -1808,8 +1808,9 @@ def _cage_parts(rng: np.random.Generator) -> tuple[str, list[dict]]:
             parts.append(_centred_at({"shape": "torus", "dims": [hoop_radius, bar * 1.3]}, (0.0, 0.0, z)))
         if kind == "birdcage":  # half-hoops crossing over the top, a ring to hang it by
             dome, t = float(rng.uniform(0.3, 1.0)) * radius, np.linspace(0.0, np.pi, 25)
-            for k in range(int(rng.integers(2, 5))):
-                angle = start + np.pi * k / 3
+            arcs = int(rng.integers(2, 5))
+            for k in range(arcs):  # spread evenly over a half turn (each half-hoop spans both sides): none coincide
+                angle = start + np.pi * k / arcs
                 x, y = radius * np.cos(t) * math.cos(angle), radius * np.cos(t) * math.sin(angle)
                 parts.append(_wire_in_place(bar, np.stack([x, y, height + dome * np.sin(t)], axis=1)))
             hook = float(rng.uniform(0.04, 0.1))

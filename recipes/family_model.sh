@@ -465,7 +465,9 @@ fi
 #     lever that kept paying, after stage 20 found fresh renders of the known kinds no longer paying. Measured
 #     (BENCHMARKS.md "Thirteenth round"; renders 13 min, latent cache 10 min, 4,000 steps 20 min on a 2-core EPYC):
 #     +0.008 +- 0.004 on the random lights against stage 20's control, but level with the shipped default (+0.001 +-
-#     0.003, tracks -0.006 +- 0.006; CAGES_KEEP 0.35 / 0.65 no better): not shipped.
+#     0.003, tracks -0.006 +- 0.006; CAGES_KEEP 0.35 / 0.65 no better): not shipped. Measured before the bird cages'
+#     dome half-hoops were spread evenly (commit 7c3bbb6 and earlier drew a fourth one over the first): the birdcages
+#     among these renders differ since.
 if has_stage cages128; then
     DATA_CAGES=${DATA_CAGES:-$DATA-cages128}
     DATA_DETAIL=${DATA_DETAIL:-$DATA-fresh22}

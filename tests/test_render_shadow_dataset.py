@@ -1163,6 +1163,13 @@ def test_cage_playground_strung_and_tool_are_thin_bars_strings_and_slanted_handl
         openings = _openings(recipe)
         least = 1 if recipe["kind"] == "lantern" else 3  # four corner posts; bars all round
         assert max(openings["front"], openings["side"]) >= least, (recipe["kind"], openings)
+        if recipe["kind"] == "birdcage":  # the dome's half-hoops cross the top along distinct diameters
+            arcs = [np.reshape(p["dims"][2:], (-1, 3)) for p in recipe["parts"] if p["shape"] == "tube"]
+            angles = [math.atan2(*(arc[0, 1::-1])) for arc in arcs]
+            assert (
+                len(arcs) >= 2
+                and min(abs(math.sin(a - b)) for i, a in enumerate(angles) for b in angles[i + 1 :]) > 0.5
+            ), angles
     for recipe in _family_recipes("playground", 16):
         assert sum(map(thin, recipe["parts"])) >= 4, recipe["kind"]
         assert max(_openings(recipe).values()) >= 1, recipe["kind"]
