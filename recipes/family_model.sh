@@ -513,8 +513,9 @@ fi
 #     eighth embedded default's decoder (commit 1abb8a5) trained once more, encoder and UNet frozen, on that
 #     default's one-step predictions for REFIT_SAMPLES (4,000) fresh renders of all twenty-six training families
 #     (render seed REFIT_SEED, 6: no object of an earlier training set), whole 128 px images, batch 8, lr 1e-4 cosine,
-#     REFIT_STEPS (1,000) steps, once with L1 + MSE alone and once with REFIT_IOU_WEIGHT (0.1) x (1 - soft IoU) added,
-#     side by side on one thread each; each new decoder then goes into the default's pipeline (UNet unchanged).
+#     REFIT_STEPS (600) steps, once with L1 + MSE alone and once with 0.1 x (1 - soft IoU) added (REFIT_VARIANTS
+#     names other weights), side by side on one thread each; each new decoder then goes into the default's pipeline
+#     (UNet unchanged).
 if has_stage decoder-refit128; then
     DATA_REFIT=${DATA_REFIT:-$DATA-refit26}
     RESOLUTION=128 DATA=$DATA_REFIT STAGES=train-data TRAIN_SAMPLES=${REFIT_SAMPLES:-4000} \
@@ -524,16 +525,18 @@ if has_stage decoder-refit128; then
     start=${REFIT_START:-1abb8a5}
     default_at "$start" "$WORK/default-$start"
     pids=()
-    for variant in l1:0 iou:${REFIT_IOU_WEIGHT:-0.1}; do
+    variants=${REFIT_VARIANTS:-l1:0 iou:0.1}  # NAME:WEIGHT of the soft-IoU term, one run each, side by side
+    for variant in $variants; do
         OMP_NUM_THREADS=1 "${TRAIN_VAE[@]}" --data_dir "$DATA_REFIT/train/train" --resolution 128 \
             --pretrained_vae_model_name_or_path "$WORK/default-$start/vae" --decoder_only \
             --prediction_model "$WORK/default-$start" --output_dir "$WORK/vae-refit-${variant%%:*}128" \
-            --max_train_steps "${REFIT_STEPS:-1000}" --batch_size 8 --learning_rate 1e-4 \
+            --max_train_steps "${REFIT_STEPS:-600}" --batch_size 8 --learning_rate 1e-4 \
             --shadow_iou_weight "${variant##*:}" --checkpointing_steps 250 &
         pids+=($!)
     done
     for pid in "${pids[@]}"; do wait "$pid"; done  # set -e: a failed run fails the stage
-    for name in l1 iou; do
+    for variant in $variants; do
+        name=${variant%%:*}
         with_vae "$WORK/default-$start" "$WORK/vae-refit-${name}128" "$WORK/decoder-refit-${name}128"
     done
 fi
@@ -542,7 +545,8 @@ if has_stage evaluate-more128; then
         run-shapes128 shapes128-average run-mixed128 mixed128-average run-variety128 variety128-average run-all128 \
         all128-average run-fresh128 fresh128-average run-spikes128 spikes128-average run-mask-area128 \
         mask-area128-average run-mask-detail128 mask-detail128-average run-cages128 cages128-average \
-        run-cages-only128 cages-only128-average decoder-refit-l1128 decoder-refit-iou128 ${WIDTHS:-}; do
+        run-cages-only128 cages-only128-average decoder-refit-l1128 decoder-refit-iou128 \
+        decoder-refit-iou03128 decoder-refit-iou1128 ${WIDTHS:-}; do
         [ -f "$WORK/$candidate/model_index.json" ] || { echo "skip $candidate: not trained under $WORK"; continue; }
         RESOLUTION=128 DATA=$DATA WORK=$WORK/eval-$candidate MODEL=$WORK/$candidate HIRES_SAMPLES=0 \
             STAGES=evaluate bash recipes/family_split.sh
