@@ -509,13 +509,16 @@ if has_stage cages-only128; then
 fi
 # 23. The decoder refit to today's UNet (stage `decoder-refit128`): the first version's decoder stage, which learned
 #     to map that version's one-step predictions to the true maps, bought +0.041 on its held-out split (the model
-#     card); the UNet has been fine-tuned nine times and given a new encoder since, while the decoder stayed. The
+#     card); the UNet has been fine-tuned seven times more and given a new encoder since, while the decoder stayed. The
 #     eighth embedded default's decoder (commit 1abb8a5) trained once more, encoder and UNet frozen, on that
 #     default's one-step predictions for REFIT_SAMPLES (4,000) fresh renders of all twenty-six training families
 #     (render seed REFIT_SEED, 6: no object of an earlier training set), whole 128 px images, batch 8, lr 1e-4 cosine,
 #     REFIT_STEPS (600) steps, once with L1 + MSE alone and once with 0.1 x (1 - soft IoU) added (REFIT_VARIANTS
 #     names other weights), side by side on one thread each; each new decoder then goes into the default's pipeline
-#     (UNet unchanged).
+#     (UNet unchanged). Measured (BENCHMARKS.md "Fourteenth round"; renders 19 min, each pair of runs 30 min on a
+#     2-core EPYC): L1 + MSE alone -0.022 +- 0.004 on the random lights; with the soft-IoU term (REFIT_VARIANTS
+#     "iou03:0.3 iou1:1" too) level there (+0.002 +- 0.003), +0.012 +- 0.003 on the tracks, poles down 0.02 and
+#     the round trip of true maps 0.758 -> 0.727: not shipped.
 if has_stage decoder-refit128; then
     DATA_REFIT=${DATA_REFIT:-$DATA-refit26}
     RESOLUTION=128 DATA=$DATA_REFIT STAGES=train-data TRAIN_SAMPLES=${REFIT_SAMPLES:-4000} \
