@@ -518,7 +518,8 @@ fi
 #     (UNet unchanged). Measured (BENCHMARKS.md "Fourteenth round"; renders 19 min, each pair of runs 30 min on a
 #     2-core EPYC): L1 + MSE alone -0.022 +- 0.004 on the random lights; with the soft-IoU term (REFIT_VARIANTS
 #     "iou03:0.3 iou1:1" too) level there (+0.002 +- 0.003), +0.012 +- 0.003 on the tracks, poles down 0.02 and
-#     the round trip of true maps 0.758 -> 0.727: not shipped.
+#     the round trip of true maps 0.758 -> 0.727; REFIT_AVERAGE=iou1, that decoder averaged with the shipped one,
+#     lands between the two (tracks +0.006 +- 0.002): not shipped.
 if has_stage decoder-refit128; then
     DATA_REFIT=${DATA_REFIT:-$DATA-refit26}
     RESOLUTION=128 DATA=$DATA_REFIT STAGES=train-data TRAIN_SAMPLES=${REFIT_SAMPLES:-4000} \
@@ -542,6 +543,24 @@ if has_stage decoder-refit128; then
         name=${variant%%:*}
         with_vae "$WORK/default-$start" "$WORK/vae-refit-${name}128" "$WORK/decoder-refit-${name}128"
     done
+    if [ -n "${REFIT_AVERAGE:-}" ]; then  # NAME: that run's decoder averaged half and half with the default's
+        $P - "$WORK/default-$start" "$WORK/vae-refit-${REFIT_AVERAGE}128" \
+            "$WORK/decoder-refit-${REFIT_AVERAGE}-average" <<'EOF'
+import sys
+
+import torch
+from diffusers import AutoencoderKL
+
+from pipeline_shadow import ShadowPipeline
+
+base, refit, output = sys.argv[1:4]
+pipe = ShadowPipeline.from_pretrained(base, torch_dtype=torch.float32)
+kept, tuned = pipe.vae.state_dict(), AutoencoderKL.from_pretrained(refit).state_dict()
+pipe.vae.load_state_dict({name: 0.5 * kept[name] + 0.5 * tuned[name] for name in kept})  # the encoder is the same
+pipe.unet.to(torch.float16)
+pipe.save_pretrained(output)
+EOF
+    fi
 fi
 if has_stage evaluate-more128; then
     for candidate in run-more128 more128-average run-encoder128 encoder128-average run-single-step128 \
@@ -549,7 +568,7 @@ if has_stage evaluate-more128; then
         all128-average run-fresh128 fresh128-average run-spikes128 spikes128-average run-mask-area128 \
         mask-area128-average run-mask-detail128 mask-detail128-average run-cages128 cages128-average \
         run-cages-only128 cages-only128-average decoder-refit-l1128 decoder-refit-iou128 \
-        decoder-refit-iou03128 decoder-refit-iou1128 ${WIDTHS:-}; do
+        decoder-refit-iou03128 decoder-refit-iou1128 decoder-refit-iou1-average ${WIDTHS:-}; do
         [ -f "$WORK/$candidate/model_index.json" ] || { echo "skip $candidate: not trained under $WORK"; continue; }
         RESOLUTION=128 DATA=$DATA WORK=$WORK/eval-$candidate MODEL=$WORK/$candidate HIRES_SAMPLES=0 \
             STAGES=evaluate bash recipes/family_split.sh
