@@ -86,7 +86,8 @@ EOF
 }
 
 # PIPELINE with the VAE saved at VAE in place of its own, saved as OUTPUT; its UNet unchanged (stored in fp16 again).
-with_vae() {  # PIPELINE VAE OUTPUT
+# With KEEP, the VAE is instead the weight-by-weight average KEEP x PIPELINE's own + (1 - KEEP) x VAE's.
+with_vae() {  # PIPELINE VAE OUTPUT [KEEP]
     $P - "$@" <<'EOF'
 import sys
 
@@ -96,7 +97,12 @@ from diffusers import AutoencoderKL
 from pipeline_shadow import ShadowPipeline
 
 pipeline, vae, output = sys.argv[1:4]
-pipe = ShadowPipeline.from_pretrained(pipeline, vae=AutoencoderKL.from_pretrained(vae), torch_dtype=torch.float32)
+pipe = ShadowPipeline.from_pretrained(pipeline, torch_dtype=torch.float32)
+tuned = AutoencoderKL.from_pretrained(vae)
+if len(sys.argv) > 4:
+    weight, kept, new = float(sys.argv[4]), pipe.vae.state_dict(), tuned.state_dict()
+    tuned.load_state_dict({name: weight * kept[name] + (1 - weight) * new[name] for name in new})
+pipe.register_modules(vae=tuned)
 pipe.unet.to(torch.float16)
 pipe.save_pretrained(output)
 EOF
@@ -544,22 +550,8 @@ if has_stage decoder-refit128; then
         with_vae "$WORK/default-$start" "$WORK/vae-refit-${name}128" "$WORK/decoder-refit-${name}128"
     done
     if [ -n "${REFIT_AVERAGE:-}" ]; then  # NAME: that run's decoder averaged half and half with the default's
-        $P - "$WORK/default-$start" "$WORK/vae-refit-${REFIT_AVERAGE}128" \
-            "$WORK/decoder-refit-${REFIT_AVERAGE}-average" <<'EOF'
-import sys
-
-import torch
-from diffusers import AutoencoderKL
-
-from pipeline_shadow import ShadowPipeline
-
-base, refit, output = sys.argv[1:4]
-pipe = ShadowPipeline.from_pretrained(base, torch_dtype=torch.float32)
-kept, tuned = pipe.vae.state_dict(), AutoencoderKL.from_pretrained(refit).state_dict()
-pipe.vae.load_state_dict({name: 0.5 * kept[name] + 0.5 * tuned[name] for name in kept})  # the encoder is the same
-pipe.unet.to(torch.float16)
-pipe.save_pretrained(output)
-EOF
+        with_vae "$WORK/default-$start" "$WORK/vae-refit-${REFIT_AVERAGE}128" \
+            "$WORK/decoder-refit-${REFIT_AVERAGE}-average" 0.5  # (the encoders are the same)
     fi
 fi
 if has_stage evaluate-more128; then
